@@ -1,0 +1,31 @@
+# Every recipe installs from pdm.lock first, so a fresh clone needs nothing else.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export PDM_CHECK_UPDATE := "false"
+
+# list the recipes
+default:
+    @just --list
+
+# install the locked dependencies (all groups) into .venv
+install:
+    pdm sync -G :all --clean -q
+
+# run the daemon against REDIS_URL / DATABASE_URL
+run: install
+    pdm run processor run
+
+# apply database migrations
+migrate: install
+    pdm run processor migrate
+
+# the full test suite against real Redis and PostgreSQL
+test *ARGS: install
+    pdm run pytest {{ARGS}}
+
+# ruff (with the ASYNC rules), mypy strict on src/, and the layer contract
+lint: install
+    pdm run ruff check src tests benchmarks
+    pdm run ruff format --check src tests benchmarks
+    pdm run mypy
+    pdm run lint-imports

@@ -1,0 +1,86 @@
+"""Command line: `processor run | migrate | dlq | simulate | demo | bench`.
+
+Every command reads the same environment configuration; an invalid setting stops it with exit
+code 2 and one line naming the variable (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import structlog
+import trio
+
+from processor.config import Config, ConfigError, load_config
+from processor.observability.logging import configure_logging
+
+EXIT_CONFIG = 2
+
+log = structlog.get_logger("processor.cli")
+
+
+def _load() -> Config:
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"processor: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    configure_logging(config.log_level, config.log_format)
+    return config
+
+
+def cmd_run(_args: argparse.Namespace) -> int:
+    from processor.app import run_until_signalled
+
+    config = _load()
+    return trio.run(run_until_signalled, config)
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    from processor.app import make_database, migrate
+
+    config = _load()
+
+    async def main() -> None:
+        database = make_database(config)
+        await database.connect(deadline_s=config.startup_timeout_s)
+        try:
+            await migrate(config, database)
+        finally:
+            await database.aclose()
+
+    trio.run(main)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="processor",
+        description="Telemetry processor: Redis Stream -> PostgreSQL, live WebSocket, metrics. "
+        "Configured by environment variables (see README).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
+    run.set_defaults(handler=cmd_run)
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate.set_defaults(handler=cmd_migrate)
+    for register in EXTRA_COMMANDS:
+        register(commands)
+    return parser
+
+
+# Further commands (dlq, simulate, demo, bench) register their sub-parsers here.
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,263 @@
+"""Typed, frozen configuration read from the environment (SPEC §7).
+
+Every setting is one attrs field whose metadata names its environment variable and what values are
+allowed. cattrs turns each raw string into the field's type; attrs validators check the bounds.
+Any failure becomes one `ConfigError` line naming the variable, the value and what is allowed, so an
+operator who mistyped a setting sees exactly that and not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import cattrs
+
+ENV = "env"
+ALLOWED = "allowed"
+
+
+class ConfigError(ValueError):
+    """An invalid setting: the message is the single line shown to the operator."""
+
+
+def _between(low: float, high: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not low <= value <= high:
+            raise ValueError(attribute.name)
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in choices:
+            raise ValueError(attribute.name)
+
+    return check
+
+
+def _url(*schemes: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value == "":
+            return
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not (parts.hostname or parts.path):
+            raise ValueError(attribute.name)
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            raise ValueError(attribute.name) from exc
+
+    return check
+
+
+def _setting(
+    env: str,
+    default: Any,
+    allowed: str,
+    validator: Callable[[Any, attrs.Attribute[Any], Any], None] | None = None,
+) -> Any:
+    return attrs.field(default=default, validator=validator, metadata={ENV: env, ALLOWED: allowed})
+
+
+def _int(env: str, default: int, low: int, high: int) -> Any:
+    return _setting(env, default, f"an integer from {low} to {high}", _between(low, high))
+
+
+def _float(env: str, default: float, low: float, high: float) -> Any:
+    return _setting(env, default, f"a number from {low:g} to {high:g}", _between(low, high))
+
+
+def _text(env: str, default: str, allowed: str = "a non-empty string") -> Any:
+    def non_empty(_i: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if not value.strip():
+            raise ValueError(attribute.name)
+
+    return _setting(env, default, allowed, non_empty)
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """All settings of one processor instance. Defaults suit a single instance on one host."""
+
+    # --- connections -------------------------------------------------------------------------
+    redis_url: str = _setting(
+        "REDIS_URL",
+        "redis://localhost:6379/0",
+        "a redis:// or rediss:// URL",
+        _url("redis", "rediss", "unix"),
+    )
+    database_url: str = _setting(
+        "DATABASE_URL",
+        "postgresql://localhost/processor",
+        "a postgresql:// URL",
+        _url("postgresql", "postgres"),
+    )
+    instance_id: str = _setting("INSTANCE_ID", "", "a name unique per instance (default: hostname)")
+    startup_timeout_s: float = _float("STARTUP_TIMEOUT_S", 60.0, 1, 3600)
+    db_statement_timeout_ms: int = _int("DB_STATEMENT_TIMEOUT_MS", 15_000, 100, 600_000)
+    db_pool_size: int = _int("DB_POOL_SIZE", 4, 2, 64)
+
+    # --- input stream ------------------------------------------------------------------------
+    redis_stream: str = _text("REDIS_STREAM", "telemetry:teltonika")
+    redis_group: str = _text("REDIS_GROUP", "processor")
+    redis_consumer: str = _setting("REDIS_CONSUMER", "", "a consumer name (default: INSTANCE_ID)")
+    read_count: int = _int("READ_COUNT", 1000, 1, 100_000)
+    read_block_ms: int = _int("READ_BLOCK_MS", 1000, 1, 60_000)
+
+    # --- writer ------------------------------------------------------------------------------
+    write_batch_size: int = _int("WRITE_BATCH_SIZE", 1000, 1, 100_000)
+    write_flush_ms: int = _int("WRITE_FLUSH_MS", 50, 1, 60_000)
+    write_concurrency: int = _int("WRITE_CONCURRENCY", 2, 1, 32)
+    pipeline_buffer_batches: int = _int("PIPELINE_BUFFER_BATCHES", 4, 1, 1000)
+    write_retry_initial_ms: int = _int("WRITE_RETRY_INITIAL_MS", 100, 1, 60_000)
+    write_retry_max_ms: int = _int("WRITE_RETRY_MAX_MS", 5_000, 1, 600_000)
+    shutdown_timeout_s: float = _float("SHUTDOWN_TIMEOUT_S", 15.0, 0.1, 3600)
+
+    # --- reclaim and dead letters ------------------------------------------------------------
+    reclaim_interval_s: float = _float("RECLAIM_INTERVAL_S", 15.0, 0.05, 86_400)
+    reclaim_min_idle_ms: int = _int("RECLAIM_MIN_IDLE_MS", 60_000, 10, 86_400_000)
+    max_deliveries: int = _int("MAX_DELIVERIES", 5, 1, 1000)
+    dlq_stream: str = _setting("DLQ_STREAM", "", "a stream key (default <REDIS_STREAM>:dead)")
+    dlq_maxlen: int = _int("DLQ_MAXLEN", 100_000, 1, 100_000_000)
+
+    # --- fix quality and device state --------------------------------------------------------
+    future_tolerance_s: float = _float("FUTURE_TOLERANCE_S", 300.0, 0, 86_400 * 365)
+    max_plausible_speed_kmh: float = _float("MAX_PLAUSIBLE_SPEED_KMH", 400.0, 1, 100_000)
+    device_state_cap: int = _int("DEVICE_STATE_CAP", 100_000, 1, 10_000_000)
+
+    # --- storage policy (TimescaleDB only) ---------------------------------------------------
+    positions_chunk_interval: str = _text("POSITIONS_CHUNK_INTERVAL", "1 day")
+    positions_compress_after_days: int = _int("POSITIONS_COMPRESS_AFTER_DAYS", 0, 0, 36_500)
+    positions_retention_days: int = _int("POSITIONS_RETENTION_DAYS", 0, 0, 36_500)
+
+    # --- observability -----------------------------------------------------------------------
+    http_host: str = _text("HTTP_HOST", "0.0.0.0")
+    http_port: int = _int("HTTP_PORT", 9090, 0, 65_535)
+    probe_interval_s: float = _float("PROBE_INTERVAL_S", 2.0, 0.05, 3600)
+    probe_timeout_s: float = _float("PROBE_TIMEOUT_S", 1.0, 0.05, 60)
+    lag_sample_interval_s: float = _float("LAG_SAMPLE_INTERVAL_S", 5.0, 0.05, 3600)
+    log_level: str = _setting(
+        "LOG_LEVEL",
+        "info",
+        "one of debug, info, warning, error",
+        _one_of("debug", "info", "warning", "error"),
+    )
+    log_format: str = _setting(
+        "LOG_FORMAT", "json", "one of json, console", _one_of("json", "console")
+    )
+
+    # --- live broadcast ----------------------------------------------------------------------
+    directus_url: str = _setting(
+        "DIRECTUS_URL",
+        "",
+        "an http:// or https:// URL (empty: live broadcast off)",
+        _url("http", "https"),
+    )
+    directus_auth_timeout_ms: int = _int("DIRECTUS_AUTH_TIMEOUT_MS", 3_000, 10, 60_000)
+    live_ws_host: str = _text("LIVE_WS_HOST", "0.0.0.0")
+    live_ws_port: int = _int("LIVE_WS_PORT", 8081, 0, 65_535)
+    live_ws_allowed_origins: tuple[str, ...] = _setting(
+        "LIVE_WS_ALLOWED_ORIGINS", (), "a comma-separated list of origins"
+    )
+    live_group_prefix: str = _text("LIVE_GROUP_PREFIX", "live")
+    live_device_event_refresh_ms: int = _int("LIVE_DEVICE_EVENT_REFRESH_MS", 30_000, 50, 86_400_000)
+    live_ws_max_queue: int = _int("LIVE_WS_MAX_QUEUE", 256, 1, 1_000_000)
+    live_ws_ping_interval_ms: int = _int("LIVE_WS_PING_INTERVAL_MS", 20_000, 50, 3_600_000)
+    live_ws_max_message_bytes: int = _int("LIVE_WS_MAX_MESSAGE_BYTES", 4096, 64, 16_777_216)
+    live_ws_max_protocol_errors: int = _int("LIVE_WS_MAX_PROTOCOL_ERRORS", 5, 1, 1000)
+
+    @property
+    def consumer_name(self) -> str:
+        return self.redis_consumer or self.instance_id
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return self.dlq_stream or f"{self.redis_stream}:dead"
+
+    @property
+    def live_enabled(self) -> bool:
+        return bool(self.directus_url)
+
+    @property
+    def live_group(self) -> str:
+        return f"{self.live_group_prefix}-{self.instance_id}"
+
+
+attrs.resolve_types(Config)
+
+
+def settings() -> tuple[attrs.Attribute[Any], ...]:
+    """Every setting, in declaration order: the README's table is generated from this."""
+    return attrs.fields(Config)
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter()
+
+    def to_int(value: Any, _type: Any) -> int:
+        return int(str(value).strip().replace("_", ""), 10)
+
+    def to_float(value: Any, _type: Any) -> float:
+        number = float(str(value).strip())
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError("not finite")
+        return number
+
+    def to_str(value: Any, _type: Any) -> str:
+        return str(value).strip()
+
+    def to_origins(value: Any, _type: Any) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        return tuple(part.strip().rstrip("/") for part in str(value).split(",") if part.strip())
+
+    converter.register_structure_hook(int, to_int)
+    converter.register_structure_hook(float, to_float)
+    converter.register_structure_hook(str, to_str)
+    converter.register_structure_hook_func(lambda t: t == tuple[str, ...], to_origins)
+    return converter
+
+
+_CONVERTER = _make_converter()
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> Config:
+    """Build the Config from `environ` (default: the process environment).
+
+    Raises ConfigError with one line per the first invalid variable.
+    """
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for field in settings():
+        name = field.metadata[ENV]
+        if name not in env:
+            continue
+        value = env[name]
+        try:
+            raw[field.name] = _CONVERTER.structure(value, field.type)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(_message(field, value)) from exc
+    if not raw.get("instance_id"):
+        raw["instance_id"] = socket.gethostname() or "processor-1"
+    try:
+        return Config(**raw)
+    except ValueError as exc:
+        field = attrs.fields_dict(Config)[str(exc.args[0])]
+        raise ConfigError(_message(field, env.get(field.metadata[ENV], ""))) from exc
+
+
+def _message(field: attrs.Attribute[Any], value: str) -> str:
+    return f"invalid {field.metadata[ENV]}={value!r}: expected {field.metadata[ALLOWED]}"
+
+
+def describe(field: attrs.Attribute[Any]) -> tuple[str, str, str]:
+    """(variable, default, allowed) for documentation."""
+    default = field.default
+    shown = ",".join(default) if isinstance(default, tuple) else str(default)
+    return field.metadata[ENV], shown, field.metadata[ALLOWED]

@@ -1,0 +1,1 @@
+"""Logging, metrics, HTTP endpoints and health probes."""

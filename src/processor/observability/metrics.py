@@ -1,0 +1,152 @@
+"""Every Prometheus metric of SPEC §6, in one registry per running service.
+
+One `Metrics` object per app (not module globals) so that each test, and each instance in one
+process, counts only its own work. Counters are incremented per record by the code that knows the
+record's outcome; nothing here is derived or estimated.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+WRITE_STATUSES = ("inserted", "merged", "duplicate", "failed")
+
+
+class Metrics:
+    """The processor's metrics (prefix `processor_`)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        p = "processor_"
+        # --- durable pipeline ----------------------------------------------------------------
+        self.consumer_reads = Counter(
+            p + "consumer_reads",
+            "XREADGROUP calls by result (entries, empty, error).",
+            ["result"],
+            registry=r,
+        )
+        self.consumer_records = Counter(
+            p + "consumer_records",
+            "Stream entries read by the consumer and the reclaimer.",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            p + "consumer_lag", "Entries in the stream not yet delivered to the group.", registry=r
+        )
+        self.pending_entries = Gauge(
+            p + "pending_entries",
+            "Entries delivered to the group but not yet acknowledged.",
+            registry=r,
+        )
+        self.decode_errors = Counter(
+            p + "decode_errors",
+            "Stream entries that could not be decoded, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.position_writes = Counter(
+            p + "position_writes",
+            "Records by write outcome (per record, not per batch).",
+            ["status"],
+            registry=r,
+        )
+        self.write_duration = Histogram(
+            p + "write_duration_seconds",
+            "Duration of one batch write transaction.",
+            buckets=WRITE_BUCKETS,
+            registry=r,
+        )
+        self.write_batch_size = Histogram(
+            p + "write_batch_size", "Records per batch write.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.acks = Counter(
+            p + "acks",
+            "Stream entries acknowledged (XACK) after commit or dead-lettering.",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            p + "dead_letters",
+            "Entries copied to the dead-letter stream, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.reclaimed = Counter(
+            p + "reclaimed", "Entries claimed from idle consumers (XAUTOCLAIM).", registry=r
+        )
+        self.faulty_positions = Counter(
+            p + "faulty_positions",
+            "Positions stored with faulty=true, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.device_state_size = Gauge(
+            p + "device_state_size", "Devices held in the in-memory state.", registry=r
+        )
+        self.device_state_evictions = Counter(
+            p + "device_state_evictions", "Devices evicted from state by the LRU cap.", registry=r
+        )
+        self.e2e_latency = Histogram(
+            p + "e2e_latency_seconds",
+            "Commit time minus the stream entry's own time.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.write_retries = Counter(
+            p + "write_retries",
+            "Batch writes retried after a transient database error.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            p + "ready", "1 when Redis and PostgreSQL answered their last probe.", registry=r
+        )
+        # --- live broadcast ------------------------------------------------------------------
+        self.live_connections = Gauge(
+            p + "live_connections", "Open live WebSocket connections.", registry=r
+        )
+        self.live_subscriptions = Gauge(
+            p + "live_subscriptions", "Active (connection, topic) subscriptions.", registry=r
+        )
+        self.live_messages = Counter(
+            p + "live_messages",
+            "Live WebSocket messages by direction and type.",
+            ["direction", "type"],
+            registry=r,
+        )
+        self.live_auth_duration = Histogram(
+            p + "live_auth_duration_seconds",
+            "Directus authentication round trip at upgrade.",
+            buckets=WRITE_BUCKETS,
+            registry=r,
+        )
+        self.live_auth = Counter(
+            p + "live_auth", "Live upgrade authentication outcomes.", ["result"], registry=r
+        )
+        self.live_broadcast_lag = Histogram(
+            p + "live_broadcast_lag_seconds",
+            "Send time minus the stream entry's own time.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.live_slow_consumer_closes = Counter(
+            p + "live_slow_consumer_closes",
+            "Live clients closed with 4008 (slow consumer).",
+            registry=r,
+        )
+        self.live_snapshot_duration = Histogram(
+            p + "live_snapshot_duration_seconds",
+            "Snapshot query duration on subscribe.",
+            buckets=WRITE_BUCKETS,
+            registry=r,
+        )
+        self.live_device_event_map_size = Gauge(
+            p + "live_device_event_map_size", "Devices in the device -> events map.", registry=r
+        )
+
+        for status in WRITE_STATUSES:
+            self.position_writes.labels(status)
+        for result in ("entries", "empty", "error"):
+            self.consumer_reads.labels(result)

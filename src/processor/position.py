@@ -1,0 +1,272 @@
+"""Position and its codec: stream payload bytes <-> a validated, immutable Position.
+
+Pure code with no I/O, shared by the durable pipeline (`core`) and the live broadcast (`live`).
+Decoding never raises anything but `CodecError`, whatever the input, so one bad record can always
+be dead-lettered with a precise reason instead of stalling the records behind it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import attrs
+import orjson
+
+AttributeValue: TypeAlias = int | float | str | bool | bytes | None
+Attributes: TypeAlias = Mapping[str, AttributeValue]
+
+_BIGINT = "__bigint"
+_BUFFER = "__buffer_b64"
+_BIGINT_DIGITS = re.compile(r"-?[0-9]+\Z")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
+_INT32_MAX = 2**31 - 1
+_I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
+PRIORITIES = (0, 1, 2)
+
+
+class CodecError(ValueError):
+    """A record that can never be decoded: retrying it is pointless, so it is dead-lettered.
+
+    `reason` names the field and the problem in a few words (stable, low cardinality: used as the
+    dead-letter reason); `kind` is the category used as a metric label; `detail` says more.
+    """
+
+    def __init__(self, kind: str, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.kind = kind
+        self.reason = reason
+        self.detail = detail or reason
+
+
+@attrs.frozen(slots=True)
+class Position:
+    """One GPS fix of one device, as decoded from the stream."""
+
+    device_id: str
+    ts: datetime
+    latitude: float
+    longitude: float
+    altitude: float | None = None
+    angle: float | None = None
+    speed: float | None = None
+    satellites: int | None = None
+    priority: int | None = None
+    attributes: Attributes = attrs.field(factory=dict)
+
+
+def decode_payload(payload: bytes | str | None) -> Position:
+    """Decode one stream entry's `payload` field into a Position, or raise CodecError."""
+    if payload is None:
+        raise CodecError("missing_payload", "payload missing", "entry has no 'payload' field")
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError("invalid_json", "invalid JSON", str(exc)) from None
+    if not isinstance(document, dict):
+        raise CodecError("not_object", "payload not an object", f"got {type(document).__name__}")
+    return position_from_dict(document)
+
+
+def position_from_dict(document: Mapping[str, Any]) -> Position:
+    """Validate an already-parsed JSON object (SPEC §2) into a Position."""
+    device_id = _required(document, "device_id")
+    if not isinstance(device_id, str):
+        raise _wrong_type("device_id", "a string", device_id)
+    if not 1 <= len(device_id) <= 64:
+        raise CodecError(
+            "out_of_range", "device_id length out of range", f"{len(device_id)} chars, allowed 1-64"
+        )
+    return Position(
+        device_id=device_id,
+        ts=_timestamp(_required(document, "timestamp")),
+        latitude=_number(document, "latitude", -90.0, 90.0, required=True),  # type: ignore[arg-type]
+        longitude=_number(document, "longitude", -180.0, 180.0, required=True),  # type: ignore[arg-type]
+        altitude=_number(document, "altitude", -math.inf, math.inf),
+        angle=_number(document, "angle", 0.0, 360.0),
+        speed=_number(document, "speed", 0.0, math.inf),
+        satellites=_integer(document, "satellites", 0, _INT32_MAX),
+        priority=_priority(document),
+        attributes=_attributes(document.get("attributes")),
+    )
+
+
+def _required(document: Mapping[str, Any], name: str) -> Any:
+    if name not in document or document[name] is None:
+        raise CodecError("missing_field", f"missing {name}", f"'{name}' is required")
+    return document[name]
+
+
+def _wrong_type(name: str, expected: str, value: Any) -> CodecError:
+    return CodecError(
+        "wrong_type", f"{name} wrong type", f"expected {expected}, got {_json_type(value)}"
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _number(
+    document: Mapping[str, Any], name: str, low: float, high: float, *, required: bool = False
+) -> float | None:
+    value = _required(document, name) if required else document.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _wrong_type(name, "a number", value)
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        raise CodecError("out_of_range", f"{name} out of range", f"{value} not in {low}..{high}")
+    return number
+
+
+def _integer(document: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
+    value = document.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _wrong_type(name, "an integer", value)
+    if not low <= value <= high:
+        raise CodecError("out_of_range", f"{name} out of range", f"{value} not in {low}..{high}")
+    return value
+
+
+def _priority(document: Mapping[str, Any]) -> int | None:
+    value = _integer(document, "priority", 0, 2)
+    return value
+
+
+def _timestamp(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise _wrong_type("timestamp", "an ISO 8601 string", value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise CodecError(
+            "bad_timestamp", "timestamp invalid", f"{value[:64]!r} is not ISO 8601"
+        ) from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise CodecError(
+            "bad_timestamp", "timestamp without offset", f"{value[:64]!r} needs Z or an offset"
+        )
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise CodecError("bad_timestamp", "timestamp out of range", value[:64]) from None
+
+
+def _attributes(value: Any) -> dict[str, AttributeValue]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _wrong_type("attributes", "an object", value)
+    return {key: _attribute(key, item) for key, item in value.items()}
+
+
+def _attribute(key: str, value: Any) -> AttributeValue:
+    if value is None or isinstance(value, bool | int | str):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, float):
+        return value
+    if isinstance(value, dict):
+        return _sentinel(key, value)
+    raise CodecError(
+        "wrong_type", "attribute wrong type", f"attribute {key!r}: {_json_type(value)} not allowed"
+    )
+
+
+def _sentinel(key: str, value: dict[str, Any]) -> int | bytes:
+    if len(value) == 1 and _BIGINT in value:
+        digits = value[_BIGINT]
+        if not isinstance(digits, str) or not _BIGINT_DIGITS.match(digits) or len(digits) > 400:
+            raise CodecError(
+                "bad_sentinel", "bad __bigint", f"attribute {key!r}: {str(digits)[:40]!r}"
+            )
+        return int(digits)
+    if len(value) == 1 and _BUFFER in value:
+        text = value[_BUFFER]
+        if not isinstance(text, str) or len(text) % 4 or not _BASE64.match(text):
+            raise CodecError("bad_sentinel", "bad __buffer_b64", f"attribute {key!r}: not base64")
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise CodecError(
+                "bad_sentinel", "bad __buffer_b64", f"attribute {key!r}: not base64"
+            ) from None
+    if any(name.startswith("__") for name in value):
+        raise CodecError(
+            "bad_sentinel", "unknown sentinel", f"attribute {key!r}: {sorted(value)[:3]}"
+        )
+    raise CodecError("wrong_type", "attribute wrong type", f"attribute {key!r}: object not allowed")
+
+
+# --- storage and wire forms -------------------------------------------------------------------
+
+
+def attributes_json(attributes: Attributes) -> str:
+    """The JSONB text stored for `attributes`: big ints as exact JSON numbers, bytes as hex."""
+    if not attributes:
+        return "{}"
+    stored = {
+        key: value.hex() if isinstance(value, bytes) else value for key, value in attributes.items()
+    }
+    try:
+        return orjson.dumps(stored).decode()
+    except TypeError:  # an integer beyond 64 bits: the standard library writes any int exactly
+        return json.dumps(stored, separators=(",", ":"), ensure_ascii=False)
+
+
+def stored_attributes(attributes: Attributes) -> dict[str, Any]:
+    """What reading `attributes` back from the database yields (bytes become lowercase hex)."""
+    return {
+        key: value.hex() if isinstance(value, bytes) else value for key, value in attributes.items()
+    }
+
+
+def _wire_attribute(value: AttributeValue) -> Any:
+    if isinstance(value, bytes):
+        return {_BUFFER: base64.b64encode(value).decode()}
+    if isinstance(value, int) and not isinstance(value, bool) and not _I64_MIN <= value <= _U64_MAX:
+        return {_BIGINT: str(value)}
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        return {_BIGINT: str(value)}
+    return value
+
+
+def format_timestamp(ts: datetime) -> str:
+    """ISO 8601 in UTC with microseconds and `Z`, the form upstream sends."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def encode_position(position: Position) -> bytes:
+    """The stream payload for `position` (what tcp-ingestion writes): the inverse of decoding."""
+    document: dict[str, Any] = {
+        "device_id": position.device_id,
+        "timestamp": format_timestamp(position.ts),
+        "latitude": position.latitude,
+        "longitude": position.longitude,
+        "altitude": position.altitude,
+        "angle": position.angle,
+        "speed": position.speed,
+        "satellites": position.satellites,
+        "priority": position.priority,
+        "attributes": {key: _wire_attribute(value) for key, value in position.attributes.items()},
+    }
+    return orjson.dumps(document)

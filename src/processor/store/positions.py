@@ -1,0 +1,153 @@
+"""The `positions` table: idempotent batch writes and the reads the pipeline needs.
+
+A batch is written in one transaction and one round of statements: COPY into a per-connection
+temporary staging table, then `INSERT ... SELECT ... ON CONFLICT (device_id, ts)`. Records with a
+key seen earlier in the same batch go to a later *round* (another INSERT from the same staging
+table, same transaction), so each record's outcome comes straight from the database:
+
+- inserted:  no row had the key;
+- merged:    a row had the key and this record adds IO keys it lacked (stored keys keep their
+             value: `EXCLUDED.attributes || p.attributes`);
+- duplicate: a row had the key and every IO key already (a true redelivery writes nothing).
+
+Rows are inserted in key order so that concurrent writers lock keys in the same order (no
+deadlocks between overlapping batches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+import psycopg
+
+from processor.position import Position, attributes_json
+
+STAGING = "processor_staging"
+
+CREATE_STAGING = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGING} (
+    round      integer          NOT NULL,
+    device_id  text             NOT NULL,
+    ts         timestamptz      NOT NULL,
+    latitude   double precision NOT NULL,
+    longitude  double precision NOT NULL,
+    altitude   double precision,
+    angle      double precision,
+    speed      double precision,
+    satellites integer,
+    priority   smallint,
+    attributes jsonb            NOT NULL,
+    faulty     boolean          NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+
+COPY_STAGING = (
+    f"COPY {STAGING} (round, device_id, ts, latitude, longitude, altitude, angle, speed, "
+    "satellites, priority, attributes, faulty) FROM STDIN"
+)
+
+INSERT_ROUND = f"""
+INSERT INTO positions AS p
+    (device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority,
+     attributes, faulty)
+SELECT device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority,
+       attributes, faulty
+FROM {STAGING} WHERE round = %s
+ORDER BY device_id, ts
+ON CONFLICT (device_id, ts) DO UPDATE
+    SET attributes = EXCLUDED.attributes || p.attributes
+    WHERE (EXCLUDED.attributes || p.attributes) <> p.attributes
+RETURNING p.device_id, p.ts, (p.xmax = 0) AS inserted
+"""
+
+LATEST_GOOD = """
+SELECT d.device_id, p.ts, p.latitude, p.longitude, p.altitude, p.angle, p.speed, p.satellites,
+       p.priority
+FROM unnest(%s::text[]) AS d(device_id)
+CROSS JOIN LATERAL (
+    SELECT ts, latitude, longitude, altitude, angle, speed, satellites, priority
+    FROM positions
+    WHERE positions.device_id = d.device_id AND NOT faulty
+    ORDER BY ts DESC
+    LIMIT 1
+) AS p
+"""
+
+INSERTED, MERGED, DUPLICATE = "inserted", "merged", "duplicate"
+
+
+@attrs.frozen(slots=True)
+class Row:
+    """One record to store: its position and the quality verdict."""
+
+    position: Position
+    faulty: bool
+
+
+def prepare_connection(conn: psycopg.Connection[Any]) -> None:
+    """Pool `configure` hook: each connection gets its staging table once, not per batch."""
+    conn.execute(CREATE_STAGING)
+    conn.commit()
+
+
+def write_rows(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> list[str]:
+    """Write `rows` in one transaction; returns each row's outcome, in order.
+
+    Raises psycopg errors unchanged: the caller tells transient failures from data refusals.
+    """
+    rounds: list[int] = []
+    seen: dict[tuple[str, datetime], int] = {}
+    for row in rows:
+        key = (row.position.device_id, row.position.ts)
+        occurrence = seen.get(key, 0)
+        seen[key] = occurrence + 1
+        rounds.append(occurrence)
+    outcomes = [DUPLICATE] * len(rows)
+    with conn.transaction(), conn.cursor() as cursor:
+        with cursor.copy(COPY_STAGING) as copy:
+            for round_number, row in zip(rounds, rows, strict=True):
+                p = row.position
+                copy.write_row(
+                    (
+                        round_number,
+                        p.device_id,
+                        p.ts,
+                        p.latitude,
+                        p.longitude,
+                        p.altitude,
+                        p.angle,
+                        p.speed,
+                        p.satellites,
+                        p.priority,
+                        attributes_json(p.attributes),
+                        row.faulty,
+                    )
+                )
+        for round_number in range(max(rounds, default=-1) + 1):
+            cursor.execute(INSERT_ROUND, (round_number,))
+            changed = {(device_id, ts): inserted for device_id, ts, inserted in cursor}
+            for index, row in enumerate(rows):
+                if rounds[index] != round_number:
+                    continue
+                verdict = changed.get((row.position.device_id, row.position.ts))
+                if verdict is not None:
+                    outcomes[index] = INSERTED if verdict else MERGED
+    return outcomes
+
+
+def latest_good_positions(
+    conn: psycopg.Connection[Any], device_ids: Sequence[str]
+) -> dict[str, Position]:
+    """Each device's latest stored non-faulty fix (devices with none are absent)."""
+    if not device_ids:
+        return {}
+    found: dict[str, Position] = {}
+    with conn.transaction():
+        for device_id, ts, lat, lon, alt, angle, speed, sats, priority in conn.execute(
+            LATEST_GOOD, (list(device_ids),)
+        ):
+            found[device_id] = Position(device_id, ts, lat, lon, alt, angle, speed, sats, priority)
+    return found

@@ -1,0 +1,127 @@
+"""PostgreSQL access for Trio: a bounded psycopg pool used from worker threads.
+
+psycopg's synchronous API runs inside `trio.to_thread.run_sync` (never abandoned on cancel), so a
+cancelled task always waits for its thread to return the connection to the pool: no thread is
+left holding a pooled connection. Every call is bounded by `connect_timeout`, the pool's wait
+timeout and a server-side `statement_timeout`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+import structlog
+import trio
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from processor.store.retry import Backoff
+
+T = TypeVar("T")
+log = structlog.get_logger("processor.postgres")
+
+CONNECT_TIMEOUT_S = 5
+POOL_WAIT_S = 10.0
+
+# Errors that mean "the database or the network is unavailable": retry later, never dead-letter.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.AdminShutdown,
+    psycopg.errors.CannotConnectNow,
+    psycopg.errors.QueryCanceled,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.InsufficientResources,
+    PoolTimeout,
+)
+
+
+def connection_kwargs(url: str, statement_timeout_ms: int) -> dict[str, Any]:
+    """Per-connection settings: bounded connect, bounded statements, TCP keepalives.
+
+    Options already in the URL (e.g. a `search_path`) are kept, ours are appended.
+    """
+    url_options = str(conninfo_to_dict(url).get("options") or "")
+    options = f"{url_options} -c statement_timeout={statement_timeout_ms} -c timezone=UTC"
+    return {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "options": options.strip(),
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "application_name": "processor",
+    }
+
+
+class Database:
+    """A pool of PostgreSQL connections, used one thread hop at a time."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int,
+        statement_timeout_ms: int,
+        configure: Callable[[psycopg.Connection[Any]], None] | None = None,
+    ) -> None:
+        self.url = url
+        self._kwargs = connection_kwargs(url, statement_timeout_ms)
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs=self._kwargs,
+            open=False,
+            timeout=POOL_WAIT_S,
+            reconnect_timeout=3600,
+            name="processor",
+            configure=configure,
+        )
+
+    async def connect(self, *, deadline_s: float) -> None:
+        """Wait for the server with capped backoff (each attempt logged), then open the pool."""
+        backoff = Backoff(initial_s=0.2, max_s=5.0)
+        with trio.fail_after(deadline_s):
+            while True:
+                try:
+                    await trio.to_thread.run_sync(self._probe_connect)
+                    break
+                except psycopg.Error as exc:
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "postgres connect failed",
+                        attempt=backoff.attempts,
+                        error=str(exc).strip()[:200],
+                        retry_in_s=round(delay, 2),
+                    )
+                    await trio.sleep(delay)
+        await trio.to_thread.run_sync(lambda: self._pool.open(wait=False))
+        log.info("postgres connected")
+
+    def _probe_connect(self) -> None:
+        with psycopg.connect(self.url, **self._kwargs) as conn:
+            conn.execute("SELECT 1")
+
+    def dedicated_connection(self) -> psycopg.Connection[Any]:
+        """A connection outside the pool (migrations hold a session-level advisory lock)."""
+        return psycopg.connect(self.url, **self._kwargs)
+
+    async def run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run `work(conn)` in a worker thread inside one transaction (committed on return)."""
+        return await trio.to_thread.run_sync(self.run_sync, work)
+
+    def run_sync(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        with self._pool.connection(timeout=POOL_WAIT_S) as conn:
+            return work(conn)
+
+    async def ping(self) -> None:
+        """One cheap round trip; raises when the server does not answer."""
+        await self.run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await trio.to_thread.run_sync(lambda: self._pool.close(timeout=3))

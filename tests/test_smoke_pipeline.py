@@ -1,0 +1,18 @@
+"""The simplest end-to-end path: publish valid fixes, they are stored once and acked."""
+
+from __future__ import annotations
+
+import redis
+
+from tests.support.fixes import fix, pending_count, publish, row_count
+from tests.support.service import running_service, wait_until
+
+
+async def test_fixes_are_stored_and_acked(
+    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
+) -> None:
+    async with running_service(env) as service:
+        publish(redis_client, stream_key, [fix(f"dev{i % 10}", i) for i in range(1000)])
+        await wait_until(lambda: row_count(database_url) == 1000)
+        await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
+        assert service.metrics.acks._value.get() == 1000
