@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import structlog
 import trio
 
+from processor import dlq, publisher
 from processor.config import Config, ConfigError, load_config
 from processor.observability.logging import configure_logging
 
@@ -72,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Further commands (dlq, simulate, demo, bench) register their sub-parsers here.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    dlq.register,
+    publisher.register,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ operator who mistyped a setting sees exactly that and not a traceback.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -205,7 +206,7 @@ def _make_converter() -> cattrs.Converter:
 
     def to_float(value: Any, _type: Any) -> float:
         number = float(str(value).strip())
-        if number != number or number in (float("inf"), float("-inf")):
+        if not math.isfinite(number):
             raise ValueError("not finite")
         return number
 
@@ -240,7 +241,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
             continue
         value = env[name]
         try:
-            raw[field.name] = _CONVERTER.structure(value, field.type)
+            raw[field.name] = _CONVERTER.structure(value, field.type or str)
         except (ValueError, TypeError) as exc:
             raise ConfigError(_message(field, value)) from exc
     if not raw.get("instance_id"):

@@ -27,6 +27,7 @@ _BUFFER = "__buffer_b64"
 _BIGINT_DIGITS = re.compile(r"-?[0-9]+\Z")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
 _INT32_MAX = 2**31 - 1
+_NUL = "\x00"  # PostgreSQL text and JSONB cannot hold it: reject at decode, not at the database
 _I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
 PRIORITIES = (0, 1, 2)
 
@@ -83,6 +84,8 @@ def position_from_dict(document: Mapping[str, Any]) -> Position:
         raise CodecError(
             "out_of_range", "device_id length out of range", f"{len(device_id)} chars, allowed 1-64"
         )
+    if _NUL in device_id:
+        raise CodecError("bad_text", "device_id contains NUL", "PostgreSQL text cannot store it")
     return Position(
         device_id=device_id,
         ts=_timestamp(_required(document, "timestamp")),
@@ -131,7 +134,10 @@ def _number(
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _wrong_type(name, "a number", value)
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the double range
+        number = math.inf
     if not math.isfinite(number) or not low <= number <= high:
         raise CodecError("out_of_range", f"{name} out of range", f"{value} not in {low}..{high}")
     return number
@@ -177,13 +183,22 @@ def _attributes(value: Any) -> dict[str, AttributeValue]:
         return {}
     if not isinstance(value, dict):
         raise _wrong_type("attributes", "an object", value)
-    return {key: _attribute(key, item) for key, item in value.items()}
+    decoded: dict[str, AttributeValue] = {}
+    for key, item in value.items():
+        if _NUL in key:
+            raise CodecError("bad_text", "attribute contains NUL", "JSONB cannot store \\u0000")
+        decoded[key] = _attribute(key, item)
+    return decoded
 
 
 def _attribute(key: str, value: Any) -> AttributeValue:
+    if isinstance(value, str) and _NUL in value:
+        raise CodecError("bad_text", "attribute contains NUL", f"attribute {key!r}: \\u0000")
     if value is None or isinstance(value, bool | int | str):
-        return value  # type: ignore[no-any-return]
+        return value
     if isinstance(value, float):
+        if not math.isfinite(value):  # JSON has no such number; orjson would write null
+            raise CodecError("out_of_range", "attribute out of range", f"attribute {key!r}")
         return value
     if isinstance(value, dict):
         return _sentinel(key, value)
@@ -234,7 +249,11 @@ def attributes_json(attributes: Attributes) -> str:
 
 
 def stored_attributes(attributes: Attributes) -> dict[str, Any]:
-    """What reading `attributes` back from the database yields (bytes become lowercase hex)."""
+    """What reading `attributes` back from the database yields (bytes become lowercase hex).
+
+    Numbers compare as JSON numbers: JSONB keeps a number's decimal value, not Python's int/float
+    distinction, so a float such as 1e300 (written "1e300") reads back as the int 10**300.
+    """
     return {
         key: value.hex() if isinstance(value, bytes) else value for key, value in attributes.items()
     }
@@ -252,7 +271,8 @@ def _wire_attribute(value: AttributeValue) -> Any:
 
 def format_timestamp(ts: datetime) -> str:
     """ISO 8601 in UTC with microseconds and `Z`, the form upstream sends."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Not strftime: glibc's %Y drops the zero padding of years before 1000.
+    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def encode_position(position: Position) -> bytes:

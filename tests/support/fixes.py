@@ -65,3 +65,49 @@ def rows(database_url: str, query: str = "SELECT count(*) FROM positions") -> An
 
 def row_count(database_url: str) -> int:
     return int(rows(database_url)[0][0])
+
+
+def stream_id_key(entry_id: str | bytes) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, seq = text.split("-")
+    return int(ms), int(seq)
+
+
+def acked_ids(client: redis.Redis, stream: str, ids: list[str], group: str = "processor") -> set[str]:
+    """Entries of `ids` that the group has delivered and that are no longer pending."""
+    info = next(g for g in client.xinfo_groups(stream) if g["name"] == group.encode())
+    last = stream_id_key(info["last-delivered-id"])
+    pending = {
+        p["message_id"].decode()
+        for p in client.xpending_range(stream, group, min="-", max="+", count=10_000_000)
+    }
+    return {i for i in ids if stream_id_key(i) <= last and i not in pending}
+
+
+def stored_keys(database_url: str) -> set[tuple[str, str]]:
+    """(device_id, ISO timestamp in UTC with Z) of every stored row."""
+    with psycopg.connect(database_url) as conn:
+        return {
+            (device_id, ts.astimezone(UTC).isoformat().replace("+00:00", "Z"))
+            for device_id, ts in conn.execute("SELECT device_id, ts FROM positions")
+        }
+
+
+def key_of(document: dict[str, Any]) -> tuple[str, str]:
+    ts = datetime.fromisoformat(document["timestamp"]).astimezone(UTC)
+    return document["device_id"], ts.isoformat().replace("+00:00", "Z")
+
+
+def assert_acked_have_rows(
+    client: redis.Redis, stream: str, database_url: str, published: dict[str, dict[str, Any]]
+) -> int:
+    """The core invariant: no entry is acked before its row is committed. Returns #acked.
+
+    Acks are read before rows: rows only grow, so an entry acked at the first read must have
+    its row at the second.
+    """
+    acked = acked_ids(client, stream, list(published))
+    keys = stored_keys(database_url)
+    missing = [i for i in acked if key_of(published[i]) not in keys]
+    assert not missing, f"{len(missing)} entries acked without a row, e.g. {missing[:3]}"
+    return len(acked)

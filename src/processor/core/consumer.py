@@ -124,18 +124,17 @@ class Consumer:
                     backoff.reset()
                     if not entries:
                         self.metrics.consumer_reads.labels("empty").inc()
-                        if start_id == "0":
+                        if start_id != ">":
                             start_id = ">"
                             log.info("own pending entries done, reading new entries")
                         continue
                     self.metrics.consumer_reads.labels("entries").inc()
                     self.metrics.consumer_records.inc(len(entries))
-                    if start_id == "0":
+                    if start_id != ">":
                         start_id = entries[-1][0].decode()  # page through the pending list
                     await deliveries.send(decode_entries(entries, self.metrics))
         finally:
-            with trio.CancelScope(shield=True):
-                self._reader.close()
+            self._reader.close()
             log.info("consumer stopped")
 
     def _read(self, start_id: str) -> StreamEntries:
@@ -163,8 +162,6 @@ class Consumer:
         if reader_id is not None:
             try:
                 with trio.move_on_after(2):
-                    await trio.to_thread.run_sync(
-                        lambda: self._control.execute_command("CLIENT", "UNBLOCK", reader_id)
-                    )
+                    await trio.to_thread.run_sync(self._control.client_unblock, reader_id)
             except redis_store.TRANSIENT_ERRORS as exc:
                 log.warning("could not unblock the stream read", error=str(exc)[:200])

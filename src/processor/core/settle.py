@@ -26,7 +26,7 @@ class StreamNames:
 
 def dead_letter_fields(rejected: Rejected, consumer: str) -> dict[bytes | str, bytes | str]:
     """The original fields plus why, where and when it failed (SPEC §4)."""
-    fields: dict[bytes | str, bytes | str] = dict(rejected.fields)
+    fields: dict[bytes | str, bytes | str] = {key: value for key, value in rejected.fields.items()}
     fields.update(
         {
             "reason": rejected.reason,

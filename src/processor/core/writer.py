@@ -1,10 +1,11 @@
 """The writer: batches deliveries, judges fix quality, stores, then acks.
 
-    consumer --Delivery--> batcher --Batch--> flusher x WRITE_CONCURRENCY --> PostgreSQL, then XACK
+    consumer --Delivery--> batcher --Batch--> lane x WRITE_CONCURRENCY --> PostgreSQL, then XACK
 
 The batcher is the only task touching device state, so quality verdicts are deterministic in
-stream order. Flushers write batches concurrently (each on its own pooled connection, one thread
-hop per batch) and ack exactly the entries whose rows were inserted, merged or proved duplicate.
+stream order. Each batch is split over the flusher lanes by device; lanes write concurrently
+(each on its own pooled connection, one thread hop per batch) and ack exactly the entries whose
+rows were inserted, merged or proved duplicate.
 
 A transient failure (database or Redis unreachable) is retried with capped exponential backoff
 and nothing is acked meanwhile; because the channels are bounded, the consumer stops reading
@@ -17,6 +18,7 @@ and closes its own, and the flushers finish their last batches and return.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -34,7 +36,7 @@ from processor.core.records import Delivery, Record, Rejected, entry_time
 from processor.core.settle import StreamNames, settle_sync
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
-from processor.store.positions import Row, latest_good_positions, write_rows
+from processor.store.positions import INSERTED, Row, latest_good_positions, write_rows
 from processor.store.postgres import Database
 from processor.store.retry import Backoff
 
@@ -93,22 +95,23 @@ class Writer:
         self.metrics = metrics
 
     async def run(self, deliveries: trio.MemoryReceiveChannel[Delivery]) -> None:
-        send_batches, receive_batches = trio.open_memory_channel[Batch](self.settings.concurrency)
+        lanes = [trio.open_memory_channel[Batch](1) for _ in range(self.settings.concurrency)]
         async with trio.open_nursery() as nursery:
-            for _ in range(self.settings.concurrency):
-                nursery.start_soon(self._flusher, receive_batches.clone())
-            receive_batches.close()
-            await self._batcher(deliveries, send_batches)
+            for _, receive in lanes:
+                nursery.start_soon(self._flusher, receive)
+            await self._batcher(deliveries, [send for send, _ in lanes])
 
     # --- batching ----------------------------------------------------------------------------
 
     async def _batcher(
         self,
         deliveries: trio.MemoryReceiveChannel[Delivery],
-        batches: trio.MemorySendChannel[Batch],
+        lanes: list[trio.MemorySendChannel[Batch]],
     ) -> None:
         size = self.settings.batch_size
-        async with deliveries, batches:
+        async with deliveries, contextlib.AsyncExitStack() as closing:
+            for lane in lanes:
+                await closing.enter_async_context(lane)
             records: list[Record] = []
             rejected: list[Rejected] = []
             finished = False
@@ -131,8 +134,29 @@ class Writer:
                 while records or rejected:
                     chunk, records = records[:size], records[size:]
                     await self._judge(chunk)
-                    await batches.send(Batch(chunk, rejected))
+                    await self._dispatch(lanes, chunk, rejected)
                     rejected = []
+
+    @staticmethod
+    async def _dispatch(
+        lanes: list[trio.MemorySendChannel[Batch]], records: list[Record], rejected: list[Rejected]
+    ) -> None:
+        """Split a batch over the flusher lanes by device.
+
+        A device always goes to the same lane and each lane writes its batches in order, so all
+        records of one key reach the database in stream order (the first stored IO value of a
+        key wins deterministically) and two concurrent transactions never touch the same key.
+        """
+        if len(lanes) == 1:
+            await lanes[0].send(Batch(records, rejected))
+            return
+        parts: list[list[Record]] = [[] for _ in lanes]
+        for record in records:
+            parts[hash(record.position.device_id) % len(lanes)].append(record)
+        for index, (lane, part) in enumerate(zip(lanes, parts, strict=True)):
+            extra = rejected if index == 0 else []
+            if part or extra:
+                await lane.send(Batch(part, extra))
 
     async def _judge(self, records: list[Record]) -> None:
         """Set each record's fix-quality verdict and advance device state (stream order)."""
@@ -164,13 +188,23 @@ class Writer:
         started = time.perf_counter()
         outcomes, refused = await self._store(batch.records)
         committed_at = time.time()
+        write_s = time.perf_counter() - started
         stored = [r for r in batch.records if r.entry_id in outcomes]
         rejected = batch.rejected + refused
         acked = await self._retrying(
             "ack",
             lambda: settle_sync(self.redis, self.names, [r.entry_id for r in stored], rejected),
         )
-        self._count(batch, stored, outcomes, rejected, acked, committed_at, started)
+        self._count(
+            batch=batch,
+            stored=stored,
+            outcomes=outcomes,
+            rejected=rejected,
+            acked=acked,
+            committed_at=committed_at,
+            write_s=write_s,
+            started=started,
+        )
 
     async def _store(self, records: list[Record]) -> tuple[dict[str, str], list[Rejected]]:
         """Write records, isolating refused ones; returns (entry_id -> outcome, refused)."""
@@ -235,23 +269,27 @@ class Writer:
 
     def _count(
         self,
+        *,
         batch: Batch,
         stored: Sequence[Record],
         outcomes: dict[str, str],
         rejected: Sequence[Rejected],
         acked: int,
         committed_at: float,
+        write_s: float,
         started: float,
     ) -> None:
         m = self.metrics
-        m.write_duration.observe(time.perf_counter() - started)
-        if batch.records:
+        if batch.records:  # a batch of only rejected entries writes nothing: no write sample
+            m.write_duration.observe(write_s)
             m.write_batch_size.observe(len(batch.records))
         for outcome in outcomes.values():
             m.position_writes.labels(outcome).inc()
         for record in stored:
             m.e2e_latency.observe(max(0.0, committed_at - entry_time(record.entry_id)))
-            if record.faulty_reason is not None:
+            # Only an inserted row is stored with this verdict (a merge keeps the row's flag, a
+            # duplicate stores nothing), so a redelivered faulty fix is not counted twice.
+            if record.faulty_reason is not None and outcomes[record.entry_id] == INSERTED:
                 m.faulty_positions.labels(record.faulty_reason).inc()
         for entry in rejected:
             m.dead_letters.labels(entry.category.split(":")[0]).inc()

@@ -117,7 +117,8 @@ def apply_storage_policy(
     if compress_after_days > 0:
         conn.execute(
             "ALTER TABLE positions SET (timescaledb.compress, "
-            "timescaledb.compress_segmentby = 'device_id', timescaledb.compress_orderby = 'ts DESC')"
+            "timescaledb.compress_segmentby = 'device_id', "
+            "timescaledb.compress_orderby = 'ts DESC')"
         )
         conn.execute("SELECT remove_compression_policy('positions', if_exists => true)")
         conn.execute(

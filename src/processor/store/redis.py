@@ -75,3 +75,16 @@ async def ensure_group(client: redis.Redis, stream: str, group: str, start_id: s
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+async def unblock(control: redis.Redis, client_id: int | None) -> None:
+    """Make a `BLOCK` read on connection `client_id` return now (`CLIENT UNBLOCK`), so stopping
+    a reader does not wait out its block time. Best effort and bounded: on failure the read
+    still returns within its own block time."""
+    if client_id is None:
+        return
+    try:
+        with trio.move_on_after(2):
+            await call(control, "execute_command", "CLIENT", "UNBLOCK", client_id)
+    except TRANSIENT_ERRORS as exc:
+        log.warning("could not unblock a stream read", error=str(exc)[:200])

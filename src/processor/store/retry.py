@@ -9,7 +9,10 @@ import attrs
 
 @attrs.define
 class Backoff:
-    """Delays of initial, 2x, 4x ... capped at `max_s`, each with +-20% jitter (no thundering herd)."""
+    """Delays of initial, 2x, 4x ... capped at `max_s`, each with +-20% jitter.
+
+    The jitter keeps several instances that lost the same server from retrying in lockstep.
+    """
 
     initial_s: float
     max_s: float
@@ -17,8 +20,9 @@ class Backoff:
 
     def next_delay(self) -> float:
         self.attempts += 1
-        base = min(self.max_s, self.initial_s * 2 ** min(self.attempts - 1, 30))
-        return base * random.uniform(0.8, 1.2)
+        base = min(self.max_s, self.initial_s * float(2 ** min(self.attempts - 1, 30)))
+        jitter: float = random.uniform(0.8, 1.2)
+        return base * jitter
 
     def reset(self) -> None:
         self.attempts = 0

@@ -1,0 +1,163 @@
+"""Crashes, database outages and SIGTERM: nothing lost, nothing duplicated (SPEC §1.2-§1.3, §4)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import psycopg
+import redis
+import trio
+
+from processor.app import Service
+from processor.config import load_config
+from tests.support.fixes import (
+    assert_acked_have_rows,
+    fix,
+    key_of,
+    pending_count,
+    publish,
+    row_count,
+    stored_keys,
+)
+from tests.support.service import running_service, spawn_processor, wait_until
+
+
+def workload(devices: int, per_device: int) -> list[dict[str, object]]:
+    return [fix(f"dev{d:04d}", s) for s in range(per_device) for d in range(devices)]
+
+
+async def test_cancelled_mid_batch_then_restarted_completes_without_loss(
+    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
+) -> None:
+    documents = workload(200, 100)
+    env = {**env, "READ_COUNT": "200", "WRITE_BATCH_SIZE": "250"}
+    published = dict(zip(publish(redis_client, stream_key, documents), documents, strict=True))
+
+    with trio.move_on_after(60) as run_scope:
+        async with trio.open_nursery() as nursery:
+            service = Service(load_config(env))
+            await nursery.start(service.run)
+            await wait_until(lambda: row_count(database_url) >= 2000, interval=0.005)
+            nursery.cancel_scope.cancel()  # the whole task tree, mid-batch, no drain
+    assert not run_scope.cancelled_caught
+    rows_at_crash = row_count(database_url)
+    assert rows_at_crash < len(documents), "the crash came too late to prove anything"
+    assert pending_count(redis_client, stream_key) > 0
+    assert_acked_have_rows(redis_client, stream_key, database_url, published)
+
+    async with running_service(env) as restarted:
+        await wait_until(lambda: pending_count(redis_client, stream_key) == 0, timeout=60)
+        writes = restarted.metrics.position_writes
+        await wait_until(lambda: row_count(database_url) == len(documents))
+    assert stored_keys(database_url) == {key_of(d) for d in documents}
+    # The restarted instance re-read its own pending entries: whatever the first one had
+    # committed but not acked comes back as a duplicate, never as a second row.
+    assert writes.labels("inserted")._value.get() == len(documents) - rows_at_crash
+    assert_acked_have_rows(redis_client, stream_key, database_url, published)
+
+
+async def test_sigkilled_daemon_restarted_completes_without_loss(
+    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
+) -> None:
+    documents = workload(500, 60)
+    published = dict(zip(publish(redis_client, stream_key, documents), documents, strict=True))
+    env = {**env, "READ_COUNT": "200", "WRITE_BATCH_SIZE": "200"}
+    process = spawn_processor(env)
+    try:
+        await wait_until(lambda: row_count_or_zero(database_url) >= 3000, timeout=30, interval=0.01)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+    assert row_count(database_url) < len(documents)
+    assert_acked_have_rows(redis_client, stream_key, database_url, published)
+
+    process = spawn_processor(env)
+    try:
+        await wait_until(lambda: pending_count(redis_client, stream_key) == 0, timeout=60)
+        await wait_until(lambda: row_count(database_url) == len(documents))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    assert stored_keys(database_url) == {key_of(d) for d in documents}
+    assert_acked_have_rows(redis_client, stream_key, database_url, published)
+
+
+def row_count_or_zero(database_url: str) -> int:
+    try:
+        return row_count(database_url)
+    except psycopg.errors.UndefinedTable:
+        return 0
+
+
+def terminate_processor_backends(server_url: str) -> int:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        return len(
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'processor' AND pid <> pg_backend_pid()"
+            ).fetchall()
+        )
+
+
+async def test_terminated_database_connections_retry_without_early_acks(
+    env: dict[str, str],
+    redis_client: redis.Redis,
+    stream_key: str,
+    database_url: str,
+    postgres_server_url: str,
+) -> None:
+    env = {**env, "INSTANCE_ID": "terminated", "WRITE_RETRY_INITIAL_MS": "20",
+           "WRITE_RETRY_MAX_MS": "200", "READ_COUNT": "100", "WRITE_BATCH_SIZE": "100"}
+    env["DATABASE_URL"] += "&application_name=processor"
+    documents = workload(100, 100)
+    published: dict[str, dict[str, object]] = {}
+    async with running_service(env) as service:
+        terminated = 0
+        for start in range(0, len(documents), 500):
+            chunk = documents[start : start + 500]
+            published.update(zip(publish(redis_client, stream_key, chunk), chunk, strict=True))
+            terminated += await trio.to_thread.run_sync(
+                terminate_processor_backends, postgres_server_url
+            )
+            await trio.sleep(0.02)
+            await trio.to_thread.run_sync(
+                assert_acked_have_rows, redis_client, stream_key, database_url, published
+            )
+        await wait_until(lambda: pending_count(redis_client, stream_key) == 0, timeout=60)
+        assert service.metrics.write_retries._value.get() > 0
+        assert service.ready.is_set() and not service.draining.is_set()
+    assert terminated > 0
+    assert stored_keys(database_url) == {key_of(d) for d in documents}
+    assert row_count(database_url) == len(documents)
+
+
+async def test_sigterm_with_entries_in_flight_drains_and_exits_zero(
+    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
+) -> None:
+    documents = workload(1000, 40)
+    published = dict(zip(publish(redis_client, stream_key, documents), documents, strict=True))
+    env = {**env, "READ_COUNT": "500", "WRITE_BATCH_SIZE": "500", "SHUTDOWN_TIMEOUT_S": "10",
+           "LOG_LEVEL": "info", "LOG_FORMAT": "json"}
+    process = spawn_processor(env)
+    try:
+        await wait_until(lambda: row_count_or_zero(database_url) >= 2000, timeout=30, interval=0.01)
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = await trio.to_thread.run_sync(lambda: process.wait(timeout=15))
+        drain_s = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+    _, stderr = process.communicate()
+    assert code == 0, stderr.decode()[-2000:]
+    assert drain_s < 10
+    assert b'"draining"' in stderr and b'"stopped"' in stderr
+    acked = assert_acked_have_rows(redis_client, stream_key, database_url, published)
+    assert 0 < acked < len(documents), "SIGTERM should arrive with work still unread"
+    # Everything read was written and acked: nothing the drained instance read is pending.
+    assert pending_count(redis_client, stream_key) == 0
+    assert row_count(database_url) == acked
+
+
