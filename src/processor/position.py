@@ -28,7 +28,7 @@ _BIGINT_DIGITS = re.compile(r"-?[0-9]+\Z")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
 _INT32_MAX = 2**31 - 1
 _NUL = "\x00"  # PostgreSQL text and JSONB cannot hold it: reject at decode, not at the database
-_I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
+_SAFE_INT = 2**53
 PRIORITIES = (0, 1, 2)
 
 
@@ -260,12 +260,11 @@ def stored_attributes(attributes: Attributes) -> dict[str, Any]:
 
 
 def _wire_attribute(value: AttributeValue) -> Any:
+    # Any integer a JSON reader's double cannot hold exactly (beyond 2**53) goes as a __bigint.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -_SAFE_INT <= value <= _SAFE_INT else {_BIGINT: str(value)}
     if isinstance(value, bytes):
         return {_BUFFER: base64.b64encode(value).decode()}
-    if isinstance(value, int) and not isinstance(value, bool) and not _I64_MIN <= value <= _U64_MAX:
-        return {_BIGINT: str(value)}
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
-        return {_BIGINT: str(value)}
     return value
 
 

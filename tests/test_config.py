@@ -1,0 +1,176 @@
+"""Configuration from the environment (SPEC §7): typed defaults, and one clear line per bad value.
+
+The subprocess tests run the real entry point, because "exit code 2, one line, no traceback" is
+a property of the process, not of `load_config`.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import attrs
+import pytest
+
+from processor.config import Config, ConfigError, load_config
+from tests.support.service import spawn_processor
+
+
+def test_defaults() -> None:
+    config = load_config({})
+    assert config.redis_url == "redis://localhost:6379/0"
+    assert config.database_url == "postgresql://localhost/processor"
+    assert config.redis_stream == "telemetry:teltonika"
+    assert config.redis_group == "processor"
+    assert config.read_count == 1000
+    assert config.read_block_ms == 1000
+    assert config.write_batch_size == 1000
+    assert config.write_flush_ms == 50
+    assert config.shutdown_timeout_s == 15.0
+    assert config.max_deliveries == 5
+    assert config.dlq_maxlen == 100_000
+    assert config.future_tolerance_s == 300.0
+    assert config.max_plausible_speed_kmh == 400.0
+    assert (config.http_host, config.http_port) == ("0.0.0.0", 9090)
+    assert (config.live_ws_host, config.live_ws_port) == ("0.0.0.0", 8081)
+    assert config.live_ws_max_message_bytes == 4096
+    assert config.live_ws_allowed_origins == ()
+    assert config.directus_url == ""
+    assert not config.live_enabled
+
+
+def test_derived_defaults() -> None:
+    config = load_config({})
+    assert config.instance_id == socket.gethostname()
+    assert config.consumer_name == config.instance_id
+    assert config.dead_letter_stream == "telemetry:teltonika:dead"
+    assert config.live_group == f"live-{config.instance_id}"
+
+    config = load_config({"INSTANCE_ID": "proc-7", "REDIS_STREAM": "telemetry:other"})
+    assert config.consumer_name == "proc-7"
+    assert config.dead_letter_stream == "telemetry:other:dead"
+    assert config.live_group == "live-proc-7"
+
+    config = load_config(
+        {"INSTANCE_ID": "proc-7", "REDIS_CONSUMER": "worker-a", "DLQ_STREAM": "dead:letters"}
+    )
+    assert config.consumer_name == "worker-a"
+    assert config.dead_letter_stream == "dead:letters"
+
+
+def test_values_are_parsed_to_their_types() -> None:
+    config = load_config(
+        {
+            "READ_COUNT": " 250 ",
+            "DLQ_MAXLEN": "1_000_000",
+            "SHUTDOWN_TIMEOUT_S": "2.5",
+            "HTTP_PORT": "0",
+            "LOG_LEVEL": "debug",
+            "DIRECTUS_URL": "https://cms.example.org",
+            "LIVE_WS_ALLOWED_ORIGINS": "https://a.example.org/, https://b.example.org,,",
+            "DATABASE_URL": "postgres://user:pw@db:5433/processor?sslmode=require",
+            "REDIS_URL": "rediss://cache:6380/2",
+        }
+    )
+    assert config.read_count == 250
+    assert config.dlq_maxlen == 1_000_000
+    assert config.shutdown_timeout_s == 2.5
+    assert config.http_port == 0
+    assert config.log_level == "debug"
+    assert config.live_enabled
+    assert config.live_ws_allowed_origins == ("https://a.example.org", "https://b.example.org")
+
+
+def test_config_is_frozen() -> None:
+    config = load_config({})
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        config.read_count = 5  # type: ignore[misc]
+    assert isinstance(config, Config)
+
+
+BAD_VALUES = [
+    # (variable, value, what the message must say is allowed)
+    ("READ_COUNT", "abc", "an integer from 1 to 100000"),
+    ("READ_COUNT", "1.5", "an integer from 1 to 100000"),
+    ("READ_COUNT", "", "an integer from 1 to 100000"),
+    ("READ_COUNT", "100001", "an integer from 1 to 100000"),
+    ("WRITE_BATCH_SIZE", "0", "an integer from 1 to 100000"),
+    ("WRITE_BATCH_SIZE", "-5", "an integer from 1 to 100000"),
+    ("HTTP_PORT", "70000", "an integer from 0 to 65535"),
+    ("MAX_DELIVERIES", "1\n2", "an integer from 1 to 1000"),
+    ("SHUTDOWN_TIMEOUT_S", "nan", "a number from 0.1 to 3600"),
+    ("SHUTDOWN_TIMEOUT_S", "inf", "a number from 0.1 to 3600"),
+    ("SHUTDOWN_TIMEOUT_S", "0", "a number from 0.1 to 3600"),
+    ("STARTUP_TIMEOUT_S", "soon", "a number from 1 to 3600"),
+    ("LOG_LEVEL", "verbose", "one of debug, info, warning, error"),
+    ("LOG_FORMAT", "xml", "one of json, console"),
+    ("REDIS_STREAM", "   ", "a non-empty string"),
+    ("DATABASE_URL", "not a url", "a postgresql:// URL"),
+    ("DATABASE_URL", "mysql://db/processor", "a postgresql:// URL"),
+    ("DATABASE_URL", "postgresql://db:99999/processor", "a postgresql:// URL"),
+    ("DATABASE_URL", "postgresql://db:port/processor", "a postgresql:// URL"),
+    ("REDIS_URL", "http://x", "a redis:// or rediss:// URL"),
+    ("REDIS_URL", "localhost:6379", "a redis:// or rediss:// URL"),
+    ("DIRECTUS_URL", "ftp://cms", "an http:// or https:// URL (empty: live broadcast off)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "allowed"),
+    [pytest.param(v, x, a, id=f"{v}={x!r}") for v, x, a in BAD_VALUES],
+)
+def test_bad_value_is_one_line_naming_variable_value_and_allowed(
+    variable: str, value: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({variable: value})
+    assert str(caught.value) == f"invalid {variable}={value!r}: expected {allowed}"
+    assert "\n" not in str(caught.value)
+
+
+def test_first_bad_value_is_reported() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"READ_COUNT": "abc", "WRITE_BATCH_SIZE": "0"})
+    assert "READ_COUNT" in str(caught.value)
+
+
+CLI_CASES = [
+    ("READ_COUNT", "abc", "run"),
+    ("WRITE_BATCH_SIZE", "0", "run"),
+    ("DATABASE_URL", "not a url", "run"),
+    ("REDIS_URL", "http://x", "run"),
+    ("DATABASE_URL", "not a url", "migrate"),
+]
+
+
+@pytest.fixture(scope="module")
+def cli_results() -> dict[tuple[str, str, str], tuple[int, bytes, bytes]]:
+    """Every CLI case started at once (interpreter start-up dominates), then collected."""
+    processes = {case: spawn_processor({case[0]: case[1]}, case[2]) for case in CLI_CASES}
+    results = {}
+    for case, process in processes.items():
+        try:
+            stdout, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        results[case] = (process.returncode, stdout, stderr)
+    return results
+
+
+@pytest.mark.parametrize(("variable", "value", "command"), CLI_CASES)
+def test_cli_refuses_bad_value_with_exit_2_and_one_line(
+    cli_results: dict[tuple[str, str, str], tuple[int, bytes, bytes]],
+    variable: str,
+    value: str,
+    command: str,
+) -> None:
+    returncode, stdout, stderr = cli_results[(variable, value, command)]
+    lines = [line for line in stderr.decode().splitlines() if line.strip()]
+    assert returncode == 2, stderr.decode()
+    allowed = dict((v, a) for v, _, a in BAD_VALUES)[variable]
+    assert lines == [
+        f"processor: configuration error: invalid {variable}={value!r}: expected {allowed}"
+    ]
+    assert b"Traceback" not in stderr
+    assert stdout == b""
