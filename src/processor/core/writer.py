@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -283,10 +284,13 @@ class Writer:
         if batch.records:  # a batch of only rejected entries writes nothing: no write sample
             m.write_duration.observe(write_s)
             m.write_batch_size.observe(len(batch.records))
-        for outcome in outcomes.values():
-            m.position_writes.labels(outcome).inc()
+        # Counters move once per outcome and batch (a labelled inc costs a lock and a lookup:
+        # per record it showed in profiles); the latency histogram needs every record.
+        for outcome, count in Counter(outcomes.values()).items():
+            m.position_writes.labels(outcome).inc(count)
+        observe = m.e2e_latency.observe
         for record in stored:
-            m.e2e_latency.observe(max(0.0, committed_at - entry_time(record.entry_id)))
+            observe(max(0.0, committed_at - entry_time(record.entry_id)))
             # Only an inserted row is stored with this verdict (a merge keeps the row's flag, a
             # duplicate stores nothing), so a redelivered faulty fix is not counted twice.
             if record.faulty_reason is not None and outcomes[record.entry_id] == INSERTED:

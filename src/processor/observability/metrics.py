@@ -56,7 +56,7 @@ class Metrics:
         )
         self.write_duration = Histogram(
             p + "write_duration_seconds",
-            "Duration of one batch write transaction.",
+            "Time to store one batch, first attempt to commit (retries and splits included).",
             buckets=WRITE_BUCKETS,
             registry=r,
         )
@@ -76,6 +76,11 @@ class Metrics:
         )
         self.reclaimed = Counter(
             p + "reclaimed", "Entries claimed from idle consumers (XAUTOCLAIM).", registry=r
+        )
+        self.reclaim_trimmed = Counter(
+            p + "reclaim_trimmed",
+            "Pending entries whose stream data was trimmed before they were stored (lost).",
+            registry=r,
         )
         self.faulty_positions = Counter(
             p + "faulty_positions",
@@ -101,7 +106,9 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(
-            p + "ready", "1 when Redis and PostgreSQL answered their last probe.", registry=r
+            p + "ready",
+            "1 when /readyz answers 200: started, not draining, Redis and PostgreSQL answered.",
+            registry=r,
         )
         # --- live broadcast ------------------------------------------------------------------
         self.live_connections = Gauge(

@@ -1,0 +1,49 @@
+"""The `/readyz` verdict: is this instance fit to take traffic right now?
+
+Ready means: the pipeline has started, it is not draining, and Redis and PostgreSQL both
+answered their latest probe. The verdict is computed from cached state only, so it never blocks;
+the `processor_ready` gauge is computed from the same verdict at scrape time, so the gauge and
+the endpoint can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from processor.observability.probes import Probe
+
+
+@attrs.frozen
+class Verdict:
+    ready: bool
+    body: dict[str, Any]
+
+
+class Readiness:
+    def __init__(self, probes: Sequence[Probe], started: trio.Event, draining: trio.Event) -> None:
+        self._probes = tuple(probes)
+        self._started = started
+        self._draining = draining
+
+    def verdict(self) -> Verdict:
+        failing: list[str] = []
+        if self._draining.is_set():
+            failing.append("draining")
+        elif not self._started.is_set():
+            failing.append("starting")
+        checks: dict[str, dict[str, Any]] = {}
+        for probe in self._probes:
+            result = probe.result
+            checks[probe.name] = {"ok": result.ok}
+            if not result.ok:
+                checks[probe.name]["error"] = result.error
+                failing.append(probe.name)
+        status = "ready" if not failing else "unavailable"
+        return Verdict(not failing, {"status": status, "failing": failing, "checks": checks})
+
+    def gauge_value(self) -> float:
+        return 1.0 if self.verdict().ready else 0.0

@@ -1,0 +1,72 @@
+"""The observability side services of one Service: probes, lag sampler, HTTP endpoints.
+
+Started (in that order) in the Service's services nursery before the pipeline, so that the
+first probe verdict and the first lag sample exist before the instance reports ready, and the
+endpoints stay up through the drain (`/readyz` answers 503 as soon as draining starts while
+`/metrics` still shows the drain's progress). `stop()` ends the HTTP server gracefully; the
+caller then cancels the nursery, which ends the probe and sampler loops.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import redis
+import trio
+
+from processor.config import Config
+from processor.observability.http import HttpServer, make_app
+from processor.observability.lag import run_lag_sampler
+from processor.observability.metrics import Metrics
+from processor.observability.probes import postgres_probe, redis_probe, run_probes
+from processor.observability.readiness import Readiness
+from processor.store.postgres import Database
+
+
+class Observability:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._http: HttpServer | None = None
+
+    async def start(
+        self,
+        nursery: trio.Nursery,
+        *,
+        database: Database,
+        control: redis.Redis,
+        started: trio.Event,
+        draining: trio.Event,
+    ) -> int:
+        """Start everything; returns the bound HTTP port."""
+        config = self.config
+        probes = [redis_probe(config.redis_url, config.probe_timeout_s), postgres_probe(database)]
+        readiness = Readiness(probes, started, draining)
+        self.metrics.ready.set_function(readiness.gauge_value)
+        await nursery.start(
+            partial(
+                run_probes,
+                probes,
+                interval_s=config.probe_interval_s,
+                timeout_s=config.probe_timeout_s,
+            )
+        )
+        await nursery.start(
+            partial(
+                run_lag_sampler,
+                control,
+                stream=config.redis_stream,
+                group=config.redis_group,
+                metrics=self.metrics,
+                interval_s=config.lag_sample_interval_s,
+            )
+        )
+        self._http = HttpServer(
+            make_app(self.metrics.registry, readiness), host=config.http_host, port=config.http_port
+        )
+        port: int = await nursery.start(self._http.run)
+        return port
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.stop()
