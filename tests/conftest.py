@@ -15,11 +15,12 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import redis
+
+from processor.store.postgres import with_search_path
 
 START_REDIS = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect 15 main start"
@@ -56,13 +57,6 @@ def postgres_server_url() -> Iterator[str]:
                 f"PostgreSQL at {url} is not reachable ({exc}); start it with: {START_POSTGRES}"
             )
         yield url
-
-
-def with_search_path(url: str, schema: str) -> str:
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    query["options"] = f"-csearch_path={schema}"
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 @pytest.fixture
@@ -104,3 +98,7 @@ def env(redis_server_url: str, database_url: str, stream_key: str) -> dict[str, 
         "LOG_FORMAT": "console",
         "STARTUP_TIMEOUT_S": "20",
     }
+
+
+# Live-broadcast fixtures (Directus stand-in, live env) live with their helpers.
+from tests.support.live import directus, live_env  # noqa: E402, F401

@@ -23,7 +23,7 @@ from processor.store.migrations import (
     apply_storage_policy,
     default_directory,
     load_migrations,
-    timescaledb_enabled,
+    timescaledb_schema,
 )
 from processor.store.postgres import with_search_path
 from tests.support.service import spawn_processor
@@ -117,7 +117,7 @@ def test_hypertable_exactly_where_timescaledb_is_available(database_url: str) ->
             conn, chunk_interval="1 day", compress_after_days=7, retention_days=30
         )
         if available:
-            assert timescaledb_enabled(conn)
+            assert timescaledb_schema(conn) is not None
             assert policy == "timescaledb"
             hypertables = conn.execute(
                 """SELECT count(*) FROM timescaledb_information.hypertables
@@ -126,7 +126,7 @@ def test_hypertable_exactly_where_timescaledb_is_available(database_url: str) ->
             assert hypertables == (1,)
         else:
             # Not a hypertable: there is no TimescaleDB in this database to make it one.
-            assert not timescaledb_enabled(conn)
+            assert timescaledb_schema(conn) is None
             extension = "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
             assert conn.execute(extension).fetchone() == (0,)
             assert policy == "plain"

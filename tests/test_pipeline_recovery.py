@@ -161,3 +161,21 @@ async def test_sigterm_with_entries_in_flight_drains_and_exits_zero(
     assert row_count(database_url) == acked
 
 
+
+
+async def test_deleted_consumer_group_is_recreated_and_nothing_is_lost(
+    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
+) -> None:
+    """An operator (or a Redis restore) destroys the group under a running instance: the
+    consumer recreates it from the start of the stream instead of crashing or skipping."""
+    first = workload(10, 10)
+    second = [fix(f"late{d}", s) for s in range(10) for d in range(10)]
+    async with running_service(env) as service:
+        publish(redis_client, stream_key, first)
+        await wait_until(lambda: row_count(database_url) == len(first))
+        redis_client.xgroup_destroy(stream_key, "processor")
+        publish(redis_client, stream_key, second)
+        await wait_until(lambda: row_count(database_url) == len(first) + len(second))
+        await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
+        assert service.ready.is_set() and not service.draining.is_set()
+    assert stored_keys(database_url) == {key_of(d) for d in first + second}

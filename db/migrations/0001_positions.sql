@@ -21,12 +21,22 @@ CREATE TABLE IF NOT EXISTS positions (
 -- PostgreSQL the same table works as an ordinary one. Chunk interval, compression and retention
 -- are applied by the processor from configuration after migrations (they are operator policy,
 -- not schema).
+-- The extension's functions are called through its own schema, so this works whatever the
+-- connection's search_path is (e.g. a per-tenant or per-test schema).
 DO $$
+DECLARE
+    ts_schema name;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
        AND current_setting('shared_preload_libraries', true) LIKE '%timescaledb%' THEN
         CREATE EXTENSION IF NOT EXISTS timescaledb;
-        PERFORM create_hypertable('positions', 'ts', if_not_exists => true, migrate_data => true);
+        SELECT n.nspname INTO ts_schema
+        FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+        WHERE e.extname = 'timescaledb';
+        EXECUTE format(
+            'SELECT %I.create_hypertable(%L::regclass, %L, if_not_exists => true, '
+            'migrate_data => true)',
+            ts_schema, 'positions', 'ts');
     END IF;
 END
 $$;

@@ -129,15 +129,18 @@ def _json_type(value: Any) -> str:
 def _number(
     document: Mapping[str, Any], name: str, low: float, high: float, *, required: bool = False
 ) -> float | None:
-    value = _required(document, name) if required else document.get(name)
+    value = document.get(name)
     if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _required(document, name) if required else None  # _required raises
+    if type(value) is float:  # the common case first (this runs five times per record)
+        number = value
+    elif isinstance(value, bool) or not isinstance(value, int | float):
         raise _wrong_type(name, "a number", value)
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond the double range
-        number = math.inf
+    else:
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond the double range
+            number = math.inf
     if not math.isfinite(number) or not low <= number <= high:
         raise CodecError("out_of_range", f"{name} out of range", f"{value} not in {low}..{high}")
     return number
@@ -183,11 +186,17 @@ def _attributes(value: Any) -> dict[str, AttributeValue]:
         return {}
     if not isinstance(value, dict):
         raise _wrong_type("attributes", "an object", value)
-    decoded: dict[str, AttributeValue] = {}
+    # Most IO values are plain integers, which need no check but their key's: only the others
+    # go through `_attribute` (this loop is the codec's hottest, ten or more items per record).
+    decoded: dict[str, AttributeValue] = dict(value)
+    others: list[str] = []
     for key, item in value.items():
         if _NUL in key:
             raise CodecError("bad_text", "attribute contains NUL", "JSONB cannot store \\u0000")
-        decoded[key] = _attribute(key, item)
+        if type(item) is not int:
+            others.append(key)
+    for key in others:
+        decoded[key] = _attribute(key, value[key])
     return decoded
 
 
@@ -239,6 +248,10 @@ def attributes_json(attributes: Attributes) -> str:
     """The JSONB text stored for `attributes`: big ints as exact JSON numbers, bytes as hex."""
     if not attributes:
         return "{}"
+    try:  # the common case, no bytes and no integer beyond 64 bits: orjson takes it as it is
+        return orjson.dumps(attributes).decode()
+    except TypeError:
+        pass
     stored = {
         key: value.hex() if isinstance(value, bytes) else value for key, value in attributes.items()
     }

@@ -58,6 +58,13 @@ def pending_count(client: redis.Redis, stream: str, group: str = "processor") ->
     return int(client.xpending(stream, group)["pending"])
 
 
+def consumer_pending(
+    client: redis.Redis, stream: str, consumer: str, group: str = "processor"
+) -> int:
+    """Entries delivered to `consumer` and not acked yet."""
+    return len(client.xpending_range(stream, group, "-", "+", 10_000_000, consumername=consumer))
+
+
 def rows(database_url: str, query: str = "SELECT count(*) FROM positions") -> Any:
     with psycopg.connect(database_url) as conn:
         return conn.execute(query).fetchall()
@@ -73,9 +80,14 @@ def stream_id_key(entry_id: str | bytes) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-def acked_ids(client: redis.Redis, stream: str, ids: list[str], group: str = "processor") -> set[str]:
+def acked_ids(
+    client: redis.Redis, stream: str, ids: list[str], group: str = "processor"
+) -> set[str]:
     """Entries of `ids` that the group has delivered and that are no longer pending."""
-    info = next(g for g in client.xinfo_groups(stream) if g["name"] == group.encode())
+    groups = client.xinfo_groups(stream) if client.exists(stream) else []
+    info = next((g for g in groups if g["name"] == group.encode()), None)
+    if info is None:  # the group does not exist yet: nothing was delivered
+        return set()
     last = stream_id_key(info["last-delivered-id"])
     pending = {
         p["message_id"].decode()
@@ -107,6 +119,8 @@ def assert_acked_have_rows(
     its row at the second.
     """
     acked = acked_ids(client, stream, list(published))
+    if not acked:  # e.g. killed before the first ack (the table may not even exist yet)
+        return 0
     keys = stored_keys(database_url)
     missing = [i for i in acked if key_of(published[i]) not in keys]
     assert not missing, f"{len(missing)} entries acked without a row, e.g. {missing[:3]}"

@@ -21,6 +21,7 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.core.inflight import InFlight
 from processor.core.records import Delivery, Record, Rejected, decode_entry
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
@@ -74,9 +75,11 @@ class Consumer:
         control: redis.Redis,
         settings: ConsumerSettings,
         metrics: Metrics,
+        in_flight: InFlight,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.in_flight = in_flight
         self._control = control
         # A dedicated connection for blocking reads: its socket timeout exceeds the BLOCK time,
         # and its client id lets stop() unblock it.
@@ -108,6 +111,15 @@ class Consumer:
                 while not self._stopping:
                     try:
                         entries = await trio.to_thread.run_sync(self._read, start_id)
+                    except redis.ResponseError as exc:
+                        if "NOGROUP" not in str(exc):
+                            raise
+                        # The group (or the stream) was deleted under us. Recreate it from the
+                        # start of the stream: re-reading is idempotent, skipping would lose.
+                        self.metrics.consumer_reads.labels("error").inc()
+                        log.error("consumer group missing, recreating it", error=str(exc)[:200])
+                        await redis_store.ensure_group(self._control, s.stream, s.group, "0")
+                        continue
                     except redis_store.TRANSIENT_ERRORS as exc:
                         self.metrics.consumer_reads.labels("error").inc()
                         delay = backoff.next_delay()
@@ -132,7 +144,9 @@ class Consumer:
                     self.metrics.consumer_records.inc(len(entries))
                     if start_id != ">":
                         start_id = entries[-1][0].decode()  # page through the pending list
-                    await deliveries.send(decode_entries(entries, self.metrics))
+                    delivery = decode_entries(entries, self.metrics)
+                    self.in_flight.add(delivery.entry_ids())
+                    await deliveries.send(delivery)
         finally:
             self._reader.close()
             log.info("consumer stopped")

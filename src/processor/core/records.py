@@ -64,3 +64,6 @@ class Delivery:
 
     def __len__(self) -> int:
         return len(self.records) + len(self.rejected)
+
+    def entry_ids(self) -> list[str]:
+        return [r.entry_id for r in self.records] + [r.entry_id for r in self.rejected]

@@ -32,6 +32,7 @@ import structlog
 import trio
 
 from processor.core.device_state import DeviceStates
+from processor.core.inflight import InFlight
 from processor.core.quality import QualityRules, faulty_reason
 from processor.core.records import Delivery, Record, Rejected, entry_time
 from processor.core.settle import StreamNames, settle_sync
@@ -87,7 +88,9 @@ class Writer:
         settings: WriterSettings,
         states: DeviceStates,
         metrics: Metrics,
+        in_flight: InFlight,
     ) -> None:
+        self.in_flight = in_flight
         self.database = database
         self.redis = redis_client
         self.names = names
@@ -196,6 +199,8 @@ class Writer:
             "ack",
             lambda: settle_sync(self.redis, self.names, [r.entry_id for r in stored], rejected),
         )
+        self.in_flight.settle(r.entry_id for r in batch.records)
+        self.in_flight.settle(r.entry_id for r in batch.rejected)
         self._count(
             batch=batch,
             stored=stored,

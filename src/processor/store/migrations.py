@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import psycopg
 import structlog
+from psycopg import sql
 
 log = structlog.get_logger("processor.migrations")
 
@@ -93,9 +94,13 @@ def apply_migrations(conn: psycopg.Connection[Any], migrations: list[Migration])
     return applied_now
 
 
-def timescaledb_enabled(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
-    return row is not None
+def timescaledb_schema(conn: psycopg.Connection[Any]) -> str | None:
+    """The schema holding the timescaledb extension's functions, or None without it."""
+    row = conn.execute(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname = 'timescaledb'"
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def apply_storage_policy(
@@ -108,27 +113,45 @@ def apply_storage_policy(
     """Chunk interval, compression and retention from configuration, where TimescaleDB is present.
 
     Operator policy rather than schema, so it follows the configuration on every start instead of
-    being frozen into a migration. Returns "timescaledb" or "plain" for the log.
+    being frozen into a migration. Returns "timescaledb" or "plain" for the log. Extension
+    functions are called through the extension's schema, whatever the search_path.
     """
     conn.autocommit = True
-    if not timescaledb_enabled(conn):
+    schema = timescaledb_schema(conn)
+    if schema is None:
         return "plain"
-    conn.execute("SELECT set_chunk_time_interval('positions', %s::interval)", (chunk_interval,))
+    is_hypertable = conn.execute(
+        "SELECT 1 FROM timescaledb_information.hypertables "
+        "WHERE hypertable_name = 'positions' AND hypertable_schema = current_schema()"
+    ).fetchone()
+    if is_hypertable is None:
+        log.warning("timescaledb is installed but positions is a plain table")
+        return "plain"
+
+    def call(function: str, arguments: str, params: tuple[Any, ...]) -> None:
+        query = sql.SQL("SELECT {}.{}(" + arguments + ")").format(
+            sql.Identifier(schema), sql.Identifier(function)
+        )
+        conn.execute(query, params)
+
+    call("set_chunk_time_interval", "'positions'::regclass, %s::interval", (chunk_interval,))
     if compress_after_days > 0:
         conn.execute(
             "ALTER TABLE positions SET (timescaledb.compress, "
             "timescaledb.compress_segmentby = 'device_id', "
             "timescaledb.compress_orderby = 'ts DESC')"
         )
-        conn.execute("SELECT remove_compression_policy('positions', if_exists => true)")
-        conn.execute(
-            "SELECT add_compression_policy('positions', make_interval(days => %s))",
+        call("remove_compression_policy", "'positions'::regclass, if_exists => true", ())
+        call(
+            "add_compression_policy",
+            "'positions'::regclass, make_interval(days => %s)",
             (compress_after_days,),
         )
     if retention_days > 0:
-        conn.execute("SELECT remove_retention_policy('positions', if_exists => true)")
-        conn.execute(
-            "SELECT add_retention_policy('positions', make_interval(days => %s))",
+        call("remove_retention_policy", "'positions'::regclass, if_exists => true", ())
+        call(
+            "add_retention_policy",
+            "'positions'::regclass, make_interval(days => %s)",
             (retention_days,),
         )
     return "timescaledb"

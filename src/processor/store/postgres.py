@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import structlog
@@ -17,9 +18,10 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from processor.store.retry import Backoff
+from processor.store.retry import connect_with_retry
 
 T = TypeVar("T")
+
 log = structlog.get_logger("processor.postgres")
 
 CONNECT_TIMEOUT_S = 5
@@ -37,6 +39,14 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     psycopg.errors.InsufficientResources,
     PoolTimeout,
 )
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """`url` whose connections work in `schema` (isolated tests and benchmark contenders)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query["options"] = f"-csearch_path={schema}"
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def connection_kwargs(url: str, statement_timeout_ms: int) -> dict[str, Any]:
@@ -84,23 +94,10 @@ class Database:
 
     async def connect(self, *, deadline_s: float) -> None:
         """Wait for the server with capped backoff (each attempt logged), then open the pool."""
-        backoff = Backoff(initial_s=0.2, max_s=5.0)
-        with trio.fail_after(deadline_s):
-            while True:
-                try:
-                    await trio.to_thread.run_sync(self._probe_connect)
-                    break
-                except psycopg.Error as exc:
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "postgres connect failed",
-                        attempt=backoff.attempts,
-                        error=str(exc).strip()[:200],
-                        retry_in_s=round(delay, 2),
-                    )
-                    await trio.sleep(delay)
+        await connect_with_retry(
+            "postgres", self._probe_connect, (psycopg.Error,), deadline_s=deadline_s
+        )
         await trio.to_thread.run_sync(lambda: self._pool.open(wait=False))
-        log.info("postgres connected")
 
     def _probe_connect(self) -> None:
         with psycopg.connect(self.url, **self._kwargs) as conn:

@@ -15,7 +15,7 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from processor.store.retry import Backoff
+from processor.store.retry import connect_with_retry
 
 log = structlog.get_logger("processor.redis")
 
@@ -44,22 +44,7 @@ def make_client(url: str, *, socket_timeout_s: float = COMMAND_TIMEOUT_S) -> red
 
 async def wait_for_redis(client: redis.Redis, *, deadline_s: float) -> None:
     """PING with capped backoff until Redis answers (each attempt logged) or the deadline."""
-    backoff = Backoff(initial_s=0.2, max_s=5.0)
-    with trio.fail_after(deadline_s):
-        while True:
-            try:
-                await trio.to_thread.run_sync(client.ping)
-                log.info("redis connected")
-                return
-            except TRANSIENT_ERRORS as exc:
-                delay = backoff.next_delay()
-                log.warning(
-                    "redis connect failed",
-                    attempt=backoff.attempts,
-                    error=str(exc)[:200],
-                    retry_in_s=round(delay, 2),
-                )
-                await trio.sleep(delay)
+    await connect_with_retry("redis", client.ping, TRANSIENT_ERRORS, deadline_s=deadline_s)
 
 
 async def call(client: redis.Redis, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,242 @@
+"""The reclaimer: takes over entries left pending by a consumer that went away (SPEC §4).
+
+Every `RECLAIM_INTERVAL_S` it walks the group's pending list with `XAUTOCLAIM` (cursor by
+cursor, a page at a time) and claims, for this instance's consumer, every entry idle longer than
+`RECLAIM_MIN_IDLE_MS`. Claimed entries are decoded exactly like fresh reads and sent into the
+same channel as the consumer's, so the writer stores and acks them on the usual path.
+
+Per page, one MULTI/EXEC (one thread hop) runs
+
+    XPENDING <stream> <group> IDLE <min_idle> <cursor> + <10 x page>
+    XAUTOCLAIM <stream> <group> <me> <min_idle> <cursor> COUNT <page>
+
+atomically. XAUTOCLAIM looks at no more than ten times COUNT pending entries (its scan
+budget), so the XPENDING rows cover every entry it claims and give each one's delivery count
+before the claim: the claim is one more delivery. An entry delivered more than
+`MAX_DELIVERIES` times (a record that keeps killing whoever reads it) is dead-lettered with
+reason `max_deliveries` instead of being stored.
+
+Entries whose data was trimmed from the stream while pending cannot be processed by anyone.
+Redis 7 reports their IDs as XAUTOCLAIM's third element and drops them from the pending list
+itself; they are counted (`processor_reclaim_trimmed_total`), logged, and acked for good
+measure (a no-op there, and what removes them on servers that only report them).
+
+Stopping: `stop()` lets a page already claimed reach the writer (the drain stores it), skips
+the rest of the walk and the wait for the next tick, then closes this task's channel clone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import attrs
+import redis
+import structlog
+import trio
+from trio import TaskStatus
+
+from processor.core.consumer import StreamEntries, decode_entries
+from processor.core.inflight import InFlight
+from processor.core.records import Delivery, Rejected
+from processor.observability.metrics import Metrics
+from processor.store import redis as redis_store
+
+log = structlog.get_logger("processor.reclaimer")
+
+# XAUTOCLAIM examines at most this many pending entries per claimed one (Redis'
+# `attempts = count * 10`); the XPENDING window is sized from it.
+XAUTOCLAIM_SCAN_FACTOR = 10
+SCAN_DONE = "0-0"
+
+
+@attrs.frozen
+class ReclaimSettings:
+    stream: str
+    group: str
+    consumer: str
+    interval_s: float
+    min_idle_ms: int
+    max_deliveries: int
+    page_size: int = 100
+
+
+@attrs.frozen
+class ClaimedPage:
+    """One XAUTOCLAIM page: what was claimed, what was gone, and where the walk goes on."""
+
+    next_cursor: str
+    entries: StreamEntries
+    trimmed: list[str]
+    delivery_counts: dict[str, int]  # entry id -> deliveries including this claim
+    previous_owners: dict[str, str]  # entry id -> consumer that held it before
+
+
+def claim_page(client: redis.Redis, settings: ReclaimSettings, cursor: str) -> ClaimedPage:
+    """Claim one page of idle entries starting at `cursor` (blocking; run in a thread)."""
+    s = settings
+    pipe = client.pipeline(transaction=True)
+    pipe.xpending_range(
+        s.stream,
+        s.group,
+        min=cursor,
+        max="+",
+        count=s.page_size * XAUTOCLAIM_SCAN_FACTOR,
+        idle=s.min_idle_ms,
+    )
+    pipe.xautoclaim(
+        s.stream, s.group, s.consumer, s.min_idle_ms, start_id=cursor, count=s.page_size
+    )
+    pending, claim = pipe.execute()
+    next_cursor = _text(claim[0])
+    entries: StreamEntries = claim[1] or []
+    trimmed = [_text(entry_id) for entry_id in (claim[2] if len(claim) > 2 else [])]
+    if trimmed:
+        client.xack(s.stream, s.group, *trimmed)
+    counts: dict[str, int] = {}
+    owners: dict[str, str] = {}
+    for row in pending:
+        entry_id = _text(row["message_id"])
+        counts[entry_id] = int(row["times_delivered"]) + 1
+        owners[entry_id] = _text(row["consumer"])
+    return ClaimedPage(next_cursor, entries, trimmed, counts, owners)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def split_page(page: ClaimedPage, max_deliveries: int, metrics: Metrics) -> Delivery:
+    """Decode the claimed entries; those delivered too often become `max_deliveries` rejects.
+
+    An entry missing from the XPENDING window (not expected, see the module docstring) has an
+    unknown count and is processed normally: storing is idempotent, losing it is not.
+    """
+    fresh: StreamEntries = []
+    worn_out: list[Rejected] = []
+    for raw_id, fields in page.entries:
+        entry_id = _text(raw_id)
+        deliveries = page.delivery_counts.get(entry_id, 0)
+        if deliveries > max_deliveries:
+            log.error(
+                "entry delivered too often, dead-lettering it",
+                entry_id=entry_id,
+                deliveries=deliveries,
+                max_deliveries=max_deliveries,
+            )
+            worn_out.append(
+                Rejected(
+                    entry_id,
+                    dict(fields or {}),
+                    "max_deliveries",
+                    f"delivered {deliveries} times (MAX_DELIVERIES={max_deliveries})",
+                    "max_deliveries",
+                )
+            )
+        else:
+            fresh.append((raw_id, fields))
+    decoded = decode_entries(fresh, metrics)
+    return Delivery(decoded.records, decoded.rejected + worn_out)
+
+
+class Reclaimer:
+    def __init__(
+        self,
+        *,
+        client: redis.Redis,
+        settings: ReclaimSettings,
+        metrics: Metrics,
+        in_flight: InFlight,
+    ) -> None:
+        self.in_flight = in_flight
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+        self._stopping = False
+        self._wait_scope: trio.CancelScope | None = None
+
+    async def run(
+        self,
+        deliveries: trio.MemorySendChannel[Delivery],
+        *,
+        task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        s = self.settings
+        log.info(
+            "reclaimer started",
+            interval_s=s.interval_s,
+            min_idle_ms=s.min_idle_ms,
+            max_deliveries=s.max_deliveries,
+        )
+        task_status.started()
+        try:
+            async with deliveries:
+                while not self._stopping:
+                    with trio.CancelScope() as self._wait_scope:
+                        await trio.sleep(s.interval_s)
+                    self._wait_scope = None
+                    if self._stopping:
+                        break
+                    await self.reclaim_once(deliveries)
+        finally:
+            log.info("reclaimer stopped")
+
+    async def reclaim_once(self, deliveries: trio.MemorySendChannel[Delivery]) -> int:
+        """Walk the whole pending list once; returns how many entries were claimed."""
+        claimed = 0
+        cursor = SCAN_DONE
+        while not self._stopping:
+            try:
+                page = await trio.to_thread.run_sync(claim_page, self.client, self.settings, cursor)
+            except redis_store.TRANSIENT_ERRORS as exc:
+                log.warning("reclaim failed, retrying next interval", error=str(exc)[:200])
+                return claimed
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("consumer group missing; the consumer recreates it", error=str(exc))
+                return claimed
+            page = self._without_in_flight(page)
+            self._account(page)
+            if page.entries:
+                claimed += len(page.entries)
+                delivery = split_page(page, self.settings.max_deliveries, self.metrics)
+                self.in_flight.add(delivery.entry_ids())
+                await deliveries.send(delivery)
+            cursor = page.next_cursor
+            if cursor == SCAN_DONE:
+                break
+        return claimed
+
+    def _without_in_flight(self, page: ClaimedPage) -> ClaimedPage:
+        """Drop entries this process already has in its pipeline (they are merely waiting)."""
+        waiting = [e for e in page.entries if _text(e[0]) in self.in_flight]
+        if not waiting:
+            return page
+        log.info("idle entries are still in this instance's pipeline", count=len(waiting))
+        keep = [e for e in page.entries if _text(e[0]) not in self.in_flight]
+        return attrs.evolve(page, entries=keep)
+
+    def _account(self, page: ClaimedPage) -> None:
+        if page.trimmed:
+            self.metrics.reclaim_trimmed.inc(len(page.trimmed))
+            log.warning(
+                "pending entries were trimmed from the stream before being stored; "
+                "their data is lost upstream",
+                count=len(page.trimmed),
+                first=page.trimmed[0],
+                last=page.trimmed[-1],
+            )
+        if page.entries:
+            self.metrics.reclaimed.inc(len(page.entries))
+            self.metrics.consumer_records.inc(len(page.entries))
+            owners = Counter(
+                page.previous_owners.get(_text(raw_id), "?") for raw_id, _ in page.entries
+            )
+            log.info("reclaimed idle entries", count=len(page.entries), from_consumers=dict(owners))
+
+    def stop(self) -> None:
+        """Stop after the page in hand (if any) has been handed to the writer."""
+        self._stopping = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
