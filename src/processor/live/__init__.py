@@ -1,0 +1,6 @@
+"""Live broadcast (SPEC §5): authenticated WebSocket fan-out of positions per event.
+
+Imports `processor.position`, `processor.quality`, `processor.store`, `processor.observability`
+and `processor.config`, never `processor.core` (checked by import-linter): the durable pipeline
+and the live path share only the stream and the database.
+"""

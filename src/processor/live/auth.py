@@ -1,0 +1,173 @@
+"""Authentication and authorization through Directus (SPEC §5).
+
+Directus owns users and permissions, so the processor never interprets a credential itself: it
+forwards the client's own credential (the session cookie, or a Bearer token) and reads Directus'
+verdict. Outcomes, exactly as the SPEC maps them:
+
+- `GET /users/me?fields=id`: 200 with non-null `data` -> OK; 401/403 or `data: null` ->
+  UNAUTHORIZED (HTTP 401); timeout, 5xx, a body without `data`, or any other status -> UNAVAILABLE
+  (HTTP 503: we cannot tell, so we refuse without blaming the user).
+- `GET /items/events/<id>?fields=id`: 200 with non-null `data` -> ALLOWED; 401/403/404 or
+  `data: null` -> FORBIDDEN; anything else (timeout, 5xx, bad body) -> UNAVAILABLE (fail closed).
+
+Every call is bounded by `DIRECTUS_AUTH_TIMEOUT_MS` as a *total* deadline (a trio cancel scope
+around the whole request, not only httpx's per-read timeouts, so a slowly dripping server cannot
+hold an upgrade open).
+
+Credentials never appear in logs or error messages: `Credentials` hides them from `repr`, only
+headers carry them, and logged errors name the exception type, never its text (which may echo
+request details).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import httpx
+import orjson
+import structlog
+import trio
+
+from processor.observability.metrics import Metrics
+
+log = structlog.get_logger("processor.live.auth")
+
+
+class AuthOutcome(enum.Enum):
+    OK = "ok"
+    UNAUTHORIZED = "unauthorized"
+    UNAVAILABLE = "unavailable"
+
+
+class Access(enum.Enum):
+    ALLOWED = "allowed"
+    FORBIDDEN = "forbidden"
+    UNAVAILABLE = "unavailable"
+
+
+@attrs.frozen(slots=True)
+class Credentials:
+    """What the client presented. A Bearer token wins over a cookie when both are present.
+
+    Only the chosen credential is forwarded, which is what makes the Origin rule exact: a
+    browser cannot attach an `Authorization` header to a WebSocket upgrade, so only
+    cookie-authenticated upgrades can be cross-site hijacked and need the Origin check.
+    """
+
+    cookie: str | None = attrs.field(default=None, repr=False)
+    bearer: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def via_cookie(self) -> bool:
+        return self.bearer is None and self.cookie is not None
+
+    def headers(self) -> dict[str, str]:
+        if self.bearer is not None:
+            return {"Authorization": f"Bearer {self.bearer}"}
+        if self.cookie is not None:
+            return {"Cookie": self.cookie}
+        return {}
+
+
+def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The first value of header `name` (case-insensitive), decoded as latin-1 (HTTP's charset)."""
+    wanted = name.lower()
+    for key, value in headers:
+        if key.lower() == wanted:
+            return value.decode("latin-1").strip()
+    return None
+
+
+def credentials_from_headers(headers: Iterable[tuple[bytes, bytes]]) -> Credentials | None:
+    """The upgrade request's credentials, or None when it carries neither kind."""
+    headers = list(headers)
+    bearer: str | None = None
+    authorization = header(headers, b"authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            bearer = token.strip()
+    cookie = header(headers, b"cookie") or None
+    if bearer is None and cookie is None:
+        return None
+    return Credentials(cookie=cookie, bearer=bearer)
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """SPEC §5: a cookie session must come from an allowed Origin; an empty list allows none."""
+    return origin is not None and origin.rstrip("/") in allowed
+
+
+class Directus:
+    """A small Directus client sharing one HTTP connection pool for the server's lifetime."""
+
+    def __init__(self, client: httpx.AsyncClient, *, timeout_s: float, metrics: Metrics) -> None:
+        self._client = client
+        self._timeout_s = timeout_s
+        self._metrics = metrics
+
+    @classmethod
+    def client(cls, base_url: str, timeout_s: float) -> httpx.AsyncClient:
+        """The httpx client (trio via anyio) that `Directus` uses: no redirects, no env proxies."""
+        return httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout_s),
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+        )
+
+    async def authenticate(self, credentials: Credentials) -> AuthOutcome:
+        started = time.perf_counter()
+        status, data = await self._get("/users/me", credentials)
+        self._metrics.live_auth_duration.observe(time.perf_counter() - started)
+        if status == 200 and data is not _MISSING:
+            return AuthOutcome.OK if data is not None else AuthOutcome.UNAUTHORIZED
+        if status in (401, 403):
+            return AuthOutcome.UNAUTHORIZED
+        return AuthOutcome.UNAVAILABLE
+
+    async def event_access(self, credentials: Credentials, event_id: str) -> Access:
+        status, data = await self._get(f"/items/events/{event_id}", credentials)
+        if status == 200 and data is not _MISSING:
+            return Access.ALLOWED if data is not None else Access.FORBIDDEN
+        if status in (401, 403, 404):
+            return Access.FORBIDDEN
+        return Access.UNAVAILABLE
+
+    async def _get(self, path: str, credentials: Credentials) -> tuple[int | None, Any]:
+        """(status, data) of one GET; status None on timeout or a transport error."""
+        with trio.move_on_after(self._timeout_s):
+            try:
+                response = await self._client.get(
+                    path, params={"fields": "id"}, headers=credentials.headers()
+                )
+            except httpx.HTTPError as exc:
+                log.warning("directus request failed", path=_route(path), error=type(exc).__name__)
+                return None, _MISSING
+            return response.status_code, _data(response.content)
+        log.warning("directus request timed out", path=_route(path), timeout_s=self._timeout_s)
+        return None, _MISSING
+
+
+_MISSING: Any = object()
+
+
+def _data(body: bytes) -> Any:
+    """The `data` member of a JSON body, `_MISSING` when the body is not an object with one."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _MISSING
+    if not isinstance(document, dict) or "data" not in document:
+        return _MISSING
+    return document["data"]
+
+
+def _route(path: str) -> str:
+    """The path as logged (ids are not secret, but keep the label set small)."""
+    return "/items/events/<id>" if path.startswith("/items/events/") else path

@@ -1,0 +1,198 @@
+"""The broadcast consumer: live positions from the stream to every subscriber of their events.
+
+It reads the stream through this instance's own consumer group `LIVE_GROUP_PREFIX-INSTANCE_ID`,
+created at `$` (live data only: a restarted instance does not replay history to browsers), so
+every instance sees every entry and serves its own clients. It never touches the durable group,
+the database writes or their acks: a slow or hostile client cannot slow ingestion. Reads use
+`XREADGROUP ... NOACK`, which is "ack at once" in the same round trip: entries never enter this
+group's pending list, so there is nothing to reclaim or to pile up.
+
+The group is destroyed on a clean stop. An instance that crashes leaves its group behind; it holds
+no pending entries (NOACK) and does not hold back stream trimming, so it is harmless, but groups
+of dead instances accumulate in `XINFO GROUPS` when INSTANCE_ID changes on every start (e.g. pod
+names): `XGROUP DESTROY <stream> live-<old id>` removes one (see OPERATIONS.md).
+
+Per position (in the trio thread, no I/O): skip devices in no event; skip fixes not newer than the
+device's last broadcast one (devices send buffered fixes late); skip faulty fixes by the same pure
+rules the writer applies (`processor.quality`), the implied-speed rule judged against the last
+broadcast fix (a device's first fix after a start has no predecessor, so only the other rules
+apply to it). Then the `position` object is encoded once, wrapped once per event topic, and the
+same frame string is handed to every subscriber of that topic (`Subscription.offer`, never
+blocking: a full client queue closes that client with 4008).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import structlog
+import trio
+from trio import TaskStatus
+
+from processor.live.protocol import encode_position_object, position_frame, topic_json, topic_of
+from processor.live.registry import Registry
+from processor.observability.metrics import Metrics
+from processor.position import CodecError, Position, decode_payload
+from processor.quality import QualityRules, faulty_reason
+from processor.store import redis as redis_store
+from processor.store.retry import Backoff
+
+log = structlog.get_logger("processor.live.broadcast")
+
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+PAYLOAD = b"payload"
+_DESTROY_ERRORS: tuple[type[Exception], ...] = (*redis_store.TRANSIENT_ERRORS, redis.ResponseError)
+
+
+class Broadcaster:
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        control: redis.Redis,
+        stream: str,
+        group: str,
+        consumer: str,
+        read_count: int,
+        read_block_ms: int,
+        rules: QualityRules,
+        events_of: Callable[[str], tuple[str, ...]],
+        registry: Registry,
+        metrics: Metrics,
+    ) -> None:
+        self._control = control
+        self._stream = stream
+        self._group = group
+        self._consumer = consumer
+        self._read_count = read_count
+        self._read_block_ms = read_block_ms
+        self._rules = rules
+        self._events_of = events_of  # device_id -> its event ids (DeviceEventMap.events_of)
+        self._registry = registry
+        self._metrics = metrics
+        # Dedicated connection for blocking reads (socket timeout above BLOCK); its client id
+        # lets stop() unblock it at once.
+        self._reader = redis_store.make_client(redis_url, socket_timeout_s=read_block_ms / 1000 + 5)
+        self._reader_id: int | None = None
+        self._stopping = False
+        self._wake = trio.Event()
+        self.stopped = trio.Event()
+        self.last: dict[str, Position] = {}  # device -> last broadcast fix
+        self.entries_seen = 0
+        self.broadcast = 0
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await redis_store.ensure_group(self._control, self._stream, self._group, start_id="$")
+        # A group left by a crashed predecessor with the same INSTANCE_ID would replay everything
+        # since the crash to browsers: live data starts now, whatever the group remembered.
+        await redis_store.call(self._control, "xgroup_setid", self._stream, self._group, "$")
+        log.info("broadcast consumer started", stream=self._stream, group=self._group)
+        task_status.started()
+        backoff = Backoff(initial_s=0.2, max_s=5.0)
+        try:
+            while not self._stopping:
+                try:
+                    entries = await trio.to_thread.run_sync(self._read)
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    log.warning("live consumer group vanished; recreating it at $")
+                    await redis_store.ensure_group(
+                        self._control, self._stream, self._group, start_id="$"
+                    )
+                    continue
+                except redis_store.TRANSIENT_ERRORS as exc:
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "live stream read failed",
+                        error=str(exc)[:200],
+                        attempt=backoff.attempts,
+                        retry_in_s=round(delay, 2),
+                    )
+                    self._reader_id = None
+                    with trio.move_on_after(delay):
+                        await self._wake.wait()
+                    continue
+                backoff.reset()
+                if entries:
+                    self.fan_out(entries)
+            await self._destroy_group()
+        finally:
+            self._reader.close()
+            self.stopped.set()
+            log.info("broadcast consumer stopped")
+
+    def _read(self) -> StreamEntries:
+        if self._reader_id is None:
+            self._reader_id = int(self._reader.client_id())
+        if self._stopping:
+            return []
+        reply: Any = self._reader.xreadgroup(
+            self._group,
+            self._consumer,
+            {self._stream: ">"},
+            count=self._read_count,
+            block=self._read_block_ms,
+            noack=True,
+        )
+        return reply[0][1] if reply else []
+
+    def fan_out(self, entries: StreamEntries) -> None:
+        """Judge and hand out one read's positions (pure CPU, no awaits)."""
+        now = datetime.now(UTC)
+        for raw_id, fields in entries:
+            self.entries_seen += 1
+            if not fields:
+                continue
+            try:
+                position = decode_payload(fields.get(PAYLOAD))
+            except CodecError:
+                continue  # the durable pipeline dead-letters it; live just skips it
+            self.offer(position, int(raw_id.split(b"-", 1)[0]), now)
+
+    def offer(self, position: Position, entry_ms: int | None, now: datetime) -> None:
+        events = self._events_of(position.device_id)
+        if not events:
+            return
+        previous = self.last.get(position.device_id)
+        if previous is not None and position.ts <= previous.ts:
+            return  # late (buffered) or repeated fix: stored, never broadcast
+        if faulty_reason(position, previous, now, self._rules) is not None:
+            return
+        self.last[position.device_id] = position
+        self.broadcast += 1
+        position_json: str | None = None
+        for event_id in events:
+            subscribers = self._registry.subscribers(topic_of(event_id))
+            if not subscribers:
+                continue
+            if position_json is None:
+                position_json = encode_position_object(position)
+            frame = position_frame(topic_json(topic_of(event_id)), position_json)
+            for subscription in subscribers:
+                subscription.offer(position.device_id, position.ts, frame, entry_ms)
+
+    def forget_devices_not_in(self, mapping: Mapping[str, tuple[str, ...]]) -> None:
+        """After a map refresh: drop last-broadcast fixes of devices no longer in any event."""
+        for device_id in [d for d in self.last if d not in mapping]:
+            del self.last[device_id]
+
+    async def stop(self) -> None:
+        """Stop reading: no new read starts, and a read blocked in Redis returns at once."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        await redis_store.unblock(self._control, self._reader_id)
+
+    async def _destroy_group(self) -> None:
+        """Clean stop: remove this instance's group (a restart creates it again at `$`)."""
+        with trio.move_on_after(redis_store.COMMAND_TIMEOUT_S):
+            try:
+                await redis_store.call(self._control, "xgroup_destroy", self._stream, self._group)
+                log.info("live consumer group removed", group=self._group)
+            except _DESTROY_ERRORS as exc:
+                log.warning("could not remove the live consumer group", error=str(exc)[:200])

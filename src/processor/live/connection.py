@@ -1,0 +1,231 @@
+"""One authenticated live client: its protocol loop, its bounded outbound queue, its heartbeat.
+
+Three tasks per connection, under one nursery:
+
+- receive: reads frames, answers subscribe/unsubscribe (one at a time, in order), sends an
+  `error` frame for every malformed one and closes with 1008 after `LIVE_WS_MAX_PROTOCOL_ERRORS`;
+  a text frame over `LIVE_WS_MAX_MESSAGE_BYTES` bytes closes with 1009 (trio-websocket already
+  enforces the limit in characters; we check the UTF-8 size too).
+- send: the only writer of data frames, draining a bounded queue (what is queued goes out in
+  one socket write, `live/wire.py`). Everything the server says goes
+  through that queue (replies and positions), so frames keep their order. Producers never wait:
+  `enqueue` is non-blocking and a full queue (`LIVE_WS_MAX_QUEUE` frames behind) closes the
+  client with 4008 "slow consumer", dropping what it had not taken. Other clients are untouched.
+- ping: a WebSocket ping every `LIVE_WS_PING_INTERVAL_MS`; no pong within one interval -> 1011.
+
+Closing (any cause) is one path: `close(code)` records the first reason and wakes `serve`, which
+lets the sender finish the frame it is writing (never cut a frame in half), then sends the close
+frame, all within `CLOSE_TIMEOUT_S`; a peer that does not read at all is then simply cut off.
+Queued frames are still flushed for ordinary closes (1001 on shutdown, 1008 after the error
+frame that explains it), but not for 4008 (the point is to stop sending to that client).
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from processor.live import protocol
+from processor.live.auth import Access, Credentials, Directus
+from processor.live.registry import Registry
+from processor.live.snapshot import SnapshotError, Snapshots
+from processor.live.wire import send_texts
+from processor.observability.metrics import Metrics
+
+log = structlog.get_logger("processor.live.connection")
+
+CLOSE_TIMEOUT_S = 5.0
+SEND_BATCH = 64  # frames per socket write at most (see live/wire.py)
+SLOW_CONSUMER, GOING_AWAY, POLICY, TOO_BIG, PING_TIMEOUT = 4008, 1001, 1008, 1009, 1011
+OUT_KINDS = ("subscribed", "unsubscribed", "position", "error")
+
+Outgoing = tuple[str, str, int | None]  # frame, type (metric label), stream entry time in ms
+
+
+class Connection:
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        credentials: Credentials,
+        *,
+        name: str,
+        max_queue: int,
+        max_message_bytes: int,
+        max_protocol_errors: int,
+        ping_interval_s: float,
+        registry: Registry,
+        directus: Directus,
+        snapshots: Snapshots,
+        metrics: Metrics,
+    ) -> None:
+        self.name = name
+        self._ws = ws
+        self._credentials = credentials
+        self._max_queue = max_queue
+        self._max_message_bytes = max_message_bytes
+        self._max_protocol_errors = max_protocol_errors
+        self._ping_interval_s = ping_interval_s
+        self._registry = registry
+        self._directus = directus
+        self._snapshots = snapshots
+        self._metrics = metrics
+        self._out, self._outbox = trio.open_memory_channel[Outgoing](max_queue)
+        self._sent = {kind: metrics.live_messages.labels("out", kind) for kind in OUT_KINDS}
+        self._closing = trio.Event()
+        self._sender_done = trio.Event()
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    # --- Outlet (called by subscriptions and the broadcaster; never blocks) ------------------
+
+    def enqueue(self, frame: str, kind: str, entry_ms: int | None) -> None:
+        if self._closing.is_set():
+            return
+        try:
+            self._out.send_nowait((frame, kind, entry_ms))
+        except trio.WouldBlock:
+            self.overflow()
+
+    def overflow(self) -> None:
+        if self._closing.is_set():
+            return
+        self._metrics.live_slow_consumer_closes.inc()
+        log.warning("closing slow live client", client=self.name, max_queue=self._max_queue)
+        self.close(SLOW_CONSUMER, "slow consumer")
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def close(self, code: int | None, reason: str = "") -> None:
+        """Begin closing (first caller wins). `code` None: the peer is already gone."""
+        if self._closing.is_set():
+            return
+        self.close_code, self.close_reason = code, reason
+        self._closing.set()
+
+    async def serve(self) -> None:
+        self._metrics.live_connections.inc()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_loop)
+                nursery.start_soon(self._receive_loop)
+                nursery.start_soon(self._ping_loop)
+                await self._closing.wait()
+                if self.close_code == SLOW_CONSUMER:
+                    self._outbox.close()  # drop the backlog; the sender stops after this frame
+                else:
+                    self._out.close()  # flush what is queued, then the sender stops
+                # A peer that missed a pong is presumed gone: do not wait long for its answer.
+                grace = CLOSE_TIMEOUT_S
+                if self.close_code == PING_TIMEOUT:
+                    grace = min(grace, self._ping_interval_s)
+                with trio.move_on_after(grace):
+                    await self._sender_done.wait()
+                    if self.close_code is not None:
+                        await self._ws.aclose(self.close_code, self.close_reason)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._registry.forget(self)
+            self._metrics.live_connections.dec()
+            log.debug("live client closed", client=self.name, code=self.close_code)
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        lag = self._metrics.live_broadcast_lag
+        try:
+            while True:
+                batch = [await self._outbox.receive()]
+                while len(batch) < SEND_BATCH:  # whatever else is queued goes in the same write
+                    try:
+                        batch.append(self._outbox.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        break
+                await send_texts(self._ws, [frame for frame, _kind, _entry in batch])
+                now = time.time()
+                for _frame, kind, entry_ms in batch:
+                    self._sent[kind].inc()
+                    if entry_ms is not None:
+                        lag.observe(max(0.0, now - entry_ms / 1000))
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            pass
+        except ConnectionClosed:
+            self.close(None)
+        finally:
+            self._sender_done.set()
+
+    async def _receive_loop(self) -> None:
+        errors = 0
+        while True:
+            try:
+                frame = await self._ws.get_message()
+            except ConnectionClosed:
+                self.close(None)  # the peer closed (or trio-websocket closed with 1009)
+                return
+            if isinstance(frame, str) and len(frame.encode()) > self._max_message_bytes:
+                self._metrics.live_messages.labels("in", "too_big").inc()
+                self.close(TOO_BIG, f"message over {self._max_message_bytes} bytes")
+                return
+            try:
+                request = protocol.parse_request(frame)
+            except protocol.ProtocolError as exc:
+                errors += 1
+                self._metrics.live_messages.labels("in", "invalid").inc()
+                self._reply(protocol.error_frame(protocol.BAD_REQUEST, exc.message, exc.topic))
+                if errors >= self._max_protocol_errors:
+                    self.close(POLICY, "too many protocol errors")
+                    return
+                continue
+            self._metrics.live_messages.labels("in", request.kind).inc()
+            if request.kind == protocol.SUBSCRIBE:
+                await self._subscribe(request)
+            else:
+                self._registry.unsubscribe(self, request.topic)
+                self.enqueue(protocol.unsubscribed_frame(request.topic), "unsubscribed", None)
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await trio.sleep(self._ping_interval_s)
+            with trio.move_on_after(self._ping_interval_s) as waiting:
+                try:
+                    await self._ws.ping()
+                except ConnectionClosed:
+                    self.close(None)
+                    return
+            if waiting.cancelled_caught:
+                log.info("live client missed a pong", client=self.name)
+                self.close(PING_TIMEOUT, "ping timeout")
+                return
+
+    # --- requests ----------------------------------------------------------------------------
+
+    async def _subscribe(self, request: protocol.Request) -> None:
+        topic = request.topic
+        access = await self._directus.event_access(self._credentials, request.event_id)
+        if access is Access.FORBIDDEN:
+            self._reply(
+                protocol.error_frame(protocol.FORBIDDEN, "not allowed to read this event", topic)
+            )
+            return
+        if access is Access.UNAVAILABLE:
+            self._reply(
+                protocol.error_frame(
+                    protocol.UNAVAILABLE, "authorization unavailable, retry later", topic
+                )
+            )
+            return
+        # Registered before the snapshot is read: positions arriving meanwhile are held, not lost.
+        subscription = self._registry.subscribe(self, topic, self._max_queue)
+        try:
+            snapshot = await self._snapshots.read(request.event_id)
+        except SnapshotError as exc:
+            self._registry.unsubscribe(self, topic)
+            self._reply(protocol.error_frame(exc.code, exc.message, topic))
+            return
+        self.enqueue(protocol.subscribed_frame(topic, snapshot), "subscribed", None)
+        subscription.activate(snapshot)
+
+    def _reply(self, frame: str) -> None:
+        self.enqueue(frame, "error", None)

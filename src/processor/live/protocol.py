@@ -1,0 +1,135 @@
+"""The live JSON protocol (SPEC §5): parsing inbound frames, encoding outbound ones.
+
+Pure code. Every malformed inbound frame maps to one specific `ProtocolError` message, so a
+client developer sees exactly what was wrong; the server counts them and closes with 1008 after
+`LIVE_WS_MAX_PROTOCOL_ERRORS`. Unknown extra fields are ignored (forward compatibility), like the
+stream codec does.
+
+Topics are normalised to `event:<lowercase canonical uuid>`: the registry, the device -> events
+map and every reply use that one spelling.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import orjson
+
+from processor.position import Position, format_timestamp
+
+SUBSCRIBE, UNSUBSCRIBE = "subscribe", "unsubscribe"
+TOPIC_PREFIX = "event:"
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
+
+BAD_REQUEST, FORBIDDEN, UNAVAILABLE, INTERNAL = (
+    "bad_request",
+    "forbidden",
+    "unavailable",
+    "internal",
+)
+
+
+class ProtocolError(ValueError):
+    """A malformed inbound frame; `message` is sent back in an `error bad_request` frame."""
+
+    def __init__(self, message: str, topic: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.topic = topic
+
+
+@attrs.frozen(slots=True)
+class Request:
+    """A valid inbound message: `kind` is subscribe/unsubscribe, `event_id` the canonical uuid."""
+
+    kind: str
+    event_id: str
+
+    @property
+    def topic(self) -> str:
+        return topic_of(self.event_id)
+
+
+def topic_of(event_id: str) -> str:
+    return TOPIC_PREFIX + event_id
+
+
+def parse_request(frame: str | bytes) -> Request:
+    """Parse one inbound frame or raise ProtocolError naming the problem."""
+    if isinstance(frame, bytes):
+        raise ProtocolError("binary frames are not supported: send JSON text frames")
+    try:
+        document = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("invalid JSON") from None
+    if not isinstance(document, dict):
+        raise ProtocolError("message must be a JSON object")
+    kind = document.get("type")
+    if kind is None:
+        raise ProtocolError("missing 'type'")
+    if not isinstance(kind, str):
+        raise ProtocolError("'type' must be a string")
+    if kind not in (SUBSCRIBE, UNSUBSCRIBE):
+        raise ProtocolError(f"unknown type {kind[:40]!r}: expected subscribe or unsubscribe")
+    topic = document.get("topic")
+    if topic is None:
+        raise ProtocolError(f"{kind}: missing 'topic'")
+    if not isinstance(topic, str):
+        raise ProtocolError(f"{kind}: 'topic' must be a string")
+    if not topic.startswith(TOPIC_PREFIX) or not _UUID.match(topic[len(TOPIC_PREFIX) :]):
+        raise ProtocolError(f"{kind}: 'topic' must be event:<uuid>", topic=topic[:80])
+    return Request(kind, topic[len(TOPIC_PREFIX) :].lower())
+
+
+# --- outbound -------------------------------------------------------------------------------
+
+
+def position_object(position: Position) -> dict[str, Any]:
+    """The `position` object of the wire protocol (also each element of a snapshot)."""
+    return {
+        "device_id": position.device_id,
+        "ts": format_timestamp(position.ts),
+        "latitude": position.latitude,
+        "longitude": position.longitude,
+        "altitude": position.altitude,
+        "angle": position.angle,
+        "speed": position.speed,
+        "satellites": position.satellites,
+    }
+
+
+def encode_position_object(position: Position) -> str:
+    """The `position` object as JSON text: encoded once per fix, shared by every topic."""
+    return orjson.dumps(position_object(position)).decode()
+
+
+def position_frame(topic_json: str, position_json: str) -> str:
+    """A `position` frame from pre-encoded parts (no per-subscriber encoding work)."""
+    return f'{{"type":"position","topic":{topic_json},"position":{position_json}}}'
+
+
+def topic_json(topic: str) -> str:
+    return orjson.dumps(topic).decode()
+
+
+def subscribed_frame(topic: str, snapshot: Iterable[Position]) -> str:
+    return orjson.dumps(
+        {
+            "type": "subscribed",
+            "topic": topic,
+            "snapshot": [position_object(p) for p in snapshot],
+        }
+    ).decode()
+
+
+def unsubscribed_frame(topic: str) -> str:
+    return orjson.dumps({"type": "unsubscribed", "topic": topic}).decode()
+
+
+def error_frame(code: str, message: str, topic: str | None = None) -> str:
+    return orjson.dumps(
+        {"type": "error", "code": code, "message": message, "topic": topic}
+    ).decode()

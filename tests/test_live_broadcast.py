@@ -1,0 +1,249 @@
+"""Live fan-out (SPEC §5): snapshot, live positions per event, filtering, the snapshot gap."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import redis
+import trio
+
+from processor.app import Service
+from tests.support.directus import DirectusStandIn, add_event
+from tests.support.fixes import BASE_TIME, fix, publish, row_count
+from tests.support.live import TOKEN, live_client, no_message, receive, send, subscribe
+from tests.support.service import running_service, wait_until
+
+
+def at(second: float) -> str:
+    return (BASE_TIME + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def wire(device: str, second: float, **overrides: Any) -> dict[str, Any]:
+    """The `position` object the server sends for `fix(device, second)`."""
+    document = {
+        "device_id": device,
+        "ts": at(second),
+        "latitude": 41.3,
+        "longitude": 19.8,
+        "altitude": 100.0,
+        "angle": 90.0,
+        "speed": 50.0,
+        "satellites": 10,
+    }
+    document.update(overrides)
+    return document
+
+
+def live(service: Service) -> Any:
+    assert service.live is not None
+    return service.live
+
+
+async def test_snapshot_then_live_positions_of_that_event_only(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    database_url: str,
+    redis_client: redis.Redis,
+    stream_key: str,
+) -> None:
+    event_a = add_event(database_url, ["a1", "a2"])
+    event_b = add_event(database_url, ["b1"])
+    directus.user(TOKEN, events={event_a, event_b})
+    async with running_service(live_env) as service:
+        publish(
+            redis_client,
+            stream_key,
+            [
+                fix("a1", 10),
+                fix("a1", 20),
+                fix("a2", 10),
+                fix("a2", 30, satellites=0),  # newest of a2, but faulty: not in the snapshot
+                fix("b1", 10),
+                fix("stranger", 10),
+            ],
+        )
+        await wait_until(lambda: row_count(database_url) == 6)
+        async with live_client(service.live_port) as ws:
+            topic = f"event:{event_a}"
+            assert await subscribe(ws, event_a) == {
+                "type": "subscribed",
+                "topic": topic,
+                "snapshot": [wire("a1", 20), wire("a2", 10)],
+            }
+            publish(
+                redis_client,
+                stream_key,
+                [fix("b1", 40), fix("a1", 40), fix("stranger", 40), fix("a2", 50, speed=70)],
+            )
+            assert await receive(ws) == {
+                "type": "position",
+                "topic": topic,
+                "position": wire("a1", 40),
+            }
+            assert await receive(ws) == {
+                "type": "position",
+                "topic": topic,
+                "position": wire("a2", 50, speed=70.0),
+            }
+            await no_message(ws)
+            # unsubscribe stops delivery
+            await send(ws, {"type": "unsubscribe", "topic": topic})
+            assert await receive(ws) == {"type": "unsubscribed", "topic": topic}
+            publish(redis_client, stream_key, [fix("a1", 60)])
+            await wait_until(lambda: live(service).broadcaster.broadcast == 8)
+            await no_message(ws)
+            assert len(live(service).registry) == 0
+            # a second event on the same connection: its own snapshot and topic
+            reply = await subscribe(ws, event_b)
+            assert reply["snapshot"] == [wire("b1", 40)]
+        await wait_until(lambda: live(service).connections == 0)
+        assert len(live(service).registry) == 0  # the closed connection was forgotten
+        assert service.metrics.live_subscriptions._value.get() == 0
+
+
+async def test_late_and_faulty_fixes_are_stored_but_not_broadcast(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    database_url: str,
+    redis_client: redis.Redis,
+    stream_key: str,
+) -> None:
+    event_a = add_event(database_url, ["a1"])
+    directus.user(TOKEN, events={event_a})
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    async with running_service(live_env) as service, live_client(service.live_port) as ws:
+        assert (await subscribe(ws, event_a))["snapshot"] == []
+        publish(
+            redis_client,
+            stream_key,
+            [
+                fix("a1", 100),
+                fix("a1", 90),  # late: older than the last broadcast fix
+                fix("a1", 100, attributes={"1": 1}),  # same timestamp, new IO: merged, not sent
+                fix("a1", 110, satellites=0),
+                fix("a1", 120, lat=0.0, lon=0.0),
+                fix("a1", 130, lat=42.3),  # 111 km in 30 s from the last broadcast fix
+                fix("a1", 0, timestamp=future),
+                fix("a1", 150),
+            ],
+        )
+        assert (await receive(ws))["position"] == wire("a1", 100)
+        assert (await receive(ws))["position"] == wire("a1", 150)
+        await no_message(ws)
+        await wait_until(lambda: row_count(database_url) == 7)  # all stored (one merged)
+
+
+async def _locked(database_url: str, statement: str) -> psycopg.Connection[Any]:
+    def lock() -> psycopg.Connection[Any]:
+        conn = psycopg.connect(database_url)
+        conn.execute(statement)  # the transaction stays open until commit/rollback
+        return conn
+
+    return await trio.to_thread.run_sync(lock)
+
+
+async def _release(conn: psycopg.Connection[Any]) -> None:
+    await trio.to_thread.run_sync(conn.rollback)
+    await trio.to_thread.run_sync(conn.close)
+
+
+async def test_position_committed_during_the_snapshot_is_sent_once_in_the_snapshot(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    database_url: str,
+    redis_client: redis.Redis,
+    stream_key: str,
+) -> None:
+    """The writer commits a1@20 while the snapshot waits: it is in the snapshot, not resent."""
+    event_a = add_event(database_url, ["a1"])
+    directus.user(TOKEN, events={event_a})
+    async with running_service(live_env) as service, live_client(service.live_port) as ws:
+        publish(redis_client, stream_key, [fix("a1", 10)])
+        await wait_until(lambda: row_count(database_url) == 1)
+        blocker = await _locked(database_url, "LOCK TABLE entry_devices IN ACCESS EXCLUSIVE MODE")
+        await send(ws, {"type": "subscribe", "topic": f"event:{event_a}"})
+        await wait_until(lambda: len(live(service).registry) == 1)  # registered, snapshot waits
+        publish(redis_client, stream_key, [fix("a1", 20)])
+        await wait_until(lambda: live(service).broadcaster.broadcast == 2)
+        await wait_until(lambda: row_count(database_url) == 2)
+        await _release(blocker)
+        reply = await receive(ws)
+        assert reply["snapshot"] == [wire("a1", 20)]
+        await no_message(ws)
+
+
+async def test_position_broadcast_during_the_snapshot_is_delivered_after_it(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    database_url: str,
+    redis_client: redis.Redis,
+    stream_key: str,
+) -> None:
+    """a1@20 is broadcast while the snapshot waits and is not yet stored when the snapshot is
+    read: it is held and delivered right after the snapshot, exactly once."""
+    event_a = add_event(database_url, ["a1"])
+    directus.user(TOKEN, events={event_a})
+    async with running_service(live_env) as service, live_client(service.live_port) as ws:
+        publish(redis_client, stream_key, [fix("a1", 10)])
+        await wait_until(lambda: row_count(database_url) == 1)
+        writes_blocked = await _locked(database_url, "LOCK TABLE positions IN SHARE MODE")
+        snapshot_blocked = await _locked(
+            database_url, "LOCK TABLE entry_devices IN ACCESS EXCLUSIVE MODE"
+        )
+        await send(ws, {"type": "subscribe", "topic": f"event:{event_a}"})
+        await wait_until(lambda: len(live(service).registry) == 1)
+        publish(redis_client, stream_key, [fix("a1", 20)])
+        await wait_until(lambda: live(service).broadcaster.broadcast == 2)
+        await _release(snapshot_blocked)
+        reply = await receive(ws)
+        assert reply["snapshot"] == [wire("a1", 10)]
+        assert (await receive(ws))["position"] == wire("a1", 20)
+        await _release(writes_blocked)
+        await wait_until(lambda: row_count(database_url) == 2)
+        await no_message(ws)
+
+
+async def test_a_device_in_two_events_reaches_both_topics(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    database_url: str,
+    redis_client: redis.Redis,
+    stream_key: str,
+) -> None:
+    event_a = add_event(database_url, ["shared"])
+    event_b = add_event(database_url, ["shared"])
+    directus.user(TOKEN, events={event_a, event_b})
+    async with running_service(live_env) as service, live_client(service.live_port) as ws:
+        await subscribe(ws, event_a)
+        await subscribe(ws, event_b)
+        publish(redis_client, stream_key, [fix("shared", 5)])
+        topics = {(await receive(ws))["topic"], (await receive(ws))["topic"]}
+        assert topics == {f"event:{event_a}", f"event:{event_b}"}
+        await no_message(ws)
+
+
+async def test_device_event_map_refreshes(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    database_url: str,
+    redis_client: redis.Redis,
+    stream_key: str,
+) -> None:
+    event_a = add_event(database_url, ["a1"])
+    directus.user(TOKEN, events={event_a})
+    env = {**live_env, "LIVE_DEVICE_EVENT_REFRESH_MS": "100"}
+    async with running_service(env) as service, live_client(service.live_port) as ws:
+        await subscribe(ws, event_a)
+        assert service.metrics.live_device_event_map_size._value.get() == 1
+        with psycopg.connect(database_url) as conn:  # link a second device to event A
+            conn.execute("INSERT INTO devices (id, imei) VALUES (gen_random_uuid(), 'a2')")
+            conn.execute(
+                "INSERT INTO entry_devices (entry_id, device_id) SELECT e.id, d.id "
+                "FROM entries e, devices d WHERE e.event_id = %s AND d.imei = 'a2'",
+                (event_a,),
+            )
+        await wait_until(lambda: service.metrics.live_device_event_map_size._value.get() == 2)
+        publish(redis_client, stream_key, [fix("a2", 1)])
+        assert (await receive(ws))["position"] == wire("a2", 1)

@@ -1,0 +1,137 @@
+"""The live JSON protocol: parsing (pure) and the server's answers to malformed frames."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from trio_websocket import DisconnectionTimeout
+
+from processor.live.protocol import ProtocolError, Request, parse_request
+from processor.live.wire import batching_supported, send_texts
+from tests.support.directus import DirectusStandIn
+from tests.support.live import TOKEN, close_code, live_client, receive, send
+from tests.support.service import running_service, wait_until
+
+EVENT = "6f1f8d8e-1c8a-4a8e-9a53-3b8d8e2f0c11"
+
+
+def test_valid_requests() -> None:
+    assert parse_request(f'{{"type":"subscribe","topic":"event:{EVENT}"}}') == Request(
+        "subscribe", EVENT
+    )
+    assert parse_request(
+        f'{{"type":"unsubscribe","topic":"event:{EVENT.upper()}","extra":1}}'
+    ) == Request("unsubscribe", EVENT)
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ("not json", "invalid JSON"),
+        ("", "invalid JSON"),
+        ("[1, 2]", "message must be a JSON object"),
+        ('"subscribe"', "message must be a JSON object"),
+        ("{}", "missing 'type'"),
+        ('{"type": 7}', "'type' must be a string"),
+        ('{"type": "publish"}', "unknown type 'publish': expected subscribe or unsubscribe"),
+        ('{"type": "subscribe"}', "subscribe: missing 'topic'"),
+        ('{"type": "subscribe", "topic": 12}', "subscribe: 'topic' must be a string"),
+        ('{"type": "subscribe", "topic": "device:1"}', "subscribe: 'topic' must be event:<uuid>"),
+        ('{"type": "subscribe", "topic": "event:123"}', "subscribe: 'topic' must be event:<uuid>"),
+        (b'{"type": "subscribe"}', "binary frames are not supported: send JSON text frames"),
+    ],
+)
+def test_malformed_frames(frame: str | bytes, message: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_request(frame)
+    assert caught.value.message == message
+
+
+async def test_every_malformed_frame_gets_an_error_then_1008(
+    live_env: dict[str, str], directus: DirectusStandIn
+) -> None:
+    directus.user(TOKEN)
+    env = {**live_env, "LIVE_WS_MAX_PROTOCOL_ERRORS": "4"}
+    async with running_service(env) as service, live_client(service.live_port) as ws:
+        with trio.fail_after(10):
+            await send(ws, "garbage{")
+            assert await receive(ws) == {
+                "type": "error",
+                "code": "bad_request",
+                "message": "invalid JSON",
+                "topic": None,
+            }
+            await send(ws, {"type": ["subscribe"]})
+            assert (await receive(ws))["message"] == "'type' must be a string"
+            await ws.send_message(b"\x00\x01")
+            assert (await receive(ws))["message"] == (
+                "binary frames are not supported: send JSON text frames"
+            )
+            await send(ws, {"type": "subscribe", "topic": "event:nope"})
+            code, before = await close_code(ws)
+        assert before == [
+            {
+                "type": "error",
+                "code": "bad_request",
+                "message": "subscribe: 'topic' must be event:<uuid>",
+                "topic": "event:nope",
+            }
+        ]
+        assert code == 1008
+        assert service.metrics.live_messages.labels("in", "invalid")._value.get() == 4
+        assert service.metrics.live_messages.labels("out", "error")._value.get() == 4
+
+
+async def test_oversized_frames_close_with_1009(
+    live_env: dict[str, str], directus: DirectusStandIn
+) -> None:
+    directus.user(TOKEN)
+    env = {**live_env, "LIVE_WS_MAX_MESSAGE_BYTES": "256"}
+    async with running_service(env) as service:
+        async with live_client(service.live_port) as ws:
+            await send(ws, "x" * 257)  # over in characters: trio-websocket's own limit
+            code, _ = await close_code(ws)
+            assert code == 1009
+        async with live_client(service.live_port) as ws:
+            await send(ws, "é" * 200)  # 200 characters but 400 bytes
+            code, _ = await close_code(ws)
+            assert code == 1009
+        async with live_client(service.live_port) as ws:  # at the limit: just an error frame
+            await send(ws, "x" * 256)
+            assert (await receive(ws))["message"] == "invalid JSON"
+
+
+async def test_unanswered_pings_close_the_connection(
+    live_env: dict[str, str], directus: DirectusStandIn
+) -> None:
+    """A peer that stops answering pings is closed after one interval."""
+    directus.user(TOKEN)
+    env = {**live_env, "LIVE_WS_PING_INTERVAL_MS": "200"}
+    async with running_service(env) as service:
+        assert service.live is not None
+        # The frozen client cannot finish its own close handshake either.
+        with pytest.raises(DisconnectionTimeout):
+            async with live_client(service.live_port) as ws:
+                # A client that answers pings (trio-websocket does) stays connected.
+                await trio.sleep(0.7)
+                assert ws.closed is None
+                assert service.live.connections == 1
+                # Freeze the client's reader: no more pongs, and it reads nothing.
+                ws._reader_running = False
+                live = service.live
+                await wait_until(lambda: live.connections == 0, timeout=2)
+
+
+async def test_batched_frame_writes_are_available_and_ordered(
+    live_env: dict[str, str], directus: DirectusStandIn
+) -> None:
+    """The locked trio-websocket still has the internals live/wire.py batches frames with, and
+    a batch arrives as separate, ordered text messages."""
+    directus.user(TOKEN)
+    async with running_service(live_env) as service, live_client(service.live_port) as ws:
+        assert service.live is not None
+        await wait_until(lambda: service.live is not None and service.live.connections == 1)
+        (connection,) = service.live._connections
+        assert batching_supported(connection._ws)
+        await send_texts(connection._ws, [f'{{"n":{i}}}' for i in range(100)])
+        assert [(await receive(ws))["n"] for _ in range(100)] == list(range(100))
