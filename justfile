@@ -19,6 +19,14 @@ run: install
 migrate: install
     pdm run processor migrate
 
+# processor + simulator with a live status line (throwaway servers unless REDIS_URL/DATABASE_URL)
+demo *ARGS: install
+    pdm run processor demo {{ARGS}}
+
+# the benchmark: raw COPY vs seed design vs processor, latency, RSS, drain -> bench-results.json
+bench *ARGS: install
+    pdm run python -m benchmarks.run {{ARGS}}
+
 # the full test suite against real Redis and PostgreSQL
 test *ARGS: install
     pdm run pytest {{ARGS}}

@@ -22,9 +22,9 @@ def test_defaults() -> None:
     assert config.database_url == "postgresql://localhost/processor"
     assert config.redis_stream == "telemetry:teltonika"
     assert config.redis_group == "processor"
-    assert config.read_count == 1000
+    assert config.read_count == 2000
     assert config.read_block_ms == 1000
-    assert config.write_batch_size == 1000
+    assert config.write_batch_size == 2000
     assert config.write_flush_ms == 50
     assert config.shutdown_timeout_s == 15.0
     assert config.max_deliveries == 5

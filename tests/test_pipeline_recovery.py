@@ -108,8 +108,14 @@ async def test_terminated_database_connections_retry_without_early_acks(
     database_url: str,
     postgres_server_url: str,
 ) -> None:
-    env = {**env, "INSTANCE_ID": "terminated", "WRITE_RETRY_INITIAL_MS": "20",
-           "WRITE_RETRY_MAX_MS": "200", "READ_COUNT": "100", "WRITE_BATCH_SIZE": "100"}
+    env = {
+        **env,
+        "INSTANCE_ID": "terminated",
+        "WRITE_RETRY_INITIAL_MS": "20",
+        "WRITE_RETRY_MAX_MS": "200",
+        "READ_COUNT": "100",
+        "WRITE_BATCH_SIZE": "100",
+    }
     env["DATABASE_URL"] += "&application_name=processor"
     documents = workload(100, 100)
     published: dict[str, dict[str, object]] = {}
@@ -138,8 +144,14 @@ async def test_sigterm_with_entries_in_flight_drains_and_exits_zero(
 ) -> None:
     documents = workload(1000, 40)
     published = dict(zip(publish(redis_client, stream_key, documents), documents, strict=True))
-    env = {**env, "READ_COUNT": "500", "WRITE_BATCH_SIZE": "500", "SHUTDOWN_TIMEOUT_S": "10",
-           "LOG_LEVEL": "info", "LOG_FORMAT": "json"}
+    env = {
+        **env,
+        "READ_COUNT": "500",
+        "WRITE_BATCH_SIZE": "500",
+        "SHUTDOWN_TIMEOUT_S": "10",
+        "LOG_LEVEL": "info",
+        "LOG_FORMAT": "json",
+    }
     process = spawn_processor(env)
     try:
         await wait_until(lambda: row_count_or_zero(database_url) >= 2000, timeout=30, interval=0.01)
@@ -159,8 +171,6 @@ async def test_sigterm_with_entries_in_flight_drains_and_exits_zero(
     # Everything read was written and acked: nothing the drained instance read is pending.
     assert pending_count(redis_client, stream_key) == 0
     assert row_count(database_url) == acked
-
-
 
 
 async def test_deleted_consumer_group_is_recreated_and_nothing_is_lost(

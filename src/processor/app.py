@@ -29,11 +29,15 @@ from trio import TaskStatus
 from processor.config import Config
 from processor.core.consumer import Consumer, ConsumerSettings
 from processor.core.device_state import DeviceStates
+from processor.core.inflight import InFlight
 from processor.core.quality import QualityRules
+from processor.core.reclaimer import Reclaimer, ReclaimSettings
 from processor.core.records import Delivery
 from processor.core.settle import StreamNames
 from processor.core.writer import Writer, WriterSettings
+from processor.live.server import LiveServer
 from processor.observability.metrics import Metrics
+from processor.observability.services import Observability
 from processor.store import redis as redis_store
 from processor.store.migrations import (
     apply_migrations,
@@ -43,6 +47,7 @@ from processor.store.migrations import (
 )
 from processor.store.positions import prepare_connection
 from processor.store.postgres import Database
+from processor.store.retry import Unavailable
 
 log = structlog.get_logger("processor.app")
 
@@ -53,7 +58,8 @@ EXIT_FORCED = 1
 def make_database(config: Config) -> Database:
     return Database(
         config.database_url,
-        pool_size=config.db_pool_size,
+        # one connection per writer lane, plus probes, rehydration and live snapshots
+        pool_size=max(config.db_pool_size, config.write_concurrency + 2),
         statement_timeout_ms=config.db_statement_timeout_ms,
         configure=prepare_connection,
     )
@@ -90,6 +96,10 @@ class Service:
         self.metrics = metrics if metrics is not None else Metrics()
         self.ready = trio.Event()
         self.draining = trio.Event()
+        self.observability = Observability(config, self.metrics)
+        self.http_port: int | None = None  # the bound HTTP port (HTTP_PORT=0 picks one)
+        self.live: LiveServer | None = None  # the live broadcast, when DIRECTUS_URL is set
+        self.live_port: int | None = None  # its bound port (LIVE_WS_PORT=0 picks one)
         self.states = DeviceStates(
             config.device_state_cap, on_evict=self.metrics.device_state_evictions.inc
         )
@@ -118,6 +128,7 @@ class Service:
         self, database: Database, control: redis.Redis, task_status: TaskStatus[None]
     ) -> None:
         config = self.config
+        in_flight = InFlight()
         names = StreamNames(
             stream=config.redis_stream,
             group=config.redis_group,
@@ -136,6 +147,7 @@ class Service:
                 read_block_ms=config.read_block_ms,
             ),
             metrics=self.metrics,
+            in_flight=in_flight,
         )
         writer = Writer(
             database=database,
@@ -154,32 +166,84 @@ class Service:
             ),
             states=self.states,
             metrics=self.metrics,
+            in_flight=in_flight,
+        )
+        reclaimer = Reclaimer(
+            client=control,
+            settings=ReclaimSettings(
+                stream=config.redis_stream,
+                group=config.redis_group,
+                consumer=config.consumer_name,
+                interval_s=config.reclaim_interval_s,
+                min_idle_ms=config.reclaim_min_idle_ms,
+                max_deliveries=config.max_deliveries,
+            ),
+            metrics=self.metrics,
+            in_flight=in_flight,
         )
         send, receive = trio.open_memory_channel[Delivery](config.pipeline_buffer_batches)
         async with trio.open_nursery() as services:
-            # (observability and live services are started here)
+            await self._start_services(services, database, control)
             async with trio.open_nursery() as pipeline:
+                # The writer ends when every send end is closed: the consumer's and the
+                # reclaimer's clone (each closes its own when it stops).
                 pipeline.start_soon(writer.run, receive)
+                await pipeline.start(reclaimer.run, send.clone())
                 await pipeline.start(consumer.run, send)
                 self.ready.set()
                 log.info("ready")
                 task_status.started()
                 await self.draining.wait()
                 log.info("draining")
+                reclaimer.stop()
                 await consumer.stop()
             log.info("pipeline drained")
+            await self._stop_services()
             services.cancel_scope.cancel()
+
+    async def _start_services(
+        self, services: trio.Nursery, database: Database, control: redis.Redis
+    ) -> None:
+        """Start the side services that must be up before the pipeline reports ready.
+
+        Each is started with `services.start(...)` so that it is listening before we go on.
+        """
+        # --- observability (HTTP /metrics /healthz /readyz, probes, lag sampler) ---
+        self.http_port = await self.observability.start(
+            services, database=database, control=control, started=self.ready, draining=self.draining
+        )
+        # --- live broadcast (only when DIRECTUS_URL is set) ---
+        if self.config.live_enabled:
+            self.live = LiveServer(
+                self.config, database=database, control=control, metrics=self.metrics
+            )
+            await services.start(self.live.run)
+            self.live_port = self.live.port
+        else:
+            log.info("live broadcast off: DIRECTUS_URL is not set")
+
+    async def _stop_services(self) -> None:
+        """Graceful part of stopping the side services (e.g. close live clients with 1001),
+        bounded: the caller cancels the services nursery right after."""
+        if self.live is not None:
+            await self.live.close()
+        await self.observability.stop()
 
 
 async def run_until_signalled(config: Config, service: Service | None = None) -> int:
     """Run the service until SIGTERM/SIGINT; returns the process exit code."""
     service = service if service is not None else Service(config)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        with trio.CancelScope() as service_scope:
+    with (
+        trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
+        trio.CancelScope() as service_scope,
+    ):
+        try:
             async with trio.open_nursery() as root:
                 root.start_soon(_watch_signals, signals, service, service_scope, config)
                 await service.run()
                 root.cancel_scope.cancel()
+        except* Unavailable as group:  # start-up gave up: the CLI reports it in one line
+            raise group.exceptions[0] from None
     if service_scope.cancelled_caught and service.ready.is_set():
         log.error("drain deadline exceeded or forced stop: un-acked entries stay pending")
         return EXIT_FORCED

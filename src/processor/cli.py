@@ -13,11 +13,13 @@ from collections.abc import Callable, Sequence
 import structlog
 import trio
 
-from processor import dlq, publisher
+from processor import bench, demo, dlq, publisher
 from processor.config import Config, ConfigError, load_config
 from processor.observability.logging import configure_logging
+from processor.store.retry import Unavailable
 
 EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 1
 
 log = structlog.get_logger("processor.cli")
 
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     dlq.register,
     publisher.register,
+    demo.register,
+    bench.register,
 ]
 
 
@@ -83,7 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except Unavailable as exc:  # start-up gave up on a server: one line, no traceback
+        log.error("startup failed", error=str(exc))
+        return EXIT_UNAVAILABLE
 
 
 if __name__ == "__main__":

@@ -108,11 +108,11 @@ class Config:
     redis_stream: str = _text("REDIS_STREAM", "telemetry:teltonika")
     redis_group: str = _text("REDIS_GROUP", "processor")
     redis_consumer: str = _setting("REDIS_CONSUMER", "", "a consumer name (default: INSTANCE_ID)")
-    read_count: int = _int("READ_COUNT", 1000, 1, 100_000)
+    read_count: int = _int("READ_COUNT", 2000, 1, 100_000)
     read_block_ms: int = _int("READ_BLOCK_MS", 1000, 1, 60_000)
 
     # --- writer ------------------------------------------------------------------------------
-    write_batch_size: int = _int("WRITE_BATCH_SIZE", 1000, 1, 100_000)
+    write_batch_size: int = _int("WRITE_BATCH_SIZE", 2000, 1, 100_000)
     write_flush_ms: int = _int("WRITE_FLUSH_MS", 50, 1, 60_000)
     write_concurrency: int = _int("WRITE_CONCURRENCY", 2, 1, 32)
     pipeline_buffer_batches: int = _int("PIPELINE_BUFFER_BATCHES", 4, 1, 1000)

@@ -43,11 +43,9 @@ def publish(client: redis.Redis, stream: str, documents: Iterable[Any]) -> list[
     """XADD each document as `payload` (dicts are JSON-encoded, bytes/str sent as they are)."""
     ids: list[str] = []
     pipe = client.pipeline(transaction=False)
-    count = 0
-    for document in documents:
+    for count, document in enumerate(documents, start=1):
         payload = document if isinstance(document, bytes | str) else orjson.dumps(document)
         pipe.xadd(stream, {"payload": payload})
-        count += 1
         if count % 1000 == 0:
             ids.extend(i.decode() for i in pipe.execute())
     ids.extend(i.decode() for i in pipe.execute())

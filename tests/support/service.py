@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import trio
@@ -31,10 +31,18 @@ async def running_service(env: Mapping[str, str]) -> AsyncIterator[Service]:
             service.begin_drain()
 
 
-async def wait_until(predicate: object, *, timeout: float = 30, interval: float = 0.05) -> None:
-    """Poll a sync predicate (run in a thread: it may do blocking I/O) until it is true."""
+async def wait_until(
+    predicate: Callable[[], object],
+    *,
+    timeout: float = 30,  # noqa: ASYNC109 - a deadline is this helper's whole point
+    interval: float = 0.05,
+) -> None:
+    """Poll a sync predicate (run in a thread: it may do blocking I/O) until it is true.
+
+    Polling is deliberate: the state lives in Redis and PostgreSQL, which cannot notify us.
+    """
     with trio.fail_after(timeout):
-        while not await trio.to_thread.run_sync(predicate):  # type: ignore[arg-type]
+        while not await trio.to_thread.run_sync(predicate):  # noqa: ASYNC110
             await trio.sleep(interval)
 
 

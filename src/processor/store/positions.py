@@ -138,7 +138,8 @@ def write_rows(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> list[str]:
                 )
         for round_number in range(max(rounds, default=-1) + 1):
             cursor.execute(INSERT_ROUND, (round_number,))
-            changed = {(device_id, ts): inserted for device_id, ts, inserted in cursor}
+            # fetchall builds the rows in C (iterating the cursor costs a Python call per row)
+            changed = {(device_id, ts): inserted for device_id, ts, inserted in cursor.fetchall()}
             for index, row in enumerate(rows):
                 if rounds[index] != round_number:
                     continue

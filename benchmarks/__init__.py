@@ -1,0 +1,1 @@
+"""The benchmark (`just bench`): see `benchmarks/run.py`."""

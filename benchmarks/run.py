@@ -1,0 +1,517 @@
+"""The benchmark: how fast the processor stores fixes, against what one could write oneself.
+
+    python -m benchmarks.run [--quick] [--output bench-results.json] [--set NAME=VALUE ...]
+
+One run, one machine, the same rows for every contender (the simulator's, seeded), each
+contender into its own fresh PostgreSQL schema:
+
+1. raw:       one plain Python process, COPY -> staging -> INSERT ON CONFLICT DO NOTHING in
+              batches, no Redis, no Trio (`benchmarks.writers.write_raw`): the write limit;
+2. baseline:  the seed design's multi-row INSERT ... VALUES ... ON CONFLICT DO NOTHING RETURNING
+              per batch (`benchmarks.writers.write_baseline`);
+3. processor: the fixes pre-loaded into a stream, then `processor run` as a subprocess, timed
+              from its "ready" log line to the moment the group has no lag and nothing pending
+              (every row committed and every entry acked).
+
+Then, on a second `processor run`:
+
+4. latency:   the simulator publishes at a steady rate; p50/p95/p99 of stream entry -> commit,
+              read from the daemon's `processor_e2e_latency_seconds` histogram on /metrics
+              (observed at commit; percentiles interpolated within buckets, as Prometheus'
+              `histogram_quantile` does). Exact percentiles of `ingested_at - entry time` from
+              the table are reported too (`db_p*_e2e_ms`; `ingested_at` is the transaction's
+              start, so those read a few ms low).
+5. memory:    fixes from N distinct devices (one each), then VmRSS of the daemon (N = 100,000:
+              the default DEVICE_STATE_CAP, so every device is in state).
+6. drain:     SIGTERM while the simulator keeps publishing at the steady rate: seconds until
+              the process has exited (it must exit 0 with nothing pending).
+
+Without REDIS_URL / DATABASE_URL, throwaway servers are started (as `just demo` does).
+Speed is reported here, never asserted by the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import attrs
+import orjson
+import psycopg
+import redis
+import trio
+
+from benchmarks.daemon import Daemon
+from benchmarks.writers import timed_write, write_baseline, write_raw
+from processor.config import load_config
+from processor.demo import servers
+from processor.observability.logging import configure_logging
+from processor.position import decode_payload
+from processor.publisher import MAX_CHUNK, publish, xadd_chunk
+from processor.simulate import Quirks, Scenario, Simulator
+from processor.store.migrations import apply_migrations, default_directory, load_migrations
+from processor.store.postgres import with_search_path
+
+SEED = 20260512
+START = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
+NO_QUIRKS = Quirks(late=0, duplicate=0, zero_satellites=0, event=0, sentinels=0)
+PHASES = ("raw", "baseline", "processor", "latency", "memory", "drain")
+TARGETS: dict[str, tuple[str, float]] = {
+    "ratio_vs_raw": (">=", 0.7),
+    "ratio_vs_baseline": (">=", 1.5),
+    "p99_e2e_ms": ("<=", 250.0),
+    "rss_mb_100k_devices": ("<=", 200.0),
+    "drain_s": ("<=", 2.0),
+}
+
+
+@attrs.frozen
+class Sizes:
+    fixes: int  # pre-generated fixes written by every contender
+    devices: int  # cars producing them
+    steady_rate: float  # fixes/s of the latency phase (and the load during the drain)
+    steady_s: float
+    state_devices: int  # distinct devices of the memory phase
+    drain_after_s: float  # load before SIGTERM
+
+
+FULL = Sizes(200_000, 1_000, 2_000.0, 60.0, 100_000, 5.0)
+QUICK = Sizes(20_000, 100, 2_000.0, 10.0, 10_000, 2.0)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--output", type=Path, default=Path("bench-results.json"))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="processor setting for this run (e.g. WRITE_CONCURRENCY=3); repeatable",
+    )
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the schemas and streams")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of the throughput contenders (median)"
+    )
+    return parser.parse_args(argv)
+
+
+class Bench:
+    def __init__(
+        self, redis_url: str, database_url: str, sizes: Sizes, settings: dict[str, str]
+    ) -> None:
+        self.redis_url = redis_url
+        self.database_url = database_url
+        self.sizes = sizes
+        self.settings = settings
+        self.config = load_config({"INSTANCE_ID": "bench", **settings})
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=30)
+        self.tag = uuid.uuid4().hex[:8]
+        self.schemas: list[str] = []
+        self.streams: list[str] = []
+        self.results: dict[str, Any] = {}
+        self.keep = False
+        self.repeat = 1
+
+    # --- fixtures ----------------------------------------------------------------------------
+
+    def schema(self, name: str) -> str:
+        """A fresh schema with the processor's migrations applied; returns its URL."""
+        schema = f"bench_{name}_{self.tag}"
+        url = with_search_path(self.database_url, schema)
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        self.schemas.append(schema)
+        with psycopg.connect(url) as conn:
+            apply_migrations(conn, load_migrations(default_directory()))
+        return url
+
+    def stream(self, name: str) -> str:
+        key = f"bench:{self.tag}:{name}"
+        self.streams.append(key)
+        return key
+
+    def daemon(self, url: str, stream: str) -> Daemon:
+        env = {
+            "REDIS_URL": self.redis_url,
+            "DATABASE_URL": url,
+            "REDIS_STREAM": stream,
+            "INSTANCE_ID": f"bench-{self.tag}",
+            "HTTP_PORT": "0",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "info",
+            **self.settings,
+        }
+        return Daemon(env)
+
+    def caught_up(self, stream: str, group: str = "processor") -> bool:
+        for info in self.redis.xinfo_groups(stream):
+            if info["name"].decode() == group:
+                return int(info["pending"]) == 0 and int(info.get("lag") or 0) == 0
+        return False
+
+    def wait_caught_up(self, stream: str, timeout_s: float, interval_s: float = 0.01) -> float:
+        """Poll until the group has read and acked everything; returns the epoch time seen."""
+        deadline = time.monotonic() + timeout_s
+        while not self.caught_up(stream):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the processor did not catch up on {stream} in {timeout_s}s")
+            time.sleep(interval_s)
+        return time.time()
+
+    def rows(self, url: str) -> int:
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT count(*) FROM positions").fetchone()
+            return int(row[0]) if row else 0
+
+    def cleanup(self) -> None:
+        if self.keep:
+            say(f"kept schemas {', '.join(self.schemas)} and streams {', '.join(self.streams)}")
+            return
+        if self.streams:
+            self.redis.delete(*self.streams)
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            for schema in self.schemas:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        self.redis.close()
+
+    # --- phases ------------------------------------------------------------------------------
+
+    def contenders(self, phases: set[str]) -> None:
+        s = self.sizes
+        say(f"generating {s.fixes:,} fixes from {s.devices:,} devices (seed {SEED}) ...")
+        scenario = Scenario(devices=s.devices, rate=s.steady_rate, seed=SEED, start=START)
+        payloads = [e.payload for e in itertools.islice(Simulator(scenario), s.fixes)]
+        keys = {(p.device_id, p.ts) for p in map(decode_payload, payloads)}
+        self.results.update(fixes=len(payloads), devices=s.devices, rows=len(keys))
+        batch = self.config.write_batch_size
+        rates: dict[str, list[float]] = {}
+        # Rounds interleave the contenders, so a drift in the machine's background load touches
+        # them alike; each figure is the median of its rounds (all kept in the JSON).
+        for attempt in range(self.repeat):
+            for name, writer in (("raw", write_raw), ("baseline", write_baseline)):
+                if name not in phases:
+                    continue
+                url = self.schema(f"{name}{attempt}")
+                seconds, cpu = timed_write(url, payloads, writer, batch_size=batch)
+                self.check_rows(name, url, len(keys))
+                self.results.setdefault(f"{name}_cpu_us_per_fix", []).append(
+                    round(cpu / len(payloads) * 1e6, 1)
+                )
+                rates.setdefault(name, []).append(len(payloads) / seconds)
+                say(f"{name}: {len(payloads) / seconds:,.0f} fixes/s ({seconds:.2f} s)")
+            if "processor" in phases:
+                seconds = self.processor_throughput(payloads, len(keys), attempt)
+                rates.setdefault("processor", []).append(len(payloads) / seconds)
+                say(f"processor: {len(payloads) / seconds:,.0f} fixes/s ({seconds:.2f} s)")
+        for name, samples in rates.items():
+            self.results[f"{name}_rate"] = round(statistics.median(samples))
+            self.results[f"{name}_rates"] = [round(rate) for rate in samples]
+
+    def processor_throughput(
+        self, payloads: list[bytes], expected_rows: int, attempt: int
+    ) -> float:
+        """Seconds from the daemon's "ready" to every entry acked and every row committed."""
+        url, stream = self.schema(f"processor{attempt}"), self.stream(f"throughput{attempt}")
+        for offset in range(0, len(payloads), MAX_CHUNK):
+            xadd_chunk(self.redis, stream, payloads[offset : offset + MAX_CHUNK])
+        daemon = self.daemon(url, stream)
+        try:
+            started = daemon.wait_ready()
+            cpu = daemon.cpu_s()
+            finished = self.wait_caught_up(stream, timeout_s=600)
+            cpu = daemon.cpu_s() - cpu
+            daemon.terminate()
+        finally:
+            daemon.kill()
+        self.check_rows("processor", url, expected_rows)
+        self.results.setdefault("processor_cpu_us_per_fix", []).append(
+            round(cpu / len(payloads) * 1e6, 1)
+        )
+        return finished - started
+
+    def daemon_phases(self, phases: set[str]) -> None:
+        url, stream = self.schema("daemon"), self.stream("steady")
+        daemon = self.daemon(url, stream)
+        try:
+            daemon.wait_ready()
+            if "latency" in phases:
+                self.latency(daemon, url, stream)
+            if "memory" in phases:
+                self.memory(daemon, stream)
+            if "drain" in phases:
+                self.drain(daemon, stream)
+        finally:
+            daemon.kill()
+
+    def latency(self, daemon: Daemon, url: str, stream: str) -> None:
+        s = self.sizes
+        say(f"latency: {s.steady_rate:,.0f} fixes/s for {s.steady_s:g} s ...")
+        scenario = Scenario(
+            devices=s.devices, rate=s.steady_rate, seed=SEED + 1, start=datetime.now(UTC)
+        )
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=30)
+        published = trio.run(
+            lambda: publish(
+                client, stream, Simulator(scenario), rate=s.steady_rate, duration_s=s.steady_s
+            )
+        )
+        client.close()
+        self.wait_caught_up(stream, timeout_s=120)
+        histogram = e2e_histogram(daemon.metrics())
+        for q in (50, 95, 99):
+            self.results[f"p{q}_e2e_ms"] = round(histogram_quantile(histogram, q / 100) * 1000, 1)
+        exact = self.db_latencies(url, stream)
+        for q in (50, 95, 99):
+            self.results[f"db_p{q}_e2e_ms"] = round(percentile(exact, q / 100) * 1000, 1)
+        self.results["steady_rate"] = round(published.sent / published.elapsed_s)
+        self.results["latency_source"] = "processor_e2e_latency_seconds histogram on /metrics"
+        say(
+            "latency: p50 {p50_e2e_ms} ms, p95 {p95_e2e_ms} ms, p99 {p99_e2e_ms} ms "
+            "(table: p50 {db_p50_e2e_ms}, p99 {db_p99_e2e_ms})".format(**self.results)
+        )
+
+    def db_latencies(self, url: str, stream: str) -> list[float]:
+        """ingested_at - entry time for every row, from the first entry carrying its key."""
+        first: dict[tuple[str, datetime], float] = {}
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = self.redis.xrange(stream)  # type: ignore[assignment]
+        for entry_id, fields in entries:
+            document = orjson.loads(fields[b"payload"])
+            key = (document["device_id"], datetime.fromisoformat(document["timestamp"]))
+            first.setdefault(key, int(entry_id.split(b"-")[0]) / 1000)
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT device_id, ts, ingested_at FROM positions").fetchall()
+        return [ingested.timestamp() - first[(device, ts)] for device, ts, ingested in rows]
+
+    def memory(self, daemon: Daemon, stream: str) -> None:
+        n = self.sizes.state_devices
+        say(f"memory: fixes from {n:,} distinct devices ...")
+        scenario = Scenario(
+            devices=n,
+            rate=self.sizes.steady_rate,
+            seed=SEED + 2,
+            start=datetime.now(UTC) - timedelta(seconds=n / self.sizes.steady_rate),
+            quirks=NO_QUIRKS,
+        )
+        payloads = [e.payload for e in itertools.islice(Simulator(scenario), n)]
+        for offset in range(0, n, MAX_CHUNK):
+            xadd_chunk(self.redis, stream, payloads[offset : offset + MAX_CHUNK])
+        self.wait_caught_up(stream, timeout_s=600)
+        state = daemon.metrics()["processor_device_state_size"][0][1]
+        rss_mb, peak_mb = daemon.status("VmRSS") / 1024, daemon.status("VmHWM") / 1024
+        self.results.update(
+            rss_mb_100k_devices=round(rss_mb, 1),
+            rss_peak_mb=round(peak_mb, 1),
+            state_devices=int(state),
+        )
+        say(f"memory: RSS {rss_mb:.0f} MB (peak {peak_mb:.0f} MB), {state:,.0f} in state")
+
+    def drain(self, daemon: Daemon, stream: str) -> None:
+        s = self.sizes
+        say(f"drain: SIGTERM after {s.drain_after_s:g} s at {s.steady_rate:,.0f} fixes/s ...")
+        scenario = Scenario(
+            devices=s.devices, rate=s.steady_rate, seed=SEED + 3, start=datetime.now(UTC)
+        )
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=30)
+
+        async def load_then_terminate() -> tuple[float, int]:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    lambda: publish(client, stream, Simulator(scenario), rate=s.steady_rate)
+                )
+                await trio.sleep(s.drain_after_s)
+                outcome = await trio.to_thread.run_sync(daemon.terminate)
+                nursery.cancel_scope.cancel()
+            return outcome
+
+        seconds, code = trio.run(load_then_terminate)
+        client.close()
+        pending = int(self.redis.xpending(stream, "processor")["pending"])
+        if code != 0 or pending:
+            raise RuntimeError(f"drain: exit code {code}, {pending} entries left pending")
+        self.results["drain_s"] = round(seconds, 3)
+        say(f"drain: exited 0 after {seconds:.2f} s, nothing pending")
+
+    def check_rows(self, name: str, url: str, expected: int) -> None:
+        stored = self.rows(url)
+        if stored != expected:
+            raise RuntimeError(f"{name} stored {stored} rows, expected {expected}")
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def e2e_histogram(
+    samples: dict[str, list[tuple[dict[str, str], float]]],
+) -> list[tuple[float, float]]:
+    """[(upper bound, cumulative count), ...] of processor_e2e_latency_seconds."""
+    buckets = samples["processor_e2e_latency_seconds_bucket"]
+    return sorted((float(labels["le"]), value) for labels, value in buckets)
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket holding q."""
+    total = buckets[-1][1]
+    if total == 0:
+        return float("nan")
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / (count - below or 1)
+        lower, below = upper, count
+    return lower
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def add_ratios(results: dict[str, Any]) -> None:
+    rate = results.get("processor_rate")
+    for other, key in (("raw_rate", "ratio_vs_raw"), ("baseline_rate", "ratio_vs_baseline")):
+        if rate and results.get(other):
+            results[key] = round(rate / results[other], 3)
+
+
+def verdicts(results: dict[str, Any]) -> dict[str, bool]:
+    checks: dict[str, Callable[[float, float], bool]] = {
+        ">=": lambda a, b: a >= b,
+        "<=": lambda a, b: a <= b,
+    }
+    return {
+        key: checks[op](results[key], bound)
+        for key, (op, bound) in TARGETS.items()
+        if key in results
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    r = results
+    lines = [
+        f"benchmark: {r.get('fixes', 0):,} fixes from {r.get('devices', 0):,} devices "
+        f"({r.get('rows', 0):,} rows), {r['machine']['cpus']} CPUs, "
+        f"PostgreSQL {r['machine']['postgres']}, Redis {r['machine']['redis']}",
+        "",
+        f"{'contender':<44}{'fixes/s':>12}",
+    ]
+    for key, label in (
+        ("raw_rate", "raw (COPY -> staging -> INSERT, 1 process)"),
+        ("baseline_rate", "seed design (multi-row INSERT ... RETURNING)"),
+        ("processor_rate", "processor (stream -> commit -> XACK)"),
+    ):
+        if key in r:
+            lines.append(f"{label:<44}{r[key]:>12,}")
+    lines.append("")
+    for key, label, unit in (
+        ("ratio_vs_raw", "processor / raw", ""),
+        ("ratio_vs_baseline", "processor / seed design", ""),
+        ("p50_e2e_ms", "e2e latency p50", " ms"),
+        ("p95_e2e_ms", "e2e latency p95", " ms"),
+        ("p99_e2e_ms", "e2e latency p99", " ms"),
+        ("rss_mb_100k_devices", f"RSS with {r.get('state_devices', 0):,} devices in state", " MB"),
+        ("drain_s", "SIGTERM drain under load", " s"),
+    ):
+        if key in r:
+            target = TARGETS.get(key)
+            mark = ""
+            if target:
+                ok = r["targets_met"][key]
+                mark = f"   target {target[0]} {target[1]:g}{unit}: {'met' if ok else 'MISSED'}"
+            lines.append(f"{label:<44}{r[key]:>12}{unit}{mark}")
+    return "\n".join(lines)
+
+
+def machine(database_url: str, client: redis.Redis) -> dict[str, Any]:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "postgres": row[0] if row else "?",
+        "redis": client.info("server").get("redis_version", "?"),
+        "platform": platform.platform(),
+    }
+
+
+@contextlib.contextmanager
+def bench(
+    redis_url: str, database_url: str, sizes: Sizes, settings: dict[str, str]
+) -> Iterator[Bench]:
+    runner = Bench(redis_url, database_url, sizes, settings)
+    try:
+        yield runner
+    finally:
+        runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging("warning", "console")
+    sizes = QUICK if args.quick else FULL
+    settings = dict(item.split("=", 1) for item in args.set)
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    unknown = phases - set(PHASES)
+    if unknown:
+        print(f"unknown phases: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    with (
+        servers() as (redis_url, database_url),
+        bench(redis_url, database_url, sizes, settings) as runner,
+    ):
+        runner.keep = args.keep
+        runner.repeat = max(1, args.repeat)
+        results = runner.results
+        results["machine"] = machine(database_url, runner.redis)
+        results["quick"] = args.quick
+        results["run"] = runner.tag
+        c = runner.config
+        results["settings"] = {
+            "WRITE_BATCH_SIZE": c.write_batch_size,
+            "WRITE_CONCURRENCY": c.write_concurrency,
+            "WRITE_FLUSH_MS": c.write_flush_ms,
+            "READ_COUNT": c.read_count,
+            "PIPELINE_BUFFER_BATCHES": c.pipeline_buffer_batches,
+            "DB_POOL_SIZE": c.db_pool_size,
+        }
+        started = time.monotonic()
+        if phases & {"raw", "baseline", "processor"}:
+            runner.contenders(phases)
+        if phases & {"latency", "memory", "drain"}:
+            runner.daemon_phases(phases)
+        results["bench_s"] = round(time.monotonic() - started, 1)
+    add_ratios(results)
+    results["targets_met"] = verdicts(results)
+    args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    print(table(results))
+    print(f"\nwritten to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

