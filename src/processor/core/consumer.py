@@ -13,8 +13,6 @@ learns that the input is over.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 import redis
 import structlog
@@ -24,12 +22,9 @@ from trio import TaskStatus
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery, Record, Rejected, decode_entry
 from processor.observability.metrics import Metrics
-from processor.store import redis as redis_store
-from processor.store.retry import Backoff
+from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
 
 log = structlog.get_logger("processor.consumer")
-
-StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 @attrs.frozen
@@ -80,15 +75,21 @@ class Consumer:
         self.settings = settings
         self.metrics = metrics
         self.in_flight = in_flight
-        self._control = control
-        # A dedicated connection for blocking reads: its socket timeout exceeds the BLOCK time,
-        # and its client id lets stop() unblock it.
-        self._reader = redis_store.make_client(
-            redis_url, socket_timeout_s=settings.read_block_ms / 1000 + 5
+        # A vanished group is recreated from the start of the stream: re-reading is idempotent,
+        # skipping would lose whatever was not yet stored.
+        self._reader = GroupReader(
+            redis_url,
+            control,
+            GroupRead(
+                stream=settings.stream,
+                group=settings.group,
+                consumer=settings.consumer,
+                count=settings.read_count,
+                block_ms=settings.read_block_ms,
+                recreate_at="0",
+            ),
+            on_error=metrics.consumer_reads.labels("error").inc,
         )
-        self._reader_id: int | None = None
-        self._stopping = False
-        self._stopped = trio.Event()
 
     async def run(
         self,
@@ -104,37 +105,14 @@ class Consumer:
             consumer=s.consumer,
         )
         task_status.started()
-        backoff = Backoff(initial_s=0.2, max_s=5.0)
-        start_id = "0"  # own pending entries first
+        start_id = "0"  # own pending entries first, paged by id; then ">" for new entries
         try:
             async with deliveries:
-                while not self._stopping:
-                    try:
-                        entries = await trio.to_thread.run_sync(self._read, start_id)
-                    except redis.ResponseError as exc:
-                        if "NOGROUP" not in str(exc):
-                            raise
-                        # The group (or the stream) was deleted under us. Recreate it from the
-                        # start of the stream: re-reading is idempotent, skipping would lose.
-                        self.metrics.consumer_reads.labels("error").inc()
-                        log.error("consumer group missing, recreating it", error=str(exc)[:200])
-                        await redis_store.ensure_group(self._control, s.stream, s.group, "0")
-                        continue
-                    except redis_store.TRANSIENT_ERRORS as exc:
-                        self.metrics.consumer_reads.labels("error").inc()
-                        delay = backoff.next_delay()
-                        log.warning(
-                            "stream read failed",
-                            error=str(exc)[:200],
-                            attempt=backoff.attempts,
-                            retry_in_s=round(delay, 2),
-                        )
-                        self._reader_id = None
-                        with trio.move_on_after(delay):
-                            await self._stopped.wait()
-                        continue
-                    backoff.reset()
+                while not self._reader.stopping:
+                    entries = await self._reader.read(start_id)
                     if not entries:
+                        if self._reader.stopping:
+                            break
                         self.metrics.consumer_reads.labels("empty").inc()
                         if start_id != ">":
                             start_id = ">"
@@ -143,7 +121,7 @@ class Consumer:
                     self.metrics.consumer_reads.labels("entries").inc()
                     self.metrics.consumer_records.inc(len(entries))
                     if start_id != ">":
-                        start_id = entries[-1][0].decode()  # page through the pending list
+                        start_id = entries[-1][0].decode()
                     delivery = decode_entries(entries, self.metrics)
                     self.in_flight.add(delivery.entry_ids())
                     await deliveries.send(delivery)
@@ -151,31 +129,6 @@ class Consumer:
             self._reader.close()
             log.info("consumer stopped")
 
-    def _read(self, start_id: str) -> StreamEntries:
-        if self._reader_id is None:
-            self._reader_id = int(self._reader.client_id())
-        s = self.settings
-        block = None if start_id != ">" else s.read_block_ms
-        if self._stopping:
-            return []
-        reply: Any = self._reader.xreadgroup(
-            s.group, s.consumer, {s.stream: start_id}, count=s.read_count, block=block
-        )
-        if not reply:
-            return []
-        entries: StreamEntries = reply[0][1]
-        return entries
-
     async def stop(self) -> None:
         """Stop reading: no new read starts, and a read blocked in Redis returns at once."""
-        if self._stopping:
-            return
-        self._stopping = True
-        self._stopped.set()
-        reader_id = self._reader_id
-        if reader_id is not None:
-            try:
-                with trio.move_on_after(2):
-                    await trio.to_thread.run_sync(self._control.client_unblock, reader_id)
-            except redis_store.TRANSIENT_ERRORS as exc:
-                log.warning("could not unblock the stream read", error=str(exc)[:200])
+        await self._reader.stop()

@@ -36,11 +36,12 @@ import structlog
 import trio
 from trio import TaskStatus
 
-from processor.core.consumer import StreamEntries, decode_entries
+from processor.core.consumer import decode_entries
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery, Rejected
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
+from processor.store.group_reader import StreamEntries
 
 log = structlog.get_logger("processor.reclaimer")
 

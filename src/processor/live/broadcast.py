@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 import redis
 import structlog
@@ -38,11 +37,10 @@ from processor.observability.metrics import Metrics
 from processor.position import CodecError, Position, decode_payload
 from processor.quality import QualityRules, faulty_reason
 from processor.store import redis as redis_store
-from processor.store.retry import Backoff
+from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
 
 log = structlog.get_logger("processor.live.broadcast")
 
-StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 PAYLOAD = b"payload"
 _DESTROY_ERRORS: tuple[type[Exception], ...] = (*redis_store.TRANSIENT_ERRORS, redis.ResponseError)
 
@@ -66,19 +64,25 @@ class Broadcaster:
         self._control = control
         self._stream = stream
         self._group = group
-        self._consumer = consumer
-        self._read_count = read_count
-        self._read_block_ms = read_block_ms
         self._rules = rules
         self._events_of = events_of  # device_id -> its event ids (DeviceEventMap.events_of)
         self._registry = registry
         self._metrics = metrics
-        # Dedicated connection for blocking reads (socket timeout above BLOCK); its client id
-        # lets stop() unblock it at once.
-        self._reader = redis_store.make_client(redis_url, socket_timeout_s=read_block_ms / 1000 + 5)
-        self._reader_id: int | None = None
-        self._stopping = False
-        self._wake = trio.Event()
+        # NOACK: "ack at once" in the same round trip. A vanished group is recreated at `$`:
+        # live data only, history is never replayed to browsers.
+        self._reader = GroupReader(
+            redis_url,
+            control,
+            GroupRead(
+                stream=stream,
+                group=group,
+                consumer=consumer,
+                count=read_count,
+                block_ms=read_block_ms,
+                recreate_at="$",
+                noack=True,
+            ),
+        )
         self.stopped = trio.Event()
         self.last: dict[str, Position] = {}  # device -> last broadcast fix
         self.entries_seen = 0
@@ -91,32 +95,9 @@ class Broadcaster:
         await redis_store.call(self._control, "xgroup_setid", self._stream, self._group, "$")
         log.info("broadcast consumer started", stream=self._stream, group=self._group)
         task_status.started()
-        backoff = Backoff(initial_s=0.2, max_s=5.0)
         try:
-            while not self._stopping:
-                try:
-                    entries = await trio.to_thread.run_sync(self._read)
-                except redis.ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
-                        raise
-                    log.warning("live consumer group vanished; recreating it at $")
-                    await redis_store.ensure_group(
-                        self._control, self._stream, self._group, start_id="$"
-                    )
-                    continue
-                except redis_store.TRANSIENT_ERRORS as exc:
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "live stream read failed",
-                        error=str(exc)[:200],
-                        attempt=backoff.attempts,
-                        retry_in_s=round(delay, 2),
-                    )
-                    self._reader_id = None
-                    with trio.move_on_after(delay):
-                        await self._wake.wait()
-                    continue
-                backoff.reset()
+            while not self._reader.stopping:
+                entries = await self._reader.read()
                 if entries:
                     self.fan_out(entries)
             await self._destroy_group()
@@ -124,21 +105,6 @@ class Broadcaster:
             self._reader.close()
             self.stopped.set()
             log.info("broadcast consumer stopped")
-
-    def _read(self) -> StreamEntries:
-        if self._reader_id is None:
-            self._reader_id = int(self._reader.client_id())
-        if self._stopping:
-            return []
-        reply: Any = self._reader.xreadgroup(
-            self._group,
-            self._consumer,
-            {self._stream: ">"},
-            count=self._read_count,
-            block=self._read_block_ms,
-            noack=True,
-        )
-        return reply[0][1] if reply else []
 
     def fan_out(self, entries: StreamEntries) -> None:
         """Judge and hand out one read's positions (pure CPU, no awaits)."""
@@ -182,11 +148,7 @@ class Broadcaster:
 
     async def stop(self) -> None:
         """Stop reading: no new read starts, and a read blocked in Redis returns at once."""
-        if self._stopping:
-            return
-        self._stopping = True
-        self._wake.set()
-        await redis_store.unblock(self._control, self._reader_id)
+        await self._reader.stop()
 
     async def _destroy_group(self) -> None:
         """Clean stop: remove this instance's group (a restart creates it again at `$`)."""

@@ -1,0 +1,133 @@
+"""A consumer-group reader whose blocking reads can be released at once.
+
+Shared by the durable consumer and the live broadcast consumer. Each reader owns a dedicated
+connection: its socket timeout is above `BLOCK` (redis-py's default of 5 s would cut long reads
+short), and its client id lets `stop()` release a read blocked in Redis with `CLIENT UNBLOCK`
+from the control connection, so a drain never waits out `READ_BLOCK_MS`.
+
+`read()` retries transient failures itself (capped backoff, each attempt logged, cut short by
+`stop()`), and recreates the group when it has vanished (`NOGROUP`: deleted by an operator, or a
+Redis restored without it) at the position the owner chooses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import redis
+import structlog
+import trio
+
+from processor.store import redis as redis_store
+from processor.store.retry import Backoff
+
+log = structlog.get_logger("processor.stream")
+
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+@attrs.frozen
+class GroupRead:
+    """Where and how to read: `recreate_at` is where a vanished group is created again."""
+
+    stream: str
+    group: str
+    consumer: str
+    count: int
+    block_ms: int
+    recreate_at: str
+    noack: bool = False
+
+
+class GroupReader:
+    def __init__(
+        self,
+        redis_url: str,
+        control: redis.Redis,
+        read: GroupRead,
+        *,
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.spec = read
+        self._control = control
+        self._on_error = on_error
+        self._connection = redis_store.make_client(
+            redis_url, socket_timeout_s=read.block_ms / 1000 + 5
+        )
+        self._client_id: int | None = None
+        self._stopping = False
+        self._stopped = trio.Event()
+        self._backoff = Backoff(initial_s=0.2, max_s=5.0)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def read(self, start_id: str = ">") -> StreamEntries:
+        """One XREADGROUP from `start_id` (`>` blocks for new entries; an id reads the pending
+        list without blocking). Returns [] when nothing came or the reader was stopped."""
+        while not self._stopping:
+            try:
+                entries = await trio.to_thread.run_sync(self._read, start_id)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._on_error()
+                log.error(
+                    "consumer group missing, recreating it",
+                    stream=self.spec.stream,
+                    group=self.spec.group,
+                    at=self.spec.recreate_at,
+                )
+                await redis_store.ensure_group(
+                    self._control, self.spec.stream, self.spec.group, self.spec.recreate_at
+                )
+            except redis_store.TRANSIENT_ERRORS as exc:
+                self._on_error()
+                self._client_id = None
+                delay = self._backoff.next_delay()
+                log.warning(
+                    "stream read failed",
+                    group=self.spec.group,
+                    error=str(exc)[:200],
+                    attempt=self._backoff.attempts,
+                    retry_in_s=round(delay, 2),
+                )
+                with trio.move_on_after(delay):
+                    await self._stopped.wait()
+            else:
+                self._backoff.reset()
+                return entries
+        return []
+
+    def _read(self, start_id: str) -> StreamEntries:
+        if self._client_id is None:
+            self._client_id = int(self._connection.client_id())
+        if self._stopping:
+            return []
+        spec = self.spec
+        reply: Any = self._connection.xreadgroup(
+            spec.group,
+            spec.consumer,
+            {spec.stream: start_id},
+            count=spec.count,
+            block=spec.block_ms if start_id == ">" else None,
+            noack=spec.noack,
+        )
+        if not reply:
+            return []
+        entries: StreamEntries = reply[0][1]
+        return entries
+
+    async def stop(self) -> None:
+        """No new read starts, and a read blocked in Redis returns at once."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stopped.set()
+        await redis_store.unblock(self._control, self._client_id)
+
+    def close(self) -> None:
+        self._connection.close()
