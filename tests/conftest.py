@@ -71,8 +71,17 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def stream_key() -> str:
-    return f"test:{uuid.uuid4().hex[:12]}"
+def stream_key(redis_server_url: str) -> Iterator[str]:
+    """A stream key of this test's own; it and its derived keys (`:dead`, ...) are deleted
+    afterwards, so a long-lived Redis does not fill up with test streams."""
+    key = f"test:{uuid.uuid4().hex[:12]}"
+    yield key
+    client = redis.Redis.from_url(redis_server_url, socket_timeout=10)
+    try:
+        doomed = [key.encode(), *client.scan_iter(match=f"{key}:*", count=1000)]
+        client.delete(*doomed)
+    finally:
+        client.close()
 
 
 @pytest.fixture

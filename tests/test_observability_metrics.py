@@ -181,3 +181,27 @@ async def test_exposition_is_valid_and_complete(env: dict[str, str]) -> None:
             check=False,
         )
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+def test_observe_many_equals_repeated_observe() -> None:
+    """The writer's bulk histogram update must expose exactly what one observe per value would,
+    including values on bucket bounds, beyond the last bound, and zero."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from processor.observability.metrics import LATENCY_BUCKETS, observe_many
+
+    values = [0.0, 0.005, 0.0051, 0.1, 0.1, 0.25, 0.3, 59.9, 60.0, 61.0, 3600.0] * 3
+    exposed = []
+    for bulk in (False, True):
+        registry = CollectorRegistry()
+        histogram = Histogram("h", "h", buckets=LATENCY_BUCKETS, registry=registry)
+        if bulk:
+            observe_many(histogram, values)
+            observe_many(histogram, [])
+        else:
+            for value in values:
+                histogram.observe(value)
+        text = generate_latest(registry).decode()
+        exposed.append("\n".join(x for x in text.splitlines() if not x.startswith("h_created")))
+    assert exposed[0] == exposed[1]
+    assert "h_count 33.0" in exposed[1]

@@ -36,7 +36,7 @@ from processor.core.inflight import InFlight
 from processor.core.quality import QualityRules, faulty_reason
 from processor.core.records import Delivery, Record, Rejected, entry_time
 from processor.core.settle import StreamNames, settle_sync
-from processor.observability.metrics import Metrics
+from processor.observability.metrics import Metrics, observe_many
 from processor.store import redis as redis_store
 from processor.store.positions import INSERTED, Row, latest_good_positions, write_rows
 from processor.store.postgres import Database
@@ -293,9 +293,10 @@ class Writer:
         # per record it showed in profiles); the latency histogram needs every record.
         for outcome, count in Counter(outcomes.values()).items():
             m.position_writes.labels(outcome).inc(count)
-        observe = m.e2e_latency.observe
+        observe_many(
+            m.e2e_latency, [max(0.0, committed_at - entry_time(r.entry_id)) for r in stored]
+        )
         for record in stored:
-            observe(max(0.0, committed_at - entry_time(record.entry_id)))
             # Only an inserted row is stored with this verdict (a merge keeps the row's flag, a
             # duplicate stores nothing), so a redelivered faulty fix is not counted twice.
             if record.faulty_reason is not None and outcomes[record.entry_id] == INSERTED:

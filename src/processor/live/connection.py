@@ -33,7 +33,7 @@ from processor.live.auth import Access, Credentials, Directus
 from processor.live.registry import Registry
 from processor.live.snapshot import SnapshotError, Snapshots
 from processor.live.wire import send_texts
-from processor.observability.metrics import Metrics
+from processor.observability.metrics import Metrics, observe_many
 
 log = structlog.get_logger("processor.live.connection")
 
@@ -145,10 +145,11 @@ class Connection:
                         break
                 await send_texts(self._ws, [frame for frame, _kind, _entry in batch])
                 now = time.time()
-                for _frame, kind, entry_ms in batch:
+                for _frame, kind, _entry_ms in batch:
                     self._sent[kind].inc()
-                    if entry_ms is not None:
-                        lag.observe(max(0.0, now - entry_ms / 1000))
+                observe_many(
+                    lag, [max(0.0, now - ms / 1000) for _f, _k, ms in batch if ms is not None]
+                )
         except (trio.EndOfChannel, trio.ClosedResourceError):
             pass
         except ConnectionClosed:

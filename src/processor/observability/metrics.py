@@ -7,6 +7,10 @@ record's outcome; nothing here is derived or estimated.
 
 from __future__ import annotations
 
+import bisect
+from collections import Counter as Tally
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -157,3 +161,27 @@ class Metrics:
             self.position_writes.labels(status)
         for result in ("entries", "empty", "error"):
             self.consumer_reads.labels(result)
+
+
+def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
+    """`histogram.observe(v)` for every value, with one lock per bucket instead of per value.
+
+    The writer records one end-to-end latency per stored record; observing them one by one
+    (a lock and a bucket walk each) showed in profiles of the hot path. This counts the values
+    per bucket first and adds the counts, which yields exactly what repeated `observe` would
+    (tests compare the two). It relies on prometheus-client's `_upper_bounds`, `_buckets` and
+    `_sum` and falls back to `observe` if a release ever renames them.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    values = list(values)
+    if not values:
+        return
+    for index, count in Tally(bisect.bisect_left(bounds, value) for value in values).items():
+        buckets[index].inc(count)
+    total.inc(sum(values))
