@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -175,6 +175,13 @@ def test_simulate_command_publishes_count_entries(
     first = redis_client.xrange(stream_key, count=1)[0][1][b"payload"]
     assert orjson.loads(first)["device_id"].isdigit()
     assert b"published 250 fixes" in err
+    # 250 fixes at the default 100/s span 2.5 simulated seconds; published unpaced, they must
+    # end about now, not in the future (where FUTURE_TOLERANCE_S would flag them faulty).
+    latest = max(
+        datetime.fromisoformat(orjson.loads(fields[b"payload"])["timestamp"])
+        for _id, fields in redis_client.xrange(stream_key)
+    )
+    assert latest <= datetime.now(UTC) + timedelta(seconds=1)
 
 
 def test_simulate_command_stops_cleanly_on_ctrl_c(

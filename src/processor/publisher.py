@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 import attrs
@@ -143,9 +143,12 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
 def scenario_from(args: argparse.Namespace) -> Scenario:
     quirks = Quirks(**{f.name: getattr(args, f.name) for f in attrs.fields(Quirks)})
     seed = args.seed if args.seed is not None else int(time.time())
-    return Scenario(
-        devices=args.devices, rate=args.rate, seed=seed, start=datetime.now(UTC), quirks=quirks
-    )
+    start = datetime.now(UTC)
+    if getattr(args, "unpaced", False) and getattr(args, "count", None):
+        # Published faster than simulated time passes: end the timeline now instead of far in
+        # the future, or every fix past FUTURE_TOLERANCE_S would be stored as faulty.
+        start -= timedelta(seconds=args.count / args.rate)
+    return Scenario(devices=args.devices, rate=args.rate, seed=seed, start=start, quirks=quirks)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
