@@ -453,7 +453,9 @@ def _wait_ready(
                 f"its log (deleted with the temp dir) ends with:\n"
                 f"{_log_tail(log_path, log_offset)}"
             )
-        time.sleep(min(_POLL_INTERVAL, remaining))
+        # Wait for the next probe on the process itself: an early exit ends the wait at once.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=min(_POLL_INTERVAL, remaining))
 
 
 # --------------------------------------------------------------------------- redis
