@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the CLI imports this module for its sub-parser: keep `--hel
     from processor.app import Service
 
 STATUS_INTERVAL_S = 1.0
+CATCH_UP_S = 2.0
 # Quiet defaults so that log lines do not scroll the status line away (overridable).
 DEMO_ENV_DEFAULTS = {"LOG_LEVEL": "warning", "LOG_FORMAT": "console", "INSTANCE_ID": "demo"}
 
@@ -153,9 +154,14 @@ async def run_demo(
                 status = StatusLine(service, client, out)
                 nursery.start_soon(status.run)
                 simulator = trio.CancelScope()
-                nursery.start_soon(_simulate, client, config, scenario, simulator)
+                simulator_done = trio.Event()
+                nursery.start_soon(_simulate, client, config, scenario, simulator, simulator_done)
                 await _wait_for_stop(signals, duration_s)
+                # Let a publish already in Redis' hands finish before the processor stops
+                # reading, so that the summary's "read" is everything that was published.
                 simulator.cancel()
+                await simulator_done.wait()
+                await _until_caught_up(status, CATCH_UP_S)
                 print("\nstopping: draining the processor ...", file=out, flush=True)
                 service.begin_drain()
                 nursery.start_soon(
@@ -174,10 +180,31 @@ async def run_demo(
 
 
 async def _simulate(
-    client: redis.Redis, config: Config, scenario: Scenario, scope: trio.CancelScope
+    client: redis.Redis,
+    config: Config,
+    scenario: Scenario,
+    scope: trio.CancelScope,
+    done: trio.Event,
 ) -> None:
-    with scope:
-        await publish(client, config.redis_stream, Simulator(scenario), rate=scenario.rate)
+    try:
+        with scope:
+            await publish(client, config.redis_stream, Simulator(scenario), rate=scenario.rate)
+    finally:
+        done.set()
+
+
+async def _until_caught_up(status: StatusLine, within_s: float) -> None:
+    """Give the consumer a moment to read what the simulator published last (bounded): the
+    drain stores what was read; anything unread would simply wait in the stream."""
+    with trio.move_on_after(within_s):
+        while True:
+            try:
+                lag, _pending = await trio.to_thread.run_sync(status.group_state)
+            except redis_store.TRANSIENT_ERRORS:
+                return
+            if lag == 0:
+                return
+            await trio.sleep(0.05)
 
 
 async def _wait_for_stop(signals: AsyncIterator[int], duration_s: float | None) -> None:
