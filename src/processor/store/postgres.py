@@ -25,7 +25,11 @@ T = TypeVar("T")
 log = structlog.get_logger("processor.postgres")
 
 CONNECT_TIMEOUT_S = 5
-POOL_WAIT_S = 10.0
+# How long a worker thread waits for a pooled connection. Short on purpose: a cancelled task
+# must wait for its thread (it is never abandoned holding a connection), so this bounds how long
+# a cancellation (drain deadline, second signal) can be held up while the database is
+# unreachable. Callers retry a PoolTimeout like any transient failure, in cancellable sleeps.
+POOL_WAIT_S = 1.0
 
 # Errors that mean "the database or the network is unavailable": retry later, never dead-letter.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
