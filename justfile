@@ -37,3 +37,8 @@ lint: install
     pdm run ruff format --check src tests benchmarks
     pdm run mypy
     pdm run lint-imports
+
+# the image built and run by podman, the compose stack, the Quadlet check (root; after
+# ../shared/podman/setup.sh; see OPERATIONS.md section 1)
+container-test *ARGS: install
+    pdm run pytest tests/container -p no:cacheprovider --timeout 900 {{ARGS}}
