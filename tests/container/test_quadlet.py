@@ -62,8 +62,8 @@ def one(values: dict[str, list[str]], key: str) -> str:
 
 
 def environment(container: dict[str, list[str]]) -> dict[str, str]:
-    pairs = [word.split("=", 1) for line in container["Environment"] for word in shlex.split(line)]
-    return dict(pairs)  # type: ignore[arg-type]
+    words = [word for line in container["Environment"] for word in shlex.split(line)]
+    return {key: value for key, _, value in (word.partition("=") for word in words)}
 
 
 def default(image: str) -> str:
