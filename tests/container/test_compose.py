@@ -30,8 +30,8 @@ from tests.container.engine import ROOT, Container, build, podman
 COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
 LOCAL = ROOT / "deploy" / "local"
 TIMESCALEDB = Path(os.environ.get("TIMESCALEDB_DIR", ROOT.parent / "shared" / "timescaledb"))
-FIXES = 20_000
-RATE = 2_000  # fixes per second: ten seconds of load
+FIXES = 30_000
+RATE = 2_000  # fixes per second: 15 s of load, so a replica is removed while it still runs
 NO_QUIRKS = ["--late", "0", "--duplicate", "0", "--zero-satellites", "0", "--event", "0"]
 NO_QUIRKS += ["--sentinels", "0"]
 

@@ -116,8 +116,9 @@ async def _forced_stop(container: Container, how: str) -> None:
         await trio.sleep(0.5)  # the drain is stuck behind the cut database
         assert await container.running()
         await container.signal("INT")
-        took = await container.wait_exit(within=10)
-        assert took < 5, f"exit {took:.2f}s after the second signal"
+        took = await container.wait_exit(within=20)
+        # Far below the 30 s drain deadline (podman's own calls take up to a second here).
+        assert took < 10, f"exit {took:.2f}s after the second signal"
         assert await container.exit_code() == 1
         assert await container.events("stopping now")
     else:  # a stop timeout shorter than the drain needs: podman SIGKILLs it
