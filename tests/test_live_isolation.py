@@ -1,0 +1,125 @@
+"""Isolation (SPEC §5, issue 9): nothing one live client does ends, stalls or slows ingestion.
+
+The first four tests reproduce the crashes found on the live port (each took the whole daemon
+down, exit 1); every test ends with a liveness probe: a fix published afterwards is stored.
+"""
+
+from __future__ import annotations
+
+import redis
+import trio
+from wsproto.events import CloseConnection
+
+from processor.app import Service
+from tests.support.directus import DirectusStandIn
+from tests.support.live import TOKEN
+from tests.support.liveness import assert_ingesting
+from tests.support.raw import (
+    TEXT,
+    RawWebSocket,
+    connect,
+    exchange,
+    frame,
+    reset_on_close,
+    status_of,
+    upgrade_request,
+)
+from tests.support.service import running_service, wait_until
+
+
+def connection_errors(service: Service, stage: str) -> float:
+    value: float = service.metrics.live_connection_errors.labels(stage)._value.get()
+    return value
+
+
+async def test_malformed_upgrade_path_is_refused_not_fatal(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    redis_client: redis.Redis,
+    stream_key: str,
+    database_url: str,
+) -> None:
+    """`//[/live` made `urlsplit` raise ValueError in the admission code."""
+    directus.user(TOKEN)
+    async with running_service(live_env) as service:
+        assert service.live_port
+        response = await exchange(service.live_port, upgrade_request(b"//[/live"))
+        assert status_of(response) in (None, 400, 404)
+        await assert_ingesting(redis_client, stream_key, database_url)
+
+
+async def test_non_ascii_credentials_are_unauthorized(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    redis_client: redis.Redis,
+    stream_key: str,
+    database_url: str,
+) -> None:
+    """`Bearer caf\\xe9` (and such a cookie) made httpx raise UnicodeEncodeError."""
+    async with running_service(live_env) as service:
+        assert service.live_port
+        for extra in (
+            b"Authorization: Bearer caf\xe9\r\n",
+            b"Cookie: directus_session_token=caf\xe9\r\nOrigin: https://race.example\r\n",
+            b"Authorization: Bearer a\x00b\r\n",
+        ):
+            response = await exchange(service.live_port, upgrade_request(extra=extra))
+            assert status_of(response) in (None, 400, 401), response[:200]
+        await assert_ingesting(redis_client, stream_key, database_url)
+    # Non-ASCII credentials never reach Directus.
+    assert not [s for s in directus.seen if s.token and not s.token.isascii()]
+
+
+async def test_hang_up_while_the_upgrade_is_refused(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    redis_client: redis.Redis,
+    stream_key: str,
+    database_url: str,
+) -> None:
+    """A client that resets while authentication runs: the refusal (503 after the Directus
+    timeout) is written to a dead socket, which raised ConnectionClosed out of `reject()`."""
+    directus.user("tok-slow", "slow")
+    directus.slow_s = 2.0
+    async with running_service(live_env) as service:
+        assert service.live_port
+        for _ in range(3):
+            stream = await connect(service.live_port)
+            await stream.send_all(upgrade_request(extra=b"Authorization: Bearer tok-slow\r\n"))
+            await trio.sleep(0.1)  # the server is now waiting for Directus
+            reset_on_close(stream)
+            await stream.aclose()
+        # Wait until each refusal has been attempted (DIRECTUS_AUTH_TIMEOUT_MS=500).
+        await wait_until(
+            lambda: service.metrics.live_auth.labels("unavailable")._value.get() >= 3
+        )
+        await assert_ingesting(redis_client, stream_key, database_url)
+
+
+async def test_oversized_frame_after_garbage_frames(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    redis_client: redis.Redis,
+    stream_key: str,
+    database_url: str,
+) -> None:
+    """Garbage frames until the server closes with 1008, then (without answering its close
+    frame) an oversized frame: trio-websocket tried to send a 1009 close in LOCAL_CLOSING and
+    wsproto raised LocalProtocolError out of the connection's reader task."""
+    directus.user(TOKEN)
+    env = {**live_env, "LIVE_WS_MAX_PROTOCOL_ERRORS": "3"}
+    async with running_service(env) as service:
+        assert service.live_port
+        client = await RawWebSocket.open(service.live_port, TOKEN)
+        for _ in range(3):
+            await client.send_raw(frame(TEXT, b"garbage{"))
+        with trio.fail_after(10):
+            while not isinstance(await client.next_event(), CloseConnection):
+                pass
+        try:
+            await client.send_raw(frame(TEXT, b"x" * 10_000))
+            await client.send_raw(frame(TEXT, b"y" * 10_000))
+        except trio.BrokenResourceError:
+            pass
+        await client.aclose()
+        await assert_ingesting(redis_client, stream_key, database_url)
