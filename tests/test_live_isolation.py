@@ -77,22 +77,24 @@ async def test_hang_up_while_the_upgrade_is_refused(
     stream_key: str,
     database_url: str,
 ) -> None:
-    """A client that resets while authentication runs: the refusal (503 after the Directus
-    timeout) is written to a dead socket, which raised ConnectionClosed out of `reject()`."""
+    """Clients that reset while their upgrade is being refused: the refusal (401 at once for
+    an unknown token; 503 after the Directus timeout for a slow one) was written to a dead
+    socket, which raised ConnectionClosed out of `reject()`. Now a hang-up also ends the
+    upgrade at once (the slow Directus call is abandoned, its slot freed)."""
     directus.user("tok-slow", "slow")
     directus.slow_s = 2.0
     async with running_service(live_env) as service:
-        assert service.live_port
-        for _ in range(3):
+        assert service.live_port and service.live
+        live = service.live
+        for token, pause in [("unknown", 0.0)] * 20 + [("tok-slow", 0.1)] * 3:
             stream = await connect(service.live_port)
-            await stream.send_all(upgrade_request(extra=b"Authorization: Bearer tok-slow\r\n"))
-            await trio.sleep(0.1)  # the server is now waiting for Directus
+            await stream.send_all(
+                upgrade_request(extra=f"Authorization: Bearer {token}\r\n".encode())
+            )
+            await trio.sleep(pause)  # tok-slow: the server is now waiting for Directus
             reset_on_close(stream)
             await stream.aclose()
-        # Wait until each refusal has been attempted (DIRECTUS_AUTH_TIMEOUT_MS=500).
-        await wait_until(
-            lambda: service.metrics.live_auth.labels("unavailable")._value.get() >= 3
-        )
+        await wait_until(lambda: live.pending_upgrades == 0 and live.connections == 0)
         await assert_ingesting(redis_client, stream_key, database_url)
 
 

@@ -8,9 +8,11 @@ them to, so the server's handling of each misbehaviour can be checked in isolati
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import struct
+
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Event, RejectConnection, Request
@@ -141,9 +143,7 @@ def tls_client_hello() -> bytes:
     context = ssl.create_default_context()
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname="example.org")
-    try:
+    with contextlib.suppress(ssl.SSLWantReadError):
         tls.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
     hello: bytes = outgoing.read()
     return hello

@@ -112,6 +112,12 @@ class Registry:
         found = self._by_topic.get(topic)
         return found.values() if found else ()
 
+    def subscription_count(self, outlet: Outlet) -> int:
+        return len(self._by_outlet.get(outlet, ()))
+
+    def is_subscribed(self, outlet: Outlet, topic: str) -> bool:
+        return topic in self._by_outlet.get(outlet, ())
+
     def topics_of(self, outlet: Outlet) -> list[str]:
         return sorted(self._by_outlet.get(outlet, {}))
 
