@@ -108,6 +108,7 @@ class LiveServer:
         self.metrics = metrics
         self.supervisor = supervisor
         self.port: int | None = None
+        self.listeners: list[trio.SocketListener] = []
         self.registry = Registry(metrics)
         self.database = Database(
             config.database_url,
@@ -195,6 +196,7 @@ class LiveServer:
         """Bind (a failure here at start-up stops the process) and accept forever."""
         config = self.config
         listeners = await trio.open_tcp_listeners(config.live_ws_port, host=config.live_ws_host)
+        self.listeners = listeners
         self.port = int(listeners[0].socket.getsockname()[1])
         log.info(
             "live broadcast listening",
