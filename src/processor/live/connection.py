@@ -297,7 +297,7 @@ class Connection:
             self._reply(protocol.error_frame(exc.code, exc.message, topic))
             return
         self.enqueue(snapshot.frame, "subscribed", None)
-        subscription.activate(snapshot.positions)
+        subscription.activate_floors(snapshot.floor)
 
     def _reply(self, frame: str) -> None:
         self.enqueue(frame, "error", None)

@@ -23,6 +23,9 @@ Snapshots cost ingestion nothing (SPEC §5 Isolation), and a resubscribe storm c
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -56,6 +59,7 @@ class SnapshotError(Exception):
 class Snapshot:
     positions: tuple[Position, ...]
     frame: str  # the whole `subscribed` frame, shared by every subscriber of this read
+    floor: Mapping[str, datetime]  # device -> ts, shared (read-only) by those subscriptions
 
 
 @attrs.define(eq=False)
@@ -154,4 +158,5 @@ def _read(conn: psycopg.Connection[Any], event_id: str) -> Snapshot:
     """In the worker thread: query, then encode the frame (no Trio-thread time for either)."""
     latest = latest_good_positions(conn, event_devices(conn, event_id))
     positions = tuple(latest[device_id] for device_id in sorted(latest))
-    return Snapshot(positions, subscribed_frame(topic_of(event_id), positions))
+    floor = MappingProxyType({p.device_id: p.ts for p in positions})
+    return Snapshot(positions, subscribed_frame(topic_of(event_id), positions), floor)
