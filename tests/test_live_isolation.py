@@ -6,11 +6,18 @@ down, exit 1); every test ends with a liveness probe: a fix published afterwards
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
+import pytest
 import redis
 import trio
+from trio_websocket import WebSocketConnection, WebSocketRequest
 from wsproto.events import CloseConnection
 
 from processor.app import Service
+from processor.live.auth import Directus
+from processor.live.connection import Connection
 from tests.support.directus import DirectusStandIn
 from tests.support.live import TOKEN
 from tests.support.liveness import assert_ingesting
@@ -20,6 +27,7 @@ from tests.support.raw import (
     connect,
     exchange,
     frame,
+    read_until_closed,
     reset_on_close,
     status_of,
     upgrade_request,
@@ -124,4 +132,77 @@ async def test_oversized_frame_after_garbage_frames(
         except trio.BrokenResourceError:
             pass
         await client.aclose()
+        await wait_until(lambda: connection_errors(service, "serve") == 1)
         await assert_ingesting(redis_client, stream_key, database_url)
+
+
+SECRET = "token-that-must-never-be-logged"
+
+
+def _raise(*_args: Any, **_kwargs: Any) -> Any:
+    raise KeyError(SECRET)  # an unexpected exception whose text carries the credential
+
+
+async def _raise_async(*_args: Any, **_kwargs: Any) -> Any:
+    raise ExceptionGroup("inner", [KeyError(SECRET), ValueError(SECRET)])
+
+
+def _close_fails(real: Any) -> Any:
+    async def aclose(self: WebSocketConnection, *args: Any, **kwargs: Any) -> None:
+        if not args and not kwargs:  # the boundary's own final close (stage "close")
+            raise KeyError(SECRET)
+        await real(self, *args, **kwargs)
+
+    return aclose
+
+
+BREAK_STAGE: dict[str, tuple[Any, str, Any]] = {
+    "request": (WebSocketConnection, "_get_request", _raise_async),
+    "admission": (Directus, "authenticate", _raise_async),
+    "reject": (WebSocketRequest, "reject", _raise_async),
+    "accept": (WebSocketRequest, "accept", _raise_async),
+    "serve": (Connection, "serve", _raise_async),
+    "close": (WebSocketConnection, "aclose", None),
+}
+
+
+@pytest.mark.parametrize("stage", list(BREAK_STAGE))
+async def test_the_boundary_contains_any_failure_at_any_stage(
+    stage: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    redis_client: redis.Redis,
+    stream_key: str,
+    database_url: str,
+) -> None:
+    """Not a list of caught exception types: whatever raises, wherever in one connection's
+    handling, ends that connection with one warning line (stage and exception types, never
+    the message, which here carries the credential) and one count, and nothing else."""
+    directus.user(SECRET)
+    owner, name, replacement = BREAK_STAGE[stage]
+    if replacement is None:
+        replacement = _close_fails(getattr(owner, name))
+    monkeypatch.setattr(owner, name, replacement)
+    async with running_service(live_env) as service:
+        assert service.live_port and service.live
+        token = b"Authorization: Bearer " + SECRET.encode() + b"\r\n"
+        path = b"/elsewhere" if stage == "reject" else b"/live"
+        for _ in range(3):  # each client leaves after a second (after the 101, if any)
+            stream = await connect(service.live_port)
+            await stream.send_all(upgrade_request(path, token))
+            with trio.move_on_after(1):
+                await read_until_closed(stream)
+            await stream.aclose()
+        await wait_until(lambda: connection_errors(service, stage) == 3)
+        await wait_until(lambda: service.live is not None and service.live.pending_upgrades == 0)
+        assert service.live.connections == 0
+        assert service.live.connections_of(str(uuid.uuid5(uuid.NAMESPACE_DNS, SECRET))) == 0
+        await assert_ingesting(redis_client, stream_key, database_url)
+    logged = capfd.readouterr().err
+    failures = [line for line in logged.splitlines() if "live connection failed" in line]
+    assert len(failures) == 3, logged[-3000:]
+    assert f"stage={stage}" in failures[0]
+    assert "KeyError" in failures[0]
+    assert SECRET not in logged
