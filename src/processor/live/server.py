@@ -113,7 +113,9 @@ class LiveServer:
         self.database = Database(
             config.database_url,
             pool_size=LIVE_DB_POOL_SIZE,
+            min_size=LIVE_DB_POOL_SIZE,  # both kept open: a subscribe never waits for a connect
             statement_timeout_ms=config.db_statement_timeout_ms,
+            name="live",
         )
         self.device_events = DeviceEventMap(
             self.database,
@@ -173,6 +175,8 @@ class LiveServer:
         config = self.config
         timeout_s = config.directus_auth_timeout_ms / 1000
         await self.database.connect(deadline_s=config.startup_timeout_s)
+        if not await self.database.wait_filled(timeout_s=10.0):
+            log.warning("live database pool not filled yet; snapshots may answer unavailable")
         try:
             async with (
                 Directus.client(config.directus_url, timeout_s) as http,
