@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 READY_EVENT = "ready"
 HTTP_EVENT_PREFIX = "http listening"
+LIVE_EVENT = "live broadcast listening"
 
 
 class Daemon:
@@ -40,6 +41,7 @@ class Daemon:
         )
         self.ready_at: float | None = None  # epoch seconds, from the log line's own timestamp
         self.http_port: int | None = None
+        self.live_port: int | None = None  # when DIRECTUS_URL is set (LIVE_WS_PORT=0)
         self.log_tail: list[str] = []
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read_log, daemon=True)
@@ -57,6 +59,8 @@ class Daemon:
             message = str(event.get("event", ""))
             if message.startswith(HTTP_EVENT_PREFIX):
                 self.http_port = int(event["port"])
+            elif message == LIVE_EVENT:
+                self.live_port = int(event["port"])
             elif message == READY_EVENT:
                 self.ready_at = datetime.fromisoformat(event["timestamp"]).timestamp()
                 self._ready.set()

@@ -26,6 +26,12 @@ Then, on a second `processor run`:
 6. drain:     SIGTERM while the simulator keeps publishing at the steady rate: seconds until
               the process has exited (it must exit 0 with nothing pending).
 
+Then, on a third `processor run` with live broadcast on (`benchmarks/live.py`):
+
+7. live:      stream -> commit p99 under the steady load, alone and while 8 clients resubscribe
+              in a loop to an event of 3,000 devices; `live_p99_ratio` = storm / quiet
+              (`--phases live` runs it alone).
+
 Without REDIS_URL / DATABASE_URL, throwaway servers are started (as `just demo` does).
 Speed is reported here, never asserted by the test suite.
 """
@@ -52,6 +58,7 @@ import psycopg
 import redis
 import trio
 
+from benchmarks import live as live_bench
 from benchmarks.daemon import Daemon
 from benchmarks.writers import timed_write, write_baseline, write_raw
 from processor.config import load_config
@@ -66,13 +73,14 @@ from processor.store.postgres import with_search_path
 SEED = 20260512
 START = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
 NO_QUIRKS = Quirks(late=0, duplicate=0, zero_satellites=0, event=0, sentinels=0)
-PHASES = ("raw", "baseline", "processor", "latency", "memory", "drain")
+PHASES = ("raw", "baseline", "processor", "latency", "memory", "drain", "live")
 TARGETS: dict[str, tuple[str, float]] = {
     "ratio_vs_raw": (">=", 0.7),
     "ratio_vs_baseline": (">=", 1.5),
     "p99_e2e_ms": ("<=", 250.0),
     "rss_mb_100k_devices": ("<=", 200.0),
     "drain_s": ("<=", 2.0),
+    "live_p99_ratio": ("<=", 1.5),
 }
 
 
@@ -84,10 +92,11 @@ class Sizes:
     steady_s: float
     state_devices: int  # distinct devices of the memory phase
     drain_after_s: float  # load before SIGTERM
+    live_window_s: float  # each window of the live phase
 
 
-FULL = Sizes(200_000, 1_000, 2_000.0, 60.0, 100_000, 5.0)
-QUICK = Sizes(20_000, 100, 2_000.0, 10.0, 10_000, 2.0)
+FULL = Sizes(200_000, 1_000, 2_000.0, 60.0, 100_000, 5.0, 30.0)
+QUICK = Sizes(20_000, 100, 2_000.0, 10.0, 10_000, 2.0, 10.0)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -146,7 +155,7 @@ class Bench:
         self.streams.append(key)
         return key
 
-    def daemon(self, url: str, stream: str) -> Daemon:
+    def daemon(self, url: str, stream: str, extra: dict[str, str] | None = None) -> Daemon:
         env = {
             "REDIS_URL": self.redis_url,
             "DATABASE_URL": url,
@@ -156,6 +165,7 @@ class Bench:
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "info",
             **self.settings,
+            **(extra or {}),
         }
         return Daemon(env)
 
@@ -347,10 +357,101 @@ class Bench:
         self.results["drain_s"] = round(seconds, 3)
         say(f"drain: exited 0 after {seconds:.2f} s, nothing pending")
 
+    def live(self) -> None:
+        """Stream -> commit p99 alone and during a resubscribe storm (benchmarks/live.py)."""
+        s = self.sizes
+        url, stream = self.schema("live"), self.stream("live")
+        imeis = [f"ev{i:05d}" for i in range(live_bench.EVENT_DEVICES)]
+        event_id = live_bench.create_event(url, imeis)
+        directus = live_bench.DirectusStandIn()
+        daemon = self.daemon(url, stream, live_env(directus.url))
+        try:
+            daemon.wait_ready()
+            now = datetime.now(UTC) - timedelta(minutes=1)
+            fixes = [
+                orjson.dumps(
+                    {"device_id": imei, "timestamp": now.isoformat(), "latitude": 41.3,
+                     "longitude": 19.8, "speed": 50.0, "satellites": 9}
+                )
+                for imei in imeis
+            ]  # fmt: skip
+            xadd_chunk(self.redis, stream, fixes)
+            self.wait_caught_up(stream, timeout_s=120)
+            assert daemon.live_port is not None
+            say(f"live: quiet window, {s.steady_rate:,.0f} fixes/s for {s.live_window_s:g} s ...")
+            quiet, quiet_cpu = self.steady_window(daemon, stream, SEED + 4, s.live_window_s)
+            reads_before = snapshot_reads(daemon)
+            say(f"live: storm window, {live_bench.CLIENTS} clients resubscribing ...")
+            clients = live_bench.start_clients(daemon.live_port, event_id, s.live_window_s + 3)
+            try:
+                time.sleep(1.5)  # the storm is on before the window starts
+                storm, storm_cpu = self.steady_window(daemon, stream, SEED + 5, s.live_window_s)
+                out, _ = clients.communicate(timeout=120)
+            finally:
+                if clients.poll() is None:
+                    clients.kill()
+            counts = orjson.loads(out.splitlines()[-1])["resubscribes"]
+            reads = snapshot_reads(daemon) - reads_before
+        finally:
+            daemon.kill()
+            directus.close()
+        self.results.update(
+            live_quiet_p99_ms=round(quiet * 1000, 1),
+            live_storm_p99_ms=round(storm * 1000, 1),
+            live_p99_ratio=round(storm / quiet, 2),
+            live_quiet_cpu_s=round(quiet_cpu, 2),
+            live_storm_cpu_s=round(storm_cpu, 2),
+            live_resubscribes=sum(counts),
+            live_snapshot_reads=int(reads),
+        )
+        say(
+            "live: p99 quiet {live_quiet_p99_ms} ms, storm {live_storm_p99_ms} ms, ratio "
+            "{live_p99_ratio}; {live_resubscribes} resubscribes cost {live_snapshot_reads} "
+            "snapshot reads; daemon CPU {live_quiet_cpu_s} s / {live_storm_cpu_s} s".format(
+                **self.results
+            )
+        )
+
+    def steady_window(
+        self, daemon: Daemon, stream: str, seed: int, seconds: float
+    ) -> tuple[float, float]:
+        """p99 stream -> commit (s) of what is published at the steady rate for `seconds`,
+        and the daemon's CPU seconds meanwhile."""
+        rate = self.sizes.steady_rate
+        scenario = Scenario(
+            devices=self.sizes.devices, rate=rate, seed=seed, start=datetime.now(UTC)
+        )
+        before = e2e_histogram(daemon.metrics())
+        cpu = daemon.cpu_s()
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=30)
+        trio.run(
+            lambda: publish(client, stream, Simulator(scenario), rate=rate, duration_s=seconds)
+        )
+        client.close()
+        self.wait_caught_up(stream, timeout_s=120)
+        after = e2e_histogram(daemon.metrics())
+        cpu = daemon.cpu_s() - cpu
+        window = [(le, count - dict(before)[le]) for le, count in after]
+        return histogram_quantile(window, 0.99), cpu
+
     def check_rows(self, name: str, url: str, expected: int) -> None:
         stored = self.rows(url)
         if stored != expected:
             raise RuntimeError(f"{name} stored {stored} rows, expected {expected}")
+
+
+def live_env(directus_url: str) -> dict[str, str]:
+    return {
+        "DIRECTUS_URL": directus_url,
+        "LIVE_WS_HOST": "127.0.0.1",
+        "LIVE_WS_PORT": "0",
+        "LIVE_DEVICE_EVENT_REFRESH_MS": "60000",
+    }
+
+
+def snapshot_reads(daemon: Daemon) -> float:
+    samples = daemon.metrics().get("processor_live_snapshot_duration_seconds_count", [])
+    return sum(value for _labels, value in samples)
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -436,6 +537,9 @@ def table(results: dict[str, Any]) -> str:
         ("p99_e2e_ms", "e2e latency p99", " ms"),
         ("rss_mb_100k_devices", f"RSS with {r.get('state_devices', 0):,} devices in state", " MB"),
         ("drain_s", "SIGTERM drain under load", " s"),
+        ("live_quiet_p99_ms", "e2e p99, live clients quiet", " ms"),
+        ("live_storm_p99_ms", "e2e p99, 8 clients resubscribing (3k devices)", " ms"),
+        ("live_p99_ratio", "e2e p99 storm / quiet", ""),
     ):
         if key in r:
             target = TARGETS.get(key)
@@ -504,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.contenders(phases)
         if phases & {"latency", "memory", "drain"}:
             runner.daemon_phases(phases)
+        if "live" in phases:
+            runner.live()
         results["bench_s"] = round(time.monotonic() - started, 1)
     add_ratios(results)
     results["targets_met"] = verdicts(results)

@@ -26,6 +26,11 @@ KEYS = (
     "p99_e2e_ms",
     "rss_mb_100k_devices",
     "drain_s",
+    "live_quiet_p99_ms",
+    "live_storm_p99_ms",
+    "live_p99_ratio",
+    "live_resubscribes",
+    "live_snapshot_reads",
 )
 
 
@@ -59,7 +64,10 @@ def test_quick_bench_writes_every_figure(
         "p99_e2e_ms",
         "rss_mb_100k_devices",
         "drain_s",
+        "live_p99_ratio",
     }
+    # resubscribes to one event share snapshot reads (at most one per event and second)
+    assert results["live_snapshot_reads"] < results["live_resubscribes"]
     assert "ratio_vs_raw" in proc.stdout.decode() or "processor / raw" in proc.stdout.decode()
     # nothing left behind: this run's schemas were dropped
     with psycopg.connect(postgres_server_url) as conn:

@@ -43,6 +43,14 @@ async def test_readyz_follows_postgres(
 
             await proxy.cut()
             await wait_until(lambda: failing(port) == ["postgres"], timeout=5)
+            # A probe caught in the middle of the cut sees its connection reset rather than
+            # refused; the next one (0.1 s later) is refused.
+            await wait_until(
+                lambda: (
+                    "refused" in readyz(port).json()["checks"]["postgres"].get("error", "").lower()
+                ),
+                timeout=5,
+            )
             response = await get(port, "/readyz")
             assert response.status_code == 503
             assert response.headers["content-type"] == "application/json"

@@ -3,16 +3,37 @@
     Service.run
     ├── startup: PostgreSQL (retry) -> migrations -> Redis (retry) -> consumer group
     └── services nursery (lives until the pipeline has drained)
-        ├── ... HTTP endpoints, probes, lag sampler, live broadcast (when configured)
-        └── pipeline nursery
+        ├── supervised "probes"            Redis/PostgreSQL readiness probes
+        ├── supervised "lag-sampler"       consumer lag and pending gauges
+        ├── supervised "http"              /metrics /healthz /readyz
+        ├── LiveServer.run (when DIRECTUS_URL is set; own DB pool, own Directus client)
+        │   ├── supervised "live-device-map"   device -> events map refresher
+        │   ├── supervised "live-broadcast"    broadcast consumer (critical for /readyz)
+        │   ├── supervised "live-server"       listener + accept loop (critical for /readyz)
+        │   └── one task per socket, each under its own failure boundary (live/server.py)
+        └── pipeline nursery (not supervised: it *is* the process's job)
             ├── consumer  --Delivery channel-->  writer (batcher + flushers)
             └── reclaimer (same channel)
 
+Failure rule (SPEC §5 Isolation, issue 9): a side service never takes ingestion down.
+- Start-up failures stop the process (exit non-zero): bad configuration (before anything runs),
+  PostgreSQL/Redis unreachable past `STARTUP_TIMEOUT_S`, the HTTP or live port cannot be
+  bound, the live consumer group cannot be created. An instance that cannot start as configured
+  should fail loudly and at once.
+- Run-time failures of a side service are restarted by `processor.supervise.Supervisor` with
+  capped backoff (logged at error, `processor_service_restarts_total{service}`,
+  `processor_service_up{service}`); `/readyz` answers 503 while a critical one (live server,
+  broadcast consumer) is down and 200 "degraded" for the others (see
+  `observability/readiness.py`). A failure inside one live connection ends that connection only.
+- The pipeline (consumer, writer, reclaimer) handles its dependencies' outages itself (retry
+  with backoff, no ack); an exception escaping it is a bug and still ends the process, so that
+  it restarts from Redis' pending list rather than running half a pipeline.
+
 Drain order on SIGTERM/SIGINT: stop reading (consumer and reclaimer close their ends of the
 channel), the writer stores and acks everything already read and returns, then the services
-(live clients closed with 1001, HTTP) are stopped. All of it under `SHUTDOWN_TIMEOUT_S`: past the
-deadline, or on a second signal, everything is cancelled and un-acked entries simply stay
-pending in Redis for the next start (nothing is lost).
+(live clients closed with 1001, HTTP) are stopped; nothing is restarted from then on. All of it
+under `SHUTDOWN_TIMEOUT_S`: past the deadline, or on a second signal, everything is cancelled
+and un-acked entries simply stay pending in Redis for the next start (nothing is lost).
 """
 
 from __future__ import annotations
@@ -48,6 +69,7 @@ from processor.store.migrations import (
 from processor.store.positions import prepare_connection
 from processor.store.postgres import Database
 from processor.store.retry import Unavailable
+from processor.supervise import Supervisor
 
 log = structlog.get_logger("processor.app")
 
@@ -58,7 +80,7 @@ EXIT_FORCED = 1
 def make_database(config: Config) -> Database:
     return Database(
         config.database_url,
-        # one connection per writer lane, plus probes, rehydration and live snapshots
+        # one connection per writer lane, plus rehydration (live has a pool of its own)
         pool_size=max(config.db_pool_size, config.write_concurrency + 2),
         statement_timeout_ms=config.db_statement_timeout_ms,
         configure=prepare_connection,
@@ -96,7 +118,8 @@ class Service:
         self.metrics = metrics if metrics is not None else Metrics()
         self.ready = trio.Event()
         self.draining = trio.Event()
-        self.observability = Observability(config, self.metrics)
+        self.supervisor = Supervisor(self.metrics)
+        self.observability = Observability(config, self.metrics, self.supervisor)
         self.http_port: int | None = None  # the bound HTTP port (HTTP_PORT=0 picks one)
         self.live: LiveServer | None = None  # the live broadcast, when DIRECTUS_URL is set
         self.live_port: int | None = None  # its bound port (LIVE_WS_PORT=0 picks one)
@@ -215,7 +238,7 @@ class Service:
         # --- live broadcast (only when DIRECTUS_URL is set) ---
         if self.config.live_enabled:
             self.live = LiveServer(
-                self.config, database=database, control=control, metrics=self.metrics
+                self.config, control=control, metrics=self.metrics, supervisor=self.supervisor
             )
             await services.start(self.live.run)
             self.live_port = self.live.port
@@ -225,6 +248,7 @@ class Service:
     async def _stop_services(self) -> None:
         """Graceful part of stopping the side services (e.g. close live clients with 1001),
         bounded: the caller cancels the services nursery right after."""
+        self.supervisor.stop()
         if self.live is not None:
             await self.live.close()
         await self.observability.stop()

@@ -35,16 +35,15 @@ def _load() -> Config:
 
 
 def cmd_run(_args: argparse.Namespace) -> int:
+    config = _load()  # first: a bad setting is reported without importing the whole daemon
     from processor.app import run_until_signalled
 
-    config = _load()
     return trio.run(run_until_signalled, config)
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
-    from processor.app import make_database, migrate
-
     config = _load()
+    from processor.app import make_database, migrate
 
     async def main() -> None:
         database = make_database(config)

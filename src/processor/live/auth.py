@@ -17,6 +17,11 @@ hold an upgrade open).
 Credentials never appear in logs or error messages: `Credentials` hides them from `repr`, only
 headers carry them, and logged errors name the exception type, never its text (which may echo
 request details).
+
+Header bytes come straight from the network. They are decoded as latin-1 (which cannot fail) and
+a credential is only forwarded when it is printable ASCII (`Credentials.usable`): a token or
+cookie with a non-ASCII byte, a NUL or a control character cannot be a Directus credential, and
+forwarding it would make the HTTP client raise. Such a client is simply unauthorized (401).
 """
 
 from __future__ import annotations
@@ -62,6 +67,11 @@ class Credentials:
     bearer: str | None = attrs.field(default=None, repr=False)
 
     @property
+    def usable(self) -> bool:
+        """Printable ASCII only: anything else cannot be a Directus credential (-> 401)."""
+        return all(value is None or _printable_ascii(value) for value in (self.cookie, self.bearer))
+
+    @property
     def via_cookie(self) -> bool:
         return self.bearer is None and self.cookie is not None
 
@@ -71,6 +81,10 @@ class Credentials:
         if self.cookie is not None:
             return {"Cookie": self.cookie}
         return {}
+
+
+def _printable_ascii(value: str) -> bool:
+    return value.isascii() and value.isprintable()
 
 
 def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -121,15 +135,21 @@ class Directus:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
 
-    async def authenticate(self, credentials: Credentials) -> AuthOutcome:
+    async def authenticate(self, credentials: Credentials) -> tuple[AuthOutcome, str]:
+        """The verdict and, when OK, the user's id (`data.id`; per-user connection caps)."""
         started = time.perf_counter()
         status, data = await self._get("/users/me", credentials)
         self._metrics.live_auth_duration.observe(time.perf_counter() - started)
         if status == 200 and data is not _MISSING:
-            return AuthOutcome.OK if data is not None else AuthOutcome.UNAUTHORIZED
+            if data is None:
+                return AuthOutcome.UNAUTHORIZED, ""
+            user_id = data.get("id") if isinstance(data, dict) else None
+            if not isinstance(user_id, str | int) or isinstance(user_id, bool):
+                return AuthOutcome.UNAVAILABLE, ""  # a body we cannot read: do not guess
+            return AuthOutcome.OK, str(user_id)[:200]
         if status in (401, 403):
-            return AuthOutcome.UNAUTHORIZED
-        return AuthOutcome.UNAVAILABLE
+            return AuthOutcome.UNAUTHORIZED, ""
+        return AuthOutcome.UNAVAILABLE, ""
 
     async def event_access(self, credentials: Credentials, event_id: str) -> Access:
         status, data = await self._get(f"/items/events/{event_id}", credentials)

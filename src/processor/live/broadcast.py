@@ -68,41 +68,45 @@ class Broadcaster:
         self._events_of = events_of  # device_id -> its event ids (DeviceEventMap.events_of)
         self._registry = registry
         self._metrics = metrics
+        self._redis_url = redis_url
         # NOACK: "ack at once" in the same round trip. A vanished group is recreated at `$`:
         # live data only, history is never replayed to browsers.
-        self._reader = GroupReader(
-            redis_url,
-            control,
-            GroupRead(
-                stream=stream,
-                group=group,
-                consumer=consumer,
-                count=read_count,
-                block_ms=read_block_ms,
-                recreate_at="$",
-                noack=True,
-            ),
+        self._read = GroupRead(
+            stream=stream,
+            group=group,
+            consumer=consumer,
+            count=read_count,
+            block_ms=read_block_ms,
+            recreate_at="$",
+            noack=True,
         )
+        self._reader: GroupReader | None = None  # one per run (a supervised restart: a new one)
+        self._stopping = False
         self.stopped = trio.Event()
         self.last: dict[str, Position] = {}  # device -> last broadcast fix
         self.entries_seen = 0
         self.broadcast = 0
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self._stopping:
+            task_status.started()
+            return
+        self.stopped = trio.Event()
         await redis_store.ensure_group(self._control, self._stream, self._group, start_id="$")
         # A group left by a crashed predecessor with the same INSTANCE_ID would replay everything
         # since the crash to browsers: live data starts now, whatever the group remembered.
         await redis_store.call(self._control, "xgroup_setid", self._stream, self._group, "$")
         log.info("broadcast consumer started", stream=self._stream, group=self._group)
+        reader = self._reader = GroupReader(self._redis_url, self._control, self._read)
         task_status.started()
         try:
-            while not self._reader.stopping:
-                entries = await self._reader.read()
+            while not self._stopping and not reader.stopping:
+                entries = await reader.read()
                 if entries:
                     self.fan_out(entries)
             await self._destroy_group()
         finally:
-            self._reader.close()
+            reader.close()
             self.stopped.set()
             log.info("broadcast consumer stopped")
 
@@ -148,7 +152,11 @@ class Broadcaster:
 
     async def stop(self) -> None:
         """Stop reading: no new read starts, and a read blocked in Redis returns at once."""
-        await self._reader.stop()
+        self._stopping = True
+        if self._reader is not None:
+            await self._reader.stop()
+        else:
+            self.stopped.set()
 
     async def _destroy_group(self) -> None:
         """Clean stop: remove this instance's group (a restart creates it again at `$`)."""

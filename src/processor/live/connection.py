@@ -7,10 +7,19 @@ Three tasks per connection, under one nursery:
   a text frame over `LIVE_WS_MAX_MESSAGE_BYTES` bytes closes with 1009 (trio-websocket already
   enforces the limit in characters; we check the UTF-8 size too).
 - send: the only writer of data frames, draining a bounded queue (what is queued goes out in
-  one socket write, `live/wire.py`). Everything the server says goes
-  through that queue (replies and positions), so frames keep their order. Producers never wait:
-  `enqueue` is non-blocking and a full queue (`LIVE_WS_MAX_QUEUE` frames behind) closes the
-  client with 4008 "slow consumer", dropping what it had not taken. Other clients are untouched.
+  one socket write of at most `SEND_BATCH` frames and about `SEND_BATCH_BYTES`, `live/wire.py`).
+  Everything the server says goes through that queue (replies and positions), so frames keep
+  their order. Producers never wait: `enqueue` is non-blocking, and a queue over either budget
+  (`LIVE_WS_MAX_QUEUE` frames or `LIVE_WS_MAX_QUEUE_BYTES` bytes behind) closes the client with
+  4008 "slow consumer", dropping what it had not taken. Other clients are untouched. Frames are
+  shared strings (a position or snapshot frame is encoded once for all its subscribers), so the
+  byte budget bounds what this client can make the server keep alive, not a copy per client.
+
+Per-client budgets on requests (SPEC §5 Isolation): at most `LIVE_WS_MAX_SUBSCRIPTIONS` topics
+(a subscribe beyond that is answered `error bad_request`), and subscribes, each of which costs
+a Directus authorization call, are paced to `LIVE_WS_AUTHORIZATIONS_PER_S` per connection (a
+token bucket with a burst of one second's worth): a client that subscribes faster simply waits,
+its further frames wait in the socket (TCP back-pressure), and nobody else notices.
 - ping: a WebSocket ping every `LIVE_WS_PING_INTERVAL_MS`; no pong within one interval -> 1011.
 
 Closing (any cause) is one path: `close(code)` records the first reason and wakes `serve`, which
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import time
 
+import attrs
 import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
@@ -38,11 +48,44 @@ from processor.observability.metrics import Metrics, observe_many
 log = structlog.get_logger("processor.live.connection")
 
 CLOSE_TIMEOUT_S = 5.0
-SEND_BATCH = 64  # frames per socket write at most (see live/wire.py)
+SEND_BATCH = 64  # frames per socket write at most (see live/wire.py) ...
+SEND_BATCH_BYTES = 256 * 1024  # ... and about this many bytes (one write's copy stays small)
 SLOW_CONSUMER, GOING_AWAY, POLICY, TOO_BIG, PING_TIMEOUT = 4008, 1001, 1008, 1009, 1011
 OUT_KINDS = ("subscribed", "unsubscribed", "position", "error")
 
 Outgoing = tuple[str, str, int | None]  # frame, type (metric label), stream entry time in ms
+
+
+@attrs.frozen
+class Budgets:
+    """Per-connection caps (settings `LIVE_WS_*`)."""
+
+    max_queue: int
+    max_queue_bytes: int
+    max_subscriptions: int
+    authorizations_per_s: float
+    max_message_bytes: int
+    max_protocol_errors: int
+    ping_interval_s: float
+
+
+class TokenBucket:
+    """`rate` per second, bursts up to one second's worth; `take` waits for a token."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
+        self._at = trio.current_time()
+
+    async def take(self) -> None:
+        now = trio.current_time()
+        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            await trio.sleep((1 - self._tokens) / self._rate)
+            self._tokens, self._at = 1.0, trio.current_time()
+        self._tokens -= 1
 
 
 class Connection:
@@ -52,10 +95,7 @@ class Connection:
         credentials: Credentials,
         *,
         name: str,
-        max_queue: int,
-        max_message_bytes: int,
-        max_protocol_errors: int,
-        ping_interval_s: float,
+        budgets: Budgets,
         registry: Registry,
         directus: Directus,
         snapshots: Snapshots,
@@ -64,15 +104,18 @@ class Connection:
         self.name = name
         self._ws = ws
         self._credentials = credentials
-        self._max_queue = max_queue
-        self._max_message_bytes = max_message_bytes
-        self._max_protocol_errors = max_protocol_errors
-        self._ping_interval_s = ping_interval_s
+        self._budgets = budgets
+        self._max_queue = budgets.max_queue
+        self._max_message_bytes = budgets.max_message_bytes
+        self._max_protocol_errors = budgets.max_protocol_errors
+        self._ping_interval_s = budgets.ping_interval_s
         self._registry = registry
         self._directus = directus
         self._snapshots = snapshots
         self._metrics = metrics
-        self._out, self._outbox = trio.open_memory_channel[Outgoing](max_queue)
+        self._authorizations = TokenBucket(budgets.authorizations_per_s)
+        self._out, self._outbox = trio.open_memory_channel[Outgoing](budgets.max_queue)
+        self.queued_bytes = 0
         self._sent = {kind: metrics.live_messages.labels("out", kind) for kind in OUT_KINDS}
         self._closing = trio.Event()
         self._sender_done = trio.Event()
@@ -84,16 +127,27 @@ class Connection:
     def enqueue(self, frame: str, kind: str, entry_ms: int | None) -> None:
         if self._closing.is_set():
             return
+        size = len(frame)  # characters: bytes for the ASCII JSON orjson writes for us
+        if self.queued_bytes + size > self._budgets.max_queue_bytes:
+            self.overflow()
+            return
         try:
             self._out.send_nowait((frame, kind, entry_ms))
         except trio.WouldBlock:
             self.overflow()
+            return
+        self.queued_bytes += size
 
     def overflow(self) -> None:
         if self._closing.is_set():
             return
         self._metrics.live_slow_consumer_closes.inc()
-        log.warning("closing slow live client", client=self.name, max_queue=self._max_queue)
+        log.warning(
+            "closing slow live client",
+            client=self.name,
+            queued=self._outbox.statistics().current_buffer_used,
+            queued_bytes=self.queued_bytes,
+        )
         self.close(SLOW_CONSUMER, "slow consumer")
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -138,11 +192,14 @@ class Connection:
         try:
             while True:
                 batch = [await self._outbox.receive()]
-                while len(batch) < SEND_BATCH:  # whatever else is queued goes in the same write
-                    try:
+                size = len(batch[0][0])
+                while len(batch) < SEND_BATCH and size < SEND_BATCH_BYTES:
+                    try:  # whatever else is queued goes in the same write
                         batch.append(self._outbox.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                         break
+                    size += len(batch[-1][0])
+                self.queued_bytes -= size
                 await send_texts(self._ws, [frame for frame, _kind, _entry in batch])
                 now = time.time()
                 for _frame, kind, _entry_ms in batch:
@@ -204,6 +261,20 @@ class Connection:
 
     async def _subscribe(self, request: protocol.Request) -> None:
         topic = request.topic
+        budgets = self._budgets
+        if (
+            not self._registry.is_subscribed(self, topic)
+            and self._registry.subscription_count(self) >= budgets.max_subscriptions
+        ):
+            self._reply(
+                protocol.error_frame(
+                    protocol.BAD_REQUEST,
+                    f"too many subscriptions: at most {budgets.max_subscriptions} per connection",
+                    topic,
+                )
+            )
+            return
+        await self._authorizations.take()
         access = await self._directus.event_access(self._credentials, request.event_id)
         if access is Access.FORBIDDEN:
             self._reply(
@@ -225,8 +296,8 @@ class Connection:
             self._registry.unsubscribe(self, topic)
             self._reply(protocol.error_frame(exc.code, exc.message, topic))
             return
-        self.enqueue(protocol.subscribed_frame(topic, snapshot), "subscribed", None)
-        subscription.activate(snapshot)
+        self.enqueue(snapshot.frame, "subscribed", None)
+        subscription.activate_floors(snapshot.floor)
 
     def _reply(self, frame: str) -> None:
         self.enqueue(frame, "error", None)

@@ -1,15 +1,43 @@
 """The live broadcast service (SPEC §5): WebSocket server, Directus auth, fan-out, shutdown.
 
     LiveServer.run (a child of the services nursery; started only when DIRECTUS_URL is set)
-    ├── device -> events map refresher
-    ├── broadcast consumer (own group, NOACK)  --offer-->  subscriptions --enqueue--> connections
-    └── trio-websocket server on LIVE_WS_HOST:LIVE_WS_PORT, path /live
-        └── one Connection per client (receive / send / ping tasks)
+    ├── supervised "live-device-map"   device -> events map refresher
+    ├── supervised "live-broadcast"    broadcast consumer (own group, NOACK) -> subscriptions
+    ├── supervised "live-server"       TCP listener + accept loop on LIVE_WS_HOST:LIVE_WS_PORT
+    ├── snapshot reads (coalesced per event, `snapshot.py`)
+    └── one task per accepted socket, under `_socket`'s failure boundary:
+        request -> admission (Directus) -> reject | accept -> Connection.serve -> close
+
+The three supervised services restart on their own after a failure (`processor.supervise`);
+connected clients live in this nursery, not the accept loop's, so a restarted accept loop does
+not drop them. The live server has its own small PostgreSQL pool (`LIVE_DB_POOL_SIZE`
+connections) for snapshots and the device map: live clients never take a connection the
+writer needs.
+
+**Failure boundary (SPEC §5 Isolation).** We run our own accept loop instead of
+trio-websocket's `serve_websocket`, whose per-connection handler lets any exception travel up
+into the server's nursery (and from there end the process): a path `urlsplit` cannot parse, a
+non-ASCII credential, a client hanging up while its upgrade is refused, wsproto refusing a close
+frame in the wrong state. Here everything done for one socket, from the first byte of the HTTP
+request (trio-websocket's reader task included) to the closing handshake, runs under one
+boundary that turns any exception except `Cancelled` (exception groups included) into: the
+socket closed, one warning log line with the stage and the exception types (never messages,
+which may echo headers, and never credentials), and
+`processor_live_connection_errors_total{stage}`. Stages: `request` (reading the upgrade
+request), `admission` (checks and Directus), `reject`, `accept`, `serve`, `close`.
+
+**Before the upgrade completes** a socket holds one of `LIVE_WS_MAX_PENDING_UPGRADES` slots
+(beyond that, new sockets are closed at once: `processor_live_upgrades_dropped_total
+{reason="pending_limit"}`) and must finish within `LIVE_WS_HANDSHAKE_TIMEOUT_MS`, Directus
+included (else dropped: `reason="handshake_timeout"`). A socket that sends something that is not
+an HTTP upgrade is closed as soon as the HTTP parser gives up, not at the timeout.
 
 Upgrade decisions, in order (HTTP status of the refusal):
 not shutting down (else 503) -> path `/live` (else 404) -> a Cookie or Bearer credential (else
-401) -> for cookie sessions an allowed `Origin` (else 403: cross-site WebSocket hijacking) ->
-Directus `/users/me` (401 / 503 as `auth.Directus` maps it) -> accept.
+401; a credential that is not printable ASCII: 401 without asking Directus) -> for cookie
+sessions an allowed `Origin` (else 403: cross-site WebSocket hijacking) -> Directus `/users/me`
+(401 / 503 as `auth.Directus` maps it) -> fewer than `LIVE_WS_MAX_CONNECTIONS_PER_USER` open
+connections of that user, counted by Directus' user id (else 429) -> accept.
 
 `close()` is the graceful part of shutdown: refuse new upgrades, stop the broadcast consumer,
 close every client with 1001 and wait (bounded) until they are gone; the caller cancels the
@@ -19,16 +47,18 @@ services nursery right after.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Mapping
 from datetime import timedelta
 from functools import partial
-from urllib.parse import urlsplit
 
+import attrs
 import redis
 import structlog
 import trio
 from trio import TaskStatus
-from trio_websocket import WebSocketRequest, serve_websocket
+from trio_websocket import WebSocketConnection, WebSocketRequest
+from wsproto import ConnectionType, WSConnection
 
 from processor.config import Config
 from processor.live.auth import (
@@ -40,30 +70,55 @@ from processor.live.auth import (
     origin_allowed,
 )
 from processor.live.broadcast import Broadcaster
-from processor.live.connection import CLOSE_TIMEOUT_S, GOING_AWAY, Connection
+from processor.live.connection import CLOSE_TIMEOUT_S, GOING_AWAY, Budgets, Connection
 from processor.live.device_events import DeviceEventMap
 from processor.live.registry import Registry
 from processor.live.snapshot import Snapshots
 from processor.observability.metrics import Metrics
 from processor.quality import QualityRules
 from processor.store.postgres import Database
+from processor.supervise import Supervisor, describe_failure
 
 log = structlog.get_logger("processor.live.server")
 
 PATH = "/live"
-HANDSHAKE_TIMEOUT_S = 10.0
+LIVE_DB_POOL_SIZE = 2  # snapshots (coalesced per event) and the map refresh
+INBOUND_QUEUE = 1  # inbound messages trio-websocket buffers per connection (we read in order)
+RECEIVE_BYTES = 4096
+
+
+@attrs.define
+class Stage:
+    """Where one connection's handling is (for the failure log line and metric)."""
+
+    name: str = "request"
+
+
+@attrs.frozen
+class Admission:
+    credentials: Credentials
+    user_id: str
 
 
 class LiveServer:
     def __init__(
-        self, config: Config, *, database: Database, control: redis.Redis, metrics: Metrics
+        self, config: Config, *, control: redis.Redis, metrics: Metrics, supervisor: Supervisor
     ) -> None:
         self.config = config
         self.metrics = metrics
+        self.supervisor = supervisor
         self.port: int | None = None
+        self.listeners: list[trio.SocketListener] = []
         self.registry = Registry(metrics)
+        self.database = Database(
+            config.database_url,
+            pool_size=LIVE_DB_POOL_SIZE,
+            min_size=LIVE_DB_POOL_SIZE,  # both kept open: a subscribe never waits for a connect
+            statement_timeout_ms=config.db_statement_timeout_ms,
+            name="live",
+        )
         self.device_events = DeviceEventMap(
-            database,
+            self.database,
             refresh_s=config.live_device_event_refresh_ms / 1000,
             metrics=metrics,
             on_refresh=self._on_map_refresh,
@@ -87,9 +142,20 @@ class LiveServer:
             registry=self.registry,
             metrics=metrics,
         )
-        self._snapshots = Snapshots(database, metrics)
+        self.snapshots = Snapshots(self.database, metrics)
+        self.budgets = Budgets(
+            max_queue=config.live_ws_max_queue,
+            max_queue_bytes=config.live_ws_max_queue_bytes,
+            max_subscriptions=config.live_ws_max_subscriptions,
+            authorizations_per_s=config.live_ws_authorizations_per_s,
+            max_message_bytes=config.live_ws_max_message_bytes,
+            max_protocol_errors=config.live_ws_max_protocol_errors,
+            ping_interval_s=config.live_ws_ping_interval_ms / 1000,
+        )
         self._directus: Directus | None = None
         self._connections: set[Connection] = set()
+        self._per_user: Counter[str] = Counter()
+        self._pending_upgrades = 0
         self._ids = itertools.count(1)
         self._closing = False
         self._all_closed = trio.Event()
@@ -98,39 +164,53 @@ class LiveServer:
     def connections(self) -> int:
         return len(self._connections)
 
+    @property
+    def pending_upgrades(self) -> int:
+        return self._pending_upgrades
+
+    def connections_of(self, user_id: str) -> int:
+        return self._per_user[user_id]
+
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
         timeout_s = config.directus_auth_timeout_ms / 1000
-        async with (
-            Directus.client(config.directus_url, timeout_s) as http,
-            trio.open_nursery() as nursery,
-        ):
-            self._directus = Directus(http, timeout_s=timeout_s, metrics=self.metrics)
-            await nursery.start(self.device_events.run)
-            await nursery.start(self.broadcaster.run)
-            server = await nursery.start(
-                partial(
-                    serve_websocket,
-                    self._handle,
-                    config.live_ws_host,
-                    config.live_ws_port,
-                    None,
-                    # Characters >= bytes/4, so this cuts oversized frames early (1009); the
-                    # exact byte limit is checked per frame by the connection.
-                    max_message_size=config.live_ws_max_message_bytes,
-                    connect_timeout=HANDSHAKE_TIMEOUT_S,
-                    disconnect_timeout=CLOSE_TIMEOUT_S,
-                )
-            )
-            self.port = int(server.port)
-            log.info(
-                "live broadcast listening",
-                host=config.live_ws_host,
-                port=self.port,
-                path=PATH,
-                group=config.live_group,
-            )
-            task_status.started()
+        await self.database.connect(deadline_s=config.startup_timeout_s)
+        if not await self.database.wait_filled(timeout_s=10.0):
+            log.warning("live database pool not filled yet; snapshots may answer unavailable")
+        try:
+            async with (
+                Directus.client(config.directus_url, timeout_s) as http,
+                trio.open_nursery() as nursery,
+            ):
+                self._directus = Directus(http, timeout_s=timeout_s, metrics=self.metrics)
+                self.snapshots.attach(nursery)
+                supervised = self.supervisor.run
+                critical = partial(self.supervisor.run, critical=True)  # /readyz 503 while down
+                await nursery.start(supervised, "live-device-map", self.device_events.run)
+                await nursery.start(critical, "live-broadcast", self.broadcaster.run)
+                await nursery.start(critical, "live-server", self._listen, nursery)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.database.aclose()
+
+    async def _listen(
+        self, handlers: trio.Nursery, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind (a failure here at start-up stops the process) and accept forever."""
+        config = self.config
+        listeners = await trio.open_tcp_listeners(config.live_ws_port, host=config.live_ws_host)
+        self.listeners = listeners
+        self.port = int(listeners[0].socket.getsockname()[1])
+        log.info(
+            "live broadcast listening",
+            host=config.live_ws_host,
+            port=self.port,
+            path=PATH,
+            group=config.live_group,
+        )
+        task_status.started()
+        await trio.serve_listeners(self._socket, listeners, handler_nursery=handlers)
 
     async def close(self) -> None:
         """Refuse new clients, stop broadcasting, close every client with 1001 (bounded)."""
@@ -149,25 +229,98 @@ class LiveServer:
     def _on_map_refresh(self, mapping: Mapping[str, tuple[str, ...]]) -> None:
         self.broadcaster.forget_devices_not_in(mapping)
 
-    async def _handle(self, request: WebSocketRequest) -> None:
-        status = await self._admit(request)
-        if isinstance(status, int):
-            await request.reject(status, body=_STATUS_BODIES[status])
+    # --- one socket ------------------------------------------------------------------------
+
+    async def _socket(self, stream: trio.SocketStream) -> None:
+        """The failure boundary of one socket: nothing raised inside gets out but Cancelled."""
+        if self._pending_upgrades >= self.config.live_ws_max_pending_upgrades:
+            self.metrics.live_upgrades_dropped.labels("pending_limit").inc()
+            await trio.aclose_forcefully(stream)
             return
+        stage = Stage()
+        failure: BaseException | None = None
+        try:
+            await self._connection(stream, stage)
+        except* Exception as group:  # noqa: BLE001 - the boundary; Cancelled passes through
+            failure = group
+        finally:
+            await trio.aclose_forcefully(stream)
+        if failure is not None:
+            self.metrics.live_connection_errors.labels(stage.name).inc()
+            log.warning("live connection failed", stage=stage.name, error=describe_failure(failure))
+
+    async def _connection(self, stream: trio.SocketStream, stage: Stage) -> None:
         config = self.config
+        ws = WebSocketConnection(
+            stream,
+            WSConnection(ConnectionType.SERVER),
+            message_queue_size=INBOUND_QUEUE,
+            # Characters >= bytes/4, so this cuts oversized frames early (1009); the exact byte
+            # limit is checked per frame by the connection.
+            max_message_size=config.live_ws_max_message_bytes,
+            receive_buffer_size=RECEIVE_BYTES,
+        )
+        handshake = trio.CancelScope(
+            deadline=trio.current_time() + config.live_ws_handshake_timeout_ms / 1000
+        )
+        admission: Admission | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reader, ws, handshake)
+            self._pending_upgrades += 1
+            try:
+                with handshake:
+                    admission = await self._upgrade(ws, stage)
+            finally:
+                self._pending_upgrades -= 1
+            if handshake.cancelled_caught and trio.current_time() >= handshake.deadline:
+                self.metrics.live_upgrades_dropped.labels("handshake_timeout").inc()
+            try:
+                if admission is not None and not handshake.cancelled_caught:
+                    stage.name = "serve"
+                    await self._serve(ws, admission)
+                stage.name = "close"
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await ws.aclose()
+            finally:
+                if admission is not None:
+                    self._release(admission.user_id)
+            nursery.cancel_scope.cancel()
+
+    async def _reader(self, ws: WebSocketConnection, handshake: trio.CancelScope) -> None:
+        """trio-websocket's reader task. When it ends (peer gone, or the HTTP parser gave up
+        on what was sent), a handshake still in progress has nothing left to wait for."""
+        await ws._reader_task()
+        handshake.cancel()
+
+    async def _upgrade(self, ws: WebSocketConnection, stage: Stage) -> Admission | None:
+        """Request -> admission -> reject or accept; the admission (user slot reserved) when
+        accepted."""
+        stage.name = "request"
+        request = await ws._get_request()
+        stage.name = "admission"
+        verdict = await self._admit(request)
+        if isinstance(verdict, int):
+            stage.name = "reject"
+            await request.reject(verdict, body=_STATUS_BODIES[verdict])
+            return None
+        try:
+            stage.name = "accept"
+            await request.accept()
+        except BaseException:
+            self._release(verdict.user_id)
+            raise
+        return verdict
+
+    async def _serve(self, ws: WebSocketConnection, admission: Admission) -> None:
         assert self._directus is not None
-        ws = await request.accept()
         connection = Connection(
             ws,
-            status,
+            admission.credentials,
             name=f"live-{next(self._ids)}",
-            max_queue=config.live_ws_max_queue,
-            max_message_bytes=config.live_ws_max_message_bytes,
-            max_protocol_errors=config.live_ws_max_protocol_errors,
-            ping_interval_s=config.live_ws_ping_interval_ms / 1000,
+            budgets=self.budgets,
             registry=self.registry,
             directus=self._directus,
-            snapshots=self._snapshots,
+            snapshots=self.snapshots,
             metrics=self.metrics,
         )
         self._connections.add(connection)
@@ -178,15 +331,19 @@ class LiveServer:
             if self._closing and not self._connections:
                 self._all_closed.set()
 
-    async def _admit(self, request: WebSocketRequest) -> int | Credentials:
-        """The client's credentials when the upgrade may proceed, else the HTTP status."""
+    async def _admit(self, request: WebSocketRequest) -> int | Admission:
+        """The admission (with a per-user slot reserved) when the upgrade may proceed, else
+        the HTTP status of the refusal."""
         if self._closing or self._directus is None:
             return 503
-        if urlsplit(request.path).path != PATH:
+        if request.path.split("?", 1)[0] != PATH:
             return 404
         credentials = credentials_from_headers(request.headers)
         if credentials is None:
             self.metrics.live_auth.labels("missing").inc()
+            return 401
+        if not credentials.usable:
+            self.metrics.live_auth.labels("unauthorized").inc()
             return 401
         if credentials.via_cookie and not origin_allowed(
             header(request.headers, b"origin"), self.config.live_ws_allowed_origins
@@ -194,22 +351,38 @@ class LiveServer:
             self.metrics.live_auth.labels("origin_refused").inc()
             log.warning("live upgrade refused: origin not allowed", origin=_origin(request))
             return 403
-        outcome = await self._directus.authenticate(credentials)
+        outcome, user_id = await self._directus.authenticate(credentials)
         self.metrics.live_auth.labels(outcome.value).inc()
         if outcome is AuthOutcome.UNAUTHORIZED:
             return 401
         if outcome is AuthOutcome.UNAVAILABLE:
             return 503
-        return credentials
+        if self._closing:
+            return 503
+        if self._per_user[user_id] >= self.config.live_ws_max_connections_per_user:
+            self.metrics.live_auth.labels("too_many_connections").inc()
+            return 429
+        self._per_user[user_id] += 1
+        return Admission(credentials, user_id)
+
+    def _release(self, user_id: str) -> None:
+        self._per_user[user_id] -= 1
+        if self._per_user[user_id] <= 0:
+            del self._per_user[user_id]
 
 
 def _origin(request: WebSocketRequest) -> str:
-    return (header(request.headers, b"origin") or "<none>")[:120]
+    return (
+        (header(request.headers, b"origin") or "<none>")[:120]
+        .encode("ascii", "backslashreplace")
+        .decode()
+    )
 
 
 _STATUS_BODIES = {
     401: b"unauthorized",
     403: b"origin not allowed",
     404: b"not found: the live endpoint is /live",
+    429: b"too many connections for this user",
     503: b"unavailable, retry later",
 }

@@ -2,25 +2,48 @@
 
 One worker-thread hop: the event's devices straight from the Directus tables (not the refreshed
 map, so a device linked a moment ago is included), then each device's latest good fix through the
-`positions` primary key (a backward index scan per device, `store.positions.latest_good_positions`).
-The caller registers the subscription *before* calling `read` (see `registry.Subscription`).
+`positions` primary key (`store.positions.latest_good_positions`), then the whole `subscribed`
+frame encoded, all in that thread, so a large snapshot (3,000 devices: ~0.5 MB of JSON) is never
+built on the Trio thread.
+
+Snapshots cost ingestion nothing (SPEC §5 Isolation), and a resubscribe storm costs little:
+
+- They read through the live server's own small connection pool, never the writer's.
+- Reads of one event are **coalesced**: at most one read per event runs at a time, and a new
+  one starts no sooner than `window_s` (1 s) after the previous one started. Every subscriber
+  that asks meanwhile joins the *next* read and gets the same result, frame string included
+  (encoded once per read, not once per client; each client's queue holds a reference to it).
+  So an event costs at most one snapshot query per second however many clients resubscribe.
+- The no-gap rule still holds exactly: a subscriber only ever joins a read that has not started
+  yet, so its snapshot is always read after its subscription was registered (see
+  `registry.Subscription`). The price is that a subscriber during a storm waits up to the
+  window for its snapshot; the first subscriber of an idle event is served at once.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
+import attrs
 import psycopg
 import structlog
+import trio
 
 from processor.live.device_events import event_devices
+from processor.live.protocol import INTERNAL, UNAVAILABLE, subscribed_frame, topic_of
 from processor.observability.metrics import Metrics
 from processor.position import Position
 from processor.store.positions import latest_good_positions
 from processor.store.postgres import TRANSIENT_ERRORS, Database
 
 log = structlog.get_logger("processor.live.snapshot")
+
+WINDOW_S = 1.0
+PURGE_AT = 64  # events with state before idle ones are forgotten
 
 
 class SnapshotError(Exception):
@@ -32,25 +55,108 @@ class SnapshotError(Exception):
         self.message = message
 
 
+@attrs.frozen(slots=True)
+class Snapshot:
+    positions: tuple[Position, ...]
+    frame: str  # the whole `subscribed` frame, shared by every subscriber of this read
+    floor: Mapping[str, datetime]  # device -> ts, shared (read-only) by those subscriptions
+
+
+@attrs.define(eq=False)
+class _Read:
+    """One read of one event, and everyone waiting for it."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: Snapshot | SnapshotError | None = None
+
+
+@attrs.define(eq=False)
+class _EventReads:
+    next: _Read | None = None  # not started yet: new subscribers join this one
+    running: bool = False
+    last_start: float = float("-inf")
+    idle: trio.Event = attrs.field(factory=trio.Event)
+
+
 class Snapshots:
-    def __init__(self, database: Database, metrics: Metrics) -> None:
+    def __init__(self, database: Database, metrics: Metrics, *, window_s: float = WINDOW_S) -> None:
         self._database = database
         self._metrics = metrics
+        self._window_s = window_s
+        self._events: dict[str, _EventReads] = {}
+        self._nursery: trio.Nursery | None = None
+        self.reads = 0  # queries actually run (tests and benchmarks compare with subscribes)
 
-    async def read(self, event_id: str) -> list[Position]:
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Reads run as tasks of the live server's nursery: a subscriber that goes away while
+        waiting does not cancel the read the others wait for."""
+        self._nursery = nursery
+
+    async def read(self, event_id: str) -> Snapshot:
+        """A snapshot read after this call began (raises SnapshotError)."""
+        assert self._nursery is not None, "Snapshots.attach() first"
+        reads = self._events.get(event_id)
+        if reads is None:
+            if len(self._events) >= PURGE_AT:
+                self._purge()
+            reads = self._events[event_id] = _EventReads()
+        pending = reads.next
+        if pending is None:
+            pending = reads.next = _Read()
+            self._nursery.start_soon(self._perform, event_id, reads, pending)
+        await pending.done.wait()
+        result = pending.result
+        if isinstance(result, SnapshotError):
+            raise result
+        assert result is not None
+        return result
+
+    async def _perform(self, event_id: str, reads: _EventReads, pending: _Read) -> None:
+        try:
+            while reads.running:  # one read per event at a time
+                reads.idle = trio.Event()
+                await reads.idle.wait()
+            await trio.sleep_until(reads.last_start + self._window_s)
+            reads.next = None  # from here on, new subscribers wait for the following read
+            reads.running = True
+            reads.last_start = trio.current_time()
+            pending.result = await self._read(event_id)
+        except* Exception as group:
+            log.error("snapshot read failed", event_id=event_id, exc_info=group)
+            pending.result = SnapshotError(INTERNAL, "snapshot failed")
+        finally:
+            if pending.result is None:  # cancelled (the server is stopping)
+                pending.result = SnapshotError(UNAVAILABLE, "server stopping")
+            pending.done.set()
+            reads.running = False
+            reads.idle.set()
+
+    def _purge(self) -> None:
+        """Forget events with nothing running or waiting whose window has passed (the state
+        is kept that long so the window also holds between reads that do not overlap)."""
+        now = trio.current_time()
+        for event_id, reads in list(self._events.items()):
+            if not reads.running and reads.next is None and reads.last_start + self._window_s < now:
+                del self._events[event_id]
+
+    async def _read(self, event_id: str) -> Snapshot | SnapshotError:
         started = time.perf_counter()
+        self.reads += 1
         try:
             return await self._database.run(lambda conn: _read(conn, event_id))
         except TRANSIENT_ERRORS as exc:
             log.warning("snapshot unavailable", event_id=event_id, error=str(exc).strip()[:200])
-            raise SnapshotError("unavailable", "snapshot unavailable, retry later") from exc
+            return SnapshotError(UNAVAILABLE, "snapshot unavailable, retry later")
         except psycopg.Error as exc:
             log.error("snapshot query failed", event_id=event_id, error=str(exc).strip()[:200])
-            raise SnapshotError("internal", "snapshot query failed") from exc
+            return SnapshotError(INTERNAL, "snapshot query failed")
         finally:
             self._metrics.live_snapshot_duration.observe(time.perf_counter() - started)
 
 
-def _read(conn: psycopg.Connection[Any], event_id: str) -> list[Position]:
+def _read(conn: psycopg.Connection[Any], event_id: str) -> Snapshot:
+    """In the worker thread: query, then encode the frame (no Trio-thread time for either)."""
     latest = latest_good_positions(conn, event_devices(conn, event_id))
-    return [latest[device_id] for device_id in sorted(latest)]
+    positions = tuple(latest[device_id] for device_id in sorted(latest))
+    floor = MappingProxyType({p.device_id: p.ts for p in positions})
+    return Snapshot(positions, subscribed_frame(topic_of(event_id), positions), floor)

@@ -79,6 +79,7 @@ class HttpServer:
         self._stopped = trio.Event()
 
     async def run(self, *, task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        self._stopped = trio.Event()  # run again after a failure (supervised restart)
         try:
             async with trio.open_nursery() as nursery:
                 try:

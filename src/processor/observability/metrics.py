@@ -156,6 +156,31 @@ class Metrics:
         self.live_device_event_map_size = Gauge(
             p + "live_device_event_map_size", "Devices in the device -> events map.", registry=r
         )
+        self.live_connection_errors = Counter(
+            p + "live_connection_errors",
+            "Live connections ended by an unexpected failure in their handling, by stage.",
+            ["stage"],
+            registry=r,
+        )
+        self.live_upgrades_dropped = Counter(
+            p + "live_upgrades_dropped",
+            "Sockets dropped before the upgrade completed (pending_limit, handshake_timeout).",
+            ["reason"],
+            registry=r,
+        )
+        # --- supervision of the side services ------------------------------------------------
+        self.service_restarts = Counter(
+            p + "service_restarts",
+            "Side services restarted after failing at run time, by service.",
+            ["service"],
+            registry=r,
+        )
+        self.service_up = Gauge(
+            p + "service_up",
+            "1 while a supervised side service runs, 0 while it waits to be restarted.",
+            ["service"],
+            registry=r,
+        )
 
         for status in WRITE_STATUSES:
             self.position_writes.labels(status)

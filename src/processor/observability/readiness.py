@@ -1,9 +1,24 @@
 """The `/readyz` verdict: is this instance fit to take traffic right now?
 
-Ready means: the pipeline has started, it is not draining, and Redis and PostgreSQL both
-answered their latest probe. The verdict is computed from cached state only, so it never blocks;
-the `processor_ready` gauge is computed from the same verdict at scrape time, so the gauge and
-the endpoint can never disagree.
+Ready means: the pipeline has started, it is not draining, Redis and PostgreSQL both answered
+their latest probe, and no *critical* side service is down. The verdict is computed from cached
+state only, so it never blocks; the `processor_ready` gauge is computed from the same verdict at
+scrape time, so the gauge and the endpoint can never disagree.
+
+Side services that are down (waiting to be restarted by the supervisor, `processor.supervise`)
+are decided by what a load balancer does with the answer. `/readyz` routes the only inbound
+traffic this instance takes, live WebSocket clients (ingestion pulls from Redis and does not
+depend on readiness at all). So:
+
+- **critical** (the live server and the broadcast consumer): while one is down the instance
+  cannot serve live clients, so `/readyz` answers **503** naming it in `failing`, and a balancer
+  sends new clients to another instance; ingestion carries on regardless.
+- **degraded** (probes, lag sampler, device -> event map refresher): the instance still serves
+  everything routed to it, a bit staler, so `/readyz` stays **200** with `"status": "degraded"`
+  and the services listed in `degraded`; removing it from the balancer would only move clients
+  for no gain. Operators alert on `processor_service_up == 0` and on restarts instead.
+- The HTTP endpoints themselves: while they are down `/readyz` cannot answer at all, which a
+  balancer treats as not ready, the right answer for a gap of one backoff.
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ import attrs
 import trio
 
 from processor.observability.probes import Probe
+from processor.supervise import Supervisor
 
 
 @attrs.frozen
@@ -24,10 +40,17 @@ class Verdict:
 
 
 class Readiness:
-    def __init__(self, probes: Sequence[Probe], started: trio.Event, draining: trio.Event) -> None:
+    def __init__(
+        self,
+        probes: Sequence[Probe],
+        started: trio.Event,
+        draining: trio.Event,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self._probes = tuple(probes)
         self._started = started
         self._draining = draining
+        self._supervisor = supervisor
 
     def verdict(self) -> Verdict:
         failing: list[str] = []
@@ -42,8 +65,15 @@ class Readiness:
             if not result.ok:
                 checks[probe.name]["error"] = result.error
                 failing.append(probe.name)
-        status = "ready" if not failing else "unavailable"
-        return Verdict(not failing, {"status": status, "failing": failing, "checks": checks})
+        degraded: list[str] = []
+        if self._supervisor is not None:
+            failing.extend(self._supervisor.down(critical=True))
+            degraded = self._supervisor.down(critical=False)
+        status = "unavailable" if failing else "degraded" if degraded else "ready"
+        body = {"status": status, "failing": failing, "checks": checks}
+        if degraded:
+            body["degraded"] = degraded
+        return Verdict(not failing, body)
 
     def gauge_value(self) -> float:
         return 1.0 if self.verdict().ready else 0.0

@@ -1,5 +1,9 @@
 """The observability side services of one Service: probes, lag sampler, HTTP endpoints.
 
+Each runs under the Service's supervisor (`processor.supervise`): a failure at start-up (the
+HTTP port cannot be bound) stops the process, a failure at run time restarts that service with
+backoff; none of them is critical for readiness (see `readiness.py`).
+
 Started (in that order) in the Service's services nursery before the pipeline, so that the
 first probe verdict and the first lag sample exist before the instance reports ready, and the
 endpoints stay up through the drain (`/readyz` answers 503 as soon as draining starts while
@@ -21,12 +25,14 @@ from processor.observability.metrics import Metrics
 from processor.observability.probes import postgres_probe, redis_probe, run_probes
 from processor.observability.readiness import Readiness
 from processor.store.postgres import Database
+from processor.supervise import Supervisor
 
 
 class Observability:
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    def __init__(self, config: Config, metrics: Metrics, supervisor: Supervisor) -> None:
         self.config = config
         self.metrics = metrics
+        self.supervisor = supervisor
         self._http: HttpServer | None = None
 
     async def start(
@@ -41,17 +47,22 @@ class Observability:
         """Start everything; returns the bound HTTP port."""
         config = self.config
         probes = [redis_probe(config.redis_url, config.probe_timeout_s), postgres_probe(database)]
-        readiness = Readiness(probes, started, draining)
+        readiness = Readiness(probes, started, draining, self.supervisor)
         self.metrics.ready.set_function(readiness.gauge_value)
+        supervised = self.supervisor.run
         await nursery.start(
+            supervised,
+            "probes",
             partial(
                 run_probes,
                 probes,
                 interval_s=config.probe_interval_s,
                 timeout_s=config.probe_timeout_s,
-            )
+            ),
         )
         await nursery.start(
+            supervised,
+            "lag-sampler",
             partial(
                 run_lag_sampler,
                 control,
@@ -59,12 +70,12 @@ class Observability:
                 group=config.redis_group,
                 metrics=self.metrics,
                 interval_s=config.lag_sample_interval_s,
-            )
+            ),
         )
         self._http = HttpServer(
             make_app(self.metrics.registry, readiness), host=config.http_host, port=config.http_port
         )
-        port: int = await nursery.start(self._http.run)
+        port: int = await nursery.start(supervised, "http", self._http.run)
         return port
 
     async def stop(self) -> None:

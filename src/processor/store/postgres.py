@@ -81,18 +81,20 @@ class Database:
         pool_size: int,
         statement_timeout_ms: int,
         configure: Callable[[psycopg.Connection[Any]], None] | None = None,
+        min_size: int = 1,
+        name: str = "processor",
     ) -> None:
         self.url = url
         self._kwargs = connection_kwargs(url, statement_timeout_ms)
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
-            min_size=1,
+            min_size=min_size,
             max_size=pool_size,
             kwargs=self._kwargs,
             open=False,
             timeout=POOL_WAIT_S,
             reconnect_timeout=3600,
-            name="processor",
+            name=name,
             configure=configure,
         )
 
@@ -102,6 +104,15 @@ class Database:
             "postgres", self._probe_connect, (psycopg.Error,), deadline_s=deadline_s
         )
         await trio.to_thread.run_sync(lambda: self._pool.open(wait=False))
+
+    async def wait_filled(self, timeout_s: float) -> bool:
+        """Wait until the pool holds its `min_size` connections (False: not within timeout_s),
+        so that the first users do not run into the short pool wait."""
+        try:
+            await trio.to_thread.run_sync(lambda: self._pool.wait(timeout=timeout_s))
+        except PoolTimeout:
+            return False
+        return True
 
     def _probe_connect(self) -> None:
         with psycopg.connect(self.url, **self._kwargs) as conn:

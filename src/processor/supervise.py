@@ -1,0 +1,162 @@
+"""Supervision of side services: a failure at run time restarts the service, never the process.
+
+The rule (SPEC §5 Isolation, issue 9): a side service of the root nursery (HTTP endpoints,
+probes, lag sampler, live server, broadcast consumer, device -> event map refresher, and any
+later addition such as a domain engine) must never take ingestion down with it. So each one
+runs under `Supervisor.run`:
+
+    await nursery.start(supervisor.run, "lag-sampler", run_lag_sampler, client, ...)
+
+- **Start-up is strict.** The first start must succeed: an exception before the service calls
+  `task_status.started()` (a port that cannot be bound, a bad setting) propagates to the caller
+  and stops the process, as before. An operator wants a misconfigured instance to fail at once.
+- **Run time is forgiving.** Once started, an exception (anything but `Cancelled`, exception
+  groups included) is logged at `error` with its traceback, counted in
+  `processor_service_restarts_total{service}`, the service is marked down
+  (`processor_service_up{service}` 0, `/readyz` reports it) and it is started again after a
+  capped exponential backoff (0.5 s, 1 s, 2 s ... 30 s; back to 0.5 s once a run lasted
+  `healthy_after_s`). A restart that fails before `started()` is just another failed attempt.
+- A service that *returns* has stopped on purpose (it was asked to, e.g. during the drain) and
+  is not restarted. After `stop()` (the drain has begun) nothing is restarted any more.
+- `Cancelled` always propagates: supervision never outlives its nursery.
+
+Whether a service being down makes the instance unready is the caller's choice (`critical`):
+see `observability/readiness.py` for the decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import structlog
+import trio
+from trio import TaskStatus
+
+from processor.observability.metrics import Metrics
+from processor.store.retry import Backoff
+
+log = structlog.get_logger("processor.supervise")
+
+INITIAL_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
+HEALTHY_AFTER_S = 60.0
+
+
+@attrs.define
+class ServiceState:
+    name: str
+    critical: bool
+    up: bool = False
+    restarts: int = 0
+    last_error: str = ""
+
+
+def describe_failure(failure: BaseException) -> str:
+    """The exception type names of a failure (leaves of a group), never their messages."""
+    leaves: list[str] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(type(exc).__name__)
+
+    walk(failure)
+    return ",".join(sorted(set(leaves)))
+
+
+class Supervisor:
+    """Runs side services and knows which of them are up (for `/readyz` and the metrics)."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        initial_backoff_s: float = INITIAL_BACKOFF_S,
+        max_backoff_s: float = MAX_BACKOFF_S,
+        healthy_after_s: float = HEALTHY_AFTER_S,
+    ) -> None:
+        self._metrics = metrics
+        self._initial_backoff_s = initial_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._healthy_after_s = healthy_after_s
+        self.services: dict[str, ServiceState] = {}
+        self._stopping = False
+        self._stop = trio.Event()
+
+    def stop(self) -> None:
+        """The drain has begun: services that fail or return from now on stay stopped."""
+        self._stopping = True
+        self._stop.set()
+
+    def down(self, *, critical: bool | None = None) -> list[str]:
+        """Names of the services waiting to be restarted (optionally only (non-)critical)."""
+        return sorted(
+            s.name
+            for s in self.services.values()
+            if not s.up and (critical is None or s.critical == critical)
+        )
+
+    async def run(
+        self,
+        name: str,
+        service: Callable[..., Awaitable[Any]],
+        *args: Any,
+        critical: bool = False,
+        task_status: TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run `service(*args, task_status=...)` under supervision; `started()` passes on the
+        value of the service's first start."""
+        state = self.services.setdefault(name, ServiceState(name, critical))
+        up = self._metrics.service_up.labels(name)
+        self._metrics.service_restarts.labels(name)
+        backoff = Backoff(self._initial_backoff_s, self._max_backoff_s)
+        first = True
+        while True:
+            began = trio.current_time()
+            failure: BaseException | None = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    value = await nursery.start(service, *args)
+                    state.up = True
+                    up.set(1)
+                    if first:
+                        first = False
+                        task_status.started(value)
+            except* Exception as group:  # noqa: BLE001 - the boundary; Cancelled passes through
+                failure = group
+            state.up = False
+            up.set(0)
+            if failure is None:
+                log.info("service stopped", service=name)
+                return
+            if first:
+                log.error("service failed to start", service=name, error=describe_failure(failure))
+                raise failure
+            if self._stopping:
+                log.warning(
+                    "service failed while stopping", service=name, error=describe_failure(failure)
+                )
+                return
+            if trio.current_time() - began >= self._healthy_after_s:
+                backoff.reset()
+            delay = backoff.next_delay()
+            state.restarts += 1
+            state.last_error = describe_failure(failure)
+            self._metrics.service_restarts.labels(name).inc()
+            log.error(
+                "service failed; restarting",
+                service=name,
+                error=state.last_error,
+                restarts=state.restarts,
+                retry_in_s=round(delay, 2),
+                exc_info=failure,
+            )
+            with trio.move_on_after(delay if math.isfinite(delay) else self._max_backoff_s):
+                await self._stop.wait()
+            if self._stopping:
+                return
