@@ -173,6 +173,13 @@ class Config:
     live_ws_max_message_bytes: int = _int("LIVE_WS_MAX_MESSAGE_BYTES", 4096, 64, 16_777_216)
     live_ws_max_protocol_errors: int = _int("LIVE_WS_MAX_PROTOCOL_ERRORS", 5, 1, 1000)
 
+    # --- racing domain (SPEC §9) --------------------------------------------------------------
+    domain_group: str = _text("DOMAIN_GROUP", "domain")
+    domain_refresh_ms: int = _int("DOMAIN_REFRESH_MS", 10_000, 50, 86_400_000)
+    domain_visibility_timeout_ms: int = _int(
+        "DOMAIN_VISIBILITY_TIMEOUT_MS", 120_000, 100, 86_400_000
+    )
+
     @property
     def consumer_name(self) -> str:
         return self.redis_consumer or self.instance_id
