@@ -140,11 +140,8 @@ def detour(v: float) -> Path2D:
 
     def at(t: float) -> tuple[float, float, float]:
         x = v * t
-        if abs(x - WAYPOINT_X) <= 100:
-            y = 80 * abs(x - WAYPOINT_X) / 100
-        else:
-            y = 80.0
-        return x, y, v
+        near = abs(x - WAYPOINT_X)
+        return x, (80 * near / 100 if near <= 100 else 80.0), v
 
     return at
 
