@@ -58,7 +58,6 @@ Evaluate = Callable[..., EntryResult]
 Rank = Callable[..., Mapping[str, Ranking]]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-NEG_INFINITY = "-infinity"
 
 LOCK = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k"
 
@@ -86,7 +85,9 @@ JOIN entry_devices ed ON ed.entry_id = q.entry_id
 JOIN devices d ON d.id = ed.device_id
 JOIN positions p ON p.device_id = d.imei
 WHERE NOT p.faulty
-  AND p.ts >= q.from_ts AND p.ts >= q.opens_at AND p.ts < q.closes_at
+  AND (q.from_ts IS NULL OR p.ts >= q.from_ts)
+  AND (q.opens_at IS NULL OR p.ts >= q.opens_at)
+  AND (q.closes_at IS NULL OR p.ts < q.closes_at)
 ORDER BY q.i, p.ts, p.device_id
 """
 
@@ -382,17 +383,17 @@ def _load_fixes(
 ) -> tuple[list[list[Fix]], list[dict[float, str]]]:
     index_col: list[int] = []
     entry_col: list[str] = []
-    from_col: list[datetime | str] = []
-    opens_col: list[datetime | str] = []
-    closes_col: list[datetime | str] = []
+    from_col: list[datetime | None] = []
+    opens_col: list[datetime | None] = []
+    closes_col: list[datetime | None] = []
     for index, pair in enumerate(pairs):
         stage = course.stages[pair[0]].stage
         index_col.append(index)
         entry_col.append(pair[1])
         resume = kept[pair][-1].fix_before if kept[pair] else None
-        from_col.append(NEG_INFINITY if resume is None else to_datetime(resume))
-        opens_col.append(NEG_INFINITY if stage.opens_at is None else to_datetime(stage.opens_at))
-        closes_col.append("infinity" if stage.closes_at is None else to_datetime(stage.closes_at))
+        from_col.append(None if resume is None else to_datetime(resume))
+        opens_col.append(None if stage.opens_at is None else to_datetime(stage.opens_at))
+        closes_col.append(None if stage.closes_at is None else to_datetime(stage.closes_at))
     fixes: list[list[Fix]] = [[] for _ in pairs]
     devices: list[dict[float, str]] = [{} for _ in pairs]
     rows = conn.execute(FIXES, (index_col, entry_col, from_col, opens_col, closes_col))
