@@ -11,9 +11,9 @@ its event's entries. When a fingerprint changes (a control moved, a device re-li
 engine rebuilds that stage from the stored fixes; fingerprints are remembered in Redis so a
 change made while no instance ran is still noticed at the next start.
 
-A control row the core cannot use (unknown kind, missing coordinates or radius) is left out of
-its stage and logged: a half-typed control in the Directus admin must not stop timing of the
-others; once it is completed its fingerprint changes and the stage is rebuilt.
+A stage the core refuses (`StageError`: a half-typed control, no finish, two starts...) is left
+out of the snapshot and logged once per version: its stored rows stay as they were until it is
+fixed in Directus; then its fingerprint is new and the stage is rebuilt. Other stages go on.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import attrs
 import psycopg
 import structlog
 
+from processor.domain.course import StageError, check_stage
 from processor.domain.model import Control, ControlKind, Stage
 
 log = structlog.get_logger("processor.domain.definitions")
@@ -79,6 +80,8 @@ class Course:
     stages_by_event: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     # event_id -> its entries that have at least one device
     event_entries: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    # stages the core refuses (StageError): stage_id -> (fingerprint, why); not evaluated
+    invalid: Mapping[str, tuple[str, str]] = attrs.field(factory=dict)
 
     def pairs_for(self, device_id: str, t: float) -> list[tuple[str, str]]:
         """(stage_id, entry_id) pairs a fix of `device_id` at `t` can change."""
@@ -100,20 +103,12 @@ class Course:
         return self.event_entries.get(definition.event_id, ())
 
 
-def _control(row: tuple[Any, ...]) -> Control | None:
+def _control(stage_id: str, row: tuple[Any, ...]) -> Control:
     (cid, _stage, ordinal, kind, lat1, lon1, lat2, lon2, lat, lon, radius, penalty) = row
     try:
         control_kind = ControlKind(kind)
     except ValueError:
-        log.error("control ignored: unknown kind", control_id=cid, kind=kind)
-        return None
-    if control_kind.is_line:
-        if None in (lat1, lon1, lat2, lon2) or (lat1, lon1) == (lat2, lon2):
-            log.error("control ignored: a line needs two distinct points", control_id=cid)
-            return None
-    elif None in (lat, lon, radius) or radius <= 0:
-        log.error("control ignored: a waypoint needs a centre and a radius > 0", control_id=cid)
-        return None
+        raise StageError(f"stage {stage_id}: control {cid} has an unknown kind {kind!r}") from None
     return Control(
         id=cid,
         ordinal=int(ordinal),
@@ -135,10 +130,12 @@ def build_course(
     device_rows: Iterable[tuple[Any, ...]],
 ) -> Course:
     controls: dict[str, list[Control]] = {}
+    broken: dict[str, str] = {}
     for row in control_rows:
-        control = _control(row)
-        if control is not None:
-            controls.setdefault(row[1], []).append(control)
+        try:
+            controls.setdefault(row[1], []).append(_control(row[1], row))
+        except StageError as exc:
+            broken[row[1]] = str(exc)
     device_entries: dict[str, list[tuple[str, str]]] = {}
     event_entries: dict[str, set[str]] = {}
     links: dict[str, list[tuple[str, str]]] = {}  # event -> (entry, imei), for fingerprints
@@ -147,6 +144,7 @@ def build_course(
         event_entries.setdefault(event_id, set()).add(entry_id)
         links.setdefault(event_id, []).append((entry_id, imei))
     stages: dict[str, StageDef] = {}
+    invalid: dict[str, tuple[str, str]] = {}
     by_event: dict[str, list[str]] = {}
     for stage_id, event_id, opens_at, closes_at in stage_rows:
         stage = Stage(
@@ -158,6 +156,13 @@ def build_course(
         digest = hashlib.sha256(
             repr((stage, event_id, sorted(links.get(event_id or "", ())))).encode()
         ).hexdigest()[:32]
+        try:
+            if stage_id in broken:
+                raise StageError(broken[stage_id])
+            check_stage(stage)
+        except StageError as exc:
+            invalid[stage_id] = (digest, str(exc))
+            continue
         stages[stage_id] = StageDef(stage, event_id, digest)
         if event_id is not None:
             by_event.setdefault(event_id, []).append(stage_id)
@@ -166,6 +171,7 @@ def build_course(
         device_entries={k: tuple(v) for k, v in device_entries.items()},
         stages_by_event={k: tuple(sorted(v)) for k, v in by_event.items()},
         event_entries={k: tuple(sorted(v)) for k, v in event_entries.items()},
+        invalid=invalid,
     )
 
 

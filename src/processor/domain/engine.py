@@ -136,6 +136,7 @@ class DomainEngine:
         self._stopping = False
         self._stopped = trio.Event()
         self._last_reclaim = -math.inf
+        self._invalid_logged: dict[str, str] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -222,6 +223,10 @@ class DomainEngine:
         never seen: fingerprints live in Redis, so this survives restarts)."""
         course = await self._database.run(definitions.read_course)
         self.course = course
+        for stage_id, (fingerprint, why) in course.invalid.items():
+            if self._invalid_logged.get(stage_id) != fingerprint:
+                log.error("stage not evaluated until fixed", stage_id=stage_id, error=why)
+                self._invalid_logged[stage_id] = fingerprint
         key = self.settings.fingerprints_key
         known: dict[bytes, bytes] = await redis_store.call(self._control, "hgetall", key)
         for stage_id, definition in sorted(course.stages.items()):
@@ -234,7 +239,9 @@ class DomainEngine:
             self._count(outcome)
             self._metrics.domain_rebuilds.inc()
             await redis_store.call(self._control, "hset", key, stage_id, definition.fingerprint)
-        gone = [k for k in known if k.decode() not in course.stages]
+        gone = [
+            k for k in known if k.decode() not in course.stages and k.decode() not in course.invalid
+        ]
         if gone:
             await redis_store.call(self._control, "hdel", key, *gone)
 

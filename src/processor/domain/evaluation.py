@@ -19,9 +19,9 @@ All pairs of a batch load their fixes with one query.
 Idempotence: rows are compared with what is stored and only differing rows are written; the
 upserts also carry `IS DISTINCT FROM` guards, so `updated_at` moves only when a value changed.
 Values are normalised before comparing: times to the microsecond the database stores, speeds to
-0.01 km/h and distances to 1 mm (finer digits are floating-point noise, not evidence), and
-`elapsed_ms` is taken from the stored microsecond times, so an incremental evaluation and a
-from-scratch one agree to the last digit.
+0.01 km/h and distances to 1 mm (finer digits are floating-point noise, not evidence); the core
+computes `elapsed_ms` from the microsecond-rounded times, so an incremental evaluation (whose
+kept passes come back from the database) and a from-scratch one agree to the last digit.
 
 Ownership: the processor owns the rows of `timing_records` and `stage_results` it derives. A
 record that an evaluation no longer produces (the pass moved to another control or vanished) is
@@ -51,7 +51,7 @@ from processor.domain.model import (
     Status,
 )
 from processor.domain.ranking import rank
-from processor.domain.timing import evaluate_entry
+from processor.domain.timing import evaluate_entry, settled_prefix
 
 Pair = tuple[str, str]  # (stage_id, entry_id)
 Evaluate = Callable[..., EntryResult]
@@ -162,8 +162,9 @@ def lock_key(*parts: str) -> int:
 
 
 def to_datetime(t: float) -> datetime:
-    """Seconds since the epoch -> the microsecond the database stores."""
-    return EPOCH + timedelta(microseconds=round(t * 1_000_000))
+    """Seconds since the epoch -> the microsecond the database stores (halves up, as the
+    core rounds before computing `elapsed_ms`)."""
+    return EPOCH + timedelta(microseconds=math.floor(t * 1_000_000.0 + 0.5))
 
 
 def micros(value: datetime) -> int:
@@ -235,41 +236,26 @@ class Outcome:
     stages_ranked: int = 0
 
 
-def settled_prefix(stage: Stage, stored: Mapping[str, Record], t0: float | None) -> list[Pass]:
-    """The stored passes no fix at or after `t0` can change: course order, fix_after < t0."""
+def kept_passes(stage: Stage, stored: Mapping[str, Record], t0: float | None) -> list[Pass]:
+    """The stored passes no fix at or after `t0` can change (the core's `settled_prefix` over
+    the stored records in course order); none when evaluating from scratch."""
     if t0 is None:
         return []
-    kept: list[Pass] = []
-    for control in stage.controls:
-        record = stored.get(control.id)
-        if record is None:
-            continue  # missed or not yet reached: decided by the passes around it
-        if record.fix_after is None or record.fix_after.timestamp() >= t0:
-            break
-        kept.append(record.as_pass(control.id))
-    return kept
+    passes = [stored[c.id].as_pass(c.id) for c in stage.controls if c.id in stored]
+    return list(settled_prefix(stage, passes, t0))
 
 
-def result_of(evaluated: EntryResult, records: Mapping[str, Record]) -> Result | None:
+def result_of(evaluated: EntryResult) -> Result | None:
     """The stage_results values, or None when the entry has not started (no row)."""
     if evaluated.started_at is None:
         return None
-    started = to_datetime(evaluated.started_at)
-    finished = None if evaluated.finished_at is None else to_datetime(evaluated.finished_at)
-    elapsed = None
-    total = None
-    if finished is not None:
-        # from the stored microseconds, rounded half up: independent of how we got there
-        elapsed = (micros(finished) - micros(started) + 500) // 1000
-        total = elapsed + evaluated.penalty_ms
-    del records
     return Result(
         status=str(Status(evaluated.status)),
-        started_at=started,
-        finished_at=finished,
-        elapsed_ms=elapsed,
+        started_at=to_datetime(evaluated.started_at),
+        finished_at=None if evaluated.finished_at is None else to_datetime(evaluated.finished_at),
+        elapsed_ms=evaluated.elapsed_ms,
         penalty_ms=int(evaluated.penalty_ms),
-        total_ms=total,
+        total_ms=evaluated.total_ms,
         controls_passed=int(evaluated.controls_passed),
         controls_missed=int(evaluated.controls_missed),
     )
@@ -315,7 +301,7 @@ def evaluate_pairs(
         kept: dict[Pair, list[Pass]] = {}
         for pair in pairs:
             stage = course.stages[pair[0]].stage
-            kept[pair] = settled_prefix(stage, stored[pair], triggers[pair])
+            kept[pair] = kept_passes(stage, stored[pair], triggers[pair])
             if len(kept[pair]) < len(stored[pair]) and triggers[pair] is not None:
                 outcome.late += 1
 
@@ -356,7 +342,7 @@ def evaluate_pairs(
                 if control_id not in new:
                     deletes.append((pair, control_id))
                     outcome.changes.append(Change(*pair, control_id, record.passed_at, None))
-            result = result_of(evaluated, new)
+            result = result_of(evaluated)
             if result is None:
                 if pair in stored_results:
                     result_deletes.append(pair)
