@@ -25,6 +25,9 @@ Then, on a second `processor run`:
               the default DEVICE_STATE_CAP, so every device is in state).
 6. drain:     SIGTERM while the simulator keeps publishing at the steady rate: seconds until
               the process has exited (it must exit 0 with nothing pending).
+7. domain:    the racing-domain engine on a 40-control stage: its evaluation rate, its lag
+              behind ingestion at 2,000 fixes/s, and ingestion's rate with it on vs off
+              (`benchmarks.domain`).
 
 Without REDIS_URL / DATABASE_URL, throwaway servers are started (as `just demo` does).
 Speed is reported here, never asserted by the test suite.
@@ -52,6 +55,7 @@ import psycopg
 import redis
 import trio
 
+from benchmarks import domain
 from benchmarks.daemon import Daemon
 from benchmarks.writers import timed_write, write_baseline, write_raw
 from processor.config import load_config
@@ -66,13 +70,14 @@ from processor.store.postgres import with_search_path
 SEED = 20260512
 START = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
 NO_QUIRKS = Quirks(late=0, duplicate=0, zero_satellites=0, event=0, sentinels=0)
-PHASES = ("raw", "baseline", "processor", "latency", "memory", "drain")
+PHASES = ("raw", "baseline", "processor", "latency", "memory", "drain", "domain")
 TARGETS: dict[str, tuple[str, float]] = {
     "ratio_vs_raw": (">=", 0.7),
     "ratio_vs_baseline": (">=", 1.5),
     "p99_e2e_ms": ("<=", 250.0),
     "rss_mb_100k_devices": ("<=", 200.0),
     "drain_s": ("<=", 2.0),
+    "domain_ingest_ratio": (">=", 0.9),
 }
 
 
@@ -436,6 +441,12 @@ def table(results: dict[str, Any]) -> str:
         ("p99_e2e_ms", "e2e latency p99", " ms"),
         ("rss_mb_100k_devices", f"RSS with {r.get('state_devices', 0):,} devices in state", " MB"),
         ("drain_s", "SIGTERM drain under load", " s"),
+        ("domain_rate", f"domain, {r.get('domain_controls', 0)} controls (fixes/s)", ""),
+        ("domain_lag_median", "domain lag at 2,000 fixes/s, median (entries)", ""),
+        ("domain_lag_max", "domain lag at 2,000 fixes/s, max (entries)", ""),
+        ("ingest_domain_off_rate", "ingestion, domain off (fixes/s)", ""),
+        ("ingest_domain_on_rate", "ingestion, domain on (fixes/s)", ""),
+        ("domain_ingest_ratio", "ingestion domain on / off", ""),
     ):
         if key in r:
             target = TARGETS.get(key)
@@ -504,6 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.contenders(phases)
         if phases & {"latency", "memory", "drain"}:
             runner.daemon_phases(phases)
+        if "domain" in phases:
+            domain.run(runner, SEED, START)
         results["bench_s"] = round(time.monotonic() - started, 1)
     add_ratios(results)
     results["targets_met"] = verdicts(results)

@@ -26,6 +26,10 @@ KEYS = (
     "p99_e2e_ms",
     "rss_mb_100k_devices",
     "drain_s",
+    "domain_rate",
+    "ingest_domain_on_rate",
+    "ingest_domain_off_rate",
+    "domain_ingest_ratio",
 )
 
 
@@ -40,7 +44,7 @@ def test_quick_bench_writes_every_figure(
         cwd=tmp_path,
         capture_output=True,
         check=False,
-        timeout=240,
+        timeout=420,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     results = orjson.loads(output.read_bytes())
@@ -59,7 +63,11 @@ def test_quick_bench_writes_every_figure(
         "p99_e2e_ms",
         "rss_mb_100k_devices",
         "drain_s",
+        "domain_ingest_ratio",
     }
+    assert results["domain_controls"] == 40
+    assert results["domain_lag_median"] <= results["domain_lag_max"]
+    assert results["domain_timing_records"] > 0  # the cars really were timed
     assert "ratio_vs_raw" in proc.stdout.decode() or "processor / raw" in proc.stdout.decode()
     # nothing left behind: this run's schemas were dropped
     with psycopg.connect(postgres_server_url) as conn:

@@ -79,6 +79,7 @@ def make_domain_engine(
             read_block_ms=config.read_block_ms,
             refresh_s=config.domain_refresh_ms / 1000,
             visibility_timeout_s=config.domain_visibility_timeout_ms / 1000,
+            yield_backlog=config.domain_yield_backlog,
             reclaim_interval_s=config.reclaim_interval_s,
             reclaim_min_idle_ms=config.reclaim_min_idle_ms,
         ),

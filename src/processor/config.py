@@ -179,6 +179,7 @@ class Config:
     domain_visibility_timeout_ms: int = _int(
         "DOMAIN_VISIBILITY_TIMEOUT_MS", 120_000, 100, 86_400_000
     )
+    domain_yield_backlog: int = _int("DOMAIN_YIELD_BACKLOG", 5_000, 0, 100_000_000)
 
     @property
     def consumer_name(self) -> str:

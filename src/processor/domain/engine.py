@@ -75,6 +75,7 @@ class EngineSettings:
     visibility_timeout_s: float
     reclaim_interval_s: float
     reclaim_min_idle_ms: int
+    yield_backlog: int = 0  # pause while the durable group has more to store (0: never)
 
     @property
     def fingerprints_key(self) -> str:
@@ -251,6 +252,7 @@ class DomainEngine:
         start_id = "0"  # own pending entries first (a restart finishes what it had read)
         while not self._stopping:
             await self._maybe_reclaim()
+            await self._yield_to_ingestion()
             entries = await self._reader.read(start_id)
             if not entries:
                 if start_id != ">" and not self._reader.stopping:
@@ -259,6 +261,30 @@ class DomainEngine:
             if start_id != ">":
                 start_id = entries[-1][0].decode()
             await self._handle(entries)
+
+    async def _yield_to_ingestion(self) -> None:
+        """Pause while the durable pipeline has a backlog (more than DOMAIN_YIELD_BACKLOG
+        entries undelivered or unacked): storing fixes comes first, and in this process both
+        share one interpreter and the same database. The engine catches up once the backlog is
+        gone (its lag says by how much); a fix it evaluated now would mostly wait for its row
+        anyway. Backoff 50 ms doubling to 1 s; a failed check does not hold the engine."""
+        limit = self.settings.yield_backlog
+        if limit <= 0:
+            return
+        delay = 0.05
+        while not self._stopping:
+            try:
+                s = self.settings
+                sample = await trio.to_thread.run_sync(
+                    sample_lag_sync, self._control, s.stream, s.durable_group
+                )
+            except SAMPLE_ERRORS:
+                return
+            if not sample.exact or sample.lag + sample.pending <= limit:
+                return  # (an inexact lag is XLEN: an upper bound that could hold us for good)
+            self._metrics.domain_yields.inc()
+            await self._pause(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _maybe_reclaim(self) -> None:
         """Take over entries another (dead) instance read and never acked."""

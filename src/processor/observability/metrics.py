@@ -195,6 +195,11 @@ class Metrics:
             "Whole-stage re-evaluations (changed definitions, first sight of a stage).",
             registry=r,
         )
+        self.domain_yields = Counter(
+            p + "domain_yields",
+            "Pauses of the domain engine while the durable pipeline had a backlog.",
+            registry=r,
+        )
         self.domain_errors = Counter(
             p + "domain_errors",
             "Domain batches that failed for a reason other than an unavailable server (skipped).",
