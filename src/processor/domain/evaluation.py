@@ -77,15 +77,30 @@ JOIN stage_results sr ON sr.stage_id = q.stage_id AND sr.entry_id = q.entry_id
 
 # One query for every pair of a batch. Two devices of one entry reporting the same instant
 # are one fix (the lowest device id wins, deterministically).
+# A pair that had no pass at all before (nothing stored: not started) and gets new fixes from
+# `before_ts` on needs the track only from the last fix before `before_ts`: every earlier
+# segment was evaluated already and crossed no start line forward (else a pass would be
+# stored). Without this, a car waiting at the start would re-read its whole wait every batch.
 FIXES = """
 SELECT DISTINCT ON (q.i, p.ts) q.i, p.ts, p.latitude, p.longitude, p.speed, p.device_id
-FROM unnest(%s::int[], %s::uuid[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[])
-     AS q(i, entry_id, from_ts, opens_at, closes_at)
+FROM unnest(%s::int[], %s::uuid[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
+            %s::timestamptz[])
+     AS q(i, entry_id, from_ts, opens_at, closes_at, before_ts)
+CROSS JOIN LATERAL (
+    SELECT coalesce(max(p0.ts), q.from_ts) AS from_ts
+    FROM entry_devices ed0
+    JOIN devices d0 ON d0.id = ed0.device_id
+    JOIN positions p0 ON p0.device_id = d0.imei
+    WHERE q.before_ts IS NOT NULL AND ed0.entry_id = q.entry_id AND NOT p0.faulty
+      AND p0.ts < q.before_ts
+      AND (q.opens_at IS NULL OR p0.ts >= q.opens_at)
+      AND (q.closes_at IS NULL OR p0.ts < q.closes_at)
+) AS f
 JOIN entry_devices ed ON ed.entry_id = q.entry_id
 JOIN devices d ON d.id = ed.device_id
 JOIN positions p ON p.device_id = d.imei
 WHERE NOT p.faulty
-  AND (q.from_ts IS NULL OR p.ts >= q.from_ts)
+  AND (f.from_ts IS NULL OR p.ts >= f.from_ts)
   AND (q.opens_at IS NULL OR p.ts >= q.opens_at)
   AND (q.closes_at IS NULL OR p.ts < q.closes_at)
 ORDER BY q.i, p.ts, p.device_id
@@ -305,7 +320,8 @@ def evaluate_pairs(
             if len(kept[pair]) < len(stored[pair]) and triggers[pair] is not None:
                 outcome.late += 1
 
-        fixes, devices = _load_fixes(conn, course, pairs, kept)
+        fresh = {p for p in pairs if triggers[p] is not None and not stored[p]}
+        fixes, devices = _load_fixes(conn, course, pairs, kept, {p: triggers[p] for p in fresh})
         outcome.fixes = sum(len(f) for f in fixes)
 
         upserts: list[tuple[Pair, str, Record]] = []
@@ -366,7 +382,11 @@ def _load_fixes(
     course: Course,
     pairs: Sequence[Pair],
     kept: Mapping[Pair, list[Pass]],
+    not_started: Mapping[Pair, float | None],
 ) -> tuple[list[list[Fix]], list[dict[float, str]]]:
+    """Every pair's fixes in one query: from its last kept pass's `fix_before` on, or for a
+    pair in `not_started` (nothing stored) from its last fix before the new fixes' time."""
+    before_col: list[datetime | None] = []
     index_col: list[int] = []
     entry_col: list[str] = []
     from_col: list[datetime | None] = []
@@ -380,9 +400,11 @@ def _load_fixes(
         from_col.append(None if resume is None else to_datetime(resume))
         opens_col.append(None if stage.opens_at is None else to_datetime(stage.opens_at))
         closes_col.append(None if stage.closes_at is None else to_datetime(stage.closes_at))
+        before = not_started.get(pair)
+        before_col.append(None if before is None else to_datetime(before))
     fixes: list[list[Fix]] = [[] for _ in pairs]
     devices: list[dict[float, str]] = [{} for _ in pairs]
-    rows = conn.execute(FIXES, (index_col, entry_col, from_col, opens_col, closes_col))
+    rows = conn.execute(FIXES, (index_col, entry_col, from_col, opens_col, closes_col, before_col))
     for index, ts, latitude, longitude, speed, device_id in rows:
         t = ts.timestamp()
         fixes[index].append(Fix(t=t, latitude=latitude, longitude=longitude, speed_kmh=speed))
