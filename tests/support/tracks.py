@@ -19,7 +19,7 @@ import math
 
 import attrs
 
-from processor.domain.geometry import destination
+from processor.domain.geometry import LocalFrame, destination
 from processor.domain.model import Control, ControlKind, Fix, Stage, Status
 from processor.domain.timing import evaluate_entry
 
@@ -182,3 +182,63 @@ def errors_of(sc: Scenario) -> Errors:
         waypoint_s=abs(waypoint.passed_at - m.time_at(sc.s_waypoint)),
         waypoint_m=abs(waypoint.distance_m - abs(sc.offset)),
     )
+
+
+@attrs.frozen
+class Plane:
+    """Hand-made scenarios in east/north metres around a point. Line geometry is exact (the
+    code's projection around any control is an affine map of degrees, so sides and crossing
+    fractions are the same in every frame); distances to a waypoint centred elsewhere differ by
+    ~1e-5 relative (the east scale is taken at another latitude)."""
+
+    lat0: float = 45.0
+    lon0: float = 7.0
+
+    @property
+    def frame(self) -> LocalFrame:
+        return LocalFrame.at(self.lat0, self.lon0)
+
+    def fix(self, t: float, x: float, y: float, speed_kmh: float | None = None) -> Fix:
+        lat, lon = self.frame.unproject(x, y)
+        return Fix(T_BASE + t, lat, lon, speed_kmh)
+
+    def line(
+        self,
+        control_id: str,
+        ordinal: int,
+        kind: ControlKind,
+        p1: tuple[float, float],
+        p2: tuple[float, float],
+        penalty_s: int = 0,
+    ) -> Control:
+        lat1, lon1 = self.frame.unproject(*p1)
+        lat2, lon2 = self.frame.unproject(*p2)
+        return Control(
+            control_id,
+            ordinal,
+            kind,
+            lat1=lat1,
+            lon1=lon1,
+            lat2=lat2,
+            lon2=lon2,
+            penalty_s=penalty_s,
+        )
+
+    def waypoint(
+        self,
+        control_id: str,
+        ordinal: int,
+        centre: tuple[float, float],
+        radius_m: float,
+        penalty_s: int = 0,
+    ) -> Control:
+        lat, lon = self.frame.unproject(*centre)
+        return Control(
+            control_id,
+            ordinal,
+            ControlKind.WAYPOINT,
+            latitude=lat,
+            longitude=lon,
+            validate_radius_m=radius_m,
+            penalty_s=penalty_s,
+        )
