@@ -3,7 +3,8 @@
     Service.run
     ├── startup: PostgreSQL (retry) -> migrations -> Redis (retry) -> consumer group
     └── services nursery (lives until the pipeline has drained)
-        ├── ... HTTP endpoints, probes, lag sampler, live broadcast (when configured)
+        ├── ... HTTP endpoints, probes, lag sampler, live broadcast (when configured),
+        │   racing-domain engine (own consumer group; when the racing tables exist)
         └── pipeline nursery
             ├── consumer  --Delivery channel-->  writer (batcher + flushers)
             └── reclaimer (same channel)
@@ -66,9 +67,9 @@ def make_database(config: Config) -> Database:
     )
 
 
-def make_domain_engine(
-    config: Config, database: Database, control: redis.Redis, metrics: Metrics
-) -> DomainEngine:
+def make_domain_engine(config: Config, control: redis.Redis, metrics: Metrics) -> DomainEngine:
+    """The engine, with its own two-connection pool: it never takes the writer's connections,
+    and its statements may run longer (a rebuild reads a whole stage's fixes)."""
     return DomainEngine(
         settings=EngineSettings(
             stream=config.redis_stream,
@@ -83,10 +84,15 @@ def make_domain_engine(
             reclaim_interval_s=config.reclaim_interval_s,
             reclaim_min_idle_ms=config.reclaim_min_idle_ms,
         ),
-        database=database,
+        database=Database(
+            config.database_url,
+            pool_size=2,
+            statement_timeout_ms=max(config.db_statement_timeout_ms, 120_000),
+        ),
         redis_url=config.redis_url,
         control=control,
         metrics=metrics,
+        startup_timeout_s=config.startup_timeout_s,
     )
 
 
@@ -248,7 +254,7 @@ class Service:
         else:
             log.info("live broadcast off: DIRECTUS_URL is not set")
         # --- racing domain (runs once the racing tables exist; logs once while they do not) ---
-        self.domain = make_domain_engine(self.config, database, control, self.metrics)
+        self.domain = make_domain_engine(self.config, control, self.metrics)
         await services.start(self.domain.run)
 
     async def _stop_services(self) -> None:

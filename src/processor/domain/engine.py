@@ -51,7 +51,7 @@ from processor.store import postgres
 from processor.store import redis as redis_store
 from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
 from processor.store.postgres import Database
-from processor.store.retry import Backoff
+from processor.store.retry import Backoff, Unavailable
 
 log = structlog.get_logger("processor.domain.engine")
 
@@ -114,8 +114,11 @@ class DomainEngine:
         redis_url: str,
         control: redis.Redis,
         metrics: Metrics,
+        startup_timeout_s: float = 60.0,
     ) -> None:
+        """`database` is the engine's own pool (opened and closed by `run`)."""
         self.settings = settings
+        self._startup_timeout_s = startup_timeout_s
         self._database = database
         self._control = control
         self._metrics = metrics
@@ -144,7 +147,7 @@ class DomainEngine:
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
-            if not await self._wait_for_tables():
+            if not await self._connect() or not await self._wait_for_tables():
                 return
             await redis_store.ensure_group(
                 self._control, self.settings.stream, self.settings.group, "0"
@@ -158,7 +161,21 @@ class DomainEngine:
                 nursery.cancel_scope.cancel()
         finally:
             self._reader.close()
+            with trio.CancelScope(shield=True):
+                await self._database.aclose()
             log.info("domain engine stopped")
+
+    async def _connect(self) -> bool:
+        """Open the engine's pool; the service is already connected, so this rarely waits. A
+        failure never ends the service: the engine keeps trying (logged) until stopped."""
+        while not self._stopping:
+            try:
+                await self._database.connect(deadline_s=self._startup_timeout_s)
+                return True
+            except Unavailable as exc:
+                log.error("domain engine cannot reach PostgreSQL, retrying", error=str(exc))
+                await self._pause(self.settings.refresh_s)
+        return False
 
     async def stop(self) -> None:
         """Stop reading; the batch in hand is finished and acked, then `run` returns."""
