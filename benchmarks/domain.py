@@ -52,6 +52,8 @@ def stage_for(scenario: Scenario, fixes: int) -> RallyStage:
         length_km=max(0.5, seconds * 25.0 / 1000),
         controls=CONTROLS - 2,
         start_interval_s=seconds / (4 * scenario.devices),
+        first_start_s=0.0,
+        lead_in_m=20.0,
     )
     return RallyStage.generate(scenario, settings)
 

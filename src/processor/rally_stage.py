@@ -60,6 +60,8 @@ class StageSettings:
     length_km: float = 3.0
     controls: int = 6  # intermediate controls between start and finish
     start_interval_s: float = 2.0
+    first_start_s: float = 5.0  # simulated seconds before the first car starts
+    lead_in_m: float = LEAD_IN_M  # route before the start line (and after the finish)
 
     def __attrs_post_init__(self) -> None:
         if not 0.5 <= self.length_km <= 500:
@@ -68,6 +70,8 @@ class StageSettings:
             raise ValueError("--stage-controls must be from 0 to 1000")
         if not 0 <= self.start_interval_s <= 3600:
             raise ValueError("--start-interval must be from 0 to 3600 seconds")
+        if not 0 <= self.first_start_s <= 86_400 or not 1 <= self.lead_in_m <= 10_000:
+            raise ValueError("first start 0..86400 s, lead-in 1..10000 m")
 
 
 @attrs.frozen
@@ -153,8 +157,8 @@ class RallyStage:
     @classmethod
     def generate(cls, scenario: Scenario, settings: StageSettings) -> RallyStage:
         rng = random.Random(f"stage-{scenario.seed}")
-        route = Route(rng, settings.length_km * 1000 + 2 * LEAD_IN_M)
-        controls = _controls(rng, route, settings.controls)
+        route = Route(rng, settings.length_km * 1000 + 2 * settings.lead_in_m)
+        controls = _controls(rng, route, settings.controls, settings.lead_in_m)
         waypoints = [c.at_m for c in controls if c.kind == "waypoint"]
         entries = []
         for index in range(scenario.devices):
@@ -167,7 +171,7 @@ class RallyStage:
                     number=str(101 + index),
                     klass=CLASSES[index % len(CLASSES)],
                     cruise_ms=rng.uniform(60.0, 130.0) / 3.6,
-                    starts_at_s=5.0 + index * settings.start_interval_s,
+                    starts_at_s=settings.first_start_s + index * settings.start_interval_s,
                     swerve_at_m=swerve,
                 )
             )
@@ -181,8 +185,8 @@ class RallyStage:
         )
 
 
-def _controls(rng: random.Random, route: Route, count: int) -> list[StageControl]:
-    first, last = LEAD_IN_M, route.length_m - LEAD_IN_M
+def _controls(rng: random.Random, route: Route, count: int, lead_in_m: float) -> list[StageControl]:
+    first, last = lead_in_m, route.length_m - lead_in_m
     places = [("start", first)]
     step = (last - first) / (count + 1)
     places += [
