@@ -101,3 +101,33 @@ def test_migrations_leave_the_racing_tables_alone(database_url: str) -> None:
         apply_migrations(conn, load_migrations(default_directory()))
         (found,) = conn.execute("SELECT to_regclass('stages') IS NOT NULL").fetchone() or (None,)
     assert found is False
+
+
+async def test_an_incomplete_stage_waits_until_it_is_fixed_and_errors_never_end_the_service(
+    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
+) -> None:
+    racing.create_tables(database_url)
+    course = racing.add_course(database_url, CARS)
+    waypoint = course.controls["waypoint"]
+    with psycopg.connect(database_url) as conn:  # half-typed in Directus: no radius yet
+        conn.execute("UPDATE controls SET validate_radius_m = NULL WHERE id = %s", (waypoint,))
+    async with running_service(domain_env(env)) as service:
+        publish(
+            redis_client,
+            stream_key,
+            racing.track(course.devices["steady"], racing.constant(20), 160),
+        )
+        await wait_until(lambda: domain_done(redis_client, stream_key))
+        assert stored(database_url, course.stage_id) == {"records": {}, "results": {}}
+
+        # a table Directus renamed under us: logged and counted, the service goes on
+        with psycopg.connect(database_url) as conn:
+            conn.execute("ALTER TABLE controls RENAME TO controls_moved")
+        await wait_until(lambda: service.metrics.domain_errors._value.get() >= 1)
+        with psycopg.connect(database_url) as conn:
+            conn.execute("ALTER TABLE controls_moved RENAME TO controls")
+            conn.execute("UPDATE controls SET validate_radius_m = 30 WHERE id = %s", (waypoint,))
+        steady = course.entries["steady"]
+        await wait_until(lambda: steady in stored(database_url, course.stage_id)["results"])
+        assert stored(database_url, course.stage_id)["results"][steady][6:8] == (4, 0)
+        assert service.ready.is_set() and not service.draining.is_set()

@@ -27,6 +27,7 @@ stall timing for everyone; `processor timing rebuild` recomputes a stage once fi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -60,6 +61,7 @@ RETRYABLE: tuple[type[Exception], ...] = (
     *redis_store.TRANSIENT_ERRORS,
 )
 
+REFRESH_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, redis.RedisError, ValueError)
 RECLAIM_ERRORS: tuple[type[Exception], ...] = (*redis_store.TRANSIENT_ERRORS, redis.ResponseError)
 
 
@@ -147,23 +149,41 @@ class DomainEngine:
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
-            if not await self._connect() or not await self._wait_for_tables():
+            if not await self._connect():
                 return
-            await redis_store.ensure_group(
-                self._control, self.settings.stream, self.settings.group, "0"
-            )
-            await self._refresh_until_done()
-            log.info("domain engine started", group=self.settings.group)
-            self.enabled.set()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._refresh_loop)
-                await self._consume()
-                nursery.cancel_scope.cancel()
+            while not self._stopping:
+                try:
+                    await self._serve()
+                except Exception as exc:
+                    self._metrics.domain_errors.inc()
+                    log.error(
+                        "domain engine failed, restarting it",
+                        error=f"{type(exc).__name__}: {exc}"[:300],
+                        exc_info=True,
+                    )
+                    await self._pause(self.settings.refresh_s)
         finally:
             self._reader.close()
             with trio.CancelScope(shield=True):
                 await self._database.aclose()
             log.info("domain engine stopped")
+
+    async def _serve(self) -> None:
+        """Tables, group, definitions, then batches until stopped. Anything unexpected ends
+        this (not the service): `run` logs it and starts over, own pending entries first."""
+        if not await self._wait_for_tables():
+            return
+        s = self.settings
+        await redis_store.ensure_group(self._control, s.stream, s.group, "0")
+        await self._refresh_until_done()
+        if self._stopping:
+            return
+        log.info("domain engine started", group=self.settings.group)
+        self.enabled.set()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._refresh_loop)
+            await self._consume()
+            nursery.cancel_scope.cancel()
 
     async def _connect(self) -> bool:
         """Open the engine's pool; the service is already connected, so this rarely waits. A
@@ -228,6 +248,10 @@ class DomainEngine:
                 await self.refresh()
             except RETRYABLE as exc:
                 log.warning("domain definitions refresh failed", error=str(exc)[:200])
+            except REFRESH_ERRORS as exc:  # e.g. a table Directus changed: keep the old course
+                self._metrics.domain_errors.inc()
+                why = f"{type(exc).__name__}: {exc}"[:300]
+                log.error("domain definitions refresh failed", error=why)
             try:
                 sample = await trio.to_thread.run_sync(
                     sample_lag_sync, self._control, self.settings.stream, self.settings.group
@@ -370,9 +394,10 @@ class DomainEngine:
                     first=ids[0],
                     last=ids[-1],
                 )
-                await redis_store.call(
-                    self._control, "xack", self.settings.stream, self.settings.group, *ids
-                )
+                with contextlib.suppress(*RECLAIM_ERRORS):  # best effort: redelivered if not
+                    await redis_store.call(
+                        self._control, "xack", self.settings.stream, self.settings.group, *ids
+                    )
                 return
 
     async def _triggers(self, course: Course, keys: Sequence[Key]) -> dict[Pair, float]:
