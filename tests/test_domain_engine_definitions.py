@@ -131,3 +131,19 @@ async def test_an_incomplete_stage_waits_until_it_is_fixed_and_errors_never_end_
         await wait_until(lambda: steady in stored(database_url, course.stage_id)["results"])
         assert stored(database_url, course.stage_id)["results"][steady][6:8] == (4, 0)
         assert service.ready.is_set() and not service.draining.is_set()
+
+
+async def test_domain_lag_counts_entries_not_yet_delivered_to_the_domain_group(
+    env: dict[str, str], redis_client: redis.Redis, stream_key: str
+) -> None:
+    from processor.app import make_domain_engine
+    from processor.config import load_config
+    from processor.observability.metrics import Metrics
+
+    publish(redis_client, stream_key, [fix(second=s) for s in range(7)])
+    redis_client.xgroup_create(stream_key, "domain", id="0")
+    redis_client.xreadgroup("domain", "someone", {stream_key: ">"}, count=3)
+    metrics = Metrics()
+    engine = make_domain_engine(load_config(env), redis_client, metrics)
+    await engine.sample_lag()
+    assert metrics.domain_lag._value.get() == 4

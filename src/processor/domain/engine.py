@@ -252,13 +252,19 @@ class DomainEngine:
                 self._metrics.domain_errors.inc()
                 why = f"{type(exc).__name__}: {exc}"[:300]
                 log.error("domain definitions refresh failed", error=why)
-            try:
-                sample = await trio.to_thread.run_sync(
-                    sample_lag_sync, self._control, self.settings.stream, self.settings.group
-                )
-                self._metrics.domain_lag.set(sample.lag)
-            except SAMPLE_ERRORS as exc:
-                log.debug("domain lag sample failed", error=str(exc)[:200])
+            await self.sample_lag()
+
+    async def sample_lag(self) -> None:
+        """`processor_domain_lag`: entries in the stream not yet delivered to the domain group
+        (XINFO GROUPS, XLEN when Redis cannot tell); sampled at each refresh."""
+        try:
+            sample = await trio.to_thread.run_sync(
+                sample_lag_sync, self._control, self.settings.stream, self.settings.group
+            )
+        except SAMPLE_ERRORS as exc:
+            log.debug("domain lag sample failed", error=str(exc)[:200])
+        else:
+            self._metrics.domain_lag.set(sample.lag)
 
     async def refresh(self) -> None:
         """Re-read the definitions; rebuild every stage whose fingerprint changed (or was
