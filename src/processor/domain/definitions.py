@@ -6,10 +6,11 @@ in the database would cost a round trip per batch for data that changes a few ti
 the whole mapping is read into one immutable `Course` snapshot, replaced every
 `DOMAIN_REFRESH_MS` (like the live broadcast's device map).
 
-Each stage also gets a *fingerprint*: a digest of its window, its controls and the devices of
-its event's entries. When a fingerprint changes (a control moved, a device re-linked), the
-engine rebuilds that stage from the stored fixes; fingerprints are remembered in Redis so a
-change made while no instance ran is still noticed at the next start.
+Each stage also gets a *fingerprint*: a digest of its window, its controls, and the devices
+and classes of its event's entries. When a fingerprint changes (a control moved, a device
+re-linked, a class changed), the engine rebuilds that stage from the stored fixes;
+fingerprints are remembered in Redis so a change made while no instance ran is still noticed
+at the next start.
 
 A stage the core refuses (`StageError`: a half-typed control, no finish, two starts...) is left
 out of the snapshot and logged once per version: its stored rows stay as they were until it is
@@ -42,7 +43,7 @@ FROM controls WHERE stage_id IS NOT NULL
 ORDER BY stage_id, ordinal, id
 """
 ENTRY_DEVICES = """
-SELECT DISTINCT d.imei, en.id::text, en.event_id::text
+SELECT DISTINCT d.imei, en.id::text, en.event_id::text, en.class
 FROM devices d
 JOIN entry_devices ed ON ed.device_id = d.id
 JOIN entries en ON en.id = ed.entry_id
@@ -138,11 +139,13 @@ def build_course(
             broken[row[1]] = str(exc)
     device_entries: dict[str, list[tuple[str, str]]] = {}
     event_entries: dict[str, set[str]] = {}
-    links: dict[str, list[tuple[str, str]]] = {}  # event -> (entry, imei), for fingerprints
-    for imei, entry_id, event_id in device_rows:
+    # event -> (entry, imei, class), for fingerprints: a relinked device changes the tracks, a
+    # changed class the class positions; either rebuilds the stage
+    links: dict[str, list[tuple[str, str, str]]] = {}
+    for imei, entry_id, event_id, klass in device_rows:
         device_entries.setdefault(imei, []).append((entry_id, event_id))
         event_entries.setdefault(event_id, set()).add(entry_id)
-        links.setdefault(event_id, []).append((entry_id, imei))
+        links.setdefault(event_id, []).append((entry_id, imei, klass or ""))
     stages: dict[str, StageDef] = {}
     invalid: dict[str, tuple[str, str]] = {}
     by_event: dict[str, list[str]] = {}
