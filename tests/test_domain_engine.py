@@ -149,15 +149,15 @@ async def test_stage_from_shuffled_duplicated_faulty_and_late_fixes(
     documents, gap = tracks(course)
     async with running_service(domain_env(env)) as service:
         assert service.domain is not None
-        with trio.fail_after(30):
+        with trio.fail_after(90):
             await service.domain.enabled.wait()
         publish(redis_client, stream_key, shuffled_twice(documents, seed=11))
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=90)
+        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
         check_results(stored(database_url, course.stage_id), course, late_passed=False)
 
         # the late car's buffered fixes arrive: the miss becomes a pass, the penalty goes
         publish(redis_client, stream_key, shuffled_twice(gap, seed=12))
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=90)
+        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
         before = stored(database_url, course.stage_id)
         check_results(before, course, late_passed=True)
         assert service.metrics.domain_late_reevaluations._value.get() >= 1
@@ -165,7 +165,7 @@ async def test_stage_from_shuffled_duplicated_faulty_and_late_fixes(
 
         # redelivery changes nothing, not even updated_at
         publish(redis_client, stream_key, documents[:200] + gap)
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=90)
+        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
         assert stored(database_url, course.stage_id) == before
 
     changes = await trio.to_thread.run_sync(rebuild_changes, database_url, course.stage_id)

@@ -24,21 +24,21 @@ async def test_engine_waits_for_the_racing_tables(
     async with running_service(domain_env(env)) as service:
         assert service.domain is not None
         publish(redis_client, stream_key, [fix(second=s) for s in range(5)])
-        await wait_until(lambda: row_count(database_url) == 5)
+        await wait_until(lambda: row_count(database_url) == 5, timeout=120)
         assert not service.domain.enabled.is_set()  # ingestion runs without the domain
         groups = {g["name"] for g in redis_client.xinfo_groups(stream_key)}
         assert b"domain" not in groups
 
         racing.create_tables(database_url)
         course = racing.add_course(database_url, CARS)
-        with trio.fail_after(30):
+        with trio.fail_after(90):
             await service.domain.enabled.wait()
         publish(
             redis_client,
             stream_key,
             racing.track(course.devices["steady"], racing.constant(20), 160),
         )
-        await wait_until(lambda: domain_done(redis_client, stream_key))
+        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
         results = stored(database_url, course.stage_id)["results"]
         assert results[course.entries["steady"]][0] == "finished"
 
@@ -52,7 +52,7 @@ async def test_a_moved_control_re_evaluates_its_stage(
     documents += racing.track(course.devices["cutter"], racing.constant(25, y=40), 130)
     async with running_service(domain_env(env)) as service:
         publish(redis_client, stream_key, documents)
-        await wait_until(lambda: domain_done(redis_client, stream_key))
+        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
         cutter = course.entries["cutter"]
         key = (cutter, course.controls["waypoint"])
         assert key not in stored(database_url, course.stage_id)["records"]
@@ -64,7 +64,8 @@ async def test_a_moved_control_re_evaluates_its_stage(
                 "UPDATE controls SET latitude = %s, longitude = %s WHERE id = %s",
                 (lat, lon, course.controls["waypoint"]),
             )
-        await wait_until(lambda: key in stored(database_url, course.stage_id)["records"])
+        records = lambda: stored(database_url, course.stage_id)["records"]  # noqa: E731
+        await wait_until(lambda: key in records(), timeout=120)
         rows = stored(database_url, course.stage_id)
         assert rows["results"][cutter][4] == 0  # penalty gone
         assert rows["records"][key][2] is not None and rows["records"][key][2] < 1.0
@@ -86,7 +87,7 @@ async def test_a_dead_lettered_fix_is_skipped_without_waiting_out_the_timeout(
         {**domain_env(env), "DOMAIN_VISIBILITY_TIMEOUT_MS": "600000"}
     ) as service:
         publish(redis_client, stream_key, documents)
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=60)
+        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
         skipped = service.metrics.domain_skipped_fixes
         assert skipped.labels("dead_lettered")._value.get() == 130
         assert skipped.labels("timeout")._value.get() == 0
@@ -117,18 +118,19 @@ async def test_an_incomplete_stage_waits_until_it_is_fixed_and_errors_never_end_
             stream_key,
             racing.track(course.devices["steady"], racing.constant(20), 160),
         )
-        await wait_until(lambda: domain_done(redis_client, stream_key))
+        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
         assert stored(database_url, course.stage_id) == {"records": {}, "results": {}}
 
         # a table Directus renamed under us: logged and counted, the service goes on
         with psycopg.connect(database_url) as conn:
             conn.execute("ALTER TABLE controls RENAME TO controls_moved")
-        await wait_until(lambda: service.metrics.domain_errors._value.get() >= 1)
+        await wait_until(lambda: service.metrics.domain_errors._value.get() >= 1, timeout=120)
         with psycopg.connect(database_url) as conn:
             conn.execute("ALTER TABLE controls_moved RENAME TO controls")
             conn.execute("UPDATE controls SET validate_radius_m = 30 WHERE id = %s", (waypoint,))
         steady = course.entries["steady"]
-        await wait_until(lambda: steady in stored(database_url, course.stage_id)["results"])
+        results = lambda: stored(database_url, course.stage_id)["results"]  # noqa: E731
+        await wait_until(lambda: steady in results(), timeout=120)
         assert stored(database_url, course.stage_id)["results"][steady][6:8] == (4, 0)
         assert service.ready.is_set() and not service.draining.is_set()
 
