@@ -43,6 +43,7 @@ class Daemon:
         self.http_port: int | None = None
         self.live_port: int | None = None  # when DIRECTUS_URL is set (LIVE_WS_PORT=0)
         self.log_tail: list[str] = []
+        self.events: dict[str, float] = {}  # first time each log message was seen (epoch s)
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
@@ -57,6 +58,8 @@ class Daemon:
             except orjson.JSONDecodeError:
                 continue
             message = str(event.get("event", ""))
+            if message not in self.events and "timestamp" in event:
+                self.events[message] = datetime.fromisoformat(event["timestamp"]).timestamp()
             if message.startswith(HTTP_EVENT_PREFIX):
                 self.http_port = int(event["port"])
             elif message == LIVE_EVENT:
@@ -72,6 +75,15 @@ class Daemon:
                 raise RuntimeError("processor did not start:\n" + "\n".join(self.log_tail))
         assert self.ready_at is not None
         return self.ready_at
+
+    def wait_event(self, message: str, timeout_s: float = 600.0) -> float:
+        """Epoch time of the first log line whose event is `message` (waits for it)."""
+        deadline = time.monotonic() + timeout_s
+        while message not in self.events:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"no {message!r} in the log:\n" + "\n".join(self.log_tail))
+            time.sleep(0.05)
+        return self.events[message]
 
     def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
         """The daemon's /metrics, as {sample name: [(labels, value), ...]}."""

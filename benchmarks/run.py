@@ -25,6 +25,9 @@ Then, on a second `processor run`:
               the default DEVICE_STATE_CAP, so every device is in state).
 6. drain:     SIGTERM while the simulator keeps publishing at the steady rate: seconds until
               the process has exited (it must exit 0 with nothing pending).
+8. domain:    the racing-domain engine on a 40-control stage: its evaluation rate, its lag
+              behind ingestion at 2,000 fixes/s, and ingestion's rate with it on vs off
+              (`benchmarks.domain`).
 
 Then, on a third `processor run` with live broadcast on (`benchmarks/live.py`):
 
@@ -58,6 +61,7 @@ import psycopg
 import redis
 import trio
 
+from benchmarks import domain
 from benchmarks import live as live_bench
 from benchmarks.daemon import Daemon
 from benchmarks.writers import timed_write, write_baseline, write_raw
@@ -73,7 +77,7 @@ from processor.store.postgres import with_search_path
 SEED = 20260512
 START = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
 NO_QUIRKS = Quirks(late=0, duplicate=0, zero_satellites=0, event=0, sentinels=0)
-PHASES = ("raw", "baseline", "processor", "latency", "memory", "drain", "live")
+PHASES = ("raw", "baseline", "processor", "latency", "memory", "drain", "live", "domain")
 TARGETS: dict[str, tuple[str, float]] = {
     "ratio_vs_raw": (">=", 0.7),
     "ratio_vs_baseline": (">=", 1.5),
@@ -81,6 +85,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "rss_mb_100k_devices": ("<=", 200.0),
     "drain_s": ("<=", 2.0),
     "live_p99_ratio": ("<=", 1.5),
+    "domain_ingest_ratio": (">=", 0.9),
 }
 
 
@@ -540,6 +545,12 @@ def table(results: dict[str, Any]) -> str:
         ("live_quiet_p99_ms", "e2e p99, live clients quiet", " ms"),
         ("live_storm_p99_ms", "e2e p99, 8 clients resubscribing (3k devices)", " ms"),
         ("live_p99_ratio", "e2e p99 storm / quiet", ""),
+        ("domain_rate", f"domain, {r.get('domain_controls', 0)} controls (fixes/s)", ""),
+        ("domain_lag_median", "domain lag at 2,000 fixes/s, median (entries)", ""),
+        ("domain_lag_max", "domain lag at 2,000 fixes/s, max (entries)", ""),
+        ("ingest_domain_off_rate", "ingestion, domain off (fixes/s)", ""),
+        ("ingest_domain_on_rate", "ingestion, domain on (fixes/s)", ""),
+        ("domain_ingest_ratio", "ingestion domain on / off", ""),
     ):
         if key in r:
             target = TARGETS.get(key)
@@ -610,6 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.daemon_phases(phases)
         if "live" in phases:
             runner.live()
+        if "domain" in phases:
+            domain.run(runner, SEED, START)
         results["bench_s"] = round(time.monotonic() - started, 1)
     add_ratios(results)
     results["targets_met"] = verdicts(results)

@@ -31,6 +31,10 @@ KEYS = (
     "live_p99_ratio",
     "live_resubscribes",
     "live_snapshot_reads",
+    "domain_rate",
+    "ingest_domain_on_rate",
+    "ingest_domain_off_rate",
+    "domain_ingest_ratio",
 )
 
 
@@ -45,7 +49,7 @@ def test_quick_bench_writes_every_figure(
         cwd=tmp_path,
         capture_output=True,
         check=False,
-        timeout=240,
+        timeout=420,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     results = orjson.loads(output.read_bytes())
@@ -65,9 +69,13 @@ def test_quick_bench_writes_every_figure(
         "rss_mb_100k_devices",
         "drain_s",
         "live_p99_ratio",
+        "domain_ingest_ratio",
     }
     # resubscribes to one event share snapshot reads (at most one per event and second)
     assert results["live_snapshot_reads"] < results["live_resubscribes"]
+    assert results["domain_controls"] == 40
+    assert results["domain_lag_median"] <= results["domain_lag_max"]
+    assert results["domain_timing_records"] > 0  # the cars really were timed
     assert "ratio_vs_raw" in proc.stdout.decode() or "processor / raw" in proc.stdout.decode()
     # nothing left behind: this run's schemas were dropped
     with psycopg.connect(postgres_server_url) as conn:

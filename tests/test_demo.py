@@ -36,3 +36,6 @@ def test_demo_stores_simulated_fixes_and_exits_zero(
     assert pending_count(redis_client, stream_key) == 0
     assert row_count(database_url) == stored
     assert stored > 600
+    # the cars drive a timed stage: the status line carries its standing
+    assert re.search(r"\| stage: leader (none yet|#\d+ [\d:.]+), \d+ finished, \d+ running", out)
+    assert re.search(r"^stage: leader .*, \d+ finished, \d+ running$", out, re.M), out[-500:]

@@ -11,6 +11,7 @@
         │   ├── supervised "live-broadcast"    broadcast consumer (critical for /readyz)
         │   ├── supervised "live-server"       listener + accept loop (critical for /readyz)
         │   └── one task per socket, each under its own failure boundary (live/server.py)
+        ├── supervised "domain-engine"     racing domain: own consumer group, own DB pool
         └── pipeline nursery (not supervised: it *is* the process's job)
             ├── consumer  --Delivery channel-->  writer (batcher + flushers)
             └── reclaimer (same channel)
@@ -56,6 +57,7 @@ from processor.core.reclaimer import Reclaimer, ReclaimSettings
 from processor.core.records import Delivery
 from processor.core.settle import StreamNames
 from processor.core.writer import Writer, WriterSettings
+from processor.domain.engine import DomainEngine, EngineSettings
 from processor.live.server import LiveServer
 from processor.observability.metrics import Metrics
 from processor.observability.services import Observability
@@ -84,6 +86,35 @@ def make_database(config: Config) -> Database:
         pool_size=max(config.db_pool_size, config.write_concurrency + 2),
         statement_timeout_ms=config.db_statement_timeout_ms,
         configure=prepare_connection,
+    )
+
+
+def make_domain_engine(config: Config, control: redis.Redis, metrics: Metrics) -> DomainEngine:
+    """The engine, with its own two-connection pool: it never takes the writer's connections,
+    and its statements may run longer (a rebuild reads a whole stage's fixes)."""
+    return DomainEngine(
+        settings=EngineSettings(
+            stream=config.redis_stream,
+            group=config.domain_group,
+            durable_group=config.redis_group,
+            consumer=config.consumer_name,
+            read_count=config.read_count,
+            read_block_ms=config.read_block_ms,
+            refresh_s=config.domain_refresh_ms / 1000,
+            visibility_timeout_s=config.domain_visibility_timeout_ms / 1000,
+            yield_backlog=config.domain_yield_backlog,
+            reclaim_interval_s=config.reclaim_interval_s,
+            reclaim_min_idle_ms=config.reclaim_min_idle_ms,
+        ),
+        database=Database(
+            config.database_url,
+            pool_size=2,
+            statement_timeout_ms=max(config.db_statement_timeout_ms, 120_000),
+        ),
+        redis_url=config.redis_url,
+        control=control,
+        metrics=metrics,
+        startup_timeout_s=config.startup_timeout_s,
     )
 
 
@@ -123,6 +154,7 @@ class Service:
         self.http_port: int | None = None  # the bound HTTP port (HTTP_PORT=0 picks one)
         self.live: LiveServer | None = None  # the live broadcast, when DIRECTUS_URL is set
         self.live_port: int | None = None  # its bound port (LIVE_WS_PORT=0 picks one)
+        self.domain: DomainEngine | None = None  # the racing-domain engine (SPEC §9)
         self.states = DeviceStates(
             config.device_state_cap, on_evict=self.metrics.device_state_evictions.inc
         )
@@ -244,6 +276,9 @@ class Service:
             self.live_port = self.live.port
         else:
             log.info("live broadcast off: DIRECTUS_URL is not set")
+        # --- racing domain (runs once the racing tables exist; logs once while they do not) ---
+        self.domain = make_domain_engine(self.config, control, self.metrics)
+        await services.start(self.supervisor.run, "domain-engine", self.domain.run)
 
     async def _stop_services(self) -> None:
         """Graceful part of stopping the side services (e.g. close live clients with 1001),
@@ -251,6 +286,8 @@ class Service:
         self.supervisor.stop()
         if self.live is not None:
             await self.live.close()
+        if self.domain is not None:
+            await self.domain.stop()
         await self.observability.stop()
 
 

@@ -1,4 +1,4 @@
-"""Command line: `processor run | migrate | dlq | simulate | demo | bench`.
+"""Command line: `processor run | migrate | dlq | simulate | demo | bench | timing`.
 
 Every command reads the same environment configuration; an invalid setting stops it with exit
 code 2 and one line naming the variable (no traceback).
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import structlog
 import trio
 
-from processor import bench, demo, dlq, publisher
+from processor import bench, demo, dlq, publisher, timing_commands
 from processor.config import Config, ConfigError, load_config
 from processor.observability.logging import configure_logging
 from processor.store.retry import Unavailable
@@ -79,6 +79,7 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParse
     publisher.register,
     demo.register,
     bench.register,
+    timing_commands.register,
 ]
 
 

@@ -180,6 +180,14 @@ class Config:
     live_ws_max_pending_upgrades: int = _int("LIVE_WS_MAX_PENDING_UPGRADES", 256, 1, 100_000)
     live_ws_handshake_timeout_ms: int = _int("LIVE_WS_HANDSHAKE_TIMEOUT_MS", 10_000, 50, 600_000)
 
+    # --- racing domain (SPEC §9) --------------------------------------------------------------
+    domain_group: str = _text("DOMAIN_GROUP", "domain")
+    domain_refresh_ms: int = _int("DOMAIN_REFRESH_MS", 10_000, 50, 86_400_000)
+    domain_visibility_timeout_ms: int = _int(
+        "DOMAIN_VISIBILITY_TIMEOUT_MS", 120_000, 100, 86_400_000
+    )
+    domain_yield_backlog: int = _int("DOMAIN_YIELD_BACKLOG", 5_000, 0, 100_000_000)
+
     @property
     def consumer_name(self) -> str:
         return self.redis_consumer or self.instance_id

@@ -6,6 +6,12 @@ whose data is deleted when the demo ends; with them set it uses those servers (a
 into their `REDIS_STREAM`). Then one `trio.run` holds the processor (`Service`), the simulator
 and a status line printed every second: fixes/s in, rows stored, lag, pending, dead letters.
 
+By default the cars drive a generated special stage (`processor.rally_stage`): the demo creates
+the Directus and racing tables from the fixture files in `tests/fixtures/` where they are
+missing, loads the stage, its controls and entries, and the status line shows the stage's
+results as the domain engine computes them (leader, finished and running entries). `--no-stage`
+drives random roads instead, as before.
+
 Ctrl-C (or `--duration` running out) stops the simulator, drains the processor (everything read
 is stored and acked) and stops the servers; a second Ctrl-C stops at once.
 """
@@ -19,21 +25,39 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
+import psycopg
 import redis
 import trio
 from trio import TaskStatus
 
 from processor.config import Config
-from processor.publisher import add_scenario_arguments, cancel_on_signal, publish, scenario_from
+from processor.publisher import (
+    add_scenario_arguments,
+    add_stage_arguments,
+    cancel_on_signal,
+    publish,
+    scenario_from,
+    stage_from,
+)
+from processor.rally_stage import RallyStage, StageSimulator, scenario_sql
 from processor.simulate import Scenario, Simulator
 from processor.store import redis as redis_store
 
 if TYPE_CHECKING:  # the CLI imports this module for its sub-parser: keep `--help` light
     from processor.app import Service
 
+FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+STAGE_STANDING = """
+SELECT (SELECT en.number || ' ' || sr.total_ms FROM stage_results sr
+        LEFT JOIN entries en ON en.id = sr.entry_id
+        WHERE sr.stage_id = %(s)s AND sr.position = 1 ORDER BY en.number LIMIT 1),
+       count(*) FILTER (WHERE status = 'finished'), count(*) FILTER (WHERE status = 'running')
+FROM stage_results WHERE stage_id = %(s)s
+"""
 STATUS_INTERVAL_S = 1.0
 CATCH_UP_S = 2.0
 # Quiet defaults so that log lines do not scroll the status line away (overridable).
@@ -67,7 +91,29 @@ class StatusLine:
     service: Service
     client: redis.Redis
     out: TextIO
+    stage_id: str | None = None
     _records: float = 0.0
+    _db: psycopg.Connection[Any] | None = None
+
+    def stage_state(self) -> str:
+        """`stage: leader #N H:MM:SS.mmm, F finished, R running` from stage_results."""
+        from processor.timing_commands import duration  # noqa: PLC0415 - small, CLI-side
+
+        if self.stage_id is None:
+            return ""
+        if self._db is None or self._db.closed:
+            self._db = psycopg.connect(self.service.config.database_url, autocommit=True)
+        row = self._db.execute(STAGE_STANDING, {"s": self.stage_id}).fetchone()
+        leader, finished, running = row if row else (None, 0, 0)
+        shown = "none yet"
+        if leader:
+            number, total = str(leader).rsplit(" ", 1)
+            shown = f"#{number} {duration(int(total))}"
+        return f" | stage: leader {shown}, {finished} finished, {running} running"
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
 
     def sample(self, name: str, **labels: str) -> float:
         value = self.service.metrics.registry.get_sample_value(name, labels)
@@ -106,9 +152,13 @@ class StatusLine:
         stored = self.sample("processor_position_writes_total", status="inserted")
         merged = self.sample("processor_position_writes_total", status="merged")
         dead = self.total("processor_dead_letters_total")
+        try:
+            stage = await trio.to_thread.run_sync(self.stage_state)
+        except psycopg.Error:
+            stage = " | stage: ?"
         return (
             f"in {rate:,.0f} fixes/s | stored {stored:,.0f} rows (+{merged:,.0f} merged) | "
-            f"{queue} | dead letters {dead:,.0f}   "
+            f"{queue} | dead letters {dead:,.0f}{stage}   "
         )
 
     def summary(self) -> str:
@@ -124,13 +174,29 @@ class StatusLine:
         )
 
 
+def prepare_stage(database_url: str, stage: RallyStage) -> None:
+    """Create the Directus and racing tables where missing (fixture files), load the stage."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for table, fixture in (("events", "directus_schema.sql"), ("stages", "racing_schema.sql")):
+            row = conn.execute("SELECT to_regclass(%s) IS NULL", (table,)).fetchone()
+            if row and row[0]:
+                conn.execute((FIXTURES / fixture).read_text(encoding="utf-8"))
+        conn.execute(scenario_sql(stage, name="Demo rally"))
+
+
 async def run_demo(
-    config: Config, scenario: Scenario, *, duration_s: float | None, out: TextIO
+    config: Config,
+    scenario: Scenario,
+    *,
+    duration_s: float | None,
+    out: TextIO,
+    stage: RallyStage | None = None,
 ) -> int:
     from processor.app import Service  # noqa: PLC0415 - see the TYPE_CHECKING import
 
     service = Service(config)
     client = redis_store.make_client(config.redis_url)
+    status = StatusLine(service, client, out, None if stage is None else stage.stage_id)
     stopped = trio.Event()
 
     async def serve(*, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -151,11 +217,11 @@ async def run_demo(
                     file=out,
                     flush=True,
                 )
-                status = StatusLine(service, client, out)
                 nursery.start_soon(status.run)
                 simulator = trio.CancelScope()
                 simulator_done = trio.Event()
-                nursery.start_soon(_simulate, client, config, scenario, simulator, simulator_done)
+                source = Simulator(scenario) if stage is None else StageSimulator(scenario, stage)
+                nursery.start_soon(_simulate, client, config, source, simulator, simulator_done)
                 await _wait_for_stop(signals, duration_s)
                 # Let a publish already in Redis' hands finish before the processor stops
                 # reading, so that the summary's "read" is everything that was published.
@@ -173,22 +239,26 @@ async def run_demo(
                 with trio.move_on_after(config.shutdown_timeout_s):
                     await stopped.wait()
                 print(status.summary(), file=out, flush=True)
+                if stage is not None:
+                    standing = await trio.to_thread.run_sync(status.stage_state)
+                    print(standing.removeprefix(" | "), file=out, flush=True)
                 nursery.cancel_scope.cancel()
     finally:
         client.close()
+        status.close()
     return 0
 
 
 async def _simulate(
     client: redis.Redis,
     config: Config,
-    scenario: Scenario,
+    source: Simulator,
     scope: trio.CancelScope,
     done: trio.Event,
 ) -> None:
     try:
         with scope:
-            await publish(client, config.redis_stream, Simulator(scenario), rate=scenario.rate)
+            await publish(client, config.redis_stream, source, rate=source.scenario.rate)
     finally:
         done.set()
 
@@ -223,11 +293,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"processor demo: {exc}", file=sys.stderr)
         return 2
+    stage = None
+    if not args.no_stage:
+        if not FIXTURES.is_dir():
+            print(f"stage off: no fixture files in {FIXTURES} (run from a clone)", file=sys.stderr)
+        else:
+            try:
+                stage = stage_from(args, scenario)
+            except (ValueError, OSError) as exc:
+                print(f"processor demo: {exc}", file=sys.stderr)
+                return 2
     with servers() as (redis_url, database_url):
         os.environ["REDIS_URL"], os.environ["DATABASE_URL"] = redis_url, database_url
         config = _load()
+        if stage is not None:
+            prepare_stage(config.database_url, stage)
         return trio.run(
-            lambda: run_demo(config, scenario, duration_s=args.duration, out=sys.stdout)
+            lambda: run_demo(
+                config, scenario, duration_s=args.duration, out=sys.stdout, stage=stage
+            )
         )
 
 
@@ -239,4 +323,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "DATABASE_URL, throwaway servers are started and deleted afterwards.",
     )
     add_scenario_arguments(parser)
+    parser.add_argument(
+        "--no-stage", action="store_true", help="random roads instead of a timed stage"
+    )
+    add_stage_arguments(parser)
     parser.set_defaults(handler=cmd_demo)

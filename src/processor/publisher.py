@@ -24,6 +24,7 @@ import attrs
 import redis
 import trio
 
+from processor.rally_stage import RallyStage, StageSettings, StageSimulator, scenario_sql
 from processor.simulate import Entry, Quirks, Scenario, Simulator
 from processor.store import redis as redis_store
 
@@ -140,6 +141,47 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shape of a simulated stage (`simulate --stage`, `demo`)."""
+    defaults = StageSettings()
+    parser.add_argument(
+        "--stage-km", type=float, default=defaults.length_km, help="stage length (default 3)"
+    )
+    parser.add_argument(
+        "--stage-controls",
+        type=int,
+        default=defaults.controls,
+        help="waypoints and checkpoints between start and finish (default 6)",
+    )
+    parser.add_argument(
+        "--start-interval",
+        type=float,
+        default=defaults.start_interval_s,
+        metavar="SECONDS",
+        help="seconds between two cars' starts (default 2)",
+    )
+    parser.add_argument(
+        "--scenario-out",
+        default=None,
+        metavar="FILE",
+        help="write the stage, its controls and entries as SQL to FILE ('-': stdout)",
+    )
+
+
+def stage_from(args: argparse.Namespace, scenario: Scenario) -> RallyStage:
+    settings = StageSettings(
+        length_km=args.stage_km, controls=args.stage_controls, start_interval_s=args.start_interval
+    )
+    stage = RallyStage.generate(scenario, settings)
+    if args.scenario_out == "-":
+        sys.stdout.write(scenario_sql(stage))
+        sys.stdout.flush()
+    elif args.scenario_out:
+        with open(args.scenario_out, "w", encoding="utf-8") as out:
+            out.write(scenario_sql(stage))
+    return stage
+
+
 def scenario_from(args: argparse.Namespace) -> Scenario:
     quirks = Quirks(**{f.name: getattr(args, f.name) for f in attrs.fields(Quirks)})
     seed = args.seed if args.seed is not None else int(time.time())
@@ -162,6 +204,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     stream = args.stream or config.redis_stream
     rate = None if args.unpaced else scenario.rate
+    simulator: Simulator = Simulator(scenario)
+    if args.stage:
+        try:
+            stage = stage_from(args, scenario)
+        except (ValueError, OSError) as exc:
+            print(f"processor simulate: {exc}", file=sys.stderr)
+            return 2
+        simulator = StageSimulator(scenario, stage)
+        print(
+            f"stage {stage.stage_id}: {stage.route.length_m / 1000:.1f} km, "
+            f"{len(stage.controls)} controls, {len(stage.entries)} entries"
+            + (
+                f"; scenario SQL in {args.scenario_out}"
+                if args.scenario_out not in (None, "-")
+                else ""
+            ),
+            file=sys.stderr,
+        )
     client = redis_store.make_client(config.redis_url)
     progress = Progress()
     print(
@@ -177,7 +237,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 await publish(
                     client,
                     stream,
-                    Simulator(scenario),
+                    simulator,
                     rate=rate,
                     count=args.count,
                     duration_s=args.duration,
@@ -220,4 +280,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--unpaced", action="store_true", help="send as fast as Redis takes them (ignore --rate)"
     )
+    parser.add_argument(
+        "--stage",
+        action="store_true",
+        help="drive the cars over a generated stage with controls (see --scenario-out)",
+    )
+    add_stage_arguments(parser)
     parser.set_defaults(handler=cmd_simulate)

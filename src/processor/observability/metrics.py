@@ -181,11 +181,64 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        # --- racing domain (SPEC §9) ----------------------------------------------------------
+        self.domain_passes = Counter(
+            p + "domain_passes",
+            "Timing records written (new or changed) by the domain engine, by control kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.domain_evaluation = Histogram(
+            p + "domain_evaluation_seconds",
+            "Time to evaluate one batch's affected (stage, entry) pairs and commit the results.",
+            buckets=WRITE_BUCKETS,
+            registry=r,
+        )
+        self.domain_lag = Gauge(
+            p + "domain_lag",
+            "Entries in the stream not yet delivered to the domain group.",
+            registry=r,
+        )
+        self.domain_fixes = Counter(
+            p + "domain_fixes",
+            "Fixes the domain engine evaluated (those that belong to a stage of an entry).",
+            registry=r,
+        )
+        self.domain_late_reevaluations = Counter(
+            p + "domain_late_reevaluations",
+            "(stage, entry) evaluations that recomputed stored passes because a fix came late.",
+            registry=r,
+        )
+        self.domain_skipped_fixes = Counter(
+            p + "domain_skipped_fixes",
+            "Fixes the domain engine gave up waiting for (never stored), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.domain_rebuilds = Counter(
+            p + "domain_rebuilds",
+            "Whole-stage re-evaluations (changed definitions, first sight of a stage).",
+            registry=r,
+        )
+        self.domain_yields = Counter(
+            p + "domain_yields",
+            "Pauses of the domain engine while the durable pipeline had a backlog.",
+            registry=r,
+        )
+        self.domain_errors = Counter(
+            p + "domain_errors",
+            "Domain batches that failed for a reason other than an unavailable server (skipped).",
+            registry=r,
+        )
 
         for status in WRITE_STATUSES:
             self.position_writes.labels(status)
         for result in ("entries", "empty", "error"):
             self.consumer_reads.labels(result)
+        for kind in ("start", "waypoint", "checkpoint", "finish"):
+            self.domain_passes.labels(kind)
+        for reason in ("dead_lettered", "timeout"):
+            self.domain_skipped_fixes.labels(reason)
 
 
 def observe_many(histogram: Histogram, values: Iterable[float]) -> None:

@@ -1,0 +1,229 @@
+"""The racing-domain engine's figures (phase `domain` of `benchmarks.run`).
+
+The corpus: the bench corpus's shape (same number of fixes, devices, rate and seed) driven over
+a generated stage with 40 controls (start, 38 alternating waypoints and checkpoints, finish),
+so that evaluation does the work it does in a race (`processor.rally_stage`), with the
+simulator's usual quirks (late bursts, duplicates, zero-satellite fixes).
+
+1. domain rate: the fixes are stored first (COPY) and pre-loaded into the stream; the durable
+   group is created at `$` so the daemon has nothing to ingest; timed from the log line
+   "domain engine started" (after its first from-scratch rebuild of the stage, reported apart
+   as `domain_rebuild_s`) until the domain group has no lag and nothing pending.
+2. domain lag: the simulator publishes at 2,000 fixes/s for the steady duration; the domain
+   group's entries behind (lag + pending) are sampled every 0.25 s: median, p99, max, and the
+   seconds it needs to catch up once publishing stops.
+3. ingestion with the domain on vs off: `processor` throughput as in the main benchmark (time
+   from "ready" until the durable group is caught up) on a schema without the racing tables
+   (the engine stays off) and on one with the stage (the engine runs alongside); rounds
+   interleaved, medians; target on/off >= 0.9.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+import redis
+import trio
+
+from benchmarks.writers import timed_write, write_raw
+from processor.publisher import MAX_CHUNK, publish, xadd_chunk
+from processor.rally_stage import RallyStage, StageSettings, StageSimulator, scenario_sql
+from processor.simulate import Scenario
+
+if TYPE_CHECKING:
+    from benchmarks.run import Bench
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+CONTROLS = 40
+ENGINE_STARTED = "domain engine started"
+
+
+def stage_for(scenario: Scenario, fixes: int) -> RallyStage:
+    """A 40-control stage sized so the cars drive it during the corpus's simulated time."""
+    seconds = fixes / scenario.rate
+    settings = StageSettings(
+        length_km=max(0.5, seconds * 25.0 / 1000),
+        controls=CONTROLS - 2,
+        start_interval_s=seconds / (4 * scenario.devices),
+        first_start_s=0.0,
+        lead_in_m=20.0,
+    )
+    return RallyStage.generate(scenario, settings)
+
+
+def load_stage(url: str, stage: RallyStage) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute((FIXTURES / "directus_schema.sql").read_text(encoding="utf-8"))
+        conn.execute((FIXTURES / "racing_schema.sql").read_text(encoding="utf-8"))
+        conn.execute(scenario_sql(stage, name="Bench rally"))
+
+
+def corpus(runner: Bench, seed: int, start: datetime) -> tuple[RallyStage, list[bytes]]:
+    s = runner.sizes
+    scenario = Scenario(devices=s.devices, rate=s.steady_rate, seed=seed, start=start)
+    stage = stage_for(scenario, s.fixes)
+    payloads = [e.payload for e in itertools.islice(StageSimulator(scenario, stage), s.fixes)]
+    return stage, payloads
+
+
+def caught_up(client: redis.Redis, stream: str, group: str) -> bool:
+    for info in client.xinfo_groups(stream):
+        if info["name"].decode() == group:
+            return int(info["pending"]) == 0 and int(info.get("lag") or 0) == 0
+    return False
+
+
+def wait(client: redis.Redis, stream: str, group: str, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while not caught_up(client, stream, group):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"group {group} did not catch up on {stream} in {timeout_s}s")
+        time.sleep(0.01)
+    return time.time()
+
+
+def behind(client: redis.Redis, stream: str, group: str) -> int:
+    for info in client.xinfo_groups(stream):
+        if info["name"].decode() == group:
+            return int(info.get("lag") or 0) + int(info["pending"])
+    return 0
+
+
+def run(runner: Bench, seed: int, start: datetime) -> None:
+    domain_rate(runner, seed, start)
+    domain_lag(runner, seed + 1)
+    ingest_on_off(runner, seed, start)
+
+
+def domain_rate(runner: Bench, seed: int, start: datetime) -> None:
+    stage, payloads = corpus(runner, seed, start)
+    url, stream = runner.schema("domain_rate"), runner.stream("domain_rate")
+    load_stage(url, stage)
+    timed_write(url, payloads, write_raw, batch_size=runner.config.write_batch_size)
+    for offset in range(0, len(payloads), MAX_CHUNK):
+        xadd_chunk(runner.redis, stream, payloads[offset : offset + MAX_CHUNK])
+    runner.redis.xgroup_create(stream, "processor", id="$")  # nothing to ingest
+    daemon = runner.daemon(url, stream)
+    try:
+        ready = daemon.wait_ready()
+        started = daemon.wait_event(ENGINE_STARTED)
+        finished = wait(runner.redis, stream, "domain", timeout_s=1200)
+        evaluated = daemon.metrics().get("processor_domain_fixes_total", [({}, 0.0)])[0][1]
+        daemon.terminate()
+    finally:
+        daemon.kill()
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM timing_records").fetchone()
+    rate = len(payloads) / (finished - started)
+    runner.results.update(
+        domain_rate=round(rate),
+        domain_fixes_evaluated=int(evaluated),
+        domain_rebuild_s=round(started - ready, 2),
+        domain_timing_records=int(row[0]) if row else 0,
+        domain_controls=len(stage.controls),
+    )
+    say(
+        f"domain: {rate:,.0f} fixes/s evaluated ({len(payloads):,} entries, "
+        f"{len(stage.controls)} controls; first rebuild {started - ready:.1f} s)"
+    )
+
+
+def domain_lag(runner: Bench, seed: int) -> None:
+    s = runner.sizes
+    scenario = Scenario(devices=s.devices, rate=s.steady_rate, seed=seed, start=datetime.now(UTC))
+    stage = stage_for(scenario, int(s.steady_rate * s.steady_s))
+    url, stream = runner.schema("domain_lag"), runner.stream("domain_lag")
+    load_stage(url, stage)
+    daemon = runner.daemon(url, stream)
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        client = redis.Redis.from_url(runner.redis_url, socket_timeout=30)
+        while not stop.wait(0.25):
+            try:
+                samples.append(behind(client, stream, "domain"))
+            except redis.ResponseError:  # the group is not there yet
+                continue
+        client.close()
+
+    try:
+        daemon.wait_ready()
+        daemon.wait_event(ENGINE_STARTED)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        client = redis.Redis.from_url(runner.redis_url, socket_timeout=30)
+        say(f"domain lag: {s.steady_rate:,.0f} fixes/s for {s.steady_s:g} s ...")
+        published = trio.run(
+            lambda: publish(
+                client,
+                stream,
+                StageSimulator(scenario, stage),
+                rate=s.steady_rate,
+                duration_s=s.steady_s,
+            )
+        )
+        client.close()
+        stopped = time.time()
+        done = wait(runner.redis, stream, "domain", timeout_s=600)
+        stop.set()
+        sampler.join()
+        daemon.terminate()
+    finally:
+        stop.set()
+        daemon.kill()
+    ordered = sorted(samples) or [0]
+    runner.results.update(
+        domain_lag_rate=round(published.sent / published.elapsed_s),
+        domain_lag_median=int(statistics.median(ordered)),
+        domain_lag_p99=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        domain_lag_max=ordered[-1],
+        domain_catch_up_s=round(done - stopped, 2),
+    )
+    say(
+        "domain lag at {domain_lag_rate:,} fixes/s: median {domain_lag_median} entries, "
+        "p99 {domain_lag_p99}, max {domain_lag_max}; caught up {domain_catch_up_s} s after "
+        "the load stopped".format(**runner.results)
+    )
+
+
+def ingest_on_off(runner: Bench, seed: int, start: datetime) -> None:
+    stage, payloads = corpus(runner, seed, start)
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    for attempt in range(runner.repeat):
+        for mode in ("off", "on"):
+            url = runner.schema(f"ingest_{mode}{attempt}")
+            stream = runner.stream(f"ingest_{mode}{attempt}")
+            if mode == "on":
+                load_stage(url, stage)
+            for offset in range(0, len(payloads), MAX_CHUNK):
+                xadd_chunk(runner.redis, stream, payloads[offset : offset + MAX_CHUNK])
+            daemon = runner.daemon(url, stream)
+            try:
+                ready = daemon.wait_ready()
+                finished = wait(runner.redis, stream, "processor", timeout_s=600)
+                daemon.terminate()
+            finally:
+                daemon.kill()
+            rates[mode].append(len(payloads) / (finished - ready))
+            say(f"ingestion with the domain {mode}: {rates[mode][-1]:,.0f} fixes/s")
+    off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    runner.results.update(
+        ingest_domain_off_rate=round(off),
+        ingest_domain_on_rate=round(on),
+        ingest_domain_off_rates=[round(r) for r in rates["off"]],
+        ingest_domain_on_rates=[round(r) for r in rates["on"]],
+        domain_ingest_ratio=round(on / off, 3),
+    )
+    say(f"ingestion domain on / off: {on / off:.3f}")
+
+
+def say(message: str) -> None:
+    print(message, flush=True)

@@ -1,0 +1,176 @@
+"""Finding one control's first pass on a track after a given time (SPEC §9 Geometry and time).
+
+**Lines.** A fix's side of the line is the sign of the cross product of the line's direction
+(point 1 -> point 2) with the fix's offset from point 1: positive is left. A segment between two
+consecutive fixes is a *forward* pass when its first fix is strictly left and its second is on
+the line or right of it, and the crossing point lies on the line segment (endpoints included).
+The line itself belongs to the right side (half-open sides), so a track through a fix exactly on
+the line is counted once — at that fix, like a timing beam that trips when the nose reaches it —
+and a reverse crossing (right -> left) never counts. The crossing's fraction along the segment is
+interpolated in time by `kinematics`.
+
+**Waypoints.** The track is the segments between fixes. A visit starts with the first segment that
+comes within the radius (closed: exactly on the circle is inside) and lasts while the segments'
+end fixes are inside; it ends with the segment whose end fix is outside, or is still open when the
+track ends inside. `passed_at` is the time of the visit's closest point to the centre (the
+closest point of each segment, the earliest on ties), `distance_m` that distance (<= radius).
+
+The search only looks at the track *after* `after` (the previous control's pass): course order
+says nothing before it counts. For a waypoint this means that if the entry is already inside the
+radius at that instant, the visit starts there — its closest approach is taken over the part
+after `after` and may be `after` itself when the entry only moves away from the centre. This
+keeps a pass a function of the track from the previous pass on, which is what lets the engine
+resume from stored passes (`timing.settled_prefix`) and still equal a full evaluation. The
+`fix_before` of such a visit is the last fix at or before `after`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from processor.domain.course import Circle, Line
+from processor.domain.kinematics import accelerating, fraction_at, speed_at, time_at
+from processor.domain.model import Pass
+from processor.domain.track import Track
+
+
+def first_crossing(track: Track, line: Line, after: float, before: float) -> Pass | None:
+    """The first forward crossing of `line` at a time in (after, before), or None."""
+    ts, lats, lons, speeds = track.t, track.lat, track.lon, track.speed
+    n = len(ts)
+    k = track.segment_at(after)
+    if k >= n - 1:
+        return None
+    frame = line.frame
+    lat0, lon0, kx, ky = frame.lat0, frame.lon0, frame.kx, frame.ky
+    x1, y1, dx, dy, length2 = line.x1, line.y1, line.dx, line.dy, line.length2
+
+    dl = lons[k] - lon0
+    if dl > 180.0:
+        dl -= 360.0
+    elif dl < -180.0:
+        dl += 360.0
+    ax = dl * kx
+    ay = (lats[k] - lat0) * ky
+    sa = dx * (ay - y1) - dy * (ax - x1)
+    while k < n - 1:
+        t0 = ts[k]
+        if t0 >= before:
+            return None
+        dl = lons[k + 1] - lon0
+        if dl > 180.0:
+            dl -= 360.0
+        elif dl < -180.0:
+            dl += 360.0
+        bx = dl * kx
+        by = (lats[k + 1] - lat0) * ky
+        sb = dx * (by - y1) - dy * (bx - x1)
+        if sa > 0.0 and sb <= 0.0:
+            f = sa / (sa - sb)
+            cx = ax + f * (bx - ax) - x1
+            cy = ay + f * (by - ay) - y1
+            u = (cx * dx + cy * dy) / length2
+            if 0.0 <= u <= 1.0:
+                t1 = ts[k + 1]
+                dt = t1 - t0
+                v0, v1 = speeds[k], speeds[k + 1]
+                accel = accelerating(dt, math.hypot(bx - ax, by - ay), v0, v1)
+                when = t1 if f >= 1.0 else t0 + time_at(f, dt, v0, v1, accel)
+                if when > after:
+                    if when >= before:
+                        return None
+                    return Pass(line.control.id, when, speed_at(f, v0, v1, accel), 0.0, t0, t1)
+        ax, ay, sa = bx, by, sb
+        k += 1
+    return None
+
+
+def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pass | None:
+    """The first visit of `circle` after `after`, if its closest approach is before `before`."""
+    ts, lats, lons, speeds = track.t, track.lat, track.lon, track.speed
+    n = len(ts)
+    k0 = track.segment_at(after)
+    if k0 >= n - 1:
+        return None
+    frame = circle.frame
+    lat0, lon0, kx, ky = frame.lat0, frame.lon0, frame.kx, frame.ky
+    r = circle.radius_m
+    r2 = r * r
+
+    def project(i: int) -> tuple[float, float]:
+        dl = lons[i] - lon0
+        if dl > 180.0:
+            dl -= 360.0
+        elif dl < -180.0:
+            dl += 360.0
+        return dl * kx, (lats[i] - lat0) * ky
+
+    def visit(fix_after: float | None) -> Pass | None:
+        """The pass of the visit found, at its closest point (segment best_k, fraction best_g)."""
+        t0, t1 = ts[best_k], ts[best_k + 1]
+        v0, v1 = speeds[best_k], speeds[best_k + 1]
+        (ax, ay), (bx, by) = project(best_k), project(best_k + 1)
+        accel = accelerating(t1 - t0, math.hypot(bx - ax, by - ay), v0, v1)
+        if best_at_after:
+            when = after
+        elif best_g >= 1.0:
+            when = t1
+        else:  # never before `after`, also not by rounding when the visit starts there
+            when = max(after, t0 + time_at(best_g, t1 - t0, v0, v1, accel))
+        if when >= before:
+            return None
+        speed = speed_at(best_g, v0, v1, accel)
+        return Pass(circle.control.id, when, speed, math.sqrt(best_d2), fix_before, fix_after)
+
+    ax, ay = project(k0)
+    in_visit = False
+    fix_before = 0.0
+    best_d2 = math.inf
+    best_k = k0
+    best_g = 0.0
+    best_at_after = False  # the closest point is where the search started: exactly `after`
+    k = k0
+    while k < n - 1:
+        t0 = ts[k]
+        if not in_visit and t0 >= before:
+            return None
+        bx, by = project(k + 1)
+        if not in_visit and (
+            (ax > r and bx > r)
+            or (ax < -r and bx < -r)
+            or (ay > r and by > r)
+            or (ay < -r and by < -r)
+        ):
+            ax, ay = bx, by
+            k += 1
+            continue
+        g_lo = 0.0
+        if k == k0 and after > t0:
+            t1 = ts[k + 1]
+            g_lo = fraction_at(
+                after - t0,
+                t1 - t0,
+                speeds[k],
+                speeds[k + 1],
+                accelerating(t1 - t0, math.hypot(bx - ax, by - ay), speeds[k], speeds[k + 1]),
+            )
+        ex, ey = bx - ax, by - ay
+        e2 = ex * ex + ey * ey
+        g = g_lo
+        if e2 > 0.0:
+            g = -(ax * ex + ay * ey) / e2
+            g = g_lo if g < g_lo else (1.0 if g > 1.0 else g)
+        px, py = ax + g * ex, ay + g * ey
+        d2 = px * px + py * py
+        if not in_visit and d2 <= r2:
+            in_visit = True
+            fix_before = t0
+        if in_visit:
+            if d2 < best_d2:
+                best_d2, best_k, best_g = d2, k, g
+                best_at_after = g_lo > 0.0 and g == g_lo
+            if bx * bx + by * by > r2:
+                return visit(ts[k + 1])
+        ax, ay = bx, by
+        k += 1
+    return visit(None) if in_visit else None

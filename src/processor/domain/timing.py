@@ -1,0 +1,171 @@
+"""One entry's evaluation on one stage: course order, missed controls, penalties, result.
+
+Course order (SPEC §9), made precise:
+
+1. **Start**: the first forward crossing of the start line in the track.
+2. **Finish**: the first forward crossing of the finish line strictly after the start. Crossing
+   the finish ends the stage, as at a flying finish: nothing after it counts, and a later
+   crossing never replaces it. So a waypoint reached only after the finish is missed and the
+   finish stands, and a finished result can only change through fixes up to its `fix_after`.
+   (A course must therefore not cross its own finish line forward before the end; a loop stage
+   whose finish coincides with its start works, because the finish must be strictly later.)
+3. **Intermediate controls** (waypoints, checkpoints), greedily in ordinal order: each one's
+   first pass strictly after the pass of the latest passed control with a lower ordinal (for a
+   waypoint already inside its radius at that instant: at or after, see `passes`) and strictly
+   before the finish pass when there is one. A control without such a pass is skipped.
+4. **Missed** = skipped and decided: every skipped intermediate once finished; while running,
+   those before the latest passed control. Skipped ones after it are *pending*. Start and finish
+   are never missed (not started / running instead). `controls_passed` counts every pass,
+   start and finish included; each missed control adds its `penalty_s`.
+
+All of it depends only on the set of fixes, never on their order, and every pass depends only on
+the track from the previous pass on — which is what makes resuming from `kept` exact.
+
+Milliseconds: each instant is first rounded to the microsecond, as the database stores it, and
+`elapsed_ms` = (finish_us - start_us) rounded to the nearest millisecond, halves up; so anyone
+recomputing it from the stored `started_at`/`finished_at` gets the same figure.
+`penalty_ms` = 1000 * the sum of the missed controls' `penalty_s` (exact);
+`total_ms` = `elapsed_ms` + `penalty_ms`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from processor.domain.course import Line, StageError, course_of
+from processor.domain.model import EntryResult, Fix, Pass, Stage, Status
+from processor.domain.passes import first_crossing, first_visit
+from processor.domain.track import build_track
+
+__all__ = ["StageError", "evaluate_entry", "settled_prefix", "to_ms"]
+
+_INF = math.inf
+
+NOT_STARTED = EntryResult(
+    status=Status.RUNNING,
+    started_at=None,
+    finished_at=None,
+    elapsed_ms=None,
+    penalty_ms=0,
+    total_ms=None,
+    controls_passed=0,
+    controls_missed=0,
+    passes=(),
+)
+
+
+def _us(t: float) -> int:
+    return math.floor(t * 1_000_000.0 + 0.5)
+
+
+def to_ms(started_at: float, finished_at: float) -> int:
+    """Elapsed milliseconds between two instants, as documented in the module docstring."""
+    return (_us(finished_at) - _us(started_at) + 500) // 1000
+
+
+def evaluate_entry(stage: Stage, fixes: Iterable[Fix], kept: Sequence[Pass] = ()) -> EntryResult:
+    """Evaluate one entry's fixes on `stage` (see the module docstring for the rules).
+
+    `kept`: passes already known for a course-order prefix (the first is the start pass); only
+    fixes at or after `kept[-1].fix_before` are needed (earlier ones are ignored). The result
+    equals a full evaluation of all the entry's fixes provided `kept` is what `settled_prefix`
+    returns for them. Controls skipped between kept passes count as missed.
+
+    Raises `StageError` for a malformed stage, `ValueError` for a `kept` that is not a
+    course-order prefix of this stage's controls.
+    """
+    course = course_of(stage)
+    targets = course.targets
+    last_target = len(targets) - 1
+    kept = tuple(kept)
+    indexes = _kept_indexes(course.index, kept)
+    track = build_track(
+        fixes, stage.opens_at, stage.closes_at, kept[-1].fix_before if kept else None
+    )
+
+    if kept:
+        passes = list(kept)
+    else:
+        start = first_crossing(track, course.start, -_INF, _INF)
+        if start is None:
+            return NOT_STARTED
+        passes = [start]
+        indexes = [0]
+    started_at = passes[0].passed_at
+
+    finish: Pass | None
+    if indexes[-1] == last_target:
+        finish = passes[-1]
+    else:
+        finish = first_crossing(track, course.finish, started_at, _INF)
+        before = _INF if finish is None else finish.passed_at
+        latest = passes[-1].passed_at
+        for i in range(indexes[-1] + 1, last_target):
+            target = targets[i]
+            if isinstance(target, Line):
+                found = first_crossing(track, target, latest, before)
+            else:
+                found = first_visit(track, target, latest, before)
+            if found is not None:
+                passes.append(found)
+                indexes.append(i)
+                latest = found.passed_at
+        if finish is not None:
+            passes.append(finish)
+            indexes.append(last_target)
+
+    decided = last_target if finish is not None else indexes[-1]
+    passed = set(indexes)
+    penalty_s = 0
+    missed = 0
+    for i in range(1, decided):
+        if i not in passed:
+            missed += 1
+            penalty_s += targets[i].control.penalty_s
+    penalty_ms = penalty_s * 1000
+    elapsed_ms = None if finish is None else to_ms(started_at, finish.passed_at)
+    return EntryResult(
+        status=Status.RUNNING if finish is None else Status.FINISHED,
+        started_at=started_at,
+        finished_at=None if finish is None else finish.passed_at,
+        elapsed_ms=elapsed_ms,
+        penalty_ms=penalty_ms,
+        total_ms=None if elapsed_ms is None else elapsed_ms + penalty_ms,
+        controls_passed=len(passes),
+        controls_missed=missed,
+        passes=tuple(passes),
+    )
+
+
+def _kept_indexes(index: dict[str, int], kept: tuple[Pass, ...]) -> list[int]:
+    indexes: list[int] = []
+    for p in kept:
+        i = index.get(p.control_id)
+        if i is None:
+            raise ValueError(f"kept pass of control {p.control_id}, which is not on this stage")
+        if (not indexes and i != 0) or (indexes and i <= indexes[-1]):
+            raise ValueError("kept passes must be a course-order prefix starting with the start")
+        indexes.append(i)
+    return indexes
+
+
+def settled_prefix(stage: Stage, passes: Sequence[Pass], t: float) -> tuple[Pass, ...]:
+    """The passes to keep (and resume from) when new fixes at or after time `t` arrive.
+
+    `passes`: a previous evaluation's passes (course order, as `EntryResult.passes` or as stored).
+    A pass is kept when it and every earlier one is settled (`fix_after` known and < t, see
+    `Pass`) and no control between it and the previous kept one was skipped: a skipped control
+    is decided only by the greedy course order over the *whole* track — a later fix may hold its
+    pass, which then moves every pass after it — so resuming past a gap could differ from a full
+    evaluation. The engine then loads fixes from `kept[-1].fix_before` on (all of them if empty).
+    """
+    index = course_of(stage).index
+    kept: list[Pass] = []
+    for expected, p in enumerate(passes):
+        if index.get(p.control_id) != expected:
+            break
+        if p.fix_after is None or not p.fix_after < t:
+            break
+        kept.append(p)
+    return tuple(kept)

@@ -1,0 +1,83 @@
+"""Has the durable pipeline stored these fixes yet? (The domain group's race with the writer.)
+
+The domain group reads the same stream as the durable group, often *before* the writer has
+committed the rows. Evaluating then would compute results from a track that lacks the very fix
+that triggered the evaluation, and nothing would trigger it again. So the engine waits until the
+batch's (device_id, ts) keys are visible in `positions` before it evaluates.
+
+A key that is not visible may never be: its entry was dead-lettered (the database refused the
+row). To tell "not yet" from
+"never" without waiting out a timeout, the engine asks the durable group itself: an entry that
+the durable group has delivered (id <= last-delivered-id) and no longer has pending was acked,
+and the durable pipeline acks only after a commit or a dead-letter. So an acked entry without a
+row was dead-lettered and is skipped at once. Only when the durable group cannot answer (it was
+deleted, or it is far behind) does the bound `DOMAIN_VISIBILITY_TIMEOUT_MS` apply: past it the
+fix is skipped with an error log and `processor_domain_skipped_fixes_total{reason="timeout"}`;
+if its row turns up later, `processor timing rebuild` repairs the stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import redis
+
+PENDING_PAGE = 10_000
+
+VISIBLE = """
+SELECT p.device_id, p.ts, p.faulty
+FROM unnest(%s::text[], %s::timestamptz[]) AS k(device_id, ts)
+JOIN positions p ON p.device_id = k.device_id AND p.ts = k.ts
+"""
+
+
+def visible(
+    conn: psycopg.Connection[Any], keys: Sequence[tuple[str, datetime]]
+) -> dict[tuple[str, datetime], bool]:
+    """(device_id, ts) -> faulty, for the keys whose rows are committed."""
+    if not keys:
+        return {}
+    with conn.transaction():
+        rows = conn.execute(VISIBLE, ([k[0] for k in keys], [k[1] for k in keys])).fetchall()
+    return {(device_id, ts): bool(faulty) for device_id, ts, faulty in rows}
+
+
+def _id_key(entry_id: str | bytes) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def acked_by_durable(
+    client: redis.Redis, stream: str, group: str, entry_ids: Sequence[str]
+) -> set[str]:
+    """The entries of `entry_ids` that the durable group has delivered and acknowledged.
+
+    One pipelined round trip: XINFO GROUPS (last-delivered-id) and XPENDING over the ids'
+    range. A missing group answers "none" (the caller falls back to its timeout).
+    """
+    if not entry_ids:
+        return set()
+    ordered = sorted(entry_ids, key=_id_key)
+    pipe = client.pipeline(transaction=False)
+    pipe.xinfo_groups(stream)
+    pipe.xpending_range(stream, group, min=ordered[0], max=ordered[-1], count=PENDING_PAGE)
+    try:
+        groups, pending = pipe.execute()
+    except redis.ResponseError:
+        return set()
+    info: Any = next((g for g in groups if g.get("name") in (group, group.encode())), None)
+    if info is None:
+        return set()
+    last = _id_key(info["last-delivered-id"])
+    if len(pending) >= PENDING_PAGE:
+        return set()  # cannot tell from one page: leave it to the timeout
+    still = {_decode(p["message_id"]) for p in pending}
+    return {i for i in ordered if _id_key(i) <= last and i not in still}
+
+
+def _decode(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

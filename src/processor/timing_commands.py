@@ -1,0 +1,178 @@
+"""`processor timing rebuild | results`: the timekeeper's view of a stage.
+
+    processor timing rebuild STAGE_ID     re-evaluate the stage from the stored fixes
+    processor timing results STAGE_ID [--json]
+
+`rebuild` is what an operator runs after moving a control, relinking a device, or when a fix was
+skipped (see docs/racing-domain.md): it evaluates every entry of the stage from scratch, under
+the same per-(stage, entry) locks as the running engine (safe while it runs), and prints each
+timing record that changed (control, entry, old -> new time), or "no change". Exit code 1 when
+the stage does not exist or the racing tables are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+
+from processor.domain import definitions
+from processor.domain.evaluation import Change, rebuild_stage
+from processor.store.postgres import connection_kwargs
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+
+RESULTS = """
+SELECT sr.position, en.number, en.class, sr.status, sr.elapsed_ms, sr.penalty_ms, sr.total_ms,
+       sr.gap_ms, sr.class_position, sr.controls_passed, sr.controls_missed,
+       sr.started_at, sr.finished_at, sr.entry_id::text
+FROM stage_results sr LEFT JOIN entries en ON en.id = sr.entry_id
+WHERE sr.stage_id = %s::uuid
+ORDER BY sr.position NULLS LAST, sr.controls_passed DESC, sr.started_at, en.number
+"""
+
+LABELS = """
+SELECT 'c', c.id::text, c.ordinal::text || ' ' || c.kind FROM controls c WHERE c.stage_id = %(s)s
+UNION ALL
+SELECT 'e', en.id::text, coalesce(en.number, left(en.id::text, 8))
+FROM entries en JOIN stages s ON s.event_id = en.event_id WHERE s.id = %(s)s
+"""
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    timing = commands.add_parser("timing", help="stage timing: rebuild and results")
+    actions = timing.add_subparsers(dest="timing_command", required=True, metavar="ACTION")
+    rebuild = actions.add_parser("rebuild", help="re-evaluate a stage from the stored fixes")
+    rebuild.add_argument("stage_id", metavar="STAGE_ID")
+    rebuild.set_defaults(handler=cmd_rebuild)
+    results = actions.add_parser("results", help="print a stage's results")
+    results.add_argument("stage_id", metavar="STAGE_ID")
+    results.add_argument("--json", action="store_true", help="print a JSON array")
+    results.set_defaults(handler=cmd_results)
+
+
+def _connect() -> psycopg.Connection[Any]:
+    from processor.cli import _load  # noqa: PLC0415 - cli imports this module
+
+    config = _load()
+    return psycopg.connect(config.database_url, **connection_kwargs(config.database_url, 600_000))
+
+
+def _check(conn: psycopg.Connection[Any], stage_id: str) -> str | None:
+    """An error message, or None when the stage can be worked on."""
+    if not definitions.tables_exist(conn):
+        return "the racing tables (stages, controls, ...) do not exist"
+    try:
+        row = conn.execute("SELECT 1 FROM stages WHERE id = %s::uuid", (stage_id,)).fetchone()
+    except psycopg.errors.InvalidTextRepresentation:
+        conn.rollback()
+        return f"not a stage id: {stage_id!r}"
+    if row is None:
+        return f"no stage {stage_id}"
+    return None
+
+
+def rebuild(conn: psycopg.Connection[Any], stage_id: str) -> list[Change]:
+    course = definitions.read_course(conn)
+    return rebuild_stage(conn, course, stage_id).changes
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    with _connect() as conn:
+        error = _check(conn, args.stage_id)
+        if error is not None:
+            print(f"processor: {error}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        changes = rebuild(conn, args.stage_id)
+        labels = dict(
+            ((kind, key), label) for kind, key, label in conn.execute(LABELS, {"s": args.stage_id})
+        )
+    print(format_changes(changes, labels))
+    return EXIT_OK
+
+
+def _time(value: datetime | None) -> str:
+    return "-" if value is None else value.isoformat(timespec="milliseconds")
+
+
+def format_changes(changes: Sequence[Change], labels: dict[tuple[str, str], str]) -> str:
+    if not changes:
+        return "no change"
+    rows = [("control", "entry", "old", "new")]
+    for change in sorted(changes, key=lambda c: (c.entry_id, c.control_id)):
+        rows.append(
+            (
+                labels.get(("c", change.control_id), change.control_id[:8]),
+                labels.get(("e", change.entry_id), change.entry_id[:8]),
+                _time(change.old),
+                "-> " + _time(change.new),
+            )
+        )
+    return _table(rows) + f"\n{len(changes)} record(s) changed"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def duration(ms: int | None) -> str:
+    """H:MM:SS.mmm (rally timekeepers' notation); '-' for none."""
+    if ms is None:
+        return "-"
+    sign = "-" if ms < 0 else ""
+    ms = abs(ms)
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    return f"{sign}{hours}:{minutes:02d}:{seconds:02d}.{millis:03d}"
+
+
+def results(conn: psycopg.Connection[Any], stage_id: str) -> list[dict[str, Any]]:
+    keys = (
+        "position", "number", "class", "status", "elapsed_ms", "penalty_ms", "total_ms",
+        "gap_ms", "class_position", "controls_passed", "controls_missed", "started_at",
+        "finished_at", "entry_id",
+    )  # fmt: skip
+    with conn.transaction():
+        return [dict(zip(keys, row, strict=True)) for row in conn.execute(RESULTS, (stage_id,))]
+
+
+def format_results(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "no results yet"
+    table = [("pos", "number", "class", "status", "elapsed", "penalties", "total", "gap")]
+    for r in rows:
+        table.append(
+            (
+                "-" if r["position"] is None else str(r["position"]),
+                r["number"] or "-",
+                r["class"] or "-",
+                r["status"],
+                duration(r["elapsed_ms"]),
+                duration(r["penalty_ms"]),
+                duration(r["total_ms"]),
+                "-" if r["gap_ms"] is None else "+" + duration(r["gap_ms"]),
+            )
+        )
+    return _table(table)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    with _connect() as conn:
+        error = _check(conn, args.stage_id)
+        if error is not None:
+            print(f"processor: {error}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        rows = results(conn, args.stage_id)
+    if args.json:
+        sys.stdout.write(orjson.dumps(rows, default=str).decode() + "\n")
+    else:
+        print(format_results(rows))
+    return EXIT_OK

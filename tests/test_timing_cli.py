@@ -1,0 +1,128 @@
+"""`processor timing rebuild | results` as an operator runs them (real subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+
+from processor.store.migrations import apply_migrations, default_directory, load_migrations
+from processor.timing_commands import duration
+from tests.support import racing
+
+CARS = [("steady", "T1"), ("cutter", "T2"), ("dnf", "T1")]
+
+
+def timing(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_FORMAT": "console"}
+    return subprocess.run(
+        [sys.executable, "-m", "processor.cli", "timing", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def store(database_url: str, documents: list[dict[str, Any]]) -> None:
+    """Rows as the durable pipeline would have written them (no daemon needed here)."""
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO positions (device_id, ts, latitude, longitude, speed, satellites) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [
+                (
+                    d["device_id"],
+                    datetime.fromisoformat(d["timestamp"]),
+                    d["latitude"],
+                    d["longitude"],
+                    d["speed"],
+                    d["satellites"],
+                )
+                for d in documents
+            ],
+        )
+
+
+def prepared(database_url: str) -> racing.Course:
+    with psycopg.connect(database_url) as conn:
+        apply_migrations(conn, load_migrations(default_directory()))
+    racing.create_tables(database_url)
+    course = racing.add_course(database_url, CARS)
+    d = course.devices
+    store(database_url, racing.track(d["steady"], racing.constant(20), 160))
+    store(database_url, racing.track(d["cutter"], racing.constant(25, y=40), 130))
+    store(database_url, racing.track(d["dnf"], racing.constant(20), 60))  # stops at x=1200
+    return course
+
+
+def test_rebuild_prints_what_changed_then_no_change(database_url: str) -> None:
+    course = prepared(database_url)
+    first = timing(database_url, "rebuild", course.stage_id)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0].split() == ["control", "entry", "old", "new"]
+    assert "1 start" in first.stdout and "4 finish" in first.stdout and "101" in first.stdout
+    assert lines[-1] == "9 record(s) changed"  # 4 + 3 (cutter misses the waypoint) + 2 (dnf)
+    second = timing(database_url, "rebuild", course.stage_id)
+    assert (second.returncode, second.stdout.strip()) == (0, "no change")
+
+    # a control moved 40 m north: the waypoint now suits the cutter, not the others
+    lat, lon = racing.to_latlon(racing.WAYPOINT_X, 40)
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "UPDATE controls SET latitude = %s, longitude = %s WHERE id = %s",
+            (lat, lon, course.controls["waypoint"]),
+        )
+    third = timing(database_url, "rebuild", course.stage_id)
+    assert third.returncode == 0, third.stderr
+    changed = [line.split() for line in third.stdout.splitlines()[1:-1]]
+    assert sorted(row[2] for row in changed) == ["101", "102", "103"]
+    moved = {row[2]: row for row in changed}
+    assert moved["102"][3] == "-" and moved["101"][-1] == "-"  # appeared / vanished
+
+
+def test_results_table_and_json(database_url: str) -> None:
+    course = prepared(database_url)
+    assert timing(database_url, "rebuild", course.stage_id).returncode == 0
+    table = timing(database_url, "results", course.stage_id)
+    assert table.returncode == 0, table.stderr
+    rows = [line.split() for line in table.stdout.splitlines()]
+    assert rows[0] == ["pos", "number", "class", "status", "elapsed", "penalties", "total", "gap"]
+    assert rows[1] == ["1", "101", "T1", "finished", "0:02:25.000", "0:00:00.000",
+                       "0:02:25.000", "+0:00:00.000"]  # fmt: skip
+    assert rows[2][:2] == ["2", "102"] and rows[2][5] == "0:05:00.000"
+    assert rows[3][:4] == ["-", "103", "T1", "running"]
+
+    as_json = timing(database_url, "results", course.stage_id, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    document = orjson.loads(as_json.stdout)
+    assert [r["number"] for r in document] == ["101", "102", "103"]
+    assert document[1]["total_ms"] == 116_000 + 300_000 and document[1]["gap_ms"] == 271_000
+    assert document[1]["class_position"] == 1 and document[2]["position"] is None
+
+
+def test_unknown_stage_bad_id_and_missing_tables_exit_1(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        apply_migrations(conn, load_migrations(default_directory()))
+    missing = timing(database_url, "results", str(uuid.uuid4()))
+    assert missing.returncode == 1 and "racing tables" in missing.stderr
+    racing.create_tables(database_url)
+    unknown = timing(database_url, "rebuild", str(uuid.uuid4()))
+    assert unknown.returncode == 1 and "no stage" in unknown.stderr
+    bad = timing(database_url, "results", "not-a-uuid")
+    assert bad.returncode == 1 and "not a stage id" in bad.stderr
+
+
+def test_duration_notation() -> None:
+    assert duration(None) == "-"
+    assert duration(0) == "0:00:00.000"
+    assert duration(3_723_004) == "1:02:03.004"
+    assert duration(-1_500) == "-0:00:01.500"
