@@ -167,6 +167,7 @@ class Service:
             states=self.states,
             metrics=self.metrics,
             in_flight=in_flight,
+            stalls=self.observability.stalls,
         )
         reclaimer = Reclaimer(
             client=control,

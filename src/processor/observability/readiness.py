@@ -1,9 +1,10 @@
 """The `/readyz` verdict: is this instance fit to take traffic right now?
 
-Ready means: the pipeline has started, it is not draining, and Redis and PostgreSQL both
-answered their latest probe. The verdict is computed from cached state only, so it never blocks;
-the `processor_ready` gauge is computed from the same verdict at scrape time, so the gauge and
-the endpoint can never disagree.
+Ready means: the pipeline has started, it is not draining, Redis and PostgreSQL both
+answered their latest probe, and no stall is reported (a failure that repeats while both servers
+answer, e.g. a refused INSERT: see `stalls`). The verdict is computed from cached state only,
+so it never blocks; the `processor_ready` gauge is computed from the same verdict at scrape
+time, so the gauge and the endpoint can never disagree.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import attrs
 import trio
 
 from processor.observability.probes import Probe
+from processor.observability.stalls import Stalls
 
 
 @attrs.frozen
@@ -24,8 +26,15 @@ class Verdict:
 
 
 class Readiness:
-    def __init__(self, probes: Sequence[Probe], started: trio.Event, draining: trio.Event) -> None:
+    def __init__(
+        self,
+        probes: Sequence[Probe],
+        started: trio.Event,
+        draining: trio.Event,
+        stalls: Stalls | None = None,
+    ) -> None:
         self._probes = tuple(probes)
+        self._stalls = stalls if stalls is not None else Stalls()
         self._started = started
         self._draining = draining
 
@@ -42,6 +51,9 @@ class Readiness:
             if not result.ok:
                 checks[probe.name]["error"] = result.error
                 failing.append(probe.name)
+        for check, error in self._stalls.failing().items():
+            checks[check] = {"ok": False, "error": error}
+            failing.append(check)
         status = "ready" if not failing else "unavailable"
         return Verdict(not failing, {"status": status, "failing": failing, "checks": checks})
 

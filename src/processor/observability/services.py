@@ -20,6 +20,7 @@ from processor.observability.lag import run_lag_sampler
 from processor.observability.metrics import Metrics
 from processor.observability.probes import postgres_probe, redis_probe, run_probes
 from processor.observability.readiness import Readiness
+from processor.observability.stalls import Stalls
 from processor.store.postgres import Database
 
 
@@ -27,6 +28,8 @@ class Observability:
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics
+        # Reported by the pipeline (see stalls.py), read by /readyz.
+        self.stalls = Stalls(metrics.pipeline_stalled)
         self._http: HttpServer | None = None
 
     async def start(
@@ -41,7 +44,7 @@ class Observability:
         """Start everything; returns the bound HTTP port."""
         config = self.config
         probes = [redis_probe(config.redis_url, config.probe_timeout_s), postgres_probe(database)]
-        readiness = Readiness(probes, started, draining)
+        readiness = Readiness(probes, started, draining, self.stalls)
         self.metrics.ready.set_function(readiness.gauge_value)
         await nursery.start(
             partial(
