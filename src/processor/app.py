@@ -129,6 +129,7 @@ class Service:
     ) -> None:
         config = self.config
         in_flight = InFlight()
+        own_pending_done = trio.Event()  # the reclaimer's first walk waits for the consumer's
         names = StreamNames(
             stream=config.redis_stream,
             group=config.redis_group,
@@ -145,9 +146,11 @@ class Service:
                 consumer=config.consumer_name,
                 read_count=config.read_count,
                 read_block_ms=config.read_block_ms,
+                max_deliveries=config.max_deliveries,
             ),
             metrics=self.metrics,
             in_flight=in_flight,
+            own_pending_done=own_pending_done,
         )
         writer = Writer(
             database=database,
@@ -181,6 +184,7 @@ class Service:
             ),
             metrics=self.metrics,
             in_flight=in_flight,
+            own_pending_done=own_pending_done,
         )
         send, receive = trio.open_memory_channel[Delivery](config.pipeline_buffer_batches)
         async with trio.open_nursery() as services:
