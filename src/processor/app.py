@@ -26,7 +26,7 @@ import structlog
 import trio
 from trio import TaskStatus
 
-from processor.config import Config
+from processor.config import Config, ConfigError
 from processor.core.consumer import Consumer, ConsumerSettings
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
@@ -249,10 +249,20 @@ async def run_until_signalled(config: Config, service: Service | None = None) ->
                 root.cancel_scope.cancel()
         except* Unavailable as group:  # start-up gave up: the CLI reports it in one line
             raise group.exceptions[0] from None
+        except* ConfigError as group:  # found at start (e.g. a group in use): one line, exit 2
+            raise _first_leaf(group) from None
     if service_scope.cancelled_caught and service.ready.is_set():
         log.error("drain deadline exceeded or forced stop: un-acked entries stay pending")
         return EXIT_FORCED
     return EXIT_OK
+
+
+def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+    """The first exception inside (possibly nested) exception groups."""
+    first: ConfigError | BaseExceptionGroup[ConfigError] = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 async def _watch_signals(
