@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import attrs
 import cattrs
 
+from processor.redaction import redact
+
 ENV = "env"
 ALLOWED = "allowed"
 
@@ -267,7 +269,8 @@ def _check_groups(config: Config) -> None:
 
 
 def _message(field: attrs.Attribute[Any], value: str) -> str:
-    return f"invalid {field.metadata[ENV]}={value!r}: expected {field.metadata[ALLOWED]}"
+    # A URL's password never reaches the operator's terminal or the log collector.
+    return redact(f"invalid {field.metadata[ENV]}={value!r}: expected {field.metadata[ALLOWED]}")
 
 
 def describe(field: attrs.Attribute[Any]) -> tuple[str, str, str]:

@@ -28,6 +28,7 @@ from trio import TaskStatus
 
 from processor.config import Config
 from processor.publisher import add_scenario_arguments, cancel_on_signal, publish, scenario_from
+from processor.redaction import redact
 from processor.simulate import Scenario, Simulator
 from processor.store import redis as redis_store
 
@@ -221,7 +222,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         scenario = scenario_from(args)
     except ValueError as exc:
-        print(f"processor demo: {exc}", file=sys.stderr)
+        print(f"processor demo: {redact(str(exc))}", file=sys.stderr)
         return 2
     with servers() as (redis_url, database_url):
         os.environ["REDIS_URL"], os.environ["DATABASE_URL"] = redis_url, database_url

@@ -17,6 +17,7 @@ import trio
 
 from processor.observability.probes import Probe
 from processor.observability.stalls import Stalls
+from processor.redaction import redact
 
 
 @attrs.frozen
@@ -49,10 +50,10 @@ class Readiness:
             result = probe.result
             checks[probe.name] = {"ok": result.ok}
             if not result.ok:
-                checks[probe.name]["error"] = result.error
+                checks[probe.name]["error"] = redact(result.error)
                 failing.append(probe.name)
         for check, error in self._stalls.failing().items():
-            checks[check] = {"ok": False, "error": error}
+            checks[check] = {"ok": False, "error": redact(error)}
             failing.append(check)
         status = "ready" if not failing else "unavailable"
         return Verdict(not failing, {"status": status, "failing": failing, "checks": checks})
