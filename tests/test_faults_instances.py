@@ -86,6 +86,7 @@ async def test_survivors_reclaim_a_killed_instances_entries_in_time(
                 took = time.monotonic() - killed_at
                 print(f"victim held {orphaned} entries; reclaimed within {took:.2f}s")
                 assert not publisher.done.is_set(), "the load ended before the takeover"
+                publisher.release()
 
             await wait_until(lambda: pending_count(redis_client, stream_key) == 0, timeout=30)
             await wait_until(lambda: row_count(database_url) == len(expected), timeout=30)
