@@ -111,3 +111,4 @@ def env(redis_server_url: str, database_url: str, stream_key: str) -> dict[str, 
 
 # Live-broadcast fixtures (Directus stand-in, live env) live with their helpers.
 from tests.support.live import directus, live_env  # noqa: E402, F401
+from tests.support.timescale import timescaledb_server_url, timescaledb_url  # noqa: E402, F401

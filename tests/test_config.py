@@ -150,7 +150,8 @@ def cli_results() -> dict[tuple[str, str, str], tuple[int, bytes, bytes]]:
     results = {}
     for case, process in processes.items():
         try:
-            stdout, stderr = process.communicate(timeout=30)
+            # generous: ten interpreters importing the whole package at once on a busy machine
+            stdout, stderr = process.communicate(timeout=180)
         except subprocess.TimeoutExpired:
             process.kill()
             stdout, stderr = process.communicate()

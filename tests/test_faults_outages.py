@@ -76,6 +76,7 @@ async def catch_up(
     documents: list[dict[str, Any]],
 ) -> None:
     expected = distinct_keys(documents)
+    publisher.release()
     await publisher.done.wait()
     await wait_until(lambda: pending_count(client, stream) == 0, timeout=60)
     await wait_until(lambda: row_count(database_url) == len(expected), timeout=60)

@@ -75,6 +75,7 @@ async def test_random_sigkills_during_a_50k_run_lose_and_duplicate_nothing(
                     publisher.snapshot(),
                 )
 
+            publisher.release()
             final = Daemon(env, tmp_path / "final.log")
             try:
                 await publisher.done.wait()

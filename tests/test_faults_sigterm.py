@@ -71,6 +71,7 @@ async def test_sigterm_under_steady_load_drains_and_exits_zero_in_time(
                 prefix = list(publisher.snapshot().values())[:acked]
                 assert row_count(database_url) == len(distinct_keys(prefix))
 
+                publisher.release()
                 second = Daemon({**env, "INSTANCE_ID": "second"}, tmp_path / "second.log")
                 try:
                     await publisher.done.wait()

@@ -48,7 +48,7 @@ import structlog
 import trio
 from trio import TaskStatus
 
-from processor.config import Config
+from processor.config import Config, ConfigError
 from processor.core.consumer import Consumer, ConsumerSettings
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
@@ -184,6 +184,7 @@ class Service:
     ) -> None:
         config = self.config
         in_flight = InFlight()
+        own_pending_done = trio.Event()  # the reclaimer's first walk waits for the consumer's
         names = StreamNames(
             stream=config.redis_stream,
             group=config.redis_group,
@@ -200,9 +201,11 @@ class Service:
                 consumer=config.consumer_name,
                 read_count=config.read_count,
                 read_block_ms=config.read_block_ms,
+                max_deliveries=config.max_deliveries,
             ),
             metrics=self.metrics,
             in_flight=in_flight,
+            own_pending_done=own_pending_done,
         )
         writer = Writer(
             database=database,
@@ -222,6 +225,7 @@ class Service:
             states=self.states,
             metrics=self.metrics,
             in_flight=in_flight,
+            stalls=self.observability.stalls,
         )
         reclaimer = Reclaimer(
             client=control,
@@ -235,6 +239,7 @@ class Service:
             ),
             metrics=self.metrics,
             in_flight=in_flight,
+            own_pending_done=own_pending_done,
         )
         send, receive = trio.open_memory_channel[Delivery](config.pipeline_buffer_batches)
         async with trio.open_nursery() as services:
@@ -305,10 +310,20 @@ async def run_until_signalled(config: Config, service: Service | None = None) ->
                 root.cancel_scope.cancel()
         except* Unavailable as group:  # start-up gave up: the CLI reports it in one line
             raise group.exceptions[0] from None
+        except* ConfigError as group:  # found at start (e.g. a group in use): one line, exit 2
+            raise _first_leaf(group) from None
     if service_scope.cancelled_caught and service.ready.is_set():
         log.error("drain deadline exceeded or forced stop: un-acked entries stay pending")
         return EXIT_FORCED
     return EXIT_OK
+
+
+def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+    """The first exception inside (possibly nested) exception groups."""
+    first: ConfigError | BaseExceptionGroup[ConfigError] = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 async def _watch_signals(

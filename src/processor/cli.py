@@ -24,12 +24,16 @@ EXIT_UNAVAILABLE = 1
 log = structlog.get_logger("processor.cli")
 
 
+def _refuse(exc: ConfigError) -> SystemExit:
+    print(f"processor: configuration error: {exc}", file=sys.stderr)
+    return SystemExit(EXIT_CONFIG)
+
+
 def _load() -> Config:
     try:
         config = load_config()
     except ConfigError as exc:
-        print(f"processor: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+        raise _refuse(exc) from None
     configure_logging(config.log_level, config.log_format)
     return config
 
@@ -38,7 +42,10 @@ def cmd_run(_args: argparse.Namespace) -> int:
     config = _load()  # first: a bad setting is reported without importing the whole daemon
     from processor.app import run_until_signalled
 
-    return trio.run(run_until_signalled, config)
+    try:
+        return trio.run(run_until_signalled, config)
+    except ConfigError as exc:  # found only once running, e.g. the live group is in use
+        raise _refuse(exc) from None
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import attrs
 import cattrs
 
+from processor.redaction import redact
+
 ENV = "env"
 ALLOWED = "allowed"
 
@@ -262,14 +264,28 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     if not raw.get("instance_id"):
         raw["instance_id"] = socket.gethostname() or "processor-1"
     try:
-        return Config(**raw)
+        config = Config(**raw)
     except ValueError as exc:
         field = attrs.fields_dict(Config)[str(exc.args[0])]
         raise ConfigError(_message(field, env.get(field.metadata[ENV], ""))) from exc
+    _check_groups(config)
+    return config
+
+
+def _check_groups(config: Config) -> None:
+    """The live broadcaster reads its group with NOACK, resets it to `$` on start and destroys
+    it on stop: pointed at the durable group, it would lose records. Refuse that at start."""
+    if config.live_enabled and config.live_group == config.redis_group:
+        raise ConfigError(
+            f"invalid LIVE_GROUP_PREFIX={config.live_group_prefix!r}: the live group "
+            f"LIVE_GROUP_PREFIX-INSTANCE_ID={config.live_group!r} is the durable group "
+            f"REDIS_GROUP={config.redis_group!r}; expected a prefix that makes them differ"
+        )
 
 
 def _message(field: attrs.Attribute[Any], value: str) -> str:
-    return f"invalid {field.metadata[ENV]}={value!r}: expected {field.metadata[ALLOWED]}"
+    # A URL's password never reaches the operator's terminal or the log collector.
+    return redact(f"invalid {field.metadata[ENV]}={value!r}: expected {field.metadata[ALLOWED]}")
 
 
 def describe(field: attrs.Attribute[Any]) -> tuple[str, str, str]:

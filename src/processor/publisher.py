@@ -25,6 +25,7 @@ import redis
 import trio
 
 from processor.rally_stage import RallyStage, StageSettings, StageSimulator, scenario_sql
+from processor.redaction import redact
 from processor.simulate import Entry, Quirks, Scenario, Simulator
 from processor.store import redis as redis_store
 
@@ -248,7 +249,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         trio.run(main)
     except redis_store.TRANSIENT_ERRORS as exc:
-        print(f"processor simulate: Redis unavailable: {exc}", file=sys.stderr)
+        print(f"processor simulate: Redis unavailable: {redact(str(exc))}", file=sys.stderr)
         return 1
     finally:
         client.close()

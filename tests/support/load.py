@@ -32,7 +32,12 @@ def distinct_keys(documents: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 
 class Publisher:
-    """Publishes documents in chunks every `interval_s`; `published` maps entry id -> document."""
+    """Publishes documents in chunks every `interval_s`; `published` maps entry id -> document.
+
+    The last chunk is held back until `release()`: a fault test that needs the load to outlast
+    its faults says when they are over, instead of hoping the pace outlasts them on a busy
+    machine (a slow start-up under load once let the whole load finish before the last kill).
+    """
 
     def __init__(
         self, client: redis.Redis, stream: str, documents: list[dict[str, Any]], *, chunk: int,
@@ -45,9 +50,17 @@ class Publisher:
         self.interval_s = interval_s
         self.published: dict[str, dict[str, Any]] = {}
         self.done = trio.Event()
+        self._released = trio.Event()
+
+    def release(self) -> None:
+        """Let the last chunk go (the faults are over)."""
+        self._released.set()
 
     async def run(self) -> None:
-        for start in range(0, len(self.documents), self.chunk):
+        starts = range(0, len(self.documents), self.chunk)
+        for start in starts:
+            if start == starts[-1]:
+                await self._released.wait()
             part = self.documents[start : start + self.chunk]
             ids = await trio.to_thread.run_sync(publish, self.client, self.stream, part)
             self.published.update(zip(ids, part, strict=True))

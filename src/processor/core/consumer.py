@@ -13,15 +13,19 @@ learns that the input is over.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import redis
 import structlog
 import trio
 from trio import TaskStatus
 
+from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery, Record, Rejected, decode_entry
 from processor.observability.metrics import Metrics
+from processor.store import redis as redis_store
 from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
 
 log = structlog.get_logger("processor.consumer")
@@ -34,6 +38,7 @@ class ConsumerSettings:
     consumer: str
     read_count: int
     read_block_ms: int
+    max_deliveries: int = 0  # 0: no limit (the re-read of own pending entries is not checked)
 
 
 def decode_entries(entries: StreamEntries, metrics: Metrics) -> Delivery:
@@ -71,10 +76,14 @@ class Consumer:
         settings: ConsumerSettings,
         metrics: Metrics,
         in_flight: InFlight,
+        own_pending_done: trio.Event | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.in_flight = in_flight
+        self._control = control
+        # Set once this consumer's own pending entries have been re-read (the reclaimer waits).
+        self.own_pending_done = own_pending_done if own_pending_done is not None else trio.Event()
         # A vanished group is recreated from the start of the stream: re-reading is idempotent,
         # skipping would lose whatever was not yet stored.
         self._reader = GroupReader(
@@ -116,18 +125,45 @@ class Consumer:
                         self.metrics.consumer_reads.labels("empty").inc()
                         if start_id != ">":
                             start_id = ">"
+                            self.own_pending_done.set()
                             log.info("own pending entries done, reading new entries")
                         continue
                     self.metrics.consumer_reads.labels("entries").inc()
                     self.metrics.consumer_records.inc(len(entries))
+                    worn_out: list[Rejected] = []
                     if start_id != ">":
                         start_id = entries[-1][0].decode()
+                        entries, worn_out = await self._without_worn_out(entries)
                     delivery = decode_entries(entries, self.metrics)
+                    delivery.rejected.extend(worn_out)
                     self.in_flight.add(delivery.entry_ids())
                     await deliveries.send(delivery)
         finally:
             self._reader.close()
             log.info("consumer stopped")
+
+    async def _without_worn_out(
+        self, entries: StreamEntries
+    ) -> tuple[StreamEntries, list[Rejected]]:
+        """Re-read own pending entries: this read was a delivery too (deliveries.py). Those now
+        delivered more than MAX_DELIVERIES times (they kept killing this instance) are split
+        off as `max_deliveries` rejects."""
+        s = self.settings
+        if not s.max_deliveries or not entries:
+            return entries, []
+        first, last = entries[0][0], entries[-1][0]
+        rows: Any = await redis_store.call(
+            self._control,
+            "xpending_range",
+            s.stream,
+            s.group,
+            min=first,
+            max=last,
+            count=len(entries),
+            consumername=s.consumer,
+        )
+        counts = {row["message_id"].decode(): int(row["times_delivered"]) for row in rows}
+        return split_worn_out(entries, counts, s.max_deliveries)
 
     async def stop(self) -> None:
         """Stop reading: no new read starts, and a read blocked in Redis returns at once."""

@@ -7,14 +7,24 @@ same channel as the consumer's, so the writer stores and acks them on the usual 
 
 Per page, one MULTI/EXEC (one thread hop) runs
 
+    XCLAIM <stream> <group> <me> 0 <every entry this instance holds> JUSTID
     XPENDING <stream> <group> IDLE <min_idle> <cursor> + <10 x page>
     XAUTOCLAIM <stream> <group> <me> <min_idle> <cursor> COUNT <page>
 
-atomically. XAUTOCLAIM looks at no more than ten times COUNT pending entries (its scan
-budget), so the XPENDING rows cover every entry it claims and give each one's delivery count
-before the claim: the claim is one more delivery. An entry delivered more than
-`MAX_DELIVERIES` times (a record that keeps killing whoever reads it) is dead-lettered with
-reason `max_deliveries` instead of being stored.
+atomically. The first command renews this instance's hold on the entries waiting in its own
+pipeline (e.g. through a database outage): `JUSTID` resets their idle time without counting a
+delivery, so the `XAUTOCLAIM` right behind it never claims them (no second trip through the
+pipeline, no delivery counted for waiting; see deliveries.py). The same renewal also runs on
+its own every `min(RECLAIM_INTERVAL_S, RECLAIM_MIN_IDLE_MS / 3)`, so other instances never find
+this instance's waiting entries idle either. XAUTOCLAIM looks at no more than ten times COUNT
+pending entries (its scan budget), so the XPENDING rows cover every entry it claims and give
+each one's delivery count before the claim: the claim is one more delivery. An entry delivered
+more than `MAX_DELIVERIES` times (a record that keeps killing whoever reads it) is dead-lettered
+with reason `max_deliveries` instead of being stored.
+
+The first walk waits until the consumer has re-read this consumer's own pending entries
+(`XREADGROUP ... 0`): until then, entries left by this consumer's previous run are not held
+yet, and claiming them would deliver them twice.
 
 Entries whose data was trimmed from the stream while pending cannot be processed by anyone.
 Redis 7 reports their IDs as XAUTOCLAIM's third element and drops them from the pending list
@@ -28,6 +38,7 @@ the rest of the walk and the wait for the next tick, then closes this task's cha
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -37,8 +48,9 @@ import trio
 from trio import TaskStatus
 
 from processor.core.consumer import decode_entries
+from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
-from processor.core.records import Delivery, Rejected
+from processor.core.records import Delivery
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
 from processor.store.group_reader import StreamEntries
@@ -73,10 +85,39 @@ class ClaimedPage:
     previous_owners: dict[str, str]  # entry id -> consumer that held it before
 
 
-def claim_page(client: redis.Redis, settings: ReclaimSettings, cursor: str) -> ClaimedPage:
-    """Claim one page of idle entries starting at `cursor` (blocking; run in a thread)."""
+# Ids per renewing XCLAIM: keeps each command's argument list moderate.
+RENEW_CHUNK = 1000
+
+
+def _queue_renewal(pipe: Any, settings: ReclaimSettings, held: Sequence[str]) -> int:
+    """Queue `XCLAIM ... JUSTID` commands renewing the hold on `held`; returns how many."""
+    s = settings
+    chunks = [held[i : i + RENEW_CHUNK] for i in range(0, len(held), RENEW_CHUNK)]
+    for chunk in chunks:
+        pipe.xclaim(s.stream, s.group, s.consumer, 0, list(chunk), justid=True)
+    return len(chunks)
+
+
+def renew_sync(client: redis.Redis, settings: ReclaimSettings, held: Sequence[str]) -> None:
+    """Reset the idle time of the entries this instance holds (no delivery is counted)."""
+    if not held:
+        return
+    pipe = client.pipeline(transaction=False)
+    _queue_renewal(pipe, settings, held)
+    pipe.execute()
+
+
+def claim_page(
+    client: redis.Redis, settings: ReclaimSettings, cursor: str, held: Sequence[str] = ()
+) -> ClaimedPage:
+    """Claim one page of idle entries starting at `cursor` (blocking; run in a thread).
+
+    `held` are the entries in this instance's pipeline: renewed first, in the same
+    transaction, so that they are not idle when XAUTOCLAIM looks.
+    """
     s = settings
     pipe = client.pipeline(transaction=True)
+    renewals = _queue_renewal(pipe, s, held)
     pipe.xpending_range(
         s.stream,
         s.group,
@@ -88,7 +129,7 @@ def claim_page(client: redis.Redis, settings: ReclaimSettings, cursor: str) -> C
     pipe.xautoclaim(
         s.stream, s.group, s.consumer, s.min_idle_ms, start_id=cursor, count=s.page_size
     )
-    pending, claim = pipe.execute()
+    pending, claim = pipe.execute()[renewals:]
     next_cursor = _text(claim[0])
     entries: StreamEntries = claim[1] or []
     trimmed = [_text(entry_id) for entry_id in (claim[2] if len(claim) > 2 else [])]
@@ -113,29 +154,7 @@ def split_page(page: ClaimedPage, max_deliveries: int, metrics: Metrics) -> Deli
     An entry missing from the XPENDING window (not expected, see the module docstring) has an
     unknown count and is processed normally: storing is idempotent, losing it is not.
     """
-    fresh: StreamEntries = []
-    worn_out: list[Rejected] = []
-    for raw_id, fields in page.entries:
-        entry_id = _text(raw_id)
-        deliveries = page.delivery_counts.get(entry_id, 0)
-        if deliveries > max_deliveries:
-            log.error(
-                "entry delivered too often, dead-lettering it",
-                entry_id=entry_id,
-                deliveries=deliveries,
-                max_deliveries=max_deliveries,
-            )
-            worn_out.append(
-                Rejected(
-                    entry_id,
-                    dict(fields or {}),
-                    "max_deliveries",
-                    f"delivered {deliveries} times (MAX_DELIVERIES={max_deliveries})",
-                    "max_deliveries",
-                )
-            )
-        else:
-            fresh.append((raw_id, fields))
+    fresh, worn_out = split_worn_out(page.entries, page.delivery_counts, max_deliveries)
     decoded = decode_entries(fresh, metrics)
     return Delivery(decoded.records, decoded.rejected + worn_out)
 
@@ -148,11 +167,16 @@ class Reclaimer:
         settings: ReclaimSettings,
         metrics: Metrics,
         in_flight: InFlight,
+        own_pending_done: trio.Event | None = None,
     ) -> None:
         self.in_flight = in_flight
         self.client = client
         self.settings = settings
         self.metrics = metrics
+        # Set by the consumer once it has re-read this consumer's own pending entries.
+        self.own_pending_done = own_pending_done if own_pending_done is not None else trio.Event()
+        if own_pending_done is None:
+            self.own_pending_done.set()
         self._stopping = False
         self._wait_scope: trio.CancelScope | None = None
 
@@ -170,17 +194,35 @@ class Reclaimer:
             max_deliveries=s.max_deliveries,
         )
         task_status.started()
+        renew_every_s = min(s.interval_s, s.min_idle_ms / 1000 / 3)
         try:
             async with deliveries:
+                with trio.CancelScope() as self._wait_scope:
+                    await self.own_pending_done.wait()
+                next_walk = trio.current_time() + s.interval_s
                 while not self._stopping:
                     with trio.CancelScope() as self._wait_scope:
-                        await trio.sleep(s.interval_s)
+                        await trio.sleep_until(min(next_walk, trio.current_time() + renew_every_s))
                     self._wait_scope = None
                     if self._stopping:
                         break
+                    if trio.current_time() < next_walk:
+                        await self.renew()
+                        continue
+                    next_walk = trio.current_time() + s.interval_s
                     await self.reclaim_once(deliveries)
         finally:
             log.info("reclaimer stopped")
+
+    async def renew(self) -> None:
+        """Renew the hold on the entries in this instance's pipeline (see deliveries.py)."""
+        held = self.in_flight.ids()
+        if not held:
+            return
+        try:
+            await trio.to_thread.run_sync(renew_sync, self.client, self.settings, held)
+        except redis_store.TRANSIENT_ERRORS as exc:
+            log.warning("renewing held entries failed, retrying next tick", error=str(exc)[:200])
 
     async def reclaim_once(self, deliveries: trio.MemorySendChannel[Delivery]) -> int:
         """Walk the whole pending list once; returns how many entries were claimed."""
@@ -188,7 +230,10 @@ class Reclaimer:
         cursor = SCAN_DONE
         while not self._stopping:
             try:
-                page = await trio.to_thread.run_sync(claim_page, self.client, self.settings, cursor)
+                held = self.in_flight.ids()
+                page = await trio.to_thread.run_sync(
+                    claim_page, self.client, self.settings, cursor, held
+                )
             except redis_store.TRANSIENT_ERRORS as exc:
                 log.warning("reclaim failed, retrying next interval", error=str(exc)[:200])
                 return claimed

@@ -7,10 +7,11 @@ stream order. Each batch is split over the flusher lanes by device; lanes write 
 (each on its own pooled connection, one thread hop per batch) and ack exactly the entries whose
 rows were inserted, merged or proved duplicate.
 
-A transient failure (database or Redis unreachable) is retried with capped exponential backoff
-and nothing is acked meanwhile; because the channels are bounded, the consumer stops reading
-while the writer cannot write. A batch refused for a data reason is split in halves until the
-refused records are isolated; those are dead-lettered, the rest is stored.
+A failure of the database or Redis is retried with capped exponential backoff and nothing is
+acked meanwhile (one that is not transient, e.g. a revoked privilege, is also reported on
+`/readyz` once it repeats: see `_retrying`); because the channels are bounded, the consumer
+stops reading while the writer cannot write. A batch refused for a data reason is split in
+halves until the refused records are isolated; those are dead-lettered, the rest is stored.
 
 Shutdown needs no flag: when the consumer closes its channel, the batcher flushes what is left
 and closes its own, and the flushers finish their last batches and return.
@@ -26,7 +27,6 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import attrs
-import psycopg
 import redis
 import structlog
 import trio
@@ -35,8 +35,10 @@ from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
 from processor.core.quality import QualityRules, faulty_reason
 from processor.core.records import Delivery, Record, Rejected, entry_time
-from processor.core.settle import StreamNames, settle_sync
+from processor.core.settle import DeadLetterUnwritable, StreamNames, settle_sync
 from processor.observability.metrics import Metrics, observe_many
+from processor.observability.stalls import Stalls
+from processor.store import db_errors
 from processor.store import redis as redis_store
 from processor.store.positions import INSERTED, Row, latest_good_positions, write_rows
 from processor.store.postgres import Database
@@ -45,21 +47,14 @@ from processor.store.retry import Backoff
 T = TypeVar("T")
 log = structlog.get_logger("processor.writer")
 
-# SQLSTATE classes that mean "this data can never be stored": 22 data exception,
-# 23 integrity constraint violation. Anything else is treated as transient and retried.
-_DATA_SQLSTATE_CLASSES = ("22", "23")
+# A failure that is not transient (see store/db_errors.py), or a dead-letter stream that
+# refuses copies, is reported as a stall (logged at error, /readyz fails naming it) once it
+# has failed this many attempts in a row. It is retried regardless: nothing is acked or lost.
+STALL_AFTER_ATTEMPTS = 3
 
 
 class DataRefused(Exception):
     """The database refused the batch because of its content, not its own state."""
-
-
-def is_data_refusal(exc: psycopg.Error) -> bool:
-    sqlstate = exc.sqlstate or ""
-    if sqlstate[:2] in _DATA_SQLSTATE_CLASSES:
-        return True
-    # psycopg refuses some values client-side (NUL in text) with DataError and no sqlstate.
-    return isinstance(exc, psycopg.DataError) and not sqlstate
 
 
 @attrs.frozen
@@ -89,7 +84,9 @@ class Writer:
         states: DeviceStates,
         metrics: Metrics,
         in_flight: InFlight,
+        stalls: Stalls | None = None,
     ) -> None:
+        self.stalls = stalls if stalls is not None else Stalls()
         self.in_flight = in_flight
         self.database = database
         self.redis = redis_client
@@ -195,10 +192,7 @@ class Writer:
         write_s = time.perf_counter() - started
         stored = [r for r in batch.records if r.entry_id in outcomes]
         rejected = batch.rejected + refused
-        acked = await self._retrying(
-            "ack",
-            lambda: settle_sync(self.redis, self.names, [r.entry_id for r in stored], rejected),
-        )
+        acked = await self._settle([r.entry_id for r in stored], rejected)
         self.in_flight.settle(r.entry_id for r in batch.records)
         self.in_flight.settle(r.entry_id for r in batch.rejected)
         self._count(
@@ -247,30 +241,71 @@ class Writer:
             return left | right, left_refused + right_refused
         return {r.entry_id: outcome for r, outcome in zip(records, outcomes, strict=True)}, []
 
-    async def _retrying(self, what: str, call: Callable[[], T]) -> T:
-        """Run `call` in a worker thread until it succeeds; transient failures back off.
+    async def _settle(self, ack_ids: list[str], rejected: list[Rejected]) -> int:
+        """Ack and dead-letter (settle.py) until done; returns how many entries were acked.
 
-        A data refusal is raised as DataRefused (retrying cannot help); anything unexpected
-        propagates and stops the service loudly rather than looping on a bug.
+        A dead-letter copy that Redis refuses is retried, with backoff, for exactly the entries
+        still without a copy: never acked before its copy exists, and no copy written twice.
+        """
+        todo_ids, todo_rejected, acked = list(ack_ids), list(rejected), 0
+
+        def attempt() -> int:
+            nonlocal todo_ids, todo_rejected, acked
+            try:
+                acked += settle_sync(self.redis, self.names, todo_ids, todo_rejected)
+            except DeadLetterUnwritable as exc:
+                acked += exc.acked
+                todo_ids, todo_rejected = [], exc.unwritten
+                raise
+            return acked
+
+        return await self._retrying("ack", attempt)
+
+    async def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        """Run `call` in a worker thread until it succeeds; failures back off and retry.
+
+        A data refusal is raised as DataRefused (retrying cannot help). Any other database
+        failure, or a dead-letter stream refusing copies, is retried until it succeeds; one
+        that is not transient is reported as a stall once it repeats past
+        STALL_AFTER_ATTEMPTS. Anything unexpected propagates and stops the service loudly
+        rather than looping on a bug.
         """
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        check = "dead_letter_stream" if what == "ack" else "postgres_writes"
         while True:
             try:
-                return await trio.to_thread.run_sync(call)
-            except psycopg.Error as exc:
-                if is_data_refusal(exc):
+                result = await trio.to_thread.run_sync(call)
+            except db_errors.DATABASE_ERRORS as exc:
+                kind = db_errors.classify(exc)
+                if kind is db_errors.Kind.DATA:
                     raise DataRefused(str(exc)) from exc
-                error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                error, persistent = db_errors.describe(exc), kind is db_errors.Kind.PERSISTENT
+            except DeadLetterUnwritable as exc:
+                error, persistent = f"dead-letter stream refuses copies: {exc.error}", True
             except redis_store.TRANSIENT_ERRORS as exc:
-                error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                error, persistent = f"{type(exc).__name__}: {str(exc).strip()[:300]}", False
+            else:
+                if backoff.attempts:
+                    self.stalls.clear(check)
+                    log.info(f"{what} succeeded again", after_attempts=backoff.attempts)
+                return result
             delay = backoff.next_delay()
             self.metrics.write_retries.inc()
-            log.warning(
-                f"{what} failed, retrying",
-                attempt=backoff.attempts,
-                error=error,
-                retry_in_s=round(delay, 2),
-            )
+            if persistent and backoff.attempts >= STALL_AFTER_ATTEMPTS:
+                self.stalls.report(check, error)
+                log.error(
+                    f"{what} keeps failing, retrying (nothing is acked meanwhile)",
+                    attempt=backoff.attempts,
+                    error=error,
+                    retry_in_s=round(delay, 2),
+                )
+            else:
+                log.warning(
+                    f"{what} failed, retrying",
+                    attempt=backoff.attempts,
+                    error=error,
+                    retry_in_s=round(delay, 2),
+                )
             await trio.sleep(delay)
 
     def _count(

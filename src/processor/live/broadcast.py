@@ -31,6 +31,7 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.config import ConfigError
 from processor.live.protocol import encode_position_object, position_frame, topic_json, topic_of
 from processor.live.registry import Registry
 from processor.observability.metrics import Metrics
@@ -38,6 +39,7 @@ from processor.position import CodecError, Position, decode_payload
 from processor.quality import QualityRules, faulty_reason
 from processor.store import redis as redis_store
 from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
+from processor.store.live_group import GroupInUse, take_live_group
 
 log = structlog.get_logger("processor.live.broadcast")
 
@@ -64,6 +66,7 @@ class Broadcaster:
         self._control = control
         self._stream = stream
         self._group = group
+        self._consumer = consumer
         self._rules = rules
         self._events_of = events_of  # device_id -> its event ids (DeviceEventMap.events_of)
         self._registry = registry
@@ -92,10 +95,15 @@ class Broadcaster:
             task_status.started()
             return
         self.stopped = trio.Event()
-        await redis_store.ensure_group(self._control, self._stream, self._group, start_id="$")
         # A group left by a crashed predecessor with the same INSTANCE_ID would replay everything
-        # since the crash to browsers: live data starts now, whatever the group remembered.
-        await redis_store.call(self._control, "xgroup_setid", self._stream, self._group, "$")
+        # since the crash to browsers: live data starts now, whatever the group remembered. But
+        # only a group that is provably this broadcaster's is reset (store/live_group.py).
+        try:
+            await trio.to_thread.run_sync(
+                take_live_group, self._control, self._stream, self._group, self._consumer
+            )
+        except GroupInUse as exc:
+            raise ConfigError(str(exc)) from None
         log.info("broadcast consumer started", stream=self._stream, group=self._group)
         reader = self._reader = GroupReader(self._redis_url, self._control, self._read)
         task_status.started()

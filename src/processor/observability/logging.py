@@ -12,6 +12,8 @@ import sys
 
 import structlog
 
+from processor.redaction import redact_event
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -48,6 +50,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             timestamper,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            redact_event,  # last before rendering: nothing printed carries a password
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -62,6 +65,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
                 structlog.stdlib.add_logger_name,
                 structlog.stdlib.add_log_level,
                 timestamper,
+                redact_event,
             ],
         )
     )

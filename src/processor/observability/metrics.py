@@ -109,6 +109,13 @@ class Metrics:
             "Batch writes retried after a transient database error.",
             registry=r,
         )
+        self.pipeline_stalled = Gauge(
+            p + "pipeline_stalled",
+            "1 while a failure no probe sees (e.g. a refused INSERT, an unwritable dead-letter "
+            "stream) keeps the pipeline from storing or settling; /readyz names it.",
+            ["check"],
+            registry=r,
+        )
         self.ready = Gauge(
             p + "ready",
             "1 when /readyz answers 200: started, not draining, Redis and PostgreSQL answered.",

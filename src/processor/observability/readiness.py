@@ -1,9 +1,10 @@
 """The `/readyz` verdict: is this instance fit to take traffic right now?
 
 Ready means: the pipeline has started, it is not draining, Redis and PostgreSQL both answered
-their latest probe, and no *critical* side service is down. The verdict is computed from cached
-state only, so it never blocks; the `processor_ready` gauge is computed from the same verdict at
-scrape time, so the gauge and the endpoint can never disagree.
+their latest probe, no stall is reported (a failure that repeats while both servers answer, e.g.
+a refused INSERT: see `stalls`), and no *critical* side service is down. The verdict is computed
+from cached state only, so it never blocks; the `processor_ready` gauge is computed from the
+same verdict at scrape time, so the gauge and the endpoint can never disagree.
 
 Side services that are down (waiting to be restarted by the supervisor, `processor.supervise`)
 are decided by what a load balancer does with the answer. `/readyz` routes the only inbound
@@ -30,6 +31,8 @@ import attrs
 import trio
 
 from processor.observability.probes import Probe
+from processor.observability.stalls import Stalls
+from processor.redaction import redact
 from processor.supervise import Supervisor
 
 
@@ -46,8 +49,10 @@ class Readiness:
         started: trio.Event,
         draining: trio.Event,
         supervisor: Supervisor | None = None,
+        stalls: Stalls | None = None,
     ) -> None:
         self._probes = tuple(probes)
+        self._stalls = stalls if stalls is not None else Stalls()
         self._started = started
         self._draining = draining
         self._supervisor = supervisor
@@ -63,8 +68,11 @@ class Readiness:
             result = probe.result
             checks[probe.name] = {"ok": result.ok}
             if not result.ok:
-                checks[probe.name]["error"] = result.error
+                checks[probe.name]["error"] = redact(result.error)
                 failing.append(probe.name)
+        for check, error in self._stalls.failing().items():
+            checks[check] = {"ok": False, "error": redact(error)}
+            failing.append(check)
         degraded: list[str] = []
         if self._supervisor is not None:
             failing.extend(self._supervisor.down(critical=True))

@@ -24,6 +24,7 @@ from processor.observability.lag import run_lag_sampler
 from processor.observability.metrics import Metrics
 from processor.observability.probes import postgres_probe, redis_probe, run_probes
 from processor.observability.readiness import Readiness
+from processor.observability.stalls import Stalls
 from processor.store.postgres import Database
 from processor.supervise import Supervisor
 
@@ -33,6 +34,8 @@ class Observability:
         self.config = config
         self.metrics = metrics
         self.supervisor = supervisor
+        # Reported by the pipeline (see stalls.py), read by /readyz.
+        self.stalls = Stalls(metrics.pipeline_stalled)
         self._http: HttpServer | None = None
 
     async def start(
@@ -47,7 +50,7 @@ class Observability:
         """Start everything; returns the bound HTTP port."""
         config = self.config
         probes = [redis_probe(config.redis_url, config.probe_timeout_s), postgres_probe(database)]
-        readiness = Readiness(probes, started, draining, self.supervisor)
+        readiness = Readiness(probes, started, draining, self.supervisor, self.stalls)
         self.metrics.ready.set_function(readiness.gauge_value)
         supervised = self.supervisor.run
         await nursery.start(

@@ -120,6 +120,29 @@ def apply_storage_policy(
     schema = timescaledb_schema(conn)
     if schema is None:
         return "plain"
+    # Under the migrations' lock: two instances starting together would otherwise interleave
+    # remove/add of a policy, and the second add would fail on the first one's job.
+    conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+    try:
+        return _apply_timescaledb_policy(
+            conn,
+            schema,
+            chunk_interval=chunk_interval,
+            compress_after_days=compress_after_days,
+            retention_days=retention_days,
+        )
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+
+
+def _apply_timescaledb_policy(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    chunk_interval: str,
+    compress_after_days: int,
+    retention_days: int,
+) -> str:
     is_hypertable = conn.execute(
         "SELECT 1 FROM timescaledb_information.hypertables "
         "WHERE hypertable_name = 'positions' AND hypertable_schema = current_schema()"
@@ -134,21 +157,27 @@ def apply_storage_policy(
         )
         conn.execute(query, params)
 
+    # create_hypertable (migration 0001) adds a (ts DESC) index by default. The key's index
+    # already serves every query the processor makes, and each index costs ingest speed
+    # (SPEC §3), so it is dropped here, where it also repairs databases migrated earlier.
+    conn.execute("DROP INDEX IF EXISTS positions_ts_idx")
     call("set_chunk_time_interval", "'positions'::regclass, %s::interval", (chunk_interval,))
+    # Each policy is replaced on every start, and removed when its setting is 0 ("off"):
+    # chunks already compressed stay compressed, and the compression settings stay on.
+    call("remove_compression_policy", "'positions'::regclass, if_exists => true", ())
     if compress_after_days > 0:
         conn.execute(
             "ALTER TABLE positions SET (timescaledb.compress, "
             "timescaledb.compress_segmentby = 'device_id', "
             "timescaledb.compress_orderby = 'ts DESC')"
         )
-        call("remove_compression_policy", "'positions'::regclass, if_exists => true", ())
         call(
             "add_compression_policy",
             "'positions'::regclass, make_interval(days => %s)",
             (compress_after_days,),
         )
+    call("remove_retention_policy", "'positions'::regclass, if_exists => true", ())
     if retention_days > 0:
-        call("remove_retention_policy", "'positions'::regclass, if_exists => true", ())
         call(
             "add_retention_policy",
             "'positions'::regclass, make_interval(days => %s)",

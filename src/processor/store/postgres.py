@@ -18,6 +18,7 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from processor.store import db_errors
 from processor.store.retry import connect_with_retry
 
 T = TypeVar("T")
@@ -31,18 +32,9 @@ CONNECT_TIMEOUT_S = 5
 # unreachable. Callers retry a PoolTimeout like any transient failure, in cancellable sleeps.
 POOL_WAIT_S = 1.0
 
-# Errors that mean "the database or the network is unavailable": retry later, never dead-letter.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    psycopg.errors.AdminShutdown,
-    psycopg.errors.CannotConnectNow,
-    psycopg.errors.QueryCanceled,
-    psycopg.errors.SerializationFailure,
-    psycopg.errors.DeadlockDetected,
-    psycopg.errors.InsufficientResources,
-    PoolTimeout,
-)
+# Which failures are transient is decided in one place, store/db_errors.py (re-exported here
+# for the callers that catch them).
+TRANSIENT_ERRORS = db_errors.TRANSIENT_ERRORS
 
 
 def with_search_path(url: str, schema: str) -> str:

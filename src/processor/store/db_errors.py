@@ -1,0 +1,89 @@
+"""What a database error means for the pipeline: the one classification every caller uses.
+
+Three kinds, decided by SQLSTATE (and, for errors raised client-side, by the exception type):
+
+- `DATA`: the batch's *content* can never be stored (class 22 data exception, class 23
+  integrity violation, or psycopg refusing a value client-side). Retrying cannot help: the
+  writer splits the batch and dead-letters the refused record(s).
+- `TRANSIENT`: the connection or the transaction was lost through no fault of the work itself:
+  connection failures (class 08, a socket closed under us, no free pooled connection), the server
+  shutting down or starting up (57P01-57P03), serialization failures and deadlocks (40001,
+  40P01). Retried with backoff; the readiness probes already report a database that is down.
+- `PERSISTENT`: everything else -- a missing table (42P01), a revoked privilege (42501), a
+  compressed chunk refusing a write (0A000), a statement timeout (57014), a full disk (53100)...
+  Nothing about the record is wrong, so it is never dead-lettered and never acked; it is retried
+  like a transient failure, but once it has repeated past a bound the writer logs it at `error`
+  and `/readyz` fails naming it, because no dependency probe would notice (`SELECT 1` still works)
+  and an operator must act.
+
+Why not "everything outside 22/23 is transient" (the earlier rule): a permissions error then
+stalls the pipeline forever while the instance reports itself ready.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+
+class Kind(enum.Enum):
+    DATA = "data"
+    TRANSIENT = "transient"
+    PERSISTENT = "persistent"
+
+
+# SQLSTATE classes/codes (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+_DATA_CLASSES = frozenset({"22", "23"})
+_TRANSIENT_CLASSES = frozenset({"08"})  # connection exception
+_TRANSIENT_CODES = frozenset(
+    {
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (starting up, recovering)
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+    }
+)
+
+# For `except` clauses: every exception a database call can raise for an outside reason.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, PoolTimeout)
+
+# The exception types transient failures come as, for callers that only need a coarse split
+# (e.g. a live snapshot answering "unavailable, retry" rather than "internal error"). Retry
+# decisions use `classify`, which looks at the SQLSTATE too.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+)
+
+
+def classify(exc: BaseException) -> Kind:
+    """The kind of a failed database call's exception."""
+    if isinstance(exc, PoolTimeout):
+        return Kind.TRANSIENT  # no pooled connection in time: the server is unreachable
+    if not isinstance(exc, psycopg.Error):
+        return Kind.TRANSIENT if isinstance(exc, OSError) else Kind.PERSISTENT
+    sqlstate = exc.sqlstate or ""
+    if sqlstate[:2] in _DATA_CLASSES:
+        return Kind.DATA
+    if sqlstate[:2] in _TRANSIENT_CLASSES or sqlstate in _TRANSIENT_CODES:
+        return Kind.TRANSIENT
+    if not sqlstate:
+        # Raised by the client, not the server: a value psycopg refuses to send (NUL in text)
+        # is about the data; a broken or closed connection is transient.
+        if isinstance(exc, psycopg.DataError):
+            return Kind.DATA
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return Kind.TRANSIENT
+    return Kind.PERSISTENT
+
+
+def describe(exc: BaseException) -> str:
+    """One line for logs and `/readyz`: the type, the SQLSTATE when there is one, the message."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    state = f" [{sqlstate}]" if sqlstate else ""
+    text = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}{state}: {text}"

@@ -1,0 +1,115 @@
+"""Database errors are classified in one place, and a lasting refusal is loud (issue 10, item 4).
+
+Before, every error outside SQLSTATE classes 22/23 counted as transient: a revoked privilege, a
+compressed chunk refusing writes or a missing table stalled the pipeline forever while `/readyz`
+said ready. Now connection loss and serialization/deadlock failures are transient; anything else
+that repeats past a bound fails `/readyz` naming the error, is logged at error, and is still
+retried: nothing is acked, nothing is lost, and the writes resume once the cause is gone.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import redis
+import trio
+from psycopg import errors
+from psycopg_pool import PoolTimeout
+
+from processor.store import db_errors
+from processor.store.db_errors import Kind, classify
+from tests.support.fixes import fix, pending_count, publish, row_count
+from tests.support.service import running_service, wait_until
+from tests.test_dead_letter_outage import FAST_RETRY, wait_for_readyz
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (errors.lookup("22P02")("bad text"), Kind.DATA),  # invalid_text_representation
+        (errors.lookup("22003")("out of range"), Kind.DATA),  # numeric_value_out_of_range
+        (errors.lookup("23505")("duplicate"), Kind.DATA),  # unique_violation
+        (psycopg.DataError("NUL in text, refused client-side"), Kind.DATA),
+        (errors.lookup("08006")("connection failure"), Kind.TRANSIENT),
+        (errors.lookup("08001")("cannot connect"), Kind.TRANSIENT),
+        (psycopg.OperationalError("server closed the connection unexpectedly"), Kind.TRANSIENT),
+        (psycopg.InterfaceError("the connection is closed"), Kind.TRANSIENT),
+        (PoolTimeout("couldn't get a connection"), Kind.TRANSIENT),
+        (errors.lookup("57P01")("admin shutdown"), Kind.TRANSIENT),
+        (errors.lookup("57P03")("starting up"), Kind.TRANSIENT),
+        (errors.lookup("40001")("serialization failure"), Kind.TRANSIENT),
+        (errors.lookup("40P01")("deadlock"), Kind.TRANSIENT),
+        (ConnectionResetError("reset by peer"), Kind.TRANSIENT),
+        (errors.lookup("42501")("permission denied for table positions"), Kind.PERSISTENT),
+        (errors.lookup("42P01")('relation "positions" does not exist'), Kind.PERSISTENT),
+        (errors.lookup("0A000")("cannot insert into compressed chunk"), Kind.PERSISTENT),
+        (errors.lookup("57014")("statement timeout"), Kind.PERSISTENT),
+        (errors.lookup("53100")("disk full"), Kind.PERSISTENT),
+        (errors.lookup("P0001")("raised by a trigger"), Kind.PERSISTENT),
+    ],
+    ids=lambda value: value.name if isinstance(value, Kind) else type(value).__name__,
+)
+def test_classification(error: Exception, kind: Kind) -> None:
+    assert classify(error) is kind
+
+
+def test_the_snapshot_path_shares_the_classification() -> None:
+    """store/postgres.py re-exports the one list instead of keeping its own."""
+    from processor.store import postgres
+
+    assert postgres.TRANSIENT_ERRORS is db_errors.TRANSIENT_ERRORS
+
+
+def test_describe_names_the_sqlstate() -> None:
+    text = db_errors.describe(errors.lookup("42501")("permission denied\n for table positions"))
+    assert text == "InsufficientPrivilege [42501]: permission denied for table positions"
+
+
+REFUSE_INSERTS = """
+CREATE FUNCTION refuse_positions() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'permission denied for table positions' USING ERRCODE = '42501';
+END $$;
+CREATE TRIGGER refuse_positions BEFORE INSERT ON positions
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_positions();
+"""
+
+
+async def test_a_lasting_refusal_fails_readiness_is_retried_and_loses_nothing(
+    env: dict[str, str],
+    redis_client: redis.Redis,
+    stream_key: str,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A permissions error (42501, from a trigger: the test role is a superuser whom a REVOKE
+    would not stop) is not a data error: nothing is dead-lettered or acked, /readyz names it."""
+    documents = [fix(f"dev{i % 3}", i) for i in range(30)]
+    with trio.fail_after(60):
+        async with running_service(env | FAST_RETRY) as service:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(REFUSE_INSERTS)
+            publish(redis_client, stream_key, documents)
+
+            body = await wait_for_readyz(service, 503)
+            assert body["failing"] == ["postgres_writes"], body
+            error = body["checks"]["postgres_writes"]["error"]
+            assert "InsufficientPrivilege [42501]" in error, body
+            assert body["checks"]["postgres"]["ok"] is True  # SELECT 1 still works
+            retries = service.metrics.write_retries._value.get()
+            await wait_until(lambda: service.metrics.write_retries._value.get() > retries + 2)
+            assert pending_count(redis_client, stream_key) == len(documents)
+            assert row_count(database_url) == 0
+            assert redis_client.xlen(f"{stream_key}:dead") == 0
+
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("DROP TRIGGER refuse_positions ON positions")
+            await wait_until(lambda: row_count(database_url) == len(documents))
+            await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
+            await wait_for_readyz(service, 200)
+
+    assert redis_client.xlen(f"{stream_key}:dead") == 0
+    assert service.metrics.acks._value.get() == len(documents)
+    logged = capsys.readouterr().err
+    assert "write keeps failing, retrying" in logged
+    assert "[error" in logged  # the console renderer's level tag
