@@ -29,6 +29,9 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
 _INT32_MAX = 2**31 - 1
 _NUL = "\x00"  # PostgreSQL text and JSONB cannot hold it: reject at decode, not at the database
 _SAFE_INT = 2**53
+# orjson reads integers in [-2**63, 2**64) exactly and any other as a float: a float this large
+# and integral may have been an integer literal (or a float literal such as 1e19: both re-read).
+_ORJSON_INT_LIMIT = 2**63
 PRIORITIES = (0, 1, 2)
 
 
@@ -72,11 +75,53 @@ def decode_payload(payload: bytes | str | None) -> Position:
         raise CodecError("invalid_json", "invalid JSON", str(exc)) from None
     if not isinstance(document, dict):
         raise CodecError("not_object", "payload not an object", f"got {type(document).__name__}")
-    return position_from_dict(document)
+    try:
+        return _position(document, orjson_numbers=True)
+    except _InexactInteger:
+        # orjson reads an integer beyond 64 bits as a float (silently inexact). Such values are
+        # rare (upstream sends them as __bigint): re-read this payload with the standard library,
+        # whose integers are exact. orjson has already validated it, so both read the same JSON.
+        try:
+            exact = json.loads(payload)
+        except RecursionError:  # nesting orjson allows but the standard library's stack does not
+            raise CodecError("invalid_json", "invalid JSON", "nested too deeply") from None
+        return _position(exact, orjson_numbers=False)
+
+
+class _InexactInteger(Exception):
+    """An attribute read by orjson as a float may have been an integer beyond 64 bits."""
+
+
+StoredRow: TypeAlias = tuple[
+    str,
+    datetime,
+    float,
+    float,
+    float | None,
+    float | None,
+    float | None,
+    int | None,
+    int | None,
+    str,
+]
+
+
+def decode_row(payload: bytes | str | None) -> StoredRow:
+    """Decode one payload straight into the values COPY writes for it (SPEC §3 column order,
+    `attributes` as its JSONB text), or raise CodecError: the batch writer's form of a fix."""
+    p = decode_payload(payload)
+    return (
+        p.device_id, p.ts, p.latitude, p.longitude, p.altitude, p.angle, p.speed, p.satellites,
+        p.priority, attributes_json(p.attributes),
+    )  # fmt: skip
 
 
 def position_from_dict(document: Mapping[str, Any]) -> Position:
     """Validate an already-parsed JSON object (SPEC §2) into a Position."""
+    return _position(document, orjson_numbers=False)
+
+
+def _position(document: Mapping[str, Any], *, orjson_numbers: bool) -> Position:
     device_id = _required(document, "device_id")
     if not isinstance(device_id, str):
         raise _wrong_type("device_id", "a string", device_id)
@@ -96,7 +141,7 @@ def position_from_dict(document: Mapping[str, Any]) -> Position:
         speed=_number(document, "speed", 0.0, math.inf),
         satellites=_integer(document, "satellites", 0, _INT32_MAX),
         priority=_priority(document),
-        attributes=_attributes(document.get("attributes")),
+        attributes=_attributes(document.get("attributes"), orjson_numbers),
     )
 
 
@@ -162,26 +207,55 @@ def _priority(document: Mapping[str, Any]) -> int | None:
     return value
 
 
+# RFC 3339 §5.6 `date-time`, ASCII digits only: `YYYY-MM-DD`, `T`, `hh:mm:ss`, an optional
+# fraction, then `Z` or `±hh:mm`. `fromisoformat` alone also takes week dates, ordinal dates,
+# basic format, any separator, offsets with seconds and non-ASCII digits (not RFC 3339).
+# Decisions (README "Decisions"): lowercase `t`/`z` are accepted (§5.6 NOTE); a space separator
+# is not; more than 6 fraction digits are truncated to microseconds (never rounded into the next
+# second), at most 9 (nanoseconds); `-00:00` is UTC; a leap second (`:60`) is refused: devices
+# count time as Unix milliseconds, which cannot express one, so it can only be a broken producer.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)"
+    r"(?:\.[0-9]{1,9})?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])",
+    re.ASCII,
+)
+# The same without the offset (or a date alone): refused with a reason of its own.
+_RFC3339_NAIVE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?)?", re.ASCII
+)
+
+
 def _timestamp(value: Any) -> datetime:
     if not isinstance(value, str):
-        raise _wrong_type("timestamp", "an ISO 8601 string", value)
+        raise _wrong_type("timestamp", "an RFC 3339 string", value)
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        if _RFC3339_NAIVE.fullmatch(value):
+            raise CodecError(
+                "bad_timestamp", "timestamp without offset", f"{value!r} needs Z or an offset"
+            )
+        raise CodecError("bad_timestamp", "timestamp invalid", f"{value[:64]!r} is not RFC 3339")
+    if match[1] == "60":
+        raise CodecError(
+            "bad_timestamp", "timestamp invalid", f"{value!r}: leap seconds are not supported"
+        )
+    if "t" in value or "z" in value:  # fromisoformat (3.11) takes neither; the rest is ASCII
+        value = value.upper()
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+    except ValueError:  # a day that does not exist (2026-02-30, month 13) or year 0
+        if value.startswith("0000"):
+            raise CodecError("bad_timestamp", "timestamp out of range", value) from None
         raise CodecError(
-            "bad_timestamp", "timestamp invalid", f"{value[:64]!r} is not ISO 8601"
+            "bad_timestamp", "timestamp invalid", f"{value!r} is not a valid date"
         ) from None
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
-        raise CodecError(
-            "bad_timestamp", "timestamp without offset", f"{value[:64]!r} needs Z or an offset"
-        )
     try:
         return parsed.astimezone(UTC)
     except OverflowError:
-        raise CodecError("bad_timestamp", "timestamp out of range", value[:64]) from None
+        raise CodecError("bad_timestamp", "timestamp out of range", value) from None
 
 
-def _attributes(value: Any) -> dict[str, AttributeValue]:
+def _attributes(value: Any, orjson_numbers: bool) -> dict[str, AttributeValue]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -196,11 +270,11 @@ def _attributes(value: Any) -> dict[str, AttributeValue]:
         if type(item) is not int:
             others.append(key)
     for key in others:
-        decoded[key] = _attribute(key, value[key])
+        decoded[key] = _attribute(key, value[key], orjson_numbers)
     return decoded
 
 
-def _attribute(key: str, value: Any) -> AttributeValue:
+def _attribute(key: str, value: Any, orjson_numbers: bool) -> AttributeValue:
     if isinstance(value, str) and _NUL in value:
         raise CodecError("bad_text", "attribute contains NUL", f"attribute {key!r}: \\u0000")
     if value is None or isinstance(value, bool | int | str):
@@ -208,6 +282,8 @@ def _attribute(key: str, value: Any) -> AttributeValue:
     if isinstance(value, float):
         if not math.isfinite(value):  # JSON has no such number; orjson would write null
             raise CodecError("out_of_range", "attribute out of range", f"attribute {key!r}")
+        if orjson_numbers and abs(value) >= _ORJSON_INT_LIMIT and value.is_integer():
+            raise _InexactInteger
         return value
     if isinstance(value, dict):
         return _sentinel(key, value)
