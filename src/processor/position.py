@@ -65,33 +65,23 @@ class Position:
     attributes: Attributes = attrs.field(factory=dict)
 
 
-def decode_payload(payload: bytes | str | None) -> Position:
-    """Decode one stream entry's `payload` field into a Position, or raise CodecError."""
-    if payload is None:
-        raise CodecError("missing_payload", "payload missing", "entry has no 'payload' field")
-    try:
-        document = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise CodecError("invalid_json", "invalid JSON", str(exc)) from None
-    if not isinstance(document, dict):
-        raise CodecError("not_object", "payload not an object", f"got {type(document).__name__}")
-    try:
-        return _position(document, orjson_numbers=True)
-    except _InexactInteger:
-        # orjson reads an integer beyond 64 bits as a float (silently inexact). Such values are
-        # rare (upstream sends them as __bigint): re-read this payload with the standard library,
-        # whose integers are exact. orjson has already validated it, so both read the same JSON.
-        try:
-            exact = json.loads(payload)
-        except RecursionError:  # nesting orjson allows but the standard library's stack does not
-            raise CodecError("invalid_json", "invalid JSON", "nested too deeply") from None
-        return _position(exact, orjson_numbers=False)
-
-
-class _InexactInteger(Exception):
-    """An attribute read by orjson as a float may have been an integer beyond 64 bits."""
-
-
+# A decoded fix as plain values, in SPEC §3 column order:
+# device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes.
+# The durable pipeline works on these tuples (built in C, no per-field Python call); `Position`
+# is the named, immutable form for everything else (live broadcast, tests, tools).
+Fields: TypeAlias = tuple[
+    str,
+    datetime,
+    float,
+    float,
+    float | None,
+    float | None,
+    float | None,
+    int | None,
+    int | None,
+    dict[str, AttributeValue],
+]
+# The same with `attributes` as its JSONB text: exactly the values COPY writes.
 StoredRow: TypeAlias = tuple[
     str,
     datetime,
@@ -106,22 +96,69 @@ StoredRow: TypeAlias = tuple[
 ]
 
 
+def decode_payload(payload: bytes | str | None) -> Position:
+    """Decode one stream entry's `payload` field into a Position, or raise CodecError."""
+    return Position(*decode_fields(payload))
+
+
 def decode_row(payload: bytes | str | None) -> StoredRow:
-    """Decode one payload straight into the values COPY writes for it (SPEC §3 column order,
-    `attributes` as its JSONB text), or raise CodecError: the batch writer's form of a fix."""
-    p = decode_payload(payload)
-    return (
-        p.device_id, p.ts, p.latitude, p.longitude, p.altitude, p.angle, p.speed, p.satellites,
-        p.priority, attributes_json(p.attributes),
-    )  # fmt: skip
+    """Decode one payload straight into the values COPY writes for it (`attributes` as its
+    JSONB text), or raise CodecError: the batch writer's form of a fix, with no Position built."""
+    values = decode_fields(payload)
+    return (*values[:9], attributes_json(values[9]))
+
+
+def decode_fields(payload: bytes | str | None) -> Fields:
+    """Decode one payload into its plain field values (see `Fields`), or raise CodecError."""
+    if payload is None:
+        raise CodecError("missing_payload", "payload missing", "entry has no 'payload' field")
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError("invalid_json", "invalid JSON", str(exc)) from None
+    if not isinstance(document, dict):
+        raise CodecError("not_object", "payload not an object", f"got {type(document).__name__}")
+    try:
+        return _fields(document, orjson_numbers=True)
+    except _InexactInteger:
+        # orjson reads an integer beyond 64 bits as a float (silently inexact). Such values are
+        # rare (upstream sends them as __bigint): re-read this payload with the standard library,
+        # whose integers are exact. orjson has already validated it, so both read the same JSON.
+        try:
+            exact = json.loads(payload)
+        except RecursionError:  # nesting orjson allows but the standard library's stack does not
+            raise CodecError("invalid_json", "invalid JSON", "nested too deeply") from None
+        return _fields(exact, orjson_numbers=False)
+
+
+class _InexactInteger(Exception):
+    """An attribute read by orjson as a float may have been an integer beyond 64 bits."""
 
 
 def position_from_dict(document: Mapping[str, Any]) -> Position:
     """Validate an already-parsed JSON object (SPEC §2) into a Position."""
-    return _position(document, orjson_numbers=False)
+    return Position(*_fields(document, orjson_numbers=False))
 
 
-def _position(document: Mapping[str, Any], *, orjson_numbers: bool) -> Position:
+def _fields(document: Mapping[str, Any], *, orjson_numbers: bool) -> Fields:
+    device_id = document.get("device_id")
+    if type(device_id) is not str or not 0 < len(device_id) <= 64 or _NUL in device_id:
+        device_id = _device_id(document)  # the precise error (or a str subclass)
+    return (
+        device_id,
+        _timestamp(_required(document, "timestamp")),
+        _number(document, "latitude", -90.0, 90.0, required=True),  # type: ignore[return-value]
+        _number(document, "longitude", -180.0, 180.0, required=True),
+        _number(document, "altitude", -math.inf, math.inf),
+        _number(document, "angle", 0.0, 360.0),
+        _number(document, "speed", 0.0, math.inf),
+        _integer(document, "satellites", 0, _INT32_MAX),
+        _integer(document, "priority", 0, 2),
+        _attributes(document.get("attributes"), orjson_numbers),
+    )
+
+
+def _device_id(document: Mapping[str, Any]) -> str:
     device_id = _required(document, "device_id")
     if not isinstance(device_id, str):
         raise _wrong_type("device_id", "a string", device_id)
@@ -131,18 +168,7 @@ def _position(document: Mapping[str, Any], *, orjson_numbers: bool) -> Position:
         )
     if _NUL in device_id:
         raise CodecError("bad_text", "device_id contains NUL", "PostgreSQL text cannot store it")
-    return Position(
-        device_id=device_id,
-        ts=_timestamp(_required(document, "timestamp")),
-        latitude=_number(document, "latitude", -90.0, 90.0, required=True),  # type: ignore[arg-type]
-        longitude=_number(document, "longitude", -180.0, 180.0, required=True),  # type: ignore[arg-type]
-        altitude=_number(document, "altitude", -math.inf, math.inf),
-        angle=_number(document, "angle", 0.0, 360.0),
-        speed=_number(document, "speed", 0.0, math.inf),
-        satellites=_integer(document, "satellites", 0, _INT32_MAX),
-        priority=_priority(document),
-        attributes=_attributes(document.get("attributes"), orjson_numbers),
-    )
+    return device_id
 
 
 def _required(document: Mapping[str, Any], name: str) -> Any:
@@ -199,11 +225,6 @@ def _integer(document: Mapping[str, Any], name: str, low: int, high: int) -> int
         raise _wrong_type(name, "an integer", value)
     if not low <= value <= high:
         raise CodecError("out_of_range", f"{name} out of range", f"{value} not in {low}..{high}")
-    return value
-
-
-def _priority(document: Mapping[str, Any]) -> int | None:
-    value = _integer(document, "priority", 0, 2)
     return value
 
 
