@@ -7,13 +7,14 @@ code 2 and one line naming the variable (no traceback).
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 import structlog
 import trio
 
-from processor import bench, demo, dlq, publisher
 from processor.config import Config, ConfigError, load_config
 from processor.observability.logging import configure_logging
 from processor.store.retry import Unavailable
@@ -35,9 +36,13 @@ def _load() -> Config:
 
 
 def cmd_run(_args: argparse.Namespace) -> int:
+    config = _load()
+    # The first line comes before the pipeline's imports (psycopg, redis-py, prometheus; the
+    # HTTP and live stacks later still, when they start): an operator sees at once that the
+    # process runs and its configuration is valid.
+    log.info("processor run: configuration valid", instance=config.instance_id, pid=os.getpid())
     from processor.app import run_until_signalled
 
-    config = _load()
     return trio.run(run_until_signalled, config)
 
 
@@ -58,7 +63,7 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, extra_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="processor",
         description="Telemetry processor: Redis Stream -> PostgreSQL, live WebSocket, metrics. "
@@ -69,22 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     migrate.set_defaults(handler=cmd_migrate)
-    for register in EXTRA_COMMANDS:
-        register(commands)
+    if extra_commands:
+        for module in EXTRA_COMMANDS:
+            importlib.import_module(module).register(commands)
     return parser
 
 
-# Further commands (dlq, simulate, demo, bench) register their sub-parsers here.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    dlq.register,
-    publisher.register,
-    demo.register,
-    bench.register,
-]
+# Further commands register their sub-parsers here (each module has a `register`). They are
+# imported only to parse a command line that may name one of them: the daemon's commands
+# (`run`, `migrate`) do not pay for their imports (redis-py, the simulator) before logging.
+EXTRA_COMMANDS = ("processor.dlq", "processor.publisher", "processor.demo", "processor.bench")
+DAEMON_COMMANDS = ("run", "migrate")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(extra_commands=not argv or argv[0] not in DAEMON_COMMANDS)
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
