@@ -7,6 +7,7 @@ code 2 and one line naming the variable (no traceback).
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -43,7 +44,24 @@ def cmd_run(_args: argparse.Namespace) -> int:
     log.info("processor run: configuration valid", instance=config.instance_id, pid=os.getpid())
     from processor.app import run_until_signalled
 
+    _tune_gc()
     return trio.run(run_until_signalled, config)
+
+
+# The pipeline allocates and frees a few containers per fix: with CPython's default threshold
+# (700 net allocations) it ran ~600 young collections per 100,000 fixes, each promoting the
+# batch in hand, and full collections then traversed every imported module again: 0.6 s of
+# collector time per 100,000 fixes, ~16 % of the daemon's CPU (gc.callbacks, issue 15). A batch's
+# objects are freed by reference counting; the collector is only needed for rare cycles.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _tune_gc() -> None:
+    """Freeze what start-up imported (it lives as long as the process) and collect young
+    objects less often: per fix, the collector then costs next to nothing."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
