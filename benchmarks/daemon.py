@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import orjson
@@ -27,13 +27,15 @@ LIVE_EVENT = "live broadcast listening"
 
 
 class Daemon:
-    """One `processor run` subprocess and what its log says about it."""
+    """One `processor run` subprocess (or another contender's, `module`) and what its log says."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, env: Mapping[str, str], module: Sequence[str] = ("processor.cli", "run")
+    ) -> None:
         child_env = {k: v for k, v in os.environ.items() if k != "DIRECTUS_URL"}
         child_env.update(env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "processor.cli", "run"],
+            [sys.executable, "-m", *module],
             env=child_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -11,29 +11,36 @@ contender into its own fresh PostgreSQL schema:
               per batch (`benchmarks.writers.write_baseline`);
 3. processor: the fixes pre-loaded into a stream, then `processor run` as a subprocess, timed
               from its "ready" log line to the moment the group has no lag and nothing pending
-              (every row committed and every entry acked).
+              (every row committed and every entry acked);
+4. minimal:   the same, with `benchmarks.minimal` (stream -> decode -> COPY/merge -> XACK and
+              nothing else) instead of the processor: `processor / minimal` is the price of the
+              processor's features (fix quality, device state, metrics, dead letters, drain).
+
+Each contender's CPU time per fix is reported too (the writing process: the benchmark itself
+for 1-2, the subprocess for 3-4, from /proc/<pid>/stat): on a shared machine it is far steadier
+than a rate.
 
 Then, on a second `processor run`:
 
-4. latency:   the simulator publishes at a steady rate; p50/p95/p99 of stream entry -> commit,
+5. latency:   the simulator publishes at a steady rate; p50/p95/p99 of stream entry -> commit,
               read from the daemon's `processor_e2e_latency_seconds` histogram on /metrics
               (observed at commit; percentiles interpolated within buckets, as Prometheus'
               `histogram_quantile` does). Exact percentiles of `ingested_at - entry time` from
               the table are reported too (`db_p*_e2e_ms`; `ingested_at` is the transaction's
               start, so those read a few ms low).
-5. memory:    fixes from N distinct devices (one each), then VmRSS of the daemon (N = 100,000:
+6. memory:    fixes from N distinct devices (one each), then VmRSS of the daemon (N = 100,000:
               the default DEVICE_STATE_CAP, so every device is in state).
-6. drain:     SIGTERM while the simulator keeps publishing at the steady rate: seconds until
+7. drain:     SIGTERM while the simulator keeps publishing at the steady rate: seconds until
               the process has exited (it must exit 0 with nothing pending).
-8. domain:    the racing-domain engine on a 40-control stage: its evaluation rate, its lag
-              behind ingestion at 2,000 fixes/s, and ingestion's rate with it on vs off
-              (`benchmarks.domain`).
 
 Then, on a third `processor run` with live broadcast on (`benchmarks/live.py`):
 
-7. live:      stream -> commit p99 under the steady load, alone and while 8 clients resubscribe
+8. live:      stream -> commit p99 under the steady load, alone and while 8 clients resubscribe
               in a loop to an event of 3,000 devices; `live_p99_ratio` = storm / quiet
               (`--phases live` runs it alone).
+9. domain:    the racing-domain engine on a 40-control stage: its evaluation rate, its lag
+              behind ingestion at 2,000 fixes/s, and ingestion's rate with it on vs off
+              (`benchmarks.domain`).
 
 Without REDIS_URL / DATABASE_URL, throwaway servers are started (as `just demo` does).
 Speed is reported here, never asserted by the test suite.
@@ -74,12 +81,21 @@ from processor.simulate import Quirks, Scenario, Simulator
 from processor.store.migrations import apply_migrations, default_directory, load_migrations
 from processor.store.postgres import with_search_path
 
+CHECKOUT = Path(__file__).resolve().parents[1]
 SEED = 20260512
 START = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
 NO_QUIRKS = Quirks(late=0, duplicate=0, zero_satellites=0, event=0, sentinels=0)
-PHASES = ("raw", "baseline", "processor", "latency", "memory", "drain", "live", "domain")
+CONTENDERS = ("raw", "baseline", "processor", "minimal")
+PHASES = (*CONTENDERS, "latency", "memory", "drain", "live", "domain")
+IN_PROCESS = {"raw": write_raw, "baseline": write_baseline}
+STREAM_CONTENDERS = {
+    "processor": ("processor.cli", "run"),
+    "minimal": ("benchmarks.minimal",),
+}
 TARGETS: dict[str, tuple[str, float]] = {
-    "ratio_vs_raw": (">=", 0.7),
+    "ratio_vs_raw": (">=", 0.85),
+    "ratio_vs_minimal": (">=", 0.9),
+    "cpu_vs_minimal": ("<=", 1.15),
     "ratio_vs_baseline": (">=", 1.5),
     "p99_e2e_ms": ("<=", 250.0),
     "rss_mb_100k_devices": ("<=", 200.0),
@@ -120,7 +136,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the schemas and streams")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="rounds of the throughput contenders (median)"
+        "--repeat",
+        type=int,
+        default=None,
+        help="rounds of the throughput contenders, medians reported (default 3; --quick: 1)",
     )
     return parser.parse_args(argv)
 
@@ -160,7 +179,13 @@ class Bench:
         self.streams.append(key)
         return key
 
-    def daemon(self, url: str, stream: str, extra: dict[str, str] | None = None) -> Daemon:
+    def daemon(
+        self,
+        url: str,
+        stream: str,
+        extra: dict[str, str] | None = None,
+        module: Sequence[str] = ("processor.cli", "run"),
+    ) -> Daemon:
         env = {
             "REDIS_URL": self.redis_url,
             "DATABASE_URL": url,
@@ -169,10 +194,14 @@ class Bench:
             "HTTP_PORT": "0",
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "info",
+            # `benchmarks.minimal` runs from the checkout, wherever the benchmark was started
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH", "")) if p
+            ),
             **self.settings,
             **(extra or {}),
         }
-        return Daemon(env)
+        return Daemon(env, module)
 
     def caught_up(self, stream: str, group: str = "processor") -> bool:
         for info in self.redis.xinfo_groups(stream):
@@ -180,10 +209,18 @@ class Bench:
                 return int(info["pending"]) == 0 and int(info.get("lag") or 0) == 0
         return False
 
-    def wait_caught_up(self, stream: str, timeout_s: float, interval_s: float = 0.01) -> float:
+    def wait_caught_up(
+        self,
+        stream: str,
+        timeout_s: float,
+        interval_s: float = 0.01,
+        daemon: Daemon | None = None,
+    ) -> float:
         """Poll until the group has read and acked everything; returns the epoch time seen."""
         deadline = time.monotonic() + timeout_s
         while not self.caught_up(stream):
+            if daemon is not None and daemon.proc.poll() is not None:
+                raise RuntimeError("the contender died:\n" + "\n".join(daemon.log_tail))
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the processor did not catch up on {stream} in {timeout_s}s")
             time.sleep(interval_s)
@@ -216,49 +253,51 @@ class Bench:
         self.results.update(fixes=len(payloads), devices=s.devices, rows=len(keys))
         batch = self.config.write_batch_size
         rates: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
         # Rounds interleave the contenders, so a drift in the machine's background load touches
         # them alike; each figure is the median of its rounds (all kept in the JSON).
         for attempt in range(self.repeat):
-            for name, writer in (("raw", write_raw), ("baseline", write_baseline)):
+            for name in CONTENDERS:
                 if name not in phases:
                     continue
-                url = self.schema(f"{name}{attempt}")
-                seconds, cpu = timed_write(url, payloads, writer, batch_size=batch)
-                self.check_rows(name, url, len(keys))
-                self.results.setdefault(f"{name}_cpu_us_per_fix", []).append(
-                    round(cpu / len(payloads) * 1e6, 1)
-                )
+                if name in IN_PROCESS:
+                    url = self.schema(f"{name}{attempt}")
+                    seconds, cpu_s = timed_write(url, payloads, IN_PROCESS[name], batch_size=batch)
+                    self.check_rows(name, url, len(keys))
+                else:
+                    seconds, cpu_s = self.pipeline_throughput(name, payloads, len(keys), attempt)
                 rates.setdefault(name, []).append(len(payloads) / seconds)
-                say(f"{name}: {len(payloads) / seconds:,.0f} fixes/s ({seconds:.2f} s)")
-            if "processor" in phases:
-                seconds = self.processor_throughput(payloads, len(keys), attempt)
-                rates.setdefault("processor", []).append(len(payloads) / seconds)
-                say(f"processor: {len(payloads) / seconds:,.0f} fixes/s ({seconds:.2f} s)")
+                cpu.setdefault(name, []).append(cpu_s / len(payloads) * 1e6)
+                say(
+                    f"{name}: {len(payloads) / seconds:,.0f} fixes/s ({seconds:.2f} s), "
+                    f"{cpu_s / len(payloads) * 1e6:.1f} CPU µs/fix"
+                )
         for name, samples in rates.items():
             self.results[f"{name}_rate"] = round(statistics.median(samples))
             self.results[f"{name}_rates"] = [round(rate) for rate in samples]
+            self.results[f"{name}_cpu_us_per_fix"] = round(statistics.median(cpu[name]), 1)
+            self.results[f"{name}_cpu_us_per_fix_samples"] = [round(c, 1) for c in cpu[name]]
 
-    def processor_throughput(
-        self, payloads: list[bytes], expected_rows: int, attempt: int
-    ) -> float:
-        """Seconds from the daemon's "ready" to every entry acked and every row committed."""
-        url, stream = self.schema(f"processor{attempt}"), self.stream(f"throughput{attempt}")
+    def pipeline_throughput(
+        self, name: str, payloads: list[bytes], expected_rows: int, attempt: int
+    ) -> tuple[float, float]:
+        """(seconds, CPU seconds) of a stream contender (a subprocess) from its "ready" log line
+        to every entry acked and every row committed; the fixes are in the stream before."""
+        url, stream = self.schema(f"{name}{attempt}"), self.stream(f"{name}{attempt}")
         for offset in range(0, len(payloads), MAX_CHUNK):
             xadd_chunk(self.redis, stream, payloads[offset : offset + MAX_CHUNK])
-        daemon = self.daemon(url, stream)
+        daemon = self.daemon(url, stream, STREAM_CONTENDERS[name])
         try:
             started = daemon.wait_ready()
             cpu = daemon.cpu_s()
-            finished = self.wait_caught_up(stream, timeout_s=600)
+            finished = self.wait_caught_up(stream, timeout_s=600, daemon=daemon)
             cpu = daemon.cpu_s() - cpu
-            daemon.terminate()
+            if name == "processor":
+                daemon.terminate()
         finally:
             daemon.kill()
-        self.check_rows("processor", url, expected_rows)
-        self.results.setdefault("processor_cpu_us_per_fix", []).append(
-            round(cpu / len(payloads) * 1e6, 1)
-        )
-        return finished - started
+        self.check_rows(name, url, expected_rows)
+        return finished - started, cpu
 
     def daemon_phases(self, phases: set[str]) -> None:
         url, stream = self.schema("daemon"), self.stream("steady")
@@ -500,9 +539,15 @@ def say(message: str) -> None:
 
 def add_ratios(results: dict[str, Any]) -> None:
     rate = results.get("processor_rate")
-    for other, key in (("raw_rate", "ratio_vs_raw"), ("baseline_rate", "ratio_vs_baseline")):
-        if rate and results.get(other):
-            results[key] = round(rate / results[other], 3)
+    for other in ("raw", "minimal", "baseline"):
+        if rate and results.get(f"{other}_rate"):
+            results[f"ratio_vs_{other}"] = round(rate / results[f"{other}_rate"], 3)
+    cpu, minimal_cpu = (
+        results.get("processor_cpu_us_per_fix"),
+        results.get("minimal_cpu_us_per_fix"),
+    )
+    if cpu and minimal_cpu:
+        results["cpu_vs_minimal"] = round(cpu / minimal_cpu, 3)
 
 
 def verdicts(results: dict[str, Any]) -> dict[str, bool]:
@@ -524,18 +569,26 @@ def table(results: dict[str, Any]) -> str:
         f"({r.get('rows', 0):,} rows), {r['machine']['cpus']} CPUs, "
         f"PostgreSQL {r['machine']['postgres']}, Redis {r['machine']['redis']}",
         "",
-        f"{'contender':<44}{'fixes/s':>12}",
+        f"(median of {r.get('repeat', 1)} rounds; the machine is shared, so trust CPU µs/fix "
+        "over rates)",
+        "",
+        f"{'contender':<52}{'fixes/s':>12}{'CPU µs/fix':>12}",
     ]
-    for key, label in (
-        ("raw_rate", "raw (COPY -> staging -> INSERT, 1 process)"),
-        ("baseline_rate", "seed design (multi-row INSERT ... RETURNING)"),
-        ("processor_rate", "processor (stream -> commit -> XACK)"),
+    for name, label in (
+        ("raw", "raw (COPY -> staging -> INSERT, 1 process)"),
+        ("baseline", "seed design (multi-row INSERT ... RETURNING)"),
+        ("minimal", "minimal pipeline (stream -> COPY/merge -> XACK)"),
+        ("processor", "processor (stream -> commit -> XACK)"),
     ):
-        if key in r:
-            lines.append(f"{label:<44}{r[key]:>12,}")
+        if f"{name}_rate" in r:
+            lines.append(
+                f"{label:<52}{r[f'{name}_rate']:>12,}{r.get(f'{name}_cpu_us_per_fix', 0):>12}"
+            )
     lines.append("")
     for key, label, unit in (
         ("ratio_vs_raw", "processor / raw", ""),
+        ("ratio_vs_minimal", "processor / minimal", ""),
+        ("cpu_vs_minimal", "processor CPU / minimal CPU (per fix)", ""),
         ("ratio_vs_baseline", "processor / seed design", ""),
         ("p50_e2e_ms", "e2e latency p50", " ms"),
         ("p95_e2e_ms", "e2e latency p95", " ms"),
@@ -558,7 +611,7 @@ def table(results: dict[str, Any]) -> str:
             if target:
                 ok = r["targets_met"][key]
                 mark = f"   target {target[0]} {target[1]:g}{unit}: {'met' if ok else 'MISSED'}"
-            lines.append(f"{label:<44}{r[key]:>12}{unit}{mark}")
+            lines.append(f"{label:<52}{r[key]:>12}{unit}{mark}")
     return "\n".join(lines)
 
 
@@ -600,10 +653,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench(redis_url, database_url, sizes, settings) as runner,
     ):
         runner.keep = args.keep
-        runner.repeat = max(1, args.repeat)
+        runner.repeat = max(1, args.repeat or (1 if args.quick else 3))
         results = runner.results
         results["machine"] = machine(database_url, runner.redis)
         results["quick"] = args.quick
+        results["repeat"] = runner.repeat
         results["run"] = runner.tag
         c = runner.config
         results["settings"] = {

@@ -1,7 +1,8 @@
 """The two contenders a reader could write themselves, in one plain synchronous process.
 
 Both start from the same stream payloads as the processor and decode them with the same codec
-(`decode_payload`), so the comparison is about the write path, not about who parses JSON:
+call as the processor and the minimal pipeline (`decode_row`: straight into COPY values), so the
+comparison is about the write path, not about who parses JSON:
 
 - `raw`: the idempotent-write limit: COPY into a temporary staging table, then one
   `INSERT ... SELECT ... ON CONFLICT DO NOTHING`, one transaction per batch. No Redis, no Trio,
@@ -12,14 +13,13 @@ Both start from the same stream payloads as the processor and decode them with t
 
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 
-from processor.position import Position, attributes_json, decode_payload
+from processor.position import decode_row
 
 COLUMNS = (
     "device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, "
@@ -38,29 +38,23 @@ ROW_PLACEHOLDERS = "(" + ", ".join(["%s"] * 11) + ")"
 Writer = Callable[[psycopg.Connection[Any], Sequence[bytes]], None]
 
 
-# The Position fields stored as they are, in COLUMNS order (attrgetter builds the tuple in C).
-_STORED_AS_IS = operator.attrgetter(
-    "device_id", "ts", "latitude", "longitude", "altitude", "angle", "speed", "satellites",
-    "priority",
-)  # fmt: skip
-
-
-def row(position: Position) -> tuple[Any, ...]:
+def row(payload: bytes) -> tuple[Any, ...]:
     """The 11 column values; faulty by the stateless rules only (no device state here)."""
-    faulty = position.satellites == 0 or (position.latitude == 0.0 and position.longitude == 0.0)
-    return (*_STORED_AS_IS(position), attributes_json(position.attributes), faulty)
+    values = decode_row(payload)
+    faulty = values[7] == 0 or (values[2] == 0.0 and values[3] == 0.0)
+    return (*values, faulty)
 
 
 def write_raw(conn: psycopg.Connection[Any], payloads: Sequence[bytes]) -> None:
     with conn.transaction(), conn.cursor() as cursor:
         with cursor.copy(COPY) as copy:
             for payload in payloads:
-                copy.write_row(row(decode_payload(payload)))
+                copy.write_row(row(payload))
         cursor.execute(INSERT_FROM_STAGING)
 
 
 def write_baseline(conn: psycopg.Connection[Any], payloads: Sequence[bytes]) -> None:
-    rows = [row(decode_payload(payload)) for payload in payloads]
+    rows = [row(payload) for payload in payloads]
     sql = (
         f"INSERT INTO positions ({COLUMNS}) VALUES "
         + ", ".join([ROW_PLACEHOLDERS] * len(rows))

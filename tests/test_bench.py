@@ -19,8 +19,14 @@ KEYS = (
     "processor_rate",
     "raw_rate",
     "baseline_rate",
+    "minimal_rate",
     "ratio_vs_raw",
     "ratio_vs_baseline",
+    "ratio_vs_minimal",
+    "processor_cpu_us_per_fix",
+    "minimal_cpu_us_per_fix",
+    "raw_cpu_us_per_fix",
+    "cpu_vs_minimal",
     "p50_e2e_ms",
     "p95_e2e_ms",
     "p99_e2e_ms",
@@ -64,6 +70,8 @@ def test_quick_bench_writes_every_figure(
     assert results["rows"] == 19_186  # the seeded scenario: the same rows every run
     assert set(results["targets_met"]) == {
         "ratio_vs_raw",
+        "ratio_vs_minimal",
+        "cpu_vs_minimal",
         "ratio_vs_baseline",
         "p99_e2e_ms",
         "rss_mb_100k_devices",

@@ -30,10 +30,13 @@ from processor.position import (
 )
 from tests.support.fixes import fix
 from tests.support.strategies import (
+    EDGE_INTEGERS,
     I64_MIN,
     U64_MAX,
     json_values,
+    non_rfc3339_timestamps,
     positions,
+    rfc3339_timestamps,
     strict,
 )
 
@@ -518,3 +521,94 @@ def test_position_is_frozen_and_slotted() -> None:
 
 def test_payload_may_be_str() -> None:
     assert strict(decode_payload(payload().decode())) == strict(decode_payload(payload()))
+
+
+# --- RFC 3339 timestamps only (issue 10, item 6) ----------------------------------------------
+
+
+@settings(max_examples=300)
+@given(rfc3339_timestamps())
+def test_every_rfc3339_spelling_is_accepted_exactly(case: tuple[str, datetime]) -> None:
+    text, expected = case
+    ts = decode_payload(payload(timestamp=text)).ts
+    assert ts == expected
+    assert ts.tzinfo is UTC
+
+
+@settings(max_examples=300)
+@given(non_rfc3339_timestamps())
+def test_iso_8601_spellings_that_are_not_rfc3339_are_refused(text: str) -> None:
+    """`fromisoformat` takes most of these (week dates, any separator, offsets with seconds,
+    non-ASCII digits ...): the codec must not."""
+    with pytest.raises(CodecError) as caught:
+        decode_payload(payload(timestamp=text))
+    assert caught.value.kind == "bad_timestamp"
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "reason"),
+    [
+        ("2026-05-12x10:00:00Z", "timestamp invalid"),
+        ("2026-W20-2T10:00:00Z", "timestamp invalid"),
+        ("2026-132T10:00:00Z", "timestamp invalid"),
+        ("20260512T100000Z", "timestamp invalid"),
+        ("2026-05-12T10:00:00+01:00:30", "timestamp invalid"),
+        ("2026-05-12T10:00:00+0100", "timestamp invalid"),
+        ("٢٠٢٦-05-12T10:00:00Z", "timestamp invalid"),
+        ("2026-05-12 10:00:00Z", "timestamp invalid"),
+        ("2026-05-12T10:00Z", "timestamp invalid"),
+        ("2026-05-12T10:00:00,5Z", "timestamp invalid"),
+        ("2026-05-12T24:00:00Z", "timestamp invalid"),
+        ("2016-12-31T23:59:60Z", "timestamp invalid"),  # leap second: see README "Decisions"
+        ("2026-02-30T10:00:00Z", "timestamp invalid"),
+        ("0000-01-01T00:00:00Z", "timestamp out of range"),
+        ("2026-05-12T10:00:00.000", "timestamp without offset"),
+    ],
+)
+def test_non_rfc3339_timestamps_name_their_reason(timestamp: str, reason: str) -> None:
+    with pytest.raises(CodecError) as caught:
+        decode_payload(payload(timestamp=timestamp))
+    assert (caught.value.reason, caught.value.kind) == (reason, "bad_timestamp")
+
+
+def test_lowercase_t_and_z_and_nanoseconds_are_accepted() -> None:
+    ts = decode_payload(payload(timestamp="2026-05-12t10:00:00.123456789z")).ts
+    assert ts == datetime(2026, 5, 12, 10, 0, 0, 123_456, tzinfo=UTC)  # truncated, not rounded
+    ts = decode_payload(payload(timestamp="2026-05-12T23:59:59.9999999Z")).ts
+    assert ts == datetime(2026, 5, 12, 23, 59, 59, 999_999, tzinfo=UTC)
+
+
+# --- integers stay exact, whatever their size (issue 10, item 6) ------------------------------
+
+
+@settings(max_examples=300)
+@given(
+    st.dictionaries(st.integers(0, 300).map(str), st.integers() | st.sampled_from(EDGE_INTEGERS))
+)
+def test_plain_json_integers_of_any_size_stay_exact_integers(attributes: dict[str, int]) -> None:
+    """orjson reads integers beyond 64 bits as floats: the codec must not let one through."""
+    text = json.dumps({**fix(), "attributes": attributes})
+    decoded = decode_payload(text.encode()).attributes
+    assert strict(decoded) == strict(attributes)
+
+
+@pytest.mark.parametrize(
+    ("literal", "value"),
+    [
+        ("18446744073709551616", 2**64),
+        ("-9223372036854775809", -(2**63) - 1),
+        ("18446744073709551615", U64_MAX),
+        ("1180591620717411303424", 2**70),
+        ("1e19", 1e19),
+        ("18446744073709551616.0", 2.0**64),
+    ],
+)
+def test_big_integer_literals_are_exact_and_float_literals_stay_floats(
+    literal: str, value: int | float
+) -> None:
+    text = payload(attributes={"1": 1}).decode()
+    text = text.replace('"attributes":{', '"attributes":{"99":' + literal + ",")
+    attributes = decode_payload(text.encode()).attributes
+    assert strict(attributes["99"]) == strict(value)
+    stored = json.loads(attributes_json(attributes))["99"]
+    assert strict(stored) == strict(value)

@@ -9,11 +9,13 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import processor.core.writer as writer_module
 from processor.core.device_state import DeviceStates
 from processor.position import Position
-from processor.quality import QualityRules, faulty_reason, haversine_m
+from processor.quality import QualityRules, equirectangular_m, faulty_reason, haversine_m
 from tests.support.fixes import BASE_TIME, fix, pending_count, publish, row_count
 from tests.support.service import running_service, wait_until
 
@@ -182,3 +184,27 @@ async def test_evicted_devices_are_rehydrated(
     assert stored(database_url)[("a", 60)] is True
     assert service.metrics.device_state_evictions._value.get() >= 1
     assert service.metrics.device_state_size._value.get() == 2
+
+
+# --- the cheap distance the speed rule uses ---------------------------------------------------
+
+
+@settings(max_examples=300)
+@given(
+    st.floats(-85, 85),
+    st.floats(-180, 180),
+    st.floats(-0.5, 0.5),  # up to ~55 km apart: far beyond two fixes of one vehicle
+    st.floats(-0.5, 0.5),
+)
+def test_equirectangular_agrees_with_haversine_between_nearby_fixes(
+    lat: float, lon: float, dlat: float, dlon: float
+) -> None:
+    lat2 = max(-89.9, min(89.9, lat + dlat))
+    lon2 = (lon + dlon + 180.0) % 360.0 - 180.0  # may cross the antimeridian
+    exact = haversine_m(lat, lon, lat2, lon2)
+    cheap = equirectangular_m(lat, lon, lat2, lon2)
+    assert cheap == pytest.approx(exact, rel=2e-3, abs=0.01)
+
+
+def test_equirectangular_crosses_the_antimeridian_the_short_way() -> None:
+    assert equirectangular_m(0.0, 179.99, 0.0, -179.99) == pytest.approx(2_224, rel=1e-3)

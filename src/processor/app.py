@@ -42,6 +42,7 @@ from __future__ import annotations
 import signal
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import redis
 import structlog
@@ -58,7 +59,6 @@ from processor.core.records import Delivery
 from processor.core.settle import StreamNames
 from processor.core.writer import Writer, WriterSettings
 from processor.domain.engine import DomainEngine, EngineSettings
-from processor.live.server import LiveServer
 from processor.observability.metrics import Metrics
 from processor.observability.services import Observability
 from processor.store import redis as redis_store
@@ -72,6 +72,9 @@ from processor.store.positions import prepare_connection
 from processor.store.postgres import Database
 from processor.store.retry import Unavailable
 from processor.supervise import Supervisor
+
+if TYPE_CHECKING:
+    from processor.live.server import LiveServer
 
 log = structlog.get_logger("processor.app")
 
@@ -274,6 +277,9 @@ class Service:
         )
         # --- live broadcast (only when DIRECTUS_URL is set) ---
         if self.config.live_enabled:
+            # Imported only when live is on: its stack (httpx, trio-websocket) is start-up time.
+            from processor.live.server import LiveServer  # noqa: PLC0415
+
             self.live = LiveServer(
                 self.config, control=control, metrics=self.metrics, supervisor=self.supervisor
             )

@@ -29,6 +29,9 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
 _INT32_MAX = 2**31 - 1
 _NUL = "\x00"  # PostgreSQL text and JSONB cannot hold it: reject at decode, not at the database
 _SAFE_INT = 2**53
+# orjson reads integers in [-2**63, 2**64) exactly and any other as a float: a float this large
+# and integral may have been an integer literal (or a float literal such as 1e19: both re-read).
+_ORJSON_INT_LIMIT = 2**63
 PRIORITIES = (0, 1, 2)
 
 
@@ -62,8 +65,51 @@ class Position:
     attributes: Attributes = attrs.field(factory=dict)
 
 
+# A decoded fix as plain values, in SPEC §3 column order:
+# device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes.
+# The durable pipeline works on these tuples (built in C, no per-field Python call); `Position`
+# is the named, immutable form for everything else (live broadcast, tests, tools).
+Fields: TypeAlias = tuple[
+    str,
+    datetime,
+    float,
+    float,
+    float | None,
+    float | None,
+    float | None,
+    int | None,
+    int | None,
+    dict[str, AttributeValue],
+]
+# The same with `attributes` as its JSONB text: exactly the values COPY writes.
+StoredRow: TypeAlias = tuple[
+    str,
+    datetime,
+    float,
+    float,
+    float | None,
+    float | None,
+    float | None,
+    int | None,
+    int | None,
+    str,
+]
+
+
 def decode_payload(payload: bytes | str | None) -> Position:
     """Decode one stream entry's `payload` field into a Position, or raise CodecError."""
+    return Position(*decode_fields(payload))
+
+
+def decode_row(payload: bytes | str | None) -> StoredRow:
+    """Decode one payload straight into the values COPY writes for it (`attributes` as its
+    JSONB text), or raise CodecError: the batch writer's form of a fix, with no Position built."""
+    values = decode_fields(payload)
+    return (*values[:9], attributes_json(values[9]))
+
+
+def decode_fields(payload: bytes | str | None) -> Fields:
+    """Decode one payload into its plain field values (see `Fields`), or raise CodecError."""
     if payload is None:
         raise CodecError("missing_payload", "payload missing", "entry has no 'payload' field")
     try:
@@ -72,11 +118,47 @@ def decode_payload(payload: bytes | str | None) -> Position:
         raise CodecError("invalid_json", "invalid JSON", str(exc)) from None
     if not isinstance(document, dict):
         raise CodecError("not_object", "payload not an object", f"got {type(document).__name__}")
-    return position_from_dict(document)
+    try:
+        return _fields(document, orjson_numbers=True)
+    except _InexactInteger:
+        # orjson reads an integer beyond 64 bits as a float (silently inexact). Such values are
+        # rare (upstream sends them as __bigint): re-read this payload with the standard library,
+        # whose integers are exact. orjson has already validated it, so both read the same JSON.
+        try:
+            exact = json.loads(payload)
+        except RecursionError:  # nesting orjson allows but the standard library's stack does not
+            raise CodecError("invalid_json", "invalid JSON", "nested too deeply") from None
+        return _fields(exact, orjson_numbers=False)
+
+
+class _InexactInteger(Exception):
+    """An attribute read by orjson as a float may have been an integer beyond 64 bits."""
 
 
 def position_from_dict(document: Mapping[str, Any]) -> Position:
     """Validate an already-parsed JSON object (SPEC §2) into a Position."""
+    return Position(*_fields(document, orjson_numbers=False))
+
+
+def _fields(document: Mapping[str, Any], *, orjson_numbers: bool) -> Fields:
+    device_id = document.get("device_id")
+    if type(device_id) is not str or not 0 < len(device_id) <= 64 or _NUL in device_id:
+        device_id = _device_id(document)  # the precise error (or a str subclass)
+    return (
+        device_id,
+        _timestamp(_required(document, "timestamp")),
+        _number(document, "latitude", -90.0, 90.0, required=True),  # type: ignore[return-value]
+        _number(document, "longitude", -180.0, 180.0, required=True),
+        _number(document, "altitude", -math.inf, math.inf),
+        _number(document, "angle", 0.0, 360.0),
+        _number(document, "speed", 0.0, math.inf),
+        _integer(document, "satellites", 0, _INT32_MAX),
+        _integer(document, "priority", 0, 2),
+        _attributes(document.get("attributes"), orjson_numbers),
+    )
+
+
+def _device_id(document: Mapping[str, Any]) -> str:
     device_id = _required(document, "device_id")
     if not isinstance(device_id, str):
         raise _wrong_type("device_id", "a string", device_id)
@@ -86,18 +168,7 @@ def position_from_dict(document: Mapping[str, Any]) -> Position:
         )
     if _NUL in device_id:
         raise CodecError("bad_text", "device_id contains NUL", "PostgreSQL text cannot store it")
-    return Position(
-        device_id=device_id,
-        ts=_timestamp(_required(document, "timestamp")),
-        latitude=_number(document, "latitude", -90.0, 90.0, required=True),  # type: ignore[arg-type]
-        longitude=_number(document, "longitude", -180.0, 180.0, required=True),  # type: ignore[arg-type]
-        altitude=_number(document, "altitude", -math.inf, math.inf),
-        angle=_number(document, "angle", 0.0, 360.0),
-        speed=_number(document, "speed", 0.0, math.inf),
-        satellites=_integer(document, "satellites", 0, _INT32_MAX),
-        priority=_priority(document),
-        attributes=_attributes(document.get("attributes")),
-    )
+    return device_id
 
 
 def _required(document: Mapping[str, Any], name: str) -> Any:
@@ -157,31 +228,55 @@ def _integer(document: Mapping[str, Any], name: str, low: int, high: int) -> int
     return value
 
 
-def _priority(document: Mapping[str, Any]) -> int | None:
-    value = _integer(document, "priority", 0, 2)
-    return value
+# RFC 3339 §5.6 `date-time`, ASCII digits only: `YYYY-MM-DD`, `T`, `hh:mm:ss`, an optional
+# fraction, then `Z` or `±hh:mm`. `fromisoformat` alone also takes week dates, ordinal dates,
+# basic format, any separator, offsets with seconds and non-ASCII digits (not RFC 3339).
+# Decisions (README "Decisions"): lowercase `t`/`z` are accepted (§5.6 NOTE); a space separator
+# is not; more than 6 fraction digits are truncated to microseconds (never rounded into the next
+# second), at most 9 (nanoseconds); `-00:00` is UTC; a leap second (`:60`) is refused: devices
+# count time as Unix milliseconds, which cannot express one, so it can only be a broken producer.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)"
+    r"(?:\.[0-9]{1,9})?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])",
+    re.ASCII,
+)
+# The same without the offset (or a date alone): refused with a reason of its own.
+_RFC3339_NAIVE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?)?", re.ASCII
+)
 
 
 def _timestamp(value: Any) -> datetime:
     if not isinstance(value, str):
-        raise _wrong_type("timestamp", "an ISO 8601 string", value)
+        raise _wrong_type("timestamp", "an RFC 3339 string", value)
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        if _RFC3339_NAIVE.fullmatch(value):
+            raise CodecError(
+                "bad_timestamp", "timestamp without offset", f"{value!r} needs Z or an offset"
+            )
+        raise CodecError("bad_timestamp", "timestamp invalid", f"{value[:64]!r} is not RFC 3339")
+    if match[1] == "60":
+        raise CodecError(
+            "bad_timestamp", "timestamp invalid", f"{value!r}: leap seconds are not supported"
+        )
+    if "t" in value or "z" in value:  # fromisoformat (3.11) takes neither; the rest is ASCII
+        value = value.upper()
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+    except ValueError:  # a day that does not exist (2026-02-30, month 13) or year 0
+        if value.startswith("0000"):
+            raise CodecError("bad_timestamp", "timestamp out of range", value) from None
         raise CodecError(
-            "bad_timestamp", "timestamp invalid", f"{value[:64]!r} is not ISO 8601"
+            "bad_timestamp", "timestamp invalid", f"{value!r} is not a valid date"
         ) from None
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
-        raise CodecError(
-            "bad_timestamp", "timestamp without offset", f"{value[:64]!r} needs Z or an offset"
-        )
     try:
         return parsed.astimezone(UTC)
     except OverflowError:
-        raise CodecError("bad_timestamp", "timestamp out of range", value[:64]) from None
+        raise CodecError("bad_timestamp", "timestamp out of range", value) from None
 
 
-def _attributes(value: Any) -> dict[str, AttributeValue]:
+def _attributes(value: Any, orjson_numbers: bool) -> dict[str, AttributeValue]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -196,11 +291,11 @@ def _attributes(value: Any) -> dict[str, AttributeValue]:
         if type(item) is not int:
             others.append(key)
     for key in others:
-        decoded[key] = _attribute(key, value[key])
+        decoded[key] = _attribute(key, value[key], orjson_numbers)
     return decoded
 
 
-def _attribute(key: str, value: Any) -> AttributeValue:
+def _attribute(key: str, value: Any, orjson_numbers: bool) -> AttributeValue:
     if isinstance(value, str) and _NUL in value:
         raise CodecError("bad_text", "attribute contains NUL", f"attribute {key!r}: \\u0000")
     if value is None or isinstance(value, bool | int | str):
@@ -208,6 +303,8 @@ def _attribute(key: str, value: Any) -> AttributeValue:
     if isinstance(value, float):
         if not math.isfinite(value):  # JSON has no such number; orjson would write null
             raise CodecError("out_of_range", "attribute out of range", f"attribute {key!r}")
+        if orjson_numbers and abs(value) >= _ORJSON_INT_LIMIT and value.is_integer():
+            raise _InexactInteger
         return value
     if isinstance(value, dict):
         return _sentinel(key, value)

@@ -7,7 +7,7 @@ equality check.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -123,3 +123,76 @@ def json_number_equal(expected: Any, actual: Any) -> bool:
             and all(json_number_equal(expected[k], actual[k]) for k in expected)
         )
     return type(expected) is type(actual) and expected == actual
+
+
+# --- timestamps (SPEC §2: RFC 3339 only) ------------------------------------------------------
+
+_utc_datetimes = st.datetimes(
+    min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31, 23, 59, 59, 999_999)
+)
+
+
+@st.composite
+def rfc3339_timestamps(draw: st.DrawFn) -> tuple[str, datetime]:
+    """(an RFC 3339 `date-time` in any of its spellings, the UTC instant it names, truncated to
+    microseconds): fractions of 0-9 digits, `Z`/`z`/`-00:00`/any `±hh:mm`, `T` or `t`."""
+    instant = draw(_utc_datetimes).replace(tzinfo=UTC)
+    minutes = draw(st.integers(-(23 * 60 + 59), 23 * 60 + 59))
+    local = instant + timedelta(minutes=minutes)
+    digits = draw(st.integers(0, 9))
+    extra = draw(st.integers(0, 999))  # sub-microsecond digits: truncated, never rounded
+    fraction = f"{local.microsecond:06d}{extra:03d}"[:digits]
+    text = (
+        f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
+        f"T{local.hour:02d}:{local.minute:02d}:{local.second:02d}"
+    )
+    if digits:
+        text += "." + fraction
+    if minutes == 0:
+        zone = draw(st.sampled_from(["Z", "z", "+00:00", "-00:00"]))
+    else:
+        sign, size = ("+" if minutes > 0 else "-"), abs(minutes)
+        zone = f"{sign}{size // 60:02d}:{size % 60:02d}"
+    if draw(st.booleans()):
+        text = text[:10] + "t" + text[11:]
+    expected = instant.replace(microsecond=int((fraction + "000000")[:6]) if digits else 0)
+    return text + zone, expected
+
+
+_NON_ASCII_DIGITS = "٠١٢٣٤٥٦٧٨٩"  # Arabic-Indic: str.isdigit() and int() take them
+
+
+@st.composite
+def non_rfc3339_timestamps(draw: st.DrawFn) -> str:
+    """ISO 8601 spellings (and near misses) that are not RFC 3339 `date-time`s, most of which
+    `datetime.fromisoformat` accepts: each must be refused."""
+    t = draw(_utc_datetimes)
+    date, time_ = f"{t.year:04d}-{t.month:02d}-{t.day:02d}", f"{t:%H:%M:%S}"
+    year, week, weekday = t.isocalendar()
+    shapes = [
+        f"{date}{draw(st.sampled_from('x_/ -:'))}{time_}Z",  # another separator
+        f"{year:04d}-W{week:02d}-{weekday}T{time_}Z",  # week date
+        f"{year:04d}W{week:02d}{weekday}T{time_}Z",
+        f"{t.year:04d}-{t.timetuple().tm_yday:03d}T{time_}Z",  # ordinal date
+        f"{date.replace('-', '')}T{time_.replace(':', '')}Z",  # basic format
+        f"{date}T{time_}+01:00:30",  # offset with seconds
+        f"{date}T{time_}+0100",  # offset without colon
+        f"{date}T{time_}+01",
+        f"{date}T{time_[:5]}Z",  # no seconds
+        f"{date}T{time_[:2]}Z",
+        f"{date}T{time_},5Z",  # comma fraction
+        f"{date}T{time_}.Z",
+        f"{date}T{time_}.1234567890Z",  # beyond nanoseconds
+        f"{date}T24:00:00Z",
+        f"{date}T{time_[:6]}60Z",  # leap second
+        f"{date}T{time_}Z ",
+        f" {date}T{time_}Z",
+        f"{date}T{time_}UTC",
+    ]
+    if draw(st.booleans()):
+        text: str = draw(st.sampled_from(shapes))
+    else:  # a valid one with one ASCII digit swapped for a non-ASCII one
+        text = f"{date}T{time_}Z"
+        where = draw(st.sampled_from([i for i, c in enumerate(text) if c.isdigit()]))
+        text = text[:where] + _NON_ASCII_DIGITS[int(text[where])] + text[where + 1 :]
+    return text

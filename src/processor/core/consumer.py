@@ -23,8 +23,9 @@ from trio import TaskStatus
 
 from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
-from processor.core.records import Delivery, Record, Rejected, decode_entry
+from processor.core.records import Delivery, Records, Rejected
 from processor.observability.metrics import Metrics
+from processor.position import CodecError, decode_row
 from processor.store import redis as redis_store
 from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
 
@@ -42,8 +43,9 @@ class ConsumerSettings:
 
 
 def decode_entries(entries: StreamEntries, metrics: Metrics) -> Delivery:
-    """Decode a read's entries (pure CPU, per record) and count decode errors by reason."""
-    records: list[Record] = []
+    """Decode a read's entries straight into COPY values and count decode errors by reason."""
+    records = Records()
+    ids, rows, kept = records.ids, records.rows, records.fields
     rejected: list[Rejected] = []
     for raw_id, fields in entries:
         entry_id = raw_id.decode()
@@ -52,18 +54,19 @@ def decode_entries(entries: StreamEntries, metrics: Metrics) -> Delivery:
                 Rejected(entry_id, {}, "entry trimmed", "stream data was deleted", "trimmed")
             )
             continue
-        decoded = decode_entry(entry_id, fields)
-        if isinstance(decoded, Record):
-            records.append(decoded)
-        else:
-            metrics.decode_errors.labels(decoded.category.split(":", 1)[1]).inc()
+        try:
+            rows.append(decode_row(fields.get(b"payload")))
+        except CodecError as exc:
+            metrics.decode_errors.labels(exc.kind).inc()
             log.error(
-                "undecodable entry",
-                entry_id=entry_id,
-                reason=decoded.reason,
-                error=decoded.error[:200],
+                "undecodable entry", entry_id=entry_id, reason=exc.reason, error=exc.detail[:200]
             )
-            rejected.append(decoded)
+            rejected.append(
+                Rejected(entry_id, fields, exc.reason, exc.detail, f"decode_error:{exc.kind}")
+            )
+            continue
+        ids.append(entry_id)
+        kept.append(fields)
     return Delivery(records, rejected)
 
 

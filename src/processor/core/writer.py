@@ -33,14 +33,14 @@ import trio
 
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
-from processor.core.quality import QualityRules, faulty_reason
-from processor.core.records import Delivery, Record, Rejected, entry_time
+from processor.core.quality import QualityRules
+from processor.core.records import Delivery, Records, Rejected, entry_times_ms
 from processor.core.settle import DeadLetterUnwritable, StreamNames, settle_sync
 from processor.observability.metrics import Metrics, observe_many
 from processor.observability.stalls import Stalls
 from processor.store import db_errors
 from processor.store import redis as redis_store
-from processor.store.positions import INSERTED, Row, latest_good_positions, write_rows
+from processor.store.positions import latest_good_positions, write_batch
 from processor.store.postgres import Database
 from processor.store.retry import Backoff
 
@@ -69,7 +69,8 @@ class WriterSettings:
 
 @attrs.define
 class Batch:
-    records: list[Record]
+    records: Records
+    faults: list[str | None]  # each record's fix-quality verdict (None: good)
     rejected: list[Rejected]
 
 
@@ -113,7 +114,7 @@ class Writer:
         async with deliveries, contextlib.AsyncExitStack() as closing:
             for lane in lanes:
                 await closing.enter_async_context(lane)
-            records: list[Record] = []
+            records = Records()
             rejected: list[Rejected] = []
             finished = False
             while not finished:
@@ -132,16 +133,15 @@ class Writer:
                             break
                         records.extend(more.records)
                         rejected.extend(more.rejected)
-                while records or rejected:
-                    chunk, records = records[:size], records[size:]
-                    await self._judge(chunk)
-                    await self._dispatch(lanes, chunk, rejected)
+                for start in range(0, max(len(records), 1), size):
+                    chunk = records if len(records) <= size else records.slice(start, start + size)
+                    faults = await self._judge(chunk)
+                    await self._dispatch(lanes, Batch(chunk, faults, rejected))
                     rejected = []
+                records = Records()
 
     @staticmethod
-    async def _dispatch(
-        lanes: list[trio.MemorySendChannel[Batch]], records: list[Record], rejected: list[Rejected]
-    ) -> None:
+    async def _dispatch(lanes: list[trio.MemorySendChannel[Batch]], batch: Batch) -> None:
         """Split a batch over the flusher lanes by device.
 
         A device always goes to the same lane and each lane writes its batches in order, so all
@@ -149,19 +149,27 @@ class Writer:
         key wins deterministically) and two concurrent transactions never touch the same key.
         """
         if len(lanes) == 1:
-            await lanes[0].send(Batch(records, rejected))
+            await lanes[0].send(batch)
             return
-        parts: list[list[Record]] = [[] for _ in lanes]
-        for record in records:
-            parts[hash(record.position.device_id) % len(lanes)].append(record)
-        for index, (lane, part) in enumerate(zip(lanes, parts, strict=True)):
-            extra = rejected if index == 0 else []
-            if part or extra:
-                await lane.send(Batch(part, extra))
+        parts = [Batch(Records(), [], []) for _ in lanes]
+        parts[0].rejected = batch.rejected
+        records = batch.records
+        for entry_id, row, fields, fault in zip(
+            records.ids, records.rows, records.fields, batch.faults, strict=True
+        ):
+            part = parts[hash(row[0]) % len(lanes)]
+            part.records.ids.append(entry_id)
+            part.records.rows.append(row)
+            part.records.fields.append(fields)
+            part.faults.append(fault)
+        for lane, part in zip(lanes, parts, strict=True):
+            if part.records or part.rejected:
+                await lane.send(part)
 
-    async def _judge(self, records: list[Record]) -> None:
-        """Set each record's fix-quality verdict and advance device state (stream order)."""
-        missing = self.states.missing(r.position.device_id for r in records)
+    async def _judge(self, records: Records) -> list[str | None]:
+        """Each record's fix-quality verdict, with device state advanced (stream order)."""
+        rows = records.rows
+        missing = self.states.missing(row[0] for row in rows)
         if missing:
             found = await self._retrying(
                 "rehydrate",
@@ -171,12 +179,14 @@ class Writer:
                 self.states.hydrate(device_id, found.get(device_id))
         now = datetime.now(UTC)
         rules = self.settings.rules
-        for record in records:
-            state = self.states.get(record.position.device_id)
-            last_good = state.last_position if state is not None else None
-            record.faulty_reason = faulty_reason(record.position, last_good, now, rules)
-            self.states.observe(record.position, good=not record.faulty, seen_at=now)
+        faults = self.states.judge(
+            rows,
+            now=now,
+            latest_ts=now + rules.future_tolerance,
+            max_speed_kmh=rules.max_speed_kmh,
+        )
         self.metrics.device_state_size.set(len(self.states))
+        return faults
 
     # --- flushing ----------------------------------------------------------------------------
 
@@ -187,18 +197,21 @@ class Writer:
 
     async def _flush(self, batch: Batch) -> None:
         started = time.perf_counter()
-        outcomes, refused = await self._store(batch.records)
+        written = await self._store(batch.records, batch.faults, 0, len(batch.records))
         committed_at = time.time()
         write_s = time.perf_counter() - started
-        stored = [r for r in batch.records if r.entry_id in outcomes]
-        rejected = batch.rejected + refused
-        acked = await self._settle([r.entry_id for r in stored], rejected)
-        self.in_flight.settle(r.entry_id for r in batch.records)
+        stored = batch.records.ids
+        if written.refused:
+            refused_ids = {r.entry_id for r in written.refused}
+            stored = [entry_id for entry_id in stored if entry_id not in refused_ids]
+        rejected = batch.rejected + written.refused
+        acked = await self._settle(list(stored), rejected)
+        self.in_flight.settle(batch.records.ids)
         self.in_flight.settle(r.entry_id for r in batch.rejected)
         self._count(
             batch=batch,
             stored=stored,
-            outcomes=outcomes,
+            written=written,
             rejected=rejected,
             acked=acked,
             committed_at=committed_at,
@@ -206,40 +219,44 @@ class Writer:
             started=started,
         )
 
-    async def _store(self, records: list[Record]) -> tuple[dict[str, str], list[Rejected]]:
-        """Write records, isolating refused ones; returns (entry_id -> outcome, refused)."""
-        if not records:
-            return {}, []
+    async def _store(
+        self, records: Records, faults: list[str | None], start: int, stop: int
+    ) -> Written:
+        """Write records[start:stop], isolating refused ones by halving the range."""
+        if start == stop:
+            return Written()
+        rows = records.rows[start:stop]
+        faulty = [fault is not None for fault in faults[start:stop]]
         try:
-            outcomes = await self._retrying(
+            outcome = await self._retrying(
                 "write",
-                lambda: self.database.run_sync(
-                    lambda conn: write_rows(conn, [Row(r.position, r.faulty) for r in records])
-                ),
+                lambda: self.database.run_sync(lambda conn: write_batch(conn, rows, faulty)),
             )
         except DataRefused as exc:
-            if len(records) == 1:
-                record = records[0]
+            if stop - start == 1:
+                entry_id = records.ids[start]
                 log.error(
                     "record refused by the database",
-                    entry_id=record.entry_id,
-                    device_id=record.position.device_id,
+                    entry_id=entry_id,
+                    device_id=rows[0][0],
                     error=str(exc.__cause__)[:300],
                 )
-                return {}, [
-                    Rejected(
-                        record.entry_id,
-                        record.fields,
-                        "database refused record",
-                        str(exc.__cause__)[:1000],
-                        "db_rejected",
-                    )
-                ]
-            middle = len(records) // 2
-            left, left_refused = await self._store(records[:middle])
-            right, right_refused = await self._store(records[middle:])
-            return left | right, left_refused + right_refused
-        return {r.entry_id: outcome for r, outcome in zip(records, outcomes, strict=True)}, []
+                refused = Rejected(
+                    entry_id,
+                    records.fields[start],
+                    "database refused record",
+                    str(exc.__cause__)[:1000],
+                    "db_rejected",
+                )
+                return Written(refused=[refused])
+            middle = (start + stop) // 2
+            left = await self._store(records, faults, start, middle)
+            right = await self._store(records, faults, middle, stop)
+            return left.plus(right)
+        return Written(
+            counts=Counter(outcome.counts),
+            faults=Counter(str(faults[start + index]) for index in outcome.faulty_inserted),
+        )
 
     async def _settle(self, ack_ids: list[str], rejected: list[Rejected]) -> int:
         """Ack and dead-letter (settle.py) until done; returns how many entries were acked.
@@ -312,30 +329,32 @@ class Writer:
         self,
         *,
         batch: Batch,
-        stored: Sequence[Record],
-        outcomes: dict[str, str],
+        stored: list[str],
+        written: Written,
         rejected: Sequence[Rejected],
         acked: int,
         committed_at: float,
         write_s: float,
         started: float,
     ) -> None:
+        """Metrics for one flushed batch: each counter moves once per batch and label (a
+        labelled `inc` costs a lock and a look-up: per record it showed in profiles)."""
         m = self.metrics
         if batch.records:  # a batch of only rejected entries writes nothing: no write sample
             m.write_duration.observe(write_s)
             m.write_batch_size.observe(len(batch.records))
-        # Counters move once per outcome and batch (a labelled inc costs a lock and a lookup:
-        # per record it showed in profiles); the latency histogram needs every record.
-        for outcome, count in Counter(outcomes.values()).items():
-            m.position_writes.labels(outcome).inc(count)
+        for outcome, count in written.counts.items():
+            if count:
+                m.position_writes.labels(outcome).inc(count)
+        committed_ms = committed_at * 1000.0
         observe_many(
-            m.e2e_latency, [max(0.0, committed_at - entry_time(r.entry_id)) for r in stored]
+            m.e2e_latency,
+            [max(0.0, committed_ms - sent) / 1000.0 for sent in entry_times_ms(stored)],
         )
-        for record in stored:
-            # Only an inserted row is stored with this verdict (a merge keeps the row's flag, a
-            # duplicate stores nothing), so a redelivered faulty fix is not counted twice.
-            if record.faulty_reason is not None and outcomes[record.entry_id] == INSERTED:
-                m.faulty_positions.labels(record.faulty_reason).inc()
+        # Only an inserted row is stored with this verdict (a merge keeps the row's flag, a
+        # duplicate stores nothing), so a redelivered faulty fix is not counted twice.
+        for reason, count in written.faults.items():
+            m.faulty_positions.labels(reason).inc(count)
         for entry in rejected:
             m.dead_letters.labels(entry.category.split(":")[0]).inc()
             if entry.category == "db_rejected":
@@ -347,4 +366,18 @@ class Writer:
             rejected=len(rejected),
             acked=acked,
             ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+
+@attrs.define
+class Written:
+    """What storing a batch (or a part of it, when a refusal splits it) did."""
+
+    counts: Counter[str] = attrs.Factory(Counter)  # records per outcome
+    faults: Counter[str] = attrs.Factory(Counter)  # inserted faulty records per reason
+    refused: list[Rejected] = attrs.Factory(list)  # refused by the database: dead-lettered
+
+    def plus(self, other: Written) -> Written:
+        return Written(
+            self.counts + other.counts, self.faults + other.faults, self.refused + other.refused
         )

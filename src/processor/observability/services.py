@@ -14,12 +14,12 @@ caller then cancels the nursery, which ends the probe and sampler loops.
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
 import redis
 import trio
 
 from processor.config import Config
-from processor.observability.http import HttpServer, make_app
 from processor.observability.lag import run_lag_sampler
 from processor.observability.metrics import Metrics
 from processor.observability.probes import postgres_probe, redis_probe, run_probes
@@ -27,6 +27,9 @@ from processor.observability.readiness import Readiness
 from processor.observability.stalls import Stalls
 from processor.store.postgres import Database
 from processor.supervise import Supervisor
+
+if TYPE_CHECKING:
+    from processor.observability.http import HttpServer
 
 
 class Observability:
@@ -75,6 +78,10 @@ class Observability:
                 interval_s=config.lag_sample_interval_s,
             ),
         )
+        # Imported here: the HTTP stack (quart, hypercorn) is most of the start-up import time,
+        # and `processor run` logs its first line before it gets this far.
+        from processor.observability.http import HttpServer, make_app  # noqa: PLC0415
+
         self._http = HttpServer(
             make_app(self.metrics.registry, readiness), host=config.http_host, port=config.http_port
         )

@@ -16,6 +16,7 @@ deadlocks between overlapping batches).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import attrs
 import psycopg
 
-from processor.position import Position, attributes_json
+from processor.position import Position, StoredRow, attributes_json
 
 STAGING = "processor_staging"
 
@@ -57,7 +58,7 @@ STAGING_TYPES = (
     "int4", "int2", "text", "bool",
 )  # fmt: skip
 
-INSERT_ROUND = f"""
+_MERGE_ROUND = f"""
 INSERT INTO positions AS p
     (device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority,
      attributes, faulty)
@@ -68,7 +69,18 @@ ORDER BY device_id, ts
 ON CONFLICT (device_id, ts) DO UPDATE
     SET attributes = EXCLUDED.attributes || p.attributes
     WHERE (EXCLUDED.attributes || p.attributes) <> p.attributes
-RETURNING p.device_id, p.ts, (p.xmax = 0) AS inserted
+RETURNING p.device_id, p.ts, (p.xmax = 0) AS inserted, p.faulty
+"""
+INSERT_ROUND = f"WITH written AS ({_MERGE_ROUND}) SELECT device_id, ts, inserted FROM written"
+# The batch writer's form: outcomes counted by the server, one result row per round instead of
+# one per record; only the keys of inserted faulty rows come back (they are counted by reason).
+INSERT_ROUND_COUNTED = f"""
+WITH written AS ({_MERGE_ROUND})
+SELECT count(*) FILTER (WHERE inserted),
+       count(*) FILTER (WHERE NOT inserted),
+       coalesce(array_agg(device_id) FILTER (WHERE inserted AND faulty), '{{}}'),
+       coalesce(array_agg(ts) FILTER (WHERE inserted AND faulty), '{{}}')
+FROM written
 """
 
 LATEST_GOOD = """
@@ -104,38 +116,16 @@ def prepare_connection(conn: psycopg.Connection[Any]) -> None:
 def write_rows(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> list[str]:
     """Write `rows` in one transaction; returns each row's outcome, in order.
 
-    Raises psycopg errors unchanged: the caller tells transient failures from data refusals.
+    The per-record form (tests and tools); the pipeline uses `write_batch`. Raises psycopg
+    errors unchanged: the caller tells transient failures from data refusals.
     """
-    rounds: list[int] = []
-    seen: dict[tuple[str, datetime], int] = {}
-    for row in rows:
-        key = (row.position.device_id, row.position.ts)
-        occurrence = seen.get(key, 0)
-        seen[key] = occurrence + 1
-        rounds.append(occurrence)
+    values = [
+        (*_stored_values(row.position), attributes_json(row.position.attributes)) for row in rows
+    ]
     outcomes = [DUPLICATE] * len(rows)
     # binary results too: the returned keys are unpacked, not parsed from text
     with conn.transaction(), conn.cursor(binary=True) as cursor:
-        with cursor.copy(COPY_STAGING) as copy:
-            copy.set_types(STAGING_TYPES)
-            for round_number, row in zip(rounds, rows, strict=True):
-                p = row.position
-                copy.write_row(
-                    (
-                        round_number,
-                        p.device_id,
-                        p.ts,
-                        p.latitude,
-                        p.longitude,
-                        p.altitude,
-                        p.angle,
-                        p.speed,
-                        p.satellites,
-                        p.priority,
-                        attributes_json(p.attributes),
-                        row.faulty,
-                    )
-                )
+        rounds = _stage(cursor, values, [row.faulty for row in rows])
         for round_number in range(max(rounds, default=-1) + 1):
             cursor.execute(INSERT_ROUND, (round_number,))
             # fetchall builds the rows in C (iterating the cursor costs a Python call per row)
@@ -147,6 +137,80 @@ def write_rows(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> list[str]:
                 if verdict is not None:
                     outcomes[index] = INSERTED if verdict else MERGED
     return outcomes
+
+
+@attrs.frozen
+class BatchOutcome:
+    """What `write_batch` did: records per outcome, and which faulty records were inserted."""
+
+    counts: dict[str, int]  # inserted / merged / duplicate -> records
+    faulty_inserted: list[int]  # indexes of the faulty records stored as new rows
+
+
+def write_batch(
+    conn: psycopg.Connection[Any], rows: Sequence[StoredRow], faulty: Sequence[bool]
+) -> BatchOutcome:
+    """Write `rows` (COPY values, `faulty[i]` their verdicts) in one transaction.
+
+    The same statements as `write_rows`, but the server counts the outcomes: no result row per
+    record travels back or is unpacked. Raises psycopg errors unchanged.
+    """
+    inserted = merged = 0
+    faulty_keys: set[tuple[int, str, datetime]] = set()
+    with conn.transaction(), conn.cursor(binary=True) as cursor:
+        rounds = _stage(cursor, rows, faulty)
+        for round_number in range(max(rounds, default=-1) + 1):
+            cursor.execute(INSERT_ROUND_COUNTED, (round_number,))
+            found = cursor.fetchone()
+            assert found is not None  # an aggregate always returns its row
+            inserted += found[0]
+            merged += found[1]
+            faulty_keys.update((round_number, *key) for key in zip(found[2], found[3], strict=True))
+    counts = {INSERTED: inserted, MERGED: merged, DUPLICATE: len(rows) - inserted - merged}
+    return BatchOutcome(
+        counts,
+        [
+            index
+            for index, is_faulty in enumerate(faulty)
+            if is_faulty and (rounds[index], *_KEY(rows[index])) in faulty_keys
+        ]
+        if faulty_keys
+        else [],
+    )
+
+
+_KEY = operator.itemgetter(0, 1)  # (device_id, ts) of a StoredRow
+
+
+def _stage(
+    cursor: psycopg.Cursor[Any], rows: Sequence[StoredRow], faulty: Sequence[bool]
+) -> list[int]:
+    """COPY `rows` into the staging table; returns each row's round.
+
+    A key seen earlier in the batch goes to a later round (a later INSERT from the same table):
+    one `ON CONFLICT DO UPDATE` cannot touch a row twice.
+    """
+    keys = list(map(_KEY, rows))
+    if len(set(keys)) == len(keys):  # the common case: no key twice in the batch
+        rounds = [0] * len(keys)
+    else:
+        seen: dict[tuple[str, datetime], int] = {}
+        rounds = []
+        for key in keys:
+            seen[key] = occurrence = seen.get(key, -1) + 1
+            rounds.append(occurrence)
+    with cursor.copy(COPY_STAGING) as copy:
+        copy.set_types(STAGING_TYPES)
+        write = copy.write_row
+        for round_number, row, is_faulty in zip(rounds, rows, faulty, strict=True):
+            write((round_number, *row, is_faulty))
+    return rounds
+
+
+_stored_values = operator.attrgetter(
+    "device_id", "ts", "latitude", "longitude", "altitude", "angle", "speed", "satellites",
+    "priority",
+)  # fmt: skip
 
 
 def latest_good_positions(
