@@ -116,6 +116,7 @@ class Connection:
         self._authorizations = TokenBucket(budgets.authorizations_per_s)
         self._out, self._outbox = trio.open_memory_channel[Outgoing](budgets.max_queue)
         self.queued_bytes = 0
+        self.held_bytes = 0  # held for pending subscriptions (registry.Subscription)
         self._sent = {kind: metrics.live_messages.labels("out", kind) for kind in OUT_KINDS}
         self._closing = trio.Event()
         self._sender_done = trio.Event()
@@ -128,7 +129,7 @@ class Connection:
         if self._closing.is_set():
             return
         size = len(frame)  # characters: bytes for the ASCII JSON orjson writes for us
-        if self.queued_bytes + size > self._budgets.max_queue_bytes:
+        if self.queued_bytes + self.held_bytes + size > self._budgets.max_queue_bytes:
             self.overflow()
             return
         try:
@@ -137,6 +138,19 @@ class Connection:
             self.overflow()
             return
         self.queued_bytes += size
+
+    def hold(self, size: int) -> bool:
+        """Positions held for a pending subscription share the byte budget with the queue."""
+        if self._closing.is_set():
+            return False
+        if self.queued_bytes + self.held_bytes + size > self._budgets.max_queue_bytes:
+            self.overflow()
+            return False
+        self.held_bytes += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.held_bytes -= size
 
     def overflow(self) -> None:
         if self._closing.is_set():
@@ -289,7 +303,7 @@ class Connection:
             )
             return
         # Registered before the snapshot is read: positions arriving meanwhile are held, not lost.
-        subscription = self._registry.subscribe(self, topic, self._max_queue)
+        subscription = self._registry.subscribe(self, topic)
         try:
             snapshot = await self._snapshots.read(request.event_id)
         except SnapshotError as exc:

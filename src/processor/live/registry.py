@@ -5,7 +5,10 @@ position and event), connection -> {topic: Subscription} so that a closing conne
 forgotten completely in one call (`forget`), leaving nothing behind.
 
 A Subscription starts *pending*: it is registered before its snapshot is read (SPEC §5, no gap),
-and positions arriving meanwhile are held (bounded by the connection's queue cap). `activate`
+and positions arriving meanwhile are held, counted against the connection's byte budget
+(`LIVE_WS_MAX_QUEUE_BYTES`, not the frame cap: an event of 3,000 devices at 1 Hz sends more than
+`LIVE_WS_MAX_QUEUE` positions while its snapshot is read, and most of them are then dropped by
+the floor, so a frame cap would close healthy clients). `activate`
 then records the snapshot's timestamp per device as a floor (a live position not newer than the
 snapshot's for its device is not sent again: the durable writer may commit a fix before the
 broadcast consumer reads it) and releases the held positions through the same filter, in order.
@@ -37,6 +40,15 @@ class Outlet(Protocol):
     def overflow(self) -> None:
         """Too far behind: close as a slow consumer."""
 
+    def hold(self, size: int) -> bool:
+        """Reserve `size` bytes of the budget for a held position (False: over it, closing)."""
+
+    def release(self, size: int) -> None:
+        """Give back bytes reserved by `hold`."""
+
+
+HELD_OVERHEAD = 64  # bytes per held position besides its (shared) frame string
+
 
 Held = tuple[str, datetime, str, int | None]  # device_id, ts, frame, stream entry time (ms)
 
@@ -45,18 +57,18 @@ Held = tuple[str, datetime, str, int | None]  # device_id, ts, frame, stream ent
 class Subscription:
     outlet: Outlet
     topic: str
-    cap: int
     held: list[Held] | None = attrs.field(factory=list)  # None once active
+    held_bytes: int = 0
     # device -> snapshot ts. Shared, read-only: one dict per snapshot read, built in the
     # snapshot's worker thread, so a subscribe costs O(1) here even for 3,000 devices.
     floor: Mapping[str, datetime] = attrs.field(factory=dict)
 
     def offer(self, device_id: str, ts: datetime, frame: str, entry_ms: int | None) -> None:
         if self.held is not None:
-            if len(self.held) >= self.cap:
-                self.outlet.overflow()
-                return
-            self.held.append((device_id, ts, frame, entry_ms))
+            size = len(frame) + HELD_OVERHEAD
+            if self.outlet.hold(size):
+                self.held_bytes += size
+                self.held.append((device_id, ts, frame, entry_ms))
             return
         floor = self.floor.get(device_id)
         if floor is not None and ts <= floor:
@@ -71,8 +83,15 @@ class Subscription:
         """`activate` with the snapshot's device -> ts map already built (and shared)."""
         self.floor = floor
         held, self.held = self.held or [], None
+        self.discard()
         for device_id, ts, frame, entry_ms in held:
             self.offer(device_id, ts, frame, entry_ms)
+
+    def discard(self) -> None:
+        """Give back the budget of what is held (activated, replaced or unsubscribed)."""
+        if self.held_bytes:
+            self.outlet.release(self.held_bytes)
+            self.held_bytes = 0
 
 
 class Registry:
@@ -85,20 +104,25 @@ class Registry:
     def __len__(self) -> int:
         return self._count
 
-    def subscribe(self, outlet: Outlet, topic: str, cap: int) -> Subscription:
+    def subscribe(self, outlet: Outlet, topic: str) -> Subscription:
         """Register a (new, pending) subscription; a repeated subscribe starts over."""
-        subscription = Subscription(outlet, topic, cap)
+        subscription = Subscription(outlet, topic)
         topics = self._by_outlet.setdefault(outlet, {})
-        if topic not in topics:
+        previous = topics.get(topic)
+        if previous is None:
             self._set_count(self._count + 1)
+        else:
+            previous.discard()
         topics[topic] = subscription
         self._by_topic.setdefault(topic, {})[outlet] = subscription
         return subscription
 
     def unsubscribe(self, outlet: Outlet, topic: str) -> bool:
         topics = self._by_outlet.get(outlet)
-        if topics is None or topics.pop(topic, None) is None:
+        removed = topics.pop(topic, None) if topics is not None else None
+        if topics is None or removed is None:
             return False
+        removed.discard()
         if not topics:
             del self._by_outlet[outlet]
         self._drop(outlet, topic)
@@ -108,7 +132,8 @@ class Registry:
     def forget(self, outlet: Outlet) -> None:
         """Remove every subscription of a closed connection."""
         topics = self._by_outlet.pop(outlet, {})
-        for topic in topics:
+        for topic, subscription in topics.items():
+            subscription.discard()
             self._drop(outlet, topic)
         self._set_count(self._count - len(topics))
 

@@ -16,6 +16,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 WRITE_STATUSES = ("inserted", "merged", "duplicate", "failed")
+LIVE_STAGES = ("request", "admission", "reject", "accept", "serve", "close")
 
 
 class Metrics:
@@ -239,6 +240,10 @@ class Metrics:
 
         for status in WRITE_STATUSES:
             self.position_writes.labels(status)
+        for stage in LIVE_STAGES:  # exported at 0 from the start, so rate() alerts work
+            self.live_connection_errors.labels(stage)
+        for reason in ("pending_limit", "handshake_timeout"):
+            self.live_upgrades_dropped.labels(reason)
         for result in ("entries", "empty", "error"):
             self.consumer_reads.labels(result)
         for kind in ("start", "waypoint", "checkpoint", "finish"):
