@@ -114,7 +114,10 @@ async def test_instances_do_not_claim_each_others_waiting_entries_during_an_outa
     its hold on what it waits with, so neither claims the other's entries. MAX_DELIVERIES=1
     makes any claim of a good record a dead letter."""
     documents = [fix(f"dev{i % 10}", i) for i in range(300)]
-    shared = env | RECLAIM | {"MAX_DELIVERIES": "1"}
+    # Renewal is time-based (every min(RECLAIM_INTERVAL_S, RECLAIM_MIN_IDLE_MS / 3)): the idle
+    # bound must leave room for a late renewal on a busy machine (300 ms did not, at load 16),
+    # and the outage must still be much longer than it.
+    shared = env | RECLAIM | {"MAX_DELIVERIES": "1", "RECLAIM_MIN_IDLE_MS": "2000"}
     async with tcp_proxy(postgres_server_url) as proxy:
         proxied = shared | {"DATABASE_URL": proxy.url(database_url)}
         with trio.fail_after(90):
