@@ -31,7 +31,6 @@ are overwritten at the next evaluation of the pair.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -59,7 +58,13 @@ Rank = Callable[..., Mapping[str, Ranking]]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-LOCK = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k"
+# Keys are hashed in the server together with the schema: advisory locks are per database, and
+# two schemas of one database (tests, benchmarks, staging next to production) may hold the same
+# ids. Taken in the order given (a FunctionScan keeps array order).
+LOCK = """
+SELECT count(pg_advisory_xact_lock(hashtextextended(current_schema() || ':' || k, 0)))
+FROM unnest(%s::text[]) AS k
+"""
 
 STORED_RECORDS = """
 SELECT tr.stage_id::text, tr.entry_id::text, tr.control_id::text, tr.device_id, tr.passed_at,
@@ -171,10 +176,10 @@ WHERE sr.stage_id = %s::uuid AND sr.entry_id = q.entry_id
 """
 
 
-def lock_key(*parts: str) -> int:
-    """A stable signed 64-bit advisory-lock key (the same in every instance and release)."""
-    digest = hashlib.blake2b(":".join(("processor.domain", *parts)).encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big", signed=True)
+def lock_key(*parts: str) -> str:
+    """The text of an advisory-lock key; every transaction takes its keys sorted by it (pair
+    keys before stage keys), so no two wait on each other in a cycle."""
+    return ":".join(("processor.domain", *parts))
 
 
 def to_datetime(t: float) -> datetime:
