@@ -151,7 +151,7 @@ class Bench:
         self.streams.append(key)
         return key
 
-    def daemon(self, url: str, stream: str) -> Daemon:
+    def daemon(self, url: str, stream: str, extra: dict[str, str] | None = None) -> Daemon:
         env = {
             "REDIS_URL": self.redis_url,
             "DATABASE_URL": url,
@@ -161,6 +161,7 @@ class Bench:
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "info",
             **self.settings,
+            **(extra or {}),
         }
         return Daemon(env)
 
@@ -189,7 +190,8 @@ class Bench:
             say(f"kept schemas {', '.join(self.schemas)} and streams {', '.join(self.streams)}")
             return
         if self.streams:
-            self.redis.delete(*self.streams)
+            derived = [k for s in self.streams for k in self.redis.scan_iter(match=f"{s}:*")]
+            self.redis.delete(*self.streams, *derived)  # e.g. the domain's stage fingerprints
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             for schema in self.schemas:
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
