@@ -236,7 +236,8 @@ class Bench:
             say(f"kept schemas {', '.join(self.schemas)} and streams {', '.join(self.streams)}")
             return
         if self.streams:
-            self.redis.delete(*self.streams)
+            derived = [k for s in self.streams for k in self.redis.scan_iter(match=f"{s}:*")]
+            self.redis.delete(*self.streams, *derived)  # e.g. the domain's stage fingerprints
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             for schema in self.schemas:
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -32,7 +32,8 @@ async def test_two_instances_and_a_killed_one_restarted(
     documents, gap = tracks(course)
     everything = shuffled_twice(documents + gap, seed=21)
     chunks = [everything[i : i + 150] for i in range(0, len(everything), 150)]
-    base = {**domain_env(env), "READ_COUNT": "40", "RECLAIM_MIN_IDLE_MS": "500"}
+    base = {**domain_env(env), "READ_COUNT": "40", "DOMAIN_READ_COUNT": "40"}
+    base["RECLAIM_MIN_IDLE_MS"] = "500"
     env_a = {**base, "INSTANCE_ID": "a"}
     env_b = {**base, "INSTANCE_ID": "b"}
 

@@ -101,7 +101,7 @@ def make_domain_engine(config: Config, control: redis.Redis, metrics: Metrics) -
             group=config.domain_group,
             durable_group=config.redis_group,
             consumer=config.consumer_name,
-            read_count=config.read_count,
+            read_count=config.domain_read_count,
             read_block_ms=config.read_block_ms,
             refresh_s=config.domain_refresh_ms / 1000,
             visibility_timeout_s=config.domain_visibility_timeout_ms / 1000,

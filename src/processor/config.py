@@ -189,6 +189,7 @@ class Config:
         "DOMAIN_VISIBILITY_TIMEOUT_MS", 120_000, 100, 86_400_000
     )
     domain_yield_backlog: int = _int("DOMAIN_YIELD_BACKLOG", 5_000, 0, 100_000_000)
+    domain_read_count: int = _int("DOMAIN_READ_COUNT", 20_000, 1, 1_000_000)
 
     @property
     def consumer_name(self) -> str:

@@ -31,7 +31,6 @@ are overwritten at the next evaluation of the pair.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -59,7 +58,13 @@ Rank = Callable[..., Mapping[str, Ranking]]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-LOCK = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k"
+# Keys are hashed in the server together with the schema: advisory locks are per database, and
+# two schemas of one database (tests, benchmarks, staging next to production) may hold the same
+# ids. Taken in the order given (a FunctionScan keeps array order).
+LOCK = """
+SELECT count(pg_advisory_xact_lock(hashtextextended(current_schema() || ':' || k, 0)))
+FROM unnest(%s::text[]) AS k
+"""
 
 STORED_RECORDS = """
 SELECT tr.stage_id::text, tr.entry_id::text, tr.control_id::text, tr.device_id, tr.passed_at,
@@ -78,33 +83,40 @@ JOIN stage_results sr ON sr.stage_id = q.stage_id AND sr.entry_id = q.entry_id
 # One query for every pair of a batch. Two devices of one entry reporting the same instant
 # are one fix (the lowest device id wins, deterministically).
 # A pair that had no pass at all before (nothing stored: not started) and gets new fixes from
-# `before_ts` on needs the track only from the last fix before `before_ts`: every earlier
-# segment was evaluated already and crossed no start line forward (else a pass would be
-# stored). Without this, a car waiting at the start would re-read its whole wait every batch.
+# `before_ts` on needs the track only from the last fix before `before_ts` (per device: a
+# longer suffix is as good): every earlier segment was evaluated already and crossed no start
+# line forward (else a pass would be stored). Without this, a car waiting at the start would
+# re-read its whole wait every batch. Bounds are plain ranges on (device_id, ts), so every
+# read is a range scan of the positions key.
 FIXES = """
-SELECT DISTINCT ON (q.i, p.ts) q.i, (extract(epoch FROM p.ts) * 1000000)::int8,
+WITH q AS (
+    SELECT * FROM unnest(%s::int[], %s::uuid[], %s::timestamptz[], %s::timestamptz[],
+                         %s::timestamptz[], %s::timestamptz[])
+        AS q(i, entry_id, from_ts, opens_at, closes_at, before_ts)
+), dev AS (
+    SELECT q.i, d.imei, q.before_ts,
+           coalesce(greatest(q.from_ts, q.opens_at), '-infinity'::timestamptz) AS lo,
+           coalesce(q.closes_at, 'infinity'::timestamptz) AS hi
+    FROM q
+    JOIN entry_devices ed ON ed.entry_id = q.entry_id
+    JOIN devices d ON d.id = ed.device_id
+    WHERE d.imei IS NOT NULL
+), floors AS (
+    SELECT dev.i, dev.imei, coalesce(last.ts, dev.lo) AS lo, dev.hi
+    FROM dev
+    LEFT JOIN LATERAL (
+        SELECT p0.ts FROM positions p0
+        WHERE dev.before_ts IS NOT NULL AND p0.device_id = dev.imei AND NOT p0.faulty
+          AND p0.ts < dev.before_ts AND p0.ts >= dev.lo
+        ORDER BY p0.ts DESC LIMIT 1
+    ) AS last ON true
+)
+SELECT DISTINCT ON (f.i, p.ts) f.i, (extract(epoch FROM p.ts) * 1000000)::int8,
        p.latitude, p.longitude, p.speed, p.device_id
-FROM unnest(%s::int[], %s::uuid[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
-            %s::timestamptz[])
-     AS q(i, entry_id, from_ts, opens_at, closes_at, before_ts)
-CROSS JOIN LATERAL (
-    SELECT coalesce(max(p0.ts), q.from_ts) AS from_ts
-    FROM entry_devices ed0
-    JOIN devices d0 ON d0.id = ed0.device_id
-    JOIN positions p0 ON p0.device_id = d0.imei
-    WHERE q.before_ts IS NOT NULL AND ed0.entry_id = q.entry_id AND NOT p0.faulty
-      AND p0.ts < q.before_ts
-      AND (q.opens_at IS NULL OR p0.ts >= q.opens_at)
-      AND (q.closes_at IS NULL OR p0.ts < q.closes_at)
-) AS f
-JOIN entry_devices ed ON ed.entry_id = q.entry_id
-JOIN devices d ON d.id = ed.device_id
-JOIN positions p ON p.device_id = d.imei
+FROM floors f
+JOIN positions p ON p.device_id = f.imei AND p.ts >= f.lo AND p.ts < f.hi
 WHERE NOT p.faulty
-  AND (f.from_ts IS NULL OR p.ts >= f.from_ts)
-  AND (q.opens_at IS NULL OR p.ts >= q.opens_at)
-  AND (q.closes_at IS NULL OR p.ts < q.closes_at)
-ORDER BY q.i, p.ts, p.device_id
+ORDER BY f.i, p.ts, p.device_id
 """
 
 UPSERT_RECORDS = """
@@ -171,10 +183,10 @@ WHERE sr.stage_id = %s::uuid AND sr.entry_id = q.entry_id
 """
 
 
-def lock_key(*parts: str) -> int:
-    """A stable signed 64-bit advisory-lock key (the same in every instance and release)."""
-    digest = hashlib.blake2b(":".join(("processor.domain", *parts)).encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big", signed=True)
+def lock_key(*parts: str) -> str:
+    """The text of an advisory-lock key; every transaction takes its keys sorted by it (pair
+    keys before stage keys), so no two wait on each other in a cycle."""
+    return ":".join(("processor.domain", *parts))
 
 
 def to_datetime(t: float) -> datetime:
