@@ -31,7 +31,7 @@ import math
 from processor.domain.course import Circle, Line
 from processor.domain.kinematics import accelerating, fraction_at, speed_at, time_at
 from processor.domain.model import Pass
-from processor.domain.track import Track
+from processor.domain.track import BLOCK, Track
 
 
 def first_crossing(track: Track, line: Line, after: float, before: float) -> Pass | None:
@@ -45,15 +45,25 @@ def first_crossing(track: Track, line: Line, after: float, before: float) -> Pas
     lat0, lon0, kx, ky = frame.lat0, frame.lon0, frame.kx, frame.ky
     x1, y1, dx, dy, length2 = line.x1, line.y1, line.dx, line.dy, line.length2
 
-    dl = lons[k] - lon0
-    if dl > 180.0:
-        dl -= 360.0
-    elif dl < -180.0:
-        dl += 360.0
-    ax = dl * kx
-    ay = (lats[k] - lat0) * ky
-    sa = dx * (ay - y1) - dy * (ax - x1)
+    box = line.box
+    ax = ay = sa = 0.0
+    restart = True  # (ax, ay, sa) must be computed for fix k
     while k < n - 1:
+        if restart or k % BLOCK == 0:
+            near = track.next_near(k, box)
+            if near != k:
+                k, restart = near, True
+                continue
+            if restart:
+                dl = lons[k] - lon0
+                if dl > 180.0:
+                    dl -= 360.0
+                elif dl < -180.0:
+                    dl += 360.0
+                ax = dl * kx
+                ay = (lats[k] - lat0) * ky
+                sa = dx * (ay - y1) - dy * (ax - x1)
+                restart = False
         t0 = ts[k]
         if t0 >= before:
             return None
@@ -122,7 +132,9 @@ def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pa
         speed = speed_at(best_g, v0, v1, accel)
         return Pass(circle.control.id, when, speed, math.sqrt(best_d2), fix_before, fix_after)
 
-    ax, ay = project(k0)
+    box = circle.box
+    ax = ay = 0.0
+    restart = True  # (ax, ay) must be computed for fix k
     in_visit = False
     fix_before = 0.0
     best_d2 = math.inf
@@ -131,6 +143,14 @@ def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pa
     best_at_after = False  # the closest point is where the search started: exactly `after`
     k = k0
     while k < n - 1:
+        if not in_visit and (restart or k % BLOCK == 0):
+            near = track.next_near(k, box)
+            if near != k:
+                k, restart = near, True
+                continue
+            if restart:
+                ax, ay = project(k)
+                restart = False
         t0 = ts[k]
         if not in_visit and t0 >= before:
             return None
