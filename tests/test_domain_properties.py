@@ -17,9 +17,12 @@ import math
 import random
 
 import attrs
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import processor.domain.passes as passes_module
+import processor.domain.track as track_module
 from processor.domain.course import Circle, course_of
 from processor.domain.model import Control, ControlKind, Fix, Stage, Status
 from processor.domain.timing import evaluate_entry, settled_prefix
@@ -218,3 +221,17 @@ def test_the_figures_add_up(w: World) -> None:
         assert result.total_ms is None
     assert result.controls_missed == len(missed)
     assert result.penalty_ms == 1000 * sum(c.penalty_s for c in missed)
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds(), st.integers(1, 6))
+def test_skipping_far_blocks_changes_nothing(w: World, block: int) -> None:
+    """The bounding-box skip is an optimisation only: with tiny blocks (many skips) and with no
+    skipping at all, the result is the same."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(track_module, "BLOCK", block)
+        patch.setattr(passes_module, "BLOCK", block)
+        skipping = evaluate_entry(w.stage, w.fixes)
+        patch.setattr(track_module.Track, "next_near", lambda self, k, box: k)
+        scanning = evaluate_entry(w.stage, w.fixes)
+    assert skipping == scanning == evaluate_entry(w.stage, w.fixes)
