@@ -448,3 +448,20 @@ def test_kept_passes_with_a_gap_count_the_gap_as_missed() -> None:
     kept = full.passes[:2]
     assert evaluate_entry(stage, [f for f in fixes if f.t >= kept[-1].fix_before], kept) == full
     assert evaluate_entry(stage, fixes, full.passes) == full  # everything kept, finish included
+
+
+def test_a_waypoint_reaching_over_the_finish_is_validated_up_to_the_finish() -> None:
+    """The car enters the radius (x = 950 m, 47.5 s) before the finish (x = 1010 m, 50.5 s); its
+    closest approach (x = 1050 m, 52.5 s) comes after. It was within the radius before finishing:
+    the waypoint counts, at the finish instant, the closest it had come by then (40 m)."""
+    stage = stage_of(
+        vline("S", 1, START, 110.0),
+        P.waypoint("W", 2, (1050.0, 0.0), 100.0, penalty_s=600),
+        vline("F", 3, FINISH, 1010.0),
+    )
+    result = evaluate_entry(stage, east(70))
+    _, waypoint, finish = result.passes
+    assert waypoint.control_id == "W" and result.penalty_ms == 0
+    assert waypoint.passed_at == finish.passed_at
+    assert abs(waypoint.distance_m - 40.0) < 1e-3
+    assert (waypoint.fix_before, waypoint.fix_after) == (at(47), finish.fix_after)

@@ -15,13 +15,16 @@ end fixes are inside; it ends with the segment whose end fix is outside, or is s
 track ends inside. `passed_at` is the time of the visit's closest point to the centre (the
 closest point of each segment, the earliest on ties), `distance_m` that distance (<= radius).
 
-The search only looks at the track *after* `after` (the previous control's pass): course order
-says nothing before it counts. For a waypoint this means that if the entry is already inside the
-radius at that instant, the visit starts there — its closest approach is taken over the part
-after `after` and may be `after` itself when the entry only moves away from the centre. This
-keeps a pass a function of the track from the previous pass on, which is what lets the engine
-resume from stored passes (`timing.settled_prefix`) and still equal a full evaluation. The
-`fix_before` of such a visit is the last fix at or before `after`.
+The search only looks at the track between `after` (the previous control's pass) and `before`
+(the finish pass, if any): course order says nothing outside counts. For a waypoint the visit is
+clipped to that stretch: an entry already inside the radius at `after` is visited from that
+instant (`fix_before` = the last fix at or before it), and a visit still inside at the finish
+ends there (`fix_after` = the fix ending the segment that holds the finish). The closest approach
+is taken over the clipped visit, so it may be `after` itself (moving away from the centre) or the
+finish instant (still approaching it): the entry *was* within the radius between the two, which
+is what validates a waypoint. Keeping each pass a function of the track from the previous pass
+on is what lets the engine resume from stored passes (`timing.settled_prefix`) and still equal
+a full evaluation.
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def first_crossing(track: Track, line: Line, after: float, before: float) -> Pas
 
 
 def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pass | None:
-    """The first visit of `circle` after `after`, if its closest approach is before `before`."""
+    """The first visit of `circle` on the track between `after` and `before` (both included)."""
     ts, lats, lons, speeds = track.t, track.lat, track.lon, track.speed
     n = len(ts)
     k0 = track.segment_at(after)
@@ -121,14 +124,12 @@ def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pa
         v0, v1 = speeds[best_k], speeds[best_k + 1]
         (ax, ay), (bx, by) = project(best_k), project(best_k + 1)
         accel = accelerating(t1 - t0, math.hypot(bx - ax, by - ay), v0, v1)
-        if best_at_after:
-            when = after
+        if best_clip is not None:
+            when = best_clip
         elif best_g >= 1.0:
             when = t1
-        else:  # never before `after`, also not by rounding when the visit starts there
-            when = max(after, t0 + time_at(best_g, t1 - t0, v0, v1, accel))
-        if when >= before:
-            return None
+        else:  # within [after, before], also by rounding
+            when = min(before, max(after, t0 + time_at(best_g, t1 - t0, v0, v1, accel)))
         speed = speed_at(best_g, v0, v1, accel)
         return Pass(circle.control.id, when, speed, math.sqrt(best_d2), fix_before, fix_after)
 
@@ -140,7 +141,7 @@ def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pa
     best_d2 = math.inf
     best_k = k0
     best_g = 0.0
-    best_at_after = False  # the closest point is where the search started: exactly `after`
+    best_clip: float | None = None  # the closest point is a clip point: exactly after/before
     k = k0
     while k < n - 1:
         if not in_visit and (restart or k % BLOCK == 0):
@@ -164,22 +165,24 @@ def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pa
             ax, ay = bx, by
             k += 1
             continue
+        t1 = ts[k + 1]
+        # the part of this segment that counts: from `after` (first segment) to `before`
         g_lo = 0.0
-        if k == k0 and after > t0:
-            t1 = ts[k + 1]
-            g_lo = fraction_at(
-                after - t0,
-                t1 - t0,
-                speeds[k],
-                speeds[k + 1],
-                accelerating(t1 - t0, math.hypot(bx - ax, by - ay), speeds[k], speeds[k + 1]),
-            )
+        g_hi = 1.0
+        ends = t1 >= before  # the segment holding `before` ends any visit
+        if (k == k0 and after > t0) or (ends and before < t1):
+            v0, v1 = speeds[k], speeds[k + 1]
+            accel = accelerating(t1 - t0, math.hypot(bx - ax, by - ay), v0, v1)
+            if k == k0 and after > t0:
+                g_lo = fraction_at(after - t0, t1 - t0, v0, v1, accel)
+            if ends and before < t1:
+                g_hi = max(g_lo, fraction_at(before - t0, t1 - t0, v0, v1, accel))
         ex, ey = bx - ax, by - ay
         e2 = ex * ex + ey * ey
         g = g_lo
         if e2 > 0.0:
             g = -(ax * ex + ay * ey) / e2
-            g = g_lo if g < g_lo else (1.0 if g > 1.0 else g)
+            g = g_lo if g < g_lo else (g_hi if g > g_hi else g)
         px, py = ax + g * ex, ay + g * ey
         d2 = px * px + py * py
         if not in_visit and d2 <= r2:
@@ -188,9 +191,13 @@ def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pa
         if in_visit:
             if d2 < best_d2:
                 best_d2, best_k, best_g = d2, k, g
-                best_at_after = g_lo > 0.0 and g == g_lo
-            if bx * bx + by * by > r2:
-                return visit(ts[k + 1])
+                best_clip = (
+                    after if g_lo > 0.0 and g == g_lo else before if ends and g == g_hi else None
+                )
+            if ends or bx * bx + by * by > r2:
+                return visit(t1)
+        elif ends:
+            return None
         ax, ay = bx, by
         k += 1
     return visit(None) if in_visit else None
