@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+from datetime import UTC, datetime
 
 import attrs
 import pytest
@@ -192,6 +193,20 @@ def test_resuming_from_the_settled_prefix_equals_a_full_evaluation(
     assert evaluate_entry(w.stage, given, kept) == full
     # what is kept is indeed part of the full result
     assert full.passes[: len(kept)] == kept
+    # and as the engine has them: read back from timestamptz columns, bit for bit the same
+    stored = tuple(
+        attrs.evolve(p, **{n: _via_database(getattr(p, n)) for n in TIMES}) for p in kept
+    )
+    assert stored == kept
+    assert evaluate_entry(w.stage, given, stored) == full
+
+
+TIMES = ("passed_at", "fix_before", "fix_after")
+
+
+def _via_database(t: float | None) -> float | None:
+    """A time written to and read from a timestamptz column (microseconds), as the engine does."""
+    return None if t is None else datetime.fromtimestamp(t, UTC).timestamp()
 
 
 @settings(max_examples=400, deadline=None)

@@ -25,6 +25,10 @@ finish instant (still approaching it): the entry *was* within the radius between
 is what validates a waypoint. Keeping each pass a function of the track from the previous pass
 on is what lets the engine resume from stored passes (`timing.settled_prefix`) and still equal
 a full evaluation.
+
+Interpolated times are rounded to the microsecond — what the database stores — so a pass read
+back from the database is bit for bit the pass computed, and resuming from stored passes gives
+exactly the floats a full evaluation gives (the clip at `after` uses that very float).
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ from __future__ import annotations
 import math
 
 from processor.domain.course import Circle, Line
-from processor.domain.kinematics import accelerating, fraction_at, speed_at, time_at
+from processor.domain.kinematics import (
+    accelerating,
+    fraction_at,
+    speed_at,
+    time_at,
+    to_microsecond,
+)
 from processor.domain.model import Pass
 from processor.domain.track import BLOCK, Track
 
@@ -88,7 +98,7 @@ def first_crossing(track: Track, line: Line, after: float, before: float) -> Pas
                 dt = t1 - t0
                 v0, v1 = speeds[k], speeds[k + 1]
                 accel = accelerating(dt, math.hypot(bx - ax, by - ay), v0, v1)
-                when = t1 if f >= 1.0 else t0 + time_at(f, dt, v0, v1, accel)
+                when = t1 if f >= 1.0 else to_microsecond(t0 + time_at(f, dt, v0, v1, accel))
                 if when > after:
                     if when >= before:
                         return None
@@ -129,7 +139,9 @@ def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pa
         elif best_g >= 1.0:
             when = t1
         else:  # within [after, before], also by rounding
-            when = min(before, max(after, t0 + time_at(best_g, t1 - t0, v0, v1, accel)))
+            when = min(
+                before, max(after, to_microsecond(t0 + time_at(best_g, t1 - t0, v0, v1, accel)))
+            )
         speed = speed_at(best_g, v0, v1, accel)
         return Pass(circle.control.id, when, speed, math.sqrt(best_d2), fix_before, fix_after)
 
