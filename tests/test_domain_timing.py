@@ -8,6 +8,7 @@ right is east, so driving east is a forward pass.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -383,3 +384,84 @@ def test_kept_passes_must_be_a_course_order_prefix() -> None:
     stranger = Pass("X", 0.0, None, 0.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="not on this stage"):
         evaluate_entry(stage, east(60), kept=(start, stranger))
+
+
+# --- resuming ---------------------------------------------------------------------------------
+
+
+def drive(*corners: tuple[float, float], speed: float = 20.0) -> list[Fix]:
+    """A fix each second along the polyline through `corners` at `speed` m/s (72 km/h)."""
+    legs = list(itertools.pairwise(corners))
+    total = sum(math.dist(a, b) for a, b in legs)
+    fixes = []
+    for k in range(int(total / speed) + 1):
+        s = k * speed
+        for a, b in legs:
+            length = math.dist(a, b)
+            if s <= length:
+                g = s / length
+                fixes.append(P.fix(k, a[0] + g * (b[0] - a[0]), a[1] + g * (b[1] - a[1]), 72.0))
+                break
+            s -= length
+    return fixes
+
+
+def test_a_skipped_control_may_still_be_passed_later_so_resuming_stops_before_it() -> None:
+    """W2 is visited first (W1 skipped, so it counts as missed while the car drives on), then W1,
+    then W2 again, then the finish. Course order is greedy over the whole track: W1 then W2's
+    second visit. A resume that kept the first W2 pass would never look for W1 again."""
+    stage = stage_of(
+        vline("S", 1, START, 110.0),
+        P.waypoint("W1", 2, (600.0, 300.0), 30.0, penalty_s=100),
+        P.waypoint("W2", 3, (400.0, 0.0), 30.0, penalty_s=100),
+        vline("F", 4, FINISH, 1010.0),
+    )
+    fixes = drive(
+        (0.0, 0.0), (500.0, 0.0), (500.0, 300.0), (600.0, 300.0), (400.0, 0.0), (1100.0, 0.0)
+    )
+    full = evaluate_entry(stage, fixes)
+    assert [p.control_id for p in full.passes] == ["S", "W1", "W2", "F"]
+    assert full.controls_missed == 0 and full.penalty_ms == 0
+    t = at(30)  # after the first W2 visit, before W1
+    before = evaluate_entry(stage, [f for f in fixes if f.t < t])
+    assert [p.control_id for p in before.passes] == ["S", "W2"] and before.controls_missed == 1
+    kept = settled_prefix(stage, before.passes, t)
+    assert [p.control_id for p in kept] == ["S"]  # cut at the gap, though W2 is settled
+    resumed = evaluate_entry(stage, [f for f in fixes if f.t >= kept[-1].fix_before], kept)
+    assert resumed == full
+    # what keeping across the gap would have given: W1 never found again
+    wrong = evaluate_entry(stage, fixes, before.passes)
+    assert [p.control_id for p in wrong.passes] == ["S", "W2", "F"]
+
+
+def test_kept_passes_with_a_gap_count_the_gap_as_missed() -> None:
+    """The engine may pass any course-order prefix; controls skipped inside it are missed."""
+    stage = stage_of(
+        vline("S", 1, START, 110.0),
+        P.waypoint("W1", 2, (600.0, 300.0), 30.0, penalty_s=100),
+        P.waypoint("W2", 3, (400.0, 0.0), 30.0, penalty_s=70),
+        vline("F", 4, FINISH, 1010.0),
+    )
+    fixes = east(60)
+    full = evaluate_entry(stage, fixes)
+    assert [p.control_id for p in full.passes] == ["S", "W2", "F"] and full.penalty_ms == 100_000
+    kept = full.passes[:2]
+    assert evaluate_entry(stage, [f for f in fixes if f.t >= kept[-1].fix_before], kept) == full
+    assert evaluate_entry(stage, fixes, full.passes) == full  # everything kept, finish included
+
+
+def test_a_waypoint_reaching_over_the_finish_is_validated_up_to_the_finish() -> None:
+    """The car enters the radius (x = 950 m, 47.5 s) before the finish (x = 1010 m, 50.5 s); its
+    closest approach (x = 1050 m, 52.5 s) comes after. It was within the radius before finishing:
+    the waypoint counts, at the finish instant, the closest it had come by then (40 m)."""
+    stage = stage_of(
+        vline("S", 1, START, 110.0),
+        P.waypoint("W", 2, (1050.0, 0.0), 100.0, penalty_s=600),
+        vline("F", 3, FINISH, 1010.0),
+    )
+    result = evaluate_entry(stage, east(70))
+    _, waypoint, finish = result.passes
+    assert waypoint.control_id == "W" and result.penalty_ms == 0
+    assert waypoint.passed_at == finish.passed_at
+    assert abs(waypoint.distance_m - 40.0) < 1e-3
+    assert (waypoint.fix_before, waypoint.fix_after) == (at(47), finish.fix_after)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 
 import attrs
 
@@ -19,6 +20,9 @@ from processor.domain.geometry import LocalFrame, midpoint
 from processor.domain.model import Control, ControlKind, Stage
 
 MIN_LINE_M = 0.01
+_BOX_PAD_DEG = 1e-9  # ~0.1 mm: rounding between degrees and metres never loses a pass
+
+Box = tuple[float, float, float, float]  # lat_lo, lat_hi, lon_lo, lon_hi (degrees)
 
 
 class StageError(ValueError):
@@ -36,6 +40,7 @@ class Line:
     dx: float
     dy: float
     length2: float  # |d|², squared metres
+    box: Box | None  # where a segment must reach to cross it (None: across the antimeridian)
 
 
 @attrs.frozen(slots=True)
@@ -45,6 +50,7 @@ class Circle:
     control: Control
     frame: LocalFrame
     radius_m: float
+    box: Box | None  # the circle's bounding box (None: across the antimeridian)
 
 
 Target = Line | Circle
@@ -101,7 +107,15 @@ def _line(stage: Stage, control: Control) -> Line:
             f"stage {stage.id}: line control {control.id} (ordinal {control.ordinal}) "
             "has its two points at the same place"
         )
-    return Line(control, frame, x1, y1, dx, dy, length2)
+    box = None
+    if abs(lon2 - lon1) <= 180.0:
+        box = (
+            min(lat1, lat2) - _BOX_PAD_DEG,
+            max(lat1, lat2) + _BOX_PAD_DEG,
+            min(lon1, lon2) - _BOX_PAD_DEG,
+            max(lon1, lon2) + _BOX_PAD_DEG,
+        )
+    return Line(control, frame, x1, y1, dx, dy, length2, box)
 
 
 def _circle(stage: Stage, control: Control) -> Circle:
@@ -113,7 +127,13 @@ def _circle(stage: Stage, control: Control) -> Circle:
             f"stage {stage.id}: waypoint {control.id} (ordinal {control.ordinal}) "
             f"needs validate_radius_m > 0, has {radius!r}"
         )
-    return Circle(control, LocalFrame.at(lat, lon), float(radius))
+    frame = LocalFrame.at(lat, lon)
+    dlat = radius / frame.ky * 1.000001 + _BOX_PAD_DEG
+    dlon = radius / frame.kx * 1.000001 + _BOX_PAD_DEG if frame.kx > 0.0 else math.inf
+    box = None
+    if lon - dlon >= -180.0 and lon + dlon <= 180.0:
+        box = (lat - dlat, lat + dlat, lon - dlon, lon + dlon)
+    return Circle(control, frame, float(radius), box)
 
 
 def _check_order(stage: Stage, controls: list[Control]) -> None:
@@ -156,9 +176,27 @@ def _with_kind(stage: Stage, control: Control) -> Control:
         ) from None
 
 
-@functools.lru_cache(maxsize=256)
+_BY_IDENTITY_CAP = 256
+_by_identity: dict[int, tuple[weakref.ref[Stage], Course]] = {}
+
+
 def course_of(stage: Stage) -> Course:
-    """Check and prepare a stage (cached: the engine evaluates the same stage many times)."""
+    """Check and prepare a stage, cached: the engine evaluates the same stage many times.
+
+    First by identity (hashing a 40-control stage costs more than evaluating a short tail of
+    fixes), then by value. Both caches are bounded."""
+    entry = _by_identity.get(id(stage))
+    if entry is not None and entry[0]() is stage:
+        return entry[1]
+    course = _course_by_value(stage)
+    if len(_by_identity) >= _BY_IDENTITY_CAP:
+        _by_identity.clear()
+    _by_identity[id(stage)] = (weakref.ref(stage), course)
+    return course
+
+
+@functools.lru_cache(maxsize=256)
+def _course_by_value(stage: Stage) -> Course:
     controls = sorted((_with_kind(stage, c) for c in stage.controls), key=lambda c: c.ordinal)
     _check_order(stage, controls)
     targets = tuple(_line(stage, c) if c.kind.is_line else _circle(stage, c) for c in controls)

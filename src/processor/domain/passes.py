@@ -15,13 +15,20 @@ end fixes are inside; it ends with the segment whose end fix is outside, or is s
 track ends inside. `passed_at` is the time of the visit's closest point to the centre (the
 closest point of each segment, the earliest on ties), `distance_m` that distance (<= radius).
 
-The search only looks at the track *after* `after` (the previous control's pass): course order
-says nothing before it counts. For a waypoint this means that if the entry is already inside the
-radius at that instant, the visit starts there — its closest approach is taken over the part
-after `after` and may be `after` itself when the entry only moves away from the centre. This
-keeps a pass a function of the track from the previous pass on, which is what lets the engine
-resume from stored passes (`timing.settled_prefix`) and still equal a full evaluation. The
-`fix_before` of such a visit is the last fix at or before `after`.
+The search only looks at the track between `after` (the previous control's pass) and `before`
+(the finish pass, if any): course order says nothing outside counts. For a waypoint the visit is
+clipped to that stretch: an entry already inside the radius at `after` is visited from that
+instant (`fix_before` = the last fix at or before it), and a visit still inside at the finish
+ends there (`fix_after` = the fix ending the segment that holds the finish). The closest approach
+is taken over the clipped visit, so it may be `after` itself (moving away from the centre) or the
+finish instant (still approaching it): the entry *was* within the radius between the two, which
+is what validates a waypoint. Keeping each pass a function of the track from the previous pass
+on is what lets the engine resume from stored passes (`timing.settled_prefix`) and still equal
+a full evaluation.
+
+Interpolated times are rounded to the microsecond — what the database stores — so a pass read
+back from the database is bit for bit the pass computed, and resuming from stored passes gives
+exactly the floats a full evaluation gives (the clip at `after` uses that very float).
 """
 
 from __future__ import annotations
@@ -29,9 +36,15 @@ from __future__ import annotations
 import math
 
 from processor.domain.course import Circle, Line
-from processor.domain.kinematics import accelerating, fraction_at, speed_at, time_at
+from processor.domain.kinematics import (
+    accelerating,
+    fraction_at,
+    speed_at,
+    time_at,
+    to_microsecond,
+)
 from processor.domain.model import Pass
-from processor.domain.track import Track
+from processor.domain.track import BLOCK, Track
 
 
 def first_crossing(track: Track, line: Line, after: float, before: float) -> Pass | None:
@@ -45,15 +58,25 @@ def first_crossing(track: Track, line: Line, after: float, before: float) -> Pas
     lat0, lon0, kx, ky = frame.lat0, frame.lon0, frame.kx, frame.ky
     x1, y1, dx, dy, length2 = line.x1, line.y1, line.dx, line.dy, line.length2
 
-    dl = lons[k] - lon0
-    if dl > 180.0:
-        dl -= 360.0
-    elif dl < -180.0:
-        dl += 360.0
-    ax = dl * kx
-    ay = (lats[k] - lat0) * ky
-    sa = dx * (ay - y1) - dy * (ax - x1)
+    box = line.box
+    ax = ay = sa = 0.0
+    restart = True  # (ax, ay, sa) must be computed for fix k
     while k < n - 1:
+        if restart or k % BLOCK == 0:
+            near = track.next_near(k, box)
+            if near != k:
+                k, restart = near, True
+                continue
+            if restart:
+                dl = lons[k] - lon0
+                if dl > 180.0:
+                    dl -= 360.0
+                elif dl < -180.0:
+                    dl += 360.0
+                ax = dl * kx
+                ay = (lats[k] - lat0) * ky
+                sa = dx * (ay - y1) - dy * (ax - x1)
+                restart = False
         t0 = ts[k]
         if t0 >= before:
             return None
@@ -75,7 +98,7 @@ def first_crossing(track: Track, line: Line, after: float, before: float) -> Pas
                 dt = t1 - t0
                 v0, v1 = speeds[k], speeds[k + 1]
                 accel = accelerating(dt, math.hypot(bx - ax, by - ay), v0, v1)
-                when = t1 if f >= 1.0 else t0 + time_at(f, dt, v0, v1, accel)
+                when = t1 if f >= 1.0 else to_microsecond(t0 + time_at(f, dt, v0, v1, accel))
                 if when > after:
                     if when >= before:
                         return None
@@ -86,7 +109,7 @@ def first_crossing(track: Track, line: Line, after: float, before: float) -> Pas
 
 
 def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pass | None:
-    """The first visit of `circle` after `after`, if its closest approach is before `before`."""
+    """The first visit of `circle` on the track between `after` and `before` (both included)."""
     ts, lats, lons, speeds = track.t, track.lat, track.lon, track.speed
     n = len(ts)
     k0 = track.segment_at(after)
@@ -111,26 +134,36 @@ def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pa
         v0, v1 = speeds[best_k], speeds[best_k + 1]
         (ax, ay), (bx, by) = project(best_k), project(best_k + 1)
         accel = accelerating(t1 - t0, math.hypot(bx - ax, by - ay), v0, v1)
-        if best_at_after:
-            when = after
+        if best_clip is not None:
+            when = best_clip
         elif best_g >= 1.0:
             when = t1
-        else:  # never before `after`, also not by rounding when the visit starts there
-            when = max(after, t0 + time_at(best_g, t1 - t0, v0, v1, accel))
-        if when >= before:
-            return None
+        else:  # within [after, before], also by rounding
+            when = min(
+                before, max(after, to_microsecond(t0 + time_at(best_g, t1 - t0, v0, v1, accel)))
+            )
         speed = speed_at(best_g, v0, v1, accel)
         return Pass(circle.control.id, when, speed, math.sqrt(best_d2), fix_before, fix_after)
 
-    ax, ay = project(k0)
+    box = circle.box
+    ax = ay = 0.0
+    restart = True  # (ax, ay) must be computed for fix k
     in_visit = False
     fix_before = 0.0
     best_d2 = math.inf
     best_k = k0
     best_g = 0.0
-    best_at_after = False  # the closest point is where the search started: exactly `after`
+    best_clip: float | None = None  # the closest point is a clip point: exactly after/before
     k = k0
     while k < n - 1:
+        if not in_visit and (restart or k % BLOCK == 0):
+            near = track.next_near(k, box)
+            if near != k:
+                k, restart = near, True
+                continue
+            if restart:
+                ax, ay = project(k)
+                restart = False
         t0 = ts[k]
         if not in_visit and t0 >= before:
             return None
@@ -144,22 +177,24 @@ def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pa
             ax, ay = bx, by
             k += 1
             continue
+        t1 = ts[k + 1]
+        # the part of this segment that counts: from `after` (first segment) to `before`
         g_lo = 0.0
-        if k == k0 and after > t0:
-            t1 = ts[k + 1]
-            g_lo = fraction_at(
-                after - t0,
-                t1 - t0,
-                speeds[k],
-                speeds[k + 1],
-                accelerating(t1 - t0, math.hypot(bx - ax, by - ay), speeds[k], speeds[k + 1]),
-            )
+        g_hi = 1.0
+        ends = t1 >= before  # the segment holding `before` ends any visit
+        if (k == k0 and after > t0) or (ends and before < t1):
+            v0, v1 = speeds[k], speeds[k + 1]
+            accel = accelerating(t1 - t0, math.hypot(bx - ax, by - ay), v0, v1)
+            if k == k0 and after > t0:
+                g_lo = fraction_at(after - t0, t1 - t0, v0, v1, accel)
+            if ends and before < t1:
+                g_hi = max(g_lo, fraction_at(before - t0, t1 - t0, v0, v1, accel))
         ex, ey = bx - ax, by - ay
         e2 = ex * ex + ey * ey
         g = g_lo
         if e2 > 0.0:
             g = -(ax * ex + ay * ey) / e2
-            g = g_lo if g < g_lo else (1.0 if g > 1.0 else g)
+            g = g_lo if g < g_lo else (g_hi if g > g_hi else g)
         px, py = ax + g * ex, ay + g * ey
         d2 = px * px + py * py
         if not in_visit and d2 <= r2:
@@ -168,9 +203,13 @@ def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pa
         if in_visit:
             if d2 < best_d2:
                 best_d2, best_k, best_g = d2, k, g
-                best_at_after = g_lo > 0.0 and g == g_lo
-            if bx * bx + by * by > r2:
-                return visit(ts[k + 1])
+                best_clip = (
+                    after if g_lo > 0.0 and g == g_lo else before if ends and g == g_hi else None
+                )
+            if ends or bx * bx + by * by > r2:
+                return visit(t1)
+        elif ends:
+            return None
         ax, ay = bx, by
         k += 1
     return visit(None) if in_visit else None

@@ -10,9 +10,10 @@ Course order (SPEC §9), made precise:
    (A course must therefore not cross its own finish line forward before the end; a loop stage
    whose finish coincides with its start works, because the finish must be strictly later.)
 3. **Intermediate controls** (waypoints, checkpoints), greedily in ordinal order: each one's
-   first pass strictly after the pass of the latest passed control with a lower ordinal (for a
-   waypoint already inside its radius at that instant: at or after, see `passes`) and strictly
-   before the finish pass when there is one. A control without such a pass is skipped.
+   first pass strictly after the pass of the latest passed control with a lower ordinal and
+   strictly before the finish pass when there is one — for a waypoint, its first visit within
+   that stretch, clipped to it, so at or after / at or before (see `passes`). A control without
+   such a pass is skipped.
 4. **Missed** = skipped and decided: every skipped intermediate once finished; while running,
    those before the latest passed control. Skipped ones after it are *pending*. Start and finish
    are never missed (not started / running instead). `controls_passed` counts every pass,

@@ -7,7 +7,12 @@ they came in. Fixes with a non-finite time or position are ignored (the pipeline
 but a timing core must not be thrown by one); a non-finite or negative speed counts as absent.
 
 The track is kept as parallel lists of plain floats: the search loops read them by index
-without creating an object per fix.
+without creating an object per fix. For speed, the track is also cut into blocks of `BLOCK`
+segments with the bounding box of each (in degrees): a search skips every block whose box does
+not meet its control's box. That is exact, not a heuristic: the local projection is an affine
+map of (latitude, longitude), so a straight segment between two fixes stays inside the box of
+its fixes, and a control can only be passed by a segment whose box meets the control's. (A block
+whose longitudes span more than 180°, i.e. crosses the antimeridian, is never skipped.)
 """
 
 from __future__ import annotations
@@ -19,16 +24,20 @@ from collections.abc import Iterable
 from processor.domain.model import Fix
 
 _INF = math.inf
+BLOCK = 32
+
+Box = tuple[float, float, float, float]  # lat_lo, lat_hi, lon_lo, lon_hi (degrees)
 
 
 class Track:
-    __slots__ = ("lat", "lon", "speed", "t")
+    __slots__ = ("_boxes", "lat", "lon", "speed", "t")
 
     def __init__(self) -> None:
         self.t: list[float] = []
         self.lat: list[float] = []
         self.lon: list[float] = []
         self.speed: list[float | None] = []  # km/h
+        self._boxes: tuple[list[float], list[float], list[float], list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.t)
@@ -38,15 +47,41 @@ class Track:
         starts, since the segment from that fix may hold a point later than `t`."""
         return max(0, bisect.bisect_right(self.t, t) - 1)
 
+    def next_near(self, k: int, box: Box | None) -> int:
+        """The first segment index >= k whose block's box meets `box` (None: k itself); past the
+        last segment when there is none."""
+        if box is None:
+            return k
+        lat_lo, lat_hi, lon_lo, lon_hi = self._blocks()
+        b = k // BLOCK
+        first = b
+        count = len(lat_lo)
+        while b < count and (
+            lat_hi[b] < box[0] or lat_lo[b] > box[1] or lon_hi[b] < box[2] or lon_lo[b] > box[3]
+        ):
+            b += 1
+        return k if b == first else b * BLOCK
 
-def _speed(fix: Fix) -> float | None:
-    speed = fix.speed_kmh
-    return speed if speed is not None and math.isfinite(speed) and speed >= 0.0 else None
-
-
-def _key(fix: Fix) -> tuple[float, float, float, bool, float]:
-    speed = _speed(fix)
-    return (fix.t, fix.latitude, fix.longitude, speed is not None, 0.0 if speed is None else speed)
+    def _blocks(self) -> tuple[list[float], list[float], list[float], list[float]]:
+        if self._boxes is None:
+            lats, lons = self.lat, self.lon
+            lat_lo: list[float] = []
+            lat_hi: list[float] = []
+            lon_lo: list[float] = []
+            lon_hi: list[float] = []
+            for start in range(0, max(0, len(lats) - 1), BLOCK):
+                # block b holds segments start .. start+BLOCK-1: fixes start .. start+BLOCK
+                la = lats[start : start + BLOCK + 1]
+                lo = lons[start : start + BLOCK + 1]
+                lat_lo.append(min(la))
+                lat_hi.append(max(la))
+                low, high = min(lo), max(lo)
+                if high - low > 180.0:
+                    low, high = -_INF, _INF
+                lon_lo.append(low)
+                lon_hi.append(high)
+            self._boxes = (lat_lo, lat_hi, lon_lo, lon_hi)
+        return self._boxes
 
 
 def build_track(
@@ -61,21 +96,27 @@ def build_track(
         low = since
     high = _INF if closes_at is None else closes_at
     isfinite = math.isfinite
-    chosen = [
-        f
-        for f in fixes
-        if low <= f.t < high and isfinite(f.t) and isfinite(f.latitude) and isfinite(f.longitude)
-    ]
-    chosen.sort(key=_key)
+    # (t, lat, lon, has speed, speed): sorting these tuples is the deterministic choice among
+    # fixes sharing a time, and one tuple per fix is all the per-fix allocation there is.
+    rows = []
+    for f in fixes:
+        t, lat, lon, speed = f.t, f.latitude, f.longitude, f.speed_kmh
+        if not (low <= t < high and isfinite(t) and isfinite(lat) and isfinite(lon)):
+            continue
+        if speed is not None and isfinite(speed) and speed >= 0.0:
+            rows.append((t, lat, lon, True, speed))
+        else:
+            rows.append((t, lat, lon, False, 0.0))
+    rows.sort()
     track = Track()
     ts, lats, lons, speeds = track.t, track.lat, track.lon, track.speed
     last = -_INF
-    for f in chosen:
-        if f.t == last:
+    for t, lat, lon, has_speed, speed in rows:
+        if t == last:
             continue
-        last = f.t
-        ts.append(f.t)
-        lats.append(f.latitude)
-        lons.append(f.longitude)
-        speeds.append(_speed(f))
+        last = t
+        ts.append(t)
+        lats.append(lat)
+        lons.append(lon)
+        speeds.append(speed if has_speed else None)
     return track
