@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 
 import psycopg
 import redis
@@ -91,12 +92,15 @@ def row_count_or_zero(database_url: str) -> int:
         return 0
 
 
-def terminate_processor_backends(server_url: str) -> int:
+def terminate_processor_backends(server_url: str, application_name: str) -> int:
+    """Terminate this test's daemon's connections only (its own application_name), never those
+    of other processors using the same server."""
     with psycopg.connect(server_url, autocommit=True) as conn:
         return len(
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'processor' AND pid <> pg_backend_pid()"
+                "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (application_name,),
             ).fetchall()
         )
 
@@ -116,7 +120,8 @@ async def test_terminated_database_connections_retry_without_early_acks(
         "READ_COUNT": "100",
         "WRITE_BATCH_SIZE": "100",
     }
-    env["DATABASE_URL"] += "&application_name=processor"
+    application_name = f"processor-{uuid.uuid4().hex[:8]}"
+    env["DATABASE_URL"] += f"&application_name={application_name}"
     documents = workload(100, 100)
     published: dict[str, dict[str, object]] = {}
     async with running_service(env) as service:
@@ -125,7 +130,7 @@ async def test_terminated_database_connections_retry_without_early_acks(
             chunk = documents[start : start + 500]
             published.update(zip(publish(redis_client, stream_key, chunk), chunk, strict=True))
             terminated += await trio.to_thread.run_sync(
-                terminate_processor_backends, postgres_server_url
+                terminate_processor_backends, postgres_server_url, application_name
             )
             await trio.sleep(0.02)
             await trio.to_thread.run_sync(

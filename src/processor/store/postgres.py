@@ -48,9 +48,12 @@ def with_search_path(url: str, schema: str) -> str:
 def connection_kwargs(url: str, statement_timeout_ms: int) -> dict[str, Any]:
     """Per-connection settings: bounded connect, bounded statements, TCP keepalives.
 
-    Options already in the URL (e.g. a `search_path`) are kept, ours are appended.
+    Options already in the URL (e.g. a `search_path`) are kept, ours are appended. An
+    `application_name` in the URL (standard libpq) wins over ours, so an operator can tell
+    instances apart in `pg_stat_activity`.
     """
-    url_options = str(conninfo_to_dict(url).get("options") or "")
+    given = conninfo_to_dict(url)
+    url_options = str(given.get("options") or "")
     options = f"{url_options} -c statement_timeout={statement_timeout_ms} -c timezone=UTC"
     return {
         "connect_timeout": CONNECT_TIMEOUT_S,
@@ -59,7 +62,7 @@ def connection_kwargs(url: str, statement_timeout_ms: int) -> dict[str, Any]:
         "keepalives_idle": 10,
         "keepalives_interval": 5,
         "keepalives_count": 3,
-        "application_name": "processor",
+        "application_name": str(given.get("application_name") or "processor"),
     }
 
 
