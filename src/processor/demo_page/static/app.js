@@ -111,7 +111,8 @@ function drawStage(scenario) {
   }
   el("g", { id: "trails" }, svg);
   el("g", { id: "cars" }, svg);
-  drawScale(w);
+  drawScale(w, h);
+  window.addEventListener("resize", () => drawScale(w, h));
 }
 
 function text(parent, [x, y], content, cls, size) {
@@ -120,14 +121,16 @@ function text(parent, [x, y], content, cls, size) {
   return node;
 }
 
-function drawScale(widthM) {
-  // A round length about a sixth of the view, for the legend.
-  const raw = widthM / 6, step = 10 ** Math.floor(Math.log10(raw));
-  const metres = [1, 2, 5, 10].map((k) => k * step).filter((m) => m <= raw).pop() || step;
+function drawScale(w, h) {
+  // A round length near 150 px on screen. The SVG keeps its aspect ratio ("meet"), so one
+  // metre is as many pixels as the tighter of the two directions allows.
   const svg = document.getElementById("stage");
-  const pixels = metres * svg.getBoundingClientRect().width / widthM;
+  const box = svg.getBoundingClientRect();
+  const pxPerMetre = Math.min(box.width / w, box.height / h);
+  const raw = 150 / pxPerMetre, step = 10 ** Math.floor(Math.log10(raw));
+  const metres = [1, 2, 5, 10].map((k) => k * step).filter((m) => m <= raw).pop() || step;
   const scale = document.getElementById("scale");
-  scale.style.setProperty("--bar", `${Math.round(pixels)}px`);
+  scale.style.setProperty("--bar", `${Math.round(metres * pxPerMetre)}px`);
   scale.textContent = metres >= 1000 ? `${metres / 1000} km` : `${metres} m`;
 }
 
