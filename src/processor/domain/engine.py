@@ -48,6 +48,7 @@ from processor.domain.evaluation import Outcome, Pair, evaluate_pairs, rebuild_s
 from processor.observability.lag import SAMPLE_ERRORS, sample_lag_sync
 from processor.observability.metrics import Metrics
 from processor.position import CodecError, decode_payload
+from processor.race_feed import RACE_FEED_MAXLEN, RaceChange, feed_key
 from processor.store import postgres
 from processor.store import redis as redis_store
 from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
@@ -285,6 +286,7 @@ class DomainEngine:
                 partial(rebuild_stage, course=course, stage_id=stage_id)
             )
             self._count(outcome)
+            await self._announce(outcome.feed)
             self._metrics.domain_rebuilds.inc()
             await redis_store.call(self._control, "hset", key, stage_id, definition.fingerprint)
         gone = [
@@ -378,6 +380,7 @@ class DomainEngine:
                     self._metrics.domain_evaluation.observe(time.perf_counter() - started)
                     self._count(outcome)
                     self._metrics.domain_fixes.inc(len(relevant))
+                    await self._announce(outcome.feed)
                 await redis_store.call(
                     self._control, "xack", self.settings.stream, self.settings.group, *ids
                 )
@@ -470,8 +473,37 @@ class DomainEngine:
             example=f"{keys[0][0]}@{keys[0][1].isoformat()}",
         )
 
+    async def _announce(self, feed: Sequence[RaceChange]) -> None:
+        """Append the committed changes to the race feed (`race_feed`), retried while Redis is
+        unavailable: the evaluation is committed, and re-evaluating would find nothing new to
+        announce, so the announcement is retried on its own (not the batch). Given up only
+        when the engine stops (live clients then see the change at their next `subscribed`)."""
+        if not feed:
+            return
+        backoff = Backoff(initial_s=0.1, max_s=5.0)
+        key = feed_key(self.settings.stream)
+        while True:
+            try:
+                await trio.to_thread.run_sync(_append, self._control, key, feed)
+                return
+            except redis_store.TRANSIENT_ERRORS as exc:
+                if self._stopping:
+                    log.warning("race feed not written (stopping)", changes=len(feed))
+                    return
+                delay = backoff.next_delay()
+                log.warning("race feed write failed, retrying", error=str(exc)[:200])
+                await self._pause(delay)
+
     def _count(self, outcome: Outcome) -> None:
         for kind, count in outcome.passes_by_kind.items():
             self._metrics.domain_passes.labels(kind).inc(count)
         if outcome.late:
             self._metrics.domain_late_reevaluations.inc(outcome.late)
+
+
+def _append(client: redis.Redis, key: str, feed: Sequence[RaceChange]) -> None:
+    """One round trip for a batch's changes (in order), capped approximately."""
+    pipe = client.pipeline(transaction=False)
+    for change in feed:
+        pipe.xadd(key, change.fields(), maxlen=RACE_FEED_MAXLEN, approximate=True)  # type: ignore[arg-type]
+    pipe.execute()

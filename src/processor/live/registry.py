@@ -38,7 +38,9 @@ class Outlet(Protocol):
         """Too far behind: close as a slow consumer."""
 
 
-Held = tuple[str, datetime, str, int | None]  # device_id, ts, frame, stream entry time (ms)
+# device_id, ts, frame, stream entry time (ms), frame kind; a race frame (`offer_frame`) is
+# held as (None, None, frame, None, kind)
+Held = tuple[str | None, datetime | None, str, int | None, str]
 
 
 @attrs.define(eq=False, slots=True)
@@ -56,12 +58,23 @@ class Subscription:
             if len(self.held) >= self.cap:
                 self.outlet.overflow()
                 return
-            self.held.append((device_id, ts, frame, entry_ms))
+            self.held.append((device_id, ts, frame, entry_ms, POSITION))
             return
         floor = self.floor.get(device_id)
         if floor is not None and ts <= floor:
             return
         self.outlet.enqueue(frame, POSITION, entry_ms)
+
+    def offer_frame(self, frame: str, kind: str) -> None:
+        """A race-control frame (timing, results, alert, violation): no device floor; held
+        like positions while the snapshot is read, so it follows the `subscribed` reply."""
+        if self.held is not None:
+            if len(self.held) >= self.cap:
+                self.outlet.overflow()
+                return
+            self.held.append((None, None, frame, None, kind))
+            return
+        self.outlet.enqueue(frame, kind, None)
 
     def activate(self, snapshot: Iterable[Position]) -> None:
         """The snapshot was queued: release held positions newer than it, in arrival order."""
@@ -71,8 +84,11 @@ class Subscription:
         """`activate` with the snapshot's device -> ts map already built (and shared)."""
         self.floor = floor
         held, self.held = self.held or [], None
-        for device_id, ts, frame, entry_ms in held:
-            self.offer(device_id, ts, frame, entry_ms)
+        for device_id, ts, frame, entry_ms, kind in held:
+            if device_id is None or ts is None:
+                self.offer_frame(frame, kind)
+            else:
+                self.offer(device_id, ts, frame, entry_ms)
 
 
 class Registry:
