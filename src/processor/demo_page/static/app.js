@@ -95,8 +95,7 @@ function drawStage(scenario) {
   el("polyline", { class: "route-casing", points: points(route), "stroke-width": unit * 2.2 }, ground);
   el("polyline", { class: "route", points: points(route), "stroke-width": unit * 1.1 }, ground);
   for (const c of scenario.controls) {
-    const label = c.kind === "start" ? "START" : c.kind === "finish" ? "FINISH"
-      : `${c.kind === "waypoint" ? "WP" : "CP"}${c.ordinal - 1}`;
+    const label = controlLabel(c);
     if (c.line) {  // start, finish and checkpoint lines: drawn at their true length
       const [a, b] = c.line.map(project);
       el("line", { class: `control ${c.kind}`, x1: a[0], y1: a[1], x2: b[0], y2: b[1],
@@ -113,6 +112,11 @@ function drawStage(scenario) {
   el("g", { id: "cars" }, svg);
   drawScale(w, h);
   window.addEventListener("resize", () => drawScale(w, h));
+}
+
+function controlLabel(c) {  // START, WP1, CP2, ..., FINISH (numbered from the start)
+  if (c.kind === "start" || c.kind === "finish") return c.kind.toUpperCase();
+  return `${c.kind === "waypoint" ? "WP" : "CP"}${c.ordinal - 1}`;
 }
 
 function text(parent, [x, y], content, cls, size) {
@@ -257,23 +261,35 @@ function renderAlerts() {
 }
 
 function onTiming(message) {
-  if (!message.record) return;  // `removed`: a late fix undid a pass; the next results tell
+  const key = message.record || message.removed;
+  const id = `pass-${key.entry_id}-${key.control_id}`;
+  if (message.removed) {  // a late fix undid this pass: strike it through
+    const li = document.getElementById(id);
+    if (li) li.classList.add("removed");
+    return;
+  }
+  // A pass is sent again when a late fix moves it: one line per (entry, control), updated.
   const r = message.record, entry = state.entryById.get(r.entry_id);
   const control = state.scenario.controls.find((c) => c.id === r.control_id);
-  const where = control ? control.kind : `control ${r.control_ordinal}`;
-  log("pass", `#${entry ? entry.number : "?"} ${where} ${Math.round(r.speed_kmh ?? 0)} km/h`, r.passed_at);
+  const where = control ? controlLabel(control) : `control ${r.control_ordinal}`;
+  log("pass", `#${entry ? entry.number : "?"} ${where} ${Math.round(r.speed_kmh ?? 0)} km/h`,
+      r.passed_at, id);
 }
 
 function onViolation(v) {
   log("violation", `#${v.number} +${Math.round(v.excess_kmh)} km/h, ${v.penalty_s} s`, v.started_at);
 }
 
-function log(kind, message, ts) {
-  const li = document.createElement("li");
-  li.className = kind;
-  li.textContent = `${(ts || "").slice(11, 19)}Z ${message}`;
+function log(kind, message, ts, id) {
   const list = document.getElementById("log");
-  list.prepend(li);
+  let li = id ? document.getElementById(id) : null;
+  if (!li) {
+    li = document.createElement("li");
+    if (id) li.id = id;
+    list.prepend(li);
+  }
+  li.className = kind;
+  li.textContent = `${(ts || "").slice(11, 22)}Z ${message}`;
   while (list.children.length > LOG_LINES) list.lastChild.remove();
 }
 
