@@ -1,7 +1,6 @@
-// Race control: a plain client of the processor's live WebSocket protocol (SPEC §5 and the
-// race-control frames of docs/race-control.md). Written as the reference for SPA developers:
-// no framework, no build step, nothing fetched from the network but this origin and the live
-// server.
+// Race control: a plain client of the processor's live WebSocket protocol (SPEC §5 plus the
+// race-control frames; docs/race-control-page.md). Written as the reference for SPA
+// developers: no framework, no build step, nothing fetched but this origin and the live server.
 //
 //  1. GET /scenario.json: the stage geometry and entries (a real SPA reads these from Directus
 //     REST) and where the live server listens.
@@ -146,7 +145,7 @@ function onPosition(p) {
   if (!entry) return;  // a device of this event that is not an entry of the drawn stage
   let car = state.cars.get(p.device_id);
   if (!car) {
-    const trailNode = el("polyline", { class: "trail", "stroke-width": unit * 0.8 },
+    const trailNode = el("polyline", { class: "trail", "stroke-width": unit * 1.2 },
                          document.getElementById("trails"));
     const node = el("g", { class: "car", "data-number": entry.number, "data-entry": entry.id },
                     document.getElementById("cars"));
@@ -191,10 +190,14 @@ function renderResults(rows, source) {
     const tr = document.createElement("tr");
     tr.dataset.entry = r.entry_id;
     tr.className = `${r.status}${alerted.has(r.entry_id) ? " alerted" : ""}`;
-    const controls = `${r.controls_passed ?? 0}${r.controls_missed ? ` · ${r.controls_missed} missed` : ""}`;
+    const total = state.scenario.controls.length;
+    const controls = `${r.controls_passed ?? 0}/${total}${r.controls_missed ? ` · ${r.controls_missed} missed` : ""}`;
+    // A running car has no elapsed time yet: show the time on stage so far, by the clock of
+    // the latest fix (not this computer's clock, which may be off), marked as running.
+    const onStage = r.started_at && state.lastFix ? Date.parse(state.lastFix) - Date.parse(r.started_at) : null;
     const cells = [
       r.status === "finished" ? r.position : "", r.number, r.class, controls,
-      r.status === "finished" ? fmtDuration(r.elapsed_ms) : "running",
+      r.status === "finished" ? fmtDuration(r.elapsed_ms) : `▸ ${onStage > 0 ? fmtDuration(onStage) : "running"}`,
       r.penalty_ms ? fmtDuration(r.penalty_ms, true) : "",
       fmtDuration(r.total_ms), r.position === 1 ? "" : fmtDuration(r.gap_ms, true),
     ];
