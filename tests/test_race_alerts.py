@@ -156,6 +156,9 @@ async def test_a_silent_device_raises_no_signal_until_it_reports(
             await frames.until(lambda: len(alerts_of(frames, "no_signal")) >= 2)
             cleared = alerts_of(frames, "no_signal")[1]
             assert cleared["id"] == raised["id"] and cleared["cleared_at"] is not None
+            metrics = service.metrics
+            assert metrics.alerts_raised.labels("no_signal")._value.get() == 1
+            await wait_until(lambda: metrics.alerts_open.labels("no_signal")._value.get() == 0)
             nursery.cancel_scope.cancel()
     rows = alert_rows(database_url, "no_signal")
     assert [r[0] for r in rows] == [course.entries["quiet"]]  # chatty: never

@@ -151,6 +151,7 @@ async def test_zone_violations_on_the_daemon(
                 )
             )
             nursery.cancel_scope.cancel()
+        assert service.metrics.speed_violations._value.get() >= 3
     e = course.entries
     with psycopg.connect(database_url) as conn:
         rows = {

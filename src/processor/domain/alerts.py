@@ -252,3 +252,12 @@ def _announce(rows: Sequence[Any]) -> list[RaceChange]:
 
 def _at(t: float | None) -> datetime | None:
     return None if t is None else to_datetime(t)
+
+
+OPEN_COUNTS = "SELECT kind, count(*) FROM alerts WHERE cleared_at IS NULL GROUP BY kind"
+
+
+def open_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    counts = {STOPPED: 0, NO_SIGNAL: 0}
+    counts.update({kind: int(n) for kind, n in conn.execute(OPEN_COUNTS)})
+    return counts

@@ -49,7 +49,7 @@ from processor.domain.evaluation import Outcome, Pair, evaluate_pairs, rebuild_s
 from processor.observability.lag import SAMPLE_ERRORS, sample_lag_sync
 from processor.observability.metrics import Metrics
 from processor.position import CodecError, decode_payload
-from processor.race_feed import RACE_FEED_MAXLEN, RaceChange, feed_key
+from processor.race_feed import ALERT, RACE_FEED_MAXLEN, VIOLATION, RaceChange, feed_key
 from processor.store import postgres
 from processor.store import redis as redis_store
 from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
@@ -278,6 +278,8 @@ class DomainEngine:
         rules = self.settings.alert_rules
         feed = await self._database.run(partial(alerts.judge_silence, rules=rules))
         await self._announce(feed)
+        for kind, count in (await self._database.run(alerts.open_counts)).items():
+            self._metrics.alerts_open.labels(kind).set(count)
 
     async def refresh(self) -> None:
         """Re-read the definitions; rebuild every stage whose fingerprint changed (or was
@@ -497,6 +499,14 @@ class DomainEngine:
         )
 
     async def _announce(self, feed: Sequence[RaceChange]) -> None:
+        for change in feed:
+            if change.kind == VIOLATION:
+                self._metrics.speed_violations.inc()
+            elif change.kind == ALERT and change.body["alert"]["cleared_at"] is None:
+                self._metrics.alerts_raised.labels(change.body["alert"]["kind"]).inc()
+        await self._append(feed)
+
+    async def _append(self, feed: Sequence[RaceChange]) -> None:
         """Append the committed changes to the race feed (`race_feed`), retried while Redis is
         unavailable: the evaluation is committed, and re-evaluating would find nothing new to
         announce, so the announcement is retried on its own (not the batch). Given up only
