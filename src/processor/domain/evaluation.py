@@ -381,8 +381,9 @@ def evaluate_pairs(
             evaluations[pair] = evaluated
 
         zone_penalty_ms: Mapping[Pair, int] = {}
+        zone_feed: list[RaceChange] = []  # announced after the passes that led to them
         if course.zones_enabled:
-            zone_penalty_ms = judge_zones(conn, course, evaluations, outcome.feed)
+            zone_penalty_ms = judge_zones(conn, course, evaluations, zone_feed)
         for pair, evaluated in evaluations.items():
             result = result_of(evaluated)
             if result is not None and zone_penalty_ms.get(pair):
@@ -401,6 +402,7 @@ def evaluate_pairs(
         _write_records(conn, upserts, deletes)
         _write_results(conn, result_upserts, result_deletes)
         outcome.feed.extend(_timing_feed(course, upserts, deletes))
+        outcome.feed.extend(zone_feed)
         outcome.results_changed = len(result_upserts) + len(result_deletes)
         changed_stages = sorted({p[0] for p, _ in result_upserts} | {p[0] for p in result_deletes})
         if changed_stages:
