@@ -224,3 +224,55 @@ def _feed_read(client: redis.Redis, stream: str, *services: Service) -> bool:
     """Every live server has dispatched every entry of the feed."""
     length = client.xlen(feed_key(stream))
     return all(s.live is not None and s.live.race.changes >= length for s in services)
+
+
+async def test_results_pump_survives_notices_while_it_waits() -> None:
+    """Notices for a stage arriving while its window runs (and while it is being read) are
+    coalesced into one more frame; an empty wake-up is harmless."""
+    from processor.live.race import RaceFeed
+    from processor.live.registry import Registry
+    from processor.observability.metrics import Metrics
+    from processor.race_feed import results_change
+
+    sent: list[str] = []
+
+    class Outlet:
+        def enqueue(self, frame: str, kind: str, entry_ms: int | None) -> None:
+            sent.append(kind)
+
+        def overflow(self) -> None:
+            raise AssertionError("overflow")
+
+    class Database:
+        async def run(self, fn: Any) -> Any:
+            await trio.sleep(0.05)
+            return {"s": []}
+
+    metrics = Metrics()
+    registry = Registry(metrics)
+    registry.subscribe(Outlet(), "event:e", 100).activate([])
+    feed = RaceFeed(
+        redis_url="redis://unused",
+        control=None,  # type: ignore[arg-type]
+        stream="x",
+        read_block_ms=100,
+        database=Database(),  # type: ignore[arg-type]
+        registry=registry,
+        metrics=metrics,
+        results_window_s=0.2,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed._pump)
+        feed._dirty_event.set()  # a wake-up with nothing dirty (a stage sent meanwhile)
+        await trio.sleep(0.05)
+        notice = results_change("e", "s").fields()
+        for _ in range(20):
+            feed.dispatch({k.encode(): v for k, v in notice.items()})
+            await trio.sleep(0.03)
+        with trio.fail_after(10):
+            while feed._dirty or not sent:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        await trio.sleep(0.3)
+        nursery.cancel_scope.cancel()
+    assert 1 <= len(sent) <= 5  # ~0.6 s of notices, one frame per 0.2 s window at most
+    assert set(sent) == {"results"}

@@ -187,6 +187,9 @@ class Config:
         "DOMAIN_VISIBILITY_TIMEOUT_MS", 120_000, 100, 86_400_000
     )
     domain_yield_backlog: int = _int("DOMAIN_YIELD_BACKLOG", 5_000, 0, 100_000_000)
+    alert_stopped_kmh: float = _float("ALERT_STOPPED_KMH", 5.0, 0, 100)
+    alert_stopped_s: float = _float("ALERT_STOPPED_S", 180.0, 1, 86_400)
+    alert_no_signal_s: float = _float("ALERT_NO_SIGNAL_S", 120.0, 1, 10**9)
 
     @property
     def consumer_name(self) -> str:

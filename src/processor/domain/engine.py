@@ -42,13 +42,14 @@ import structlog
 import trio
 from trio import TaskStatus
 
-from processor.domain import definitions, visibility
+from processor.domain import alerts, definitions, visibility
+from processor.domain.alerts import AlertRules
 from processor.domain.definitions import Course
 from processor.domain.evaluation import Outcome, Pair, evaluate_pairs, rebuild_stage
 from processor.observability.lag import SAMPLE_ERRORS, sample_lag_sync
 from processor.observability.metrics import Metrics
 from processor.position import CodecError, decode_payload
-from processor.race_feed import RACE_FEED_MAXLEN, RaceChange, feed_key
+from processor.race_feed import ALERT, RACE_FEED_MAXLEN, VIOLATION, RaceChange, feed_key
 from processor.store import postgres
 from processor.store import redis as redis_store
 from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
@@ -79,6 +80,7 @@ class EngineSettings:
     reclaim_interval_s: float
     reclaim_min_idle_ms: int
     yield_backlog: int = 0  # pause while the durable group has more to store (0: never)
+    alert_rules: AlertRules = attrs.field(factory=AlertRules)
 
     @property
     def fingerprints_key(self) -> str:
@@ -144,6 +146,7 @@ class DomainEngine:
         self._stopped = trio.Event()
         self._last_reclaim = -math.inf
         self._invalid_logged: dict[str, str] = {}
+        self.alerts_on = False  # the `alerts` table exists (checked at each refresh)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -247,6 +250,7 @@ class DomainEngine:
                 return
             try:
                 await self.refresh()
+                await self.check_silence()
             except RETRYABLE as exc:
                 log.warning("domain definitions refresh failed", error=str(exc)[:200])
             except REFRESH_ERRORS as exc:  # e.g. a table Directus changed: keep the old course
@@ -267,11 +271,22 @@ class DomainEngine:
         else:
             self._metrics.domain_lag.set(sample.lag)
 
+    async def check_silence(self) -> None:
+        """Raise and clear `no_signal` alerts (wall clock; every DOMAIN_REFRESH_MS)."""
+        if not self.alerts_on:
+            return
+        rules = self.settings.alert_rules
+        feed = await self._database.run(partial(alerts.judge_silence, rules=rules))
+        await self._announce(feed)
+        for kind, count in (await self._database.run(alerts.open_counts)).items():
+            self._metrics.alerts_open.labels(kind).set(count)
+
     async def refresh(self) -> None:
         """Re-read the definitions; rebuild every stage whose fingerprint changed (or was
         never seen: fingerprints live in Redis, so this survives restarts)."""
         course = await self._database.run(definitions.read_course)
         self.course = course
+        self.alerts_on = await self._database.run(alerts.enabled)
         for stage_id, (fingerprint, why) in course.invalid.items():
             if self._invalid_logged.get(stage_id) != fingerprint:
                 log.error("stage not evaluated until fixed", stage_id=stage_id, error=why)
@@ -381,6 +396,16 @@ class DomainEngine:
                     self._count(outcome)
                     self._metrics.domain_fixes.inc(len(relevant))
                     await self._announce(outcome.feed)
+                    if self.alerts_on:
+                        judged = await self._database.run(
+                            partial(
+                                alerts.judge_stops,
+                                course=course,
+                                pairs=list(triggers),
+                                rules=self.settings.alert_rules,
+                            )
+                        )
+                        await self._announce(judged)
                 await redis_store.call(
                     self._control, "xack", self.settings.stream, self.settings.group, *ids
                 )
@@ -474,6 +499,14 @@ class DomainEngine:
         )
 
     async def _announce(self, feed: Sequence[RaceChange]) -> None:
+        for change in feed:
+            if change.kind == VIOLATION:
+                self._metrics.speed_violations.inc()
+            elif change.kind == ALERT and change.body["alert"]["cleared_at"] is None:
+                self._metrics.alerts_raised.labels(change.body["alert"]["kind"]).inc()
+        await self._append(feed)
+
+    async def _append(self, feed: Sequence[RaceChange]) -> None:
         """Append the committed changes to the race feed (`race_feed`), retried while Redis is
         unavailable: the evaluation is committed, and re-evaluating would find nothing new to
         announce, so the announcement is retried on its own (not the batch). Given up only

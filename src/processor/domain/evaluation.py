@@ -52,6 +52,7 @@ from processor.domain.model import (
 )
 from processor.domain.ranking import rank
 from processor.domain.timing import evaluate_entry, settled_prefix
+from processor.domain.zone_store import judge_zones
 from processor.race_feed import (
     RaceChange,
     record_object,
@@ -347,6 +348,7 @@ def evaluate_pairs(
         result_upserts: list[tuple[Pair, Result]] = []
         result_deletes: list[Pair] = []
         kinds = {c.id: c.kind for sd in course.stages.values() for c in sd.stage.controls}
+        evaluations: dict[Pair, EntryResult] = {}
         for index, pair in enumerate(pairs):
             stage = course.stages[pair[0]].stage
             evaluated = evaluate(stage, fixes[index], kept=tuple(kept[pair]))
@@ -376,7 +378,21 @@ def evaluate_pairs(
                 if control_id not in new:
                     deletes.append((pair, control_id))
                     outcome.changes.append(Change(*pair, control_id, record.passed_at, None))
+            evaluations[pair] = evaluated
+
+        zone_penalty_ms: Mapping[Pair, int] = {}
+        zone_feed: list[RaceChange] = []  # announced after the passes that led to them
+        if course.zones_enabled:
+            zone_penalty_ms = judge_zones(conn, course, evaluations, zone_feed)
+        for pair, evaluated in evaluations.items():
             result = result_of(evaluated)
+            if result is not None and zone_penalty_ms.get(pair):
+                extra = zone_penalty_ms[pair]
+                result = attrs.evolve(
+                    result,
+                    penalty_ms=result.penalty_ms + extra,
+                    total_ms=None if result.total_ms is None else result.total_ms + extra,
+                )
             if result is None:
                 if pair in stored_results:
                     result_deletes.append(pair)
@@ -386,6 +402,7 @@ def evaluate_pairs(
         _write_records(conn, upserts, deletes)
         _write_results(conn, result_upserts, result_deletes)
         outcome.feed.extend(_timing_feed(course, upserts, deletes))
+        outcome.feed.extend(zone_feed)
         outcome.results_changed = len(result_upserts) + len(result_deletes)
         changed_stages = sorted({p[0] for p, _ in result_upserts} | {p[0] for p in result_deletes})
         if changed_stages:

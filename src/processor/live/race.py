@@ -162,6 +162,8 @@ class RaceFeed:
         while True:
             await self._dirty_event.wait()
             self._dirty_event = trio.Event()
+            if not self._dirty:  # set again by a notice for a stage sent meanwhile
+                continue
             now = trio.current_time()
             due_at = min(self._last_sent.get(s, -math.inf) + self._window_s for s in self._dirty)
             if due_at > now:
