@@ -98,7 +98,9 @@ async def test_standin_answers_like_directus(page: RaceControlPage) -> None:
         assert "errors" in anonymous.json()
 
 
-async def test_page_requires_a_session_and_serves_only_its_files(page: RaceControlPage) -> None:
+async def test_page_requires_a_session_and_serves_only_its_files(
+    page: RaceControlPage, database_url: str
+) -> None:
     base = f"http://127.0.0.1:{page.page_port}"
     async with client(base) as http:
         assert (await http.get("/")).status_code == 401
@@ -127,10 +129,17 @@ async def test_page_requires_a_session_and_serves_only_its_files(page: RaceContr
         assert scenario["event"]["id"] == STAGE.event_id
         assert [c["kind"] for c in scenario["controls"]][::7] == ["start", "finish"]
         assert len(scenario["route"]) == len(STAGE.route.points)
+        # the demo's speed zone: in the page's document and in speed_zones
+        (zone,) = scenario["zones"]
+        assert zone["max_speed_kmh"] == 80 and len(zone["points"]) > 2
+        assert zone["start_control_id"] == STAGE.controls[1].id
         assert {e["number"] for e in scenario["entries"]} == {e.number for e in STAGE.entries}
         assert (await http.get("/results.json", params={"stage": OTHER_EVENT})).status_code == 404
         results = await http.get("/results.json", params={"stage": STAGE.stage_id})
         assert results.status_code == 200 and results.json()["results"] == []
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT id::text, limit_kmh FROM speed_zones").fetchall()
+    assert rows == [(zone["id"], 80.0)]
 
 
 async def test_results_fallback_has_the_protocol_shape(

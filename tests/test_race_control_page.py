@@ -87,6 +87,8 @@ async def test_page_draws_live_cars_and_results(env: dict[str, str], tmp_path: P
                 assert await page.evaluate("document.querySelectorAll('line.start').length") == 1
                 assert await page.evaluate("document.querySelectorAll('line.finish').length") == 1
                 assert await page.evaluate("document.querySelectorAll('circle.waypoint').length")
+                # the demo's speed zone (80 km/h between the 2nd and 4th controls)
+                assert await page.evaluate("document.querySelectorAll('polyline.zone').length") == 1
                 await page.wait_for(f"{CARS_DRAWN} >= {CARS}", timeout_s=90, what="cars")
                 await page.wait_for(f"{RESULT_ROWS} >= 1", timeout_s=120, what="a results row")
                 numbers = await page.evaluate(

@@ -89,8 +89,8 @@ def scenario_document(stage: RallyStage, *, event_name: str, stage_name: str) ->
             }
             for c in stage.controls
         ],
-        # The generated stage has no speed zones; the page draws any listed here
-        # ({"id", "max_speed_kmh", "points": [[lat, lon], ...]}).
+        # The generated stage has no speed zones (the demo adds one: `zones.py`); the page draws
+        # any listed here ({"id", "max_speed_kmh", "points": [[lat, lon], ...]}).
         "zones": [],
         "entries": [
             {"id": e.id, "number": e.number, "class": e.klass, "device_id": e.imei}

@@ -22,6 +22,7 @@ import trio
 from processor.demo_page import DEFAULT_PORT
 from processor.demo_page.pages import ResultsReader, make_app, scenario_document
 from processor.demo_page.standin import DirectusStandIn
+from processor.demo_page.zones import insert_zone
 from processor.observability.http import HttpServer
 from processor.rally_stage import RallyStage
 
@@ -59,6 +60,9 @@ async def start_page(
     directus = HttpServer(standin.app(), host=HOST, port=0)
     directus_port: int = await nursery.start(directus.run)
     scenario = scenario_document(stage, event_name="Demo rally", stage_name="SS1")
+    zone = await trio.to_thread.run_sync(insert_zone, database_url, stage)
+    if zone is not None:
+        scenario["zones"] = [zone]
     page = RaceControlPage(
         standin=standin,
         results=ResultsReader(database_url),

@@ -88,8 +88,9 @@ function drawStage(scenario) {
   for (const zone of scenario.zones || []) {
     el("polyline", { class: "zone", points: points(zone.points.map(project)),
                      "stroke-width": unit * 4 }, ground);
-    const at = project(zone.points[0]);
-    text(ground, at, `${zone.max_speed_kmh} km/h`, "zone-label", unit * 3.2);
+    // the limit, written beside the middle of the zone (control labels sit to the right)
+    const [mx, my] = project(zone.points[Math.floor(zone.points.length / 2)]);
+    text(ground, [mx - unit * 5, my], `${zone.max_speed_kmh} km/h`, "zone-label", unit * 3.2);
   }
   el("polyline", { class: "route-casing", points: points(route), "stroke-width": unit * 2.2 }, ground);
   el("polyline", { class: "route", points: points(route), "stroke-width": unit * 1.1 }, ground);
