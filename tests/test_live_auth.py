@@ -116,7 +116,13 @@ async def test_event_authorization_fails_closed(
         assert (reply["type"], reply["code"]) == ("error", "unavailable")
         directus.event_mode = None
         reply = await subscribe(ws, event_id)
-        assert reply == {"type": "subscribed", "topic": f"event:{event_id}", "snapshot": []}
+        assert reply == {
+            "type": "subscribed",
+            "topic": f"event:{event_id}",
+            "snapshot": [],
+            "results": [],
+            "alerts": [],
+        }
         directus.allowed["good"] = set()
         reply = await subscribe(ws, event_id.upper())  # topics are case-normalised
         assert (reply["type"], reply["code"], reply["topic"]) == (

@@ -71,6 +71,8 @@ async def test_snapshot_then_live_positions_of_that_event_only(
                 "type": "subscribed",
                 "topic": topic,
                 "snapshot": [wire("a1", 20), wire("a2", 10)],
+                "results": [],
+                "alerts": [],
             }
             publish(
                 redis_client,

@@ -58,6 +58,7 @@ from processor.core.reclaimer import Reclaimer, ReclaimSettings
 from processor.core.records import Delivery
 from processor.core.settle import StreamNames
 from processor.core.writer import Writer, WriterSettings
+from processor.domain.alerts import AlertRules
 from processor.domain.engine import DomainEngine, EngineSettings
 from processor.observability.metrics import Metrics
 from processor.observability.services import Observability
@@ -106,6 +107,11 @@ def make_domain_engine(config: Config, control: redis.Redis, metrics: Metrics) -
             refresh_s=config.domain_refresh_ms / 1000,
             visibility_timeout_s=config.domain_visibility_timeout_ms / 1000,
             yield_backlog=config.domain_yield_backlog,
+            alert_rules=AlertRules(
+                stopped_kmh=config.alert_stopped_kmh,
+                stopped_s=config.alert_stopped_s,
+                no_signal_s=config.alert_no_signal_s,
+            ),
             reclaim_interval_s=config.reclaim_interval_s,
             reclaim_min_idle_ms=config.reclaim_min_idle_ms,
         ),

@@ -190,6 +190,9 @@ class Config:
     )
     domain_yield_backlog: int = _int("DOMAIN_YIELD_BACKLOG", 5_000, 0, 100_000_000)
     domain_read_count: int = _int("DOMAIN_READ_COUNT", 20_000, 1, 1_000_000)
+    alert_stopped_kmh: float = _float("ALERT_STOPPED_KMH", 5.0, 0, 100)
+    alert_stopped_s: float = _float("ALERT_STOPPED_S", 180.0, 1, 86_400)
+    alert_no_signal_s: float = _float("ALERT_NO_SIGNAL_S", 120.0, 1, 10**9)
 
     @property
     def consumer_name(self) -> str:

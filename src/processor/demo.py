@@ -35,6 +35,7 @@ import trio
 from trio import TaskStatus
 
 from processor.config import Config
+from processor.demo_page import DEFAULT_PORT
 from processor.publisher import (
     add_scenario_arguments,
     add_stage_arguments,
@@ -50,6 +51,7 @@ from processor.store import redis as redis_store
 
 if TYPE_CHECKING:  # the CLI imports this module for its sub-parser: keep `--help` light
     from processor.app import Service
+    from processor.demo_page.serve import RaceControlPage
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 STAGE_STANDING = """
@@ -65,7 +67,15 @@ STATUS_INTERVAL_S = 1.0
 # short on a loaded one: the summary then missed the last fixes ("read 962" of 1001).
 CATCH_UP_S = 15.0
 # Quiet defaults so that log lines do not scroll the status line away (overridable).
-DEMO_ENV_DEFAULTS = {"LOG_LEVEL": "warning", "LOG_FORMAT": "console", "INSTANCE_ID": "demo"}
+DEMO_ENV_DEFAULTS = {
+    "LOG_LEVEL": "warning",
+    "LOG_FORMAT": "console",
+    "INSTANCE_ID": "demo",
+    # The live server of the demo listens on the loopback only, on any free port (the page
+    # learns it from /scenario.json); it authenticates against the Directus stand-in.
+    "LIVE_WS_HOST": "127.0.0.1",
+    "LIVE_WS_PORT": "0",
+}
 
 
 @contextlib.contextmanager
@@ -195,6 +205,36 @@ async def run_demo(
     duration_s: float | None,
     out: TextIO,
     stage: RallyStage | None = None,
+    page_port: int | None = None,
+) -> int:
+    """`page_port` (with a stage): also serve the race-control page (`processor.demo_page`)."""
+    from processor.demo_page.serve import start_page  # noqa: PLC0415 - quart: keep CLI light
+
+    async with trio.open_nursery() as page_nursery:
+        page = None
+        if stage is not None and page_port is not None:
+            page = await start_page(page_nursery, stage, config.database_url, port=page_port)
+            config = attrs.evolve(
+                config, directus_url=page.directus_url, live_ws_allowed_origins=page.origins
+            )
+        try:
+            return await _run_demo(
+                config, scenario, duration_s=duration_s, out=out, stage=stage, page=page
+            )
+        finally:
+            if page is not None:
+                page.close()
+            page_nursery.cancel_scope.cancel()
+
+
+async def _run_demo(
+    config: Config,
+    scenario: Scenario,
+    *,
+    duration_s: float | None,
+    out: TextIO,
+    stage: RallyStage | None,
+    page: RaceControlPage | None,
 ) -> int:
     from processor.app import Service  # noqa: PLC0415 - see the TYPE_CHECKING import
 
@@ -221,6 +261,15 @@ async def run_demo(
                     file=out,
                     flush=True,
                 )
+                if page is not None:
+                    page.live_port = service.live_port
+                    print(
+                        f"race control: {page.url()}\n"
+                        f"  (open it once: the token is traded for a session cookie; "
+                        f"live WebSocket at ws://127.0.0.1:{service.live_port}/live)",
+                        file=out,
+                        flush=True,
+                    )
                 nursery.start_soon(status.run)
                 simulator = trio.CancelScope()
                 simulator_done = trio.Event()
@@ -314,7 +363,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             prepare_stage(config.database_url, stage)
         return trio.run(
             lambda: run_demo(
-                config, scenario, duration_s=args.duration, out=sys.stdout, stage=stage
+                config,
+                scenario,
+                duration_s=args.duration,
+                out=sys.stdout,
+                stage=stage,
+                page_port=None if args.no_page else args.page_port,
             )
         )
 
@@ -331,4 +385,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--no-stage", action="store_true", help="random roads instead of a timed stage"
     )
     add_stage_arguments(parser)
+    parser.add_argument(
+        "--page-port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port of the race-control page on 127.0.0.1 (default {DEFAULT_PORT}; 0: any free)",
+    )
+    parser.add_argument("--no-page", action="store_true", help="no race-control page")
     parser.set_defaults(handler=cmd_demo)

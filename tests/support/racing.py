@@ -52,6 +52,12 @@ def create_tables(database_url: str) -> None:
         conn.execute(RACING_FIXTURE.read_text())
 
 
+def create_racing_tables(database_url: str) -> None:
+    """The racing tables only (the Directus ones exist already, e.g. from `live_env`)."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute(RACING_FIXTURE.read_text())
+
+
 def line(x: float) -> dict[str, float]:
     lat1, lon1 = to_latlon(x, -150)
     lat2, lon2 = to_latlon(x, 150)

@@ -30,6 +30,7 @@ import structlog
 
 from processor.domain.course import StageError, check_stage
 from processor.domain.model import Control, ControlKind, Stage
+from processor.domain.zones import Zone, ZoneError, check_zone, parse_brackets
 
 log = structlog.get_logger("processor.domain.definitions")
 
@@ -41,6 +42,11 @@ SELECT id::text, stage_id::text, ordinal, kind, lat1, lon1, lat2, lon2,
        latitude, longitude, validate_radius_m, penalty_s
 FROM controls WHERE stage_id IS NOT NULL
 ORDER BY stage_id, ordinal, id
+"""
+ZONES = """
+SELECT id::text, stage_id::text, start_control_id::text, end_control_id::text, limit_kmh,
+       tolerance_kmh, min_duration_s, penalties
+FROM speed_zones WHERE stage_id IS NOT NULL ORDER BY stage_id, id
 """
 ENTRY_DEVICES = """
 SELECT DISTINCT d.imei, en.id::text, en.event_id::text, en.class
@@ -69,6 +75,7 @@ class StageDef:
     stage: Stage
     event_id: str | None
     fingerprint: str
+    zones: tuple[Zone, ...] = ()
 
 
 @attrs.frozen
@@ -83,6 +90,7 @@ class Course:
     event_entries: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     # stages the core refuses (StageError): stage_id -> (fingerprint, why); not evaluated
     invalid: Mapping[str, tuple[str, str]] = attrs.field(factory=dict)
+    zones_enabled: bool = False  # the speed_zones/speed_violations tables exist
 
     def pairs_for(self, device_id: str, t: float) -> list[tuple[str, str]]:
         """(stage_id, entry_id) pairs a fix of `device_id` at `t` can change."""
@@ -129,7 +137,24 @@ def build_course(
     stage_rows: Iterable[tuple[Any, ...]],
     control_rows: Iterable[tuple[Any, ...]],
     device_rows: Iterable[tuple[Any, ...]],
+    zone_rows: Iterable[tuple[Any, ...]] = (),
 ) -> Course:
+    zones: dict[str, list[Zone | str]] = {}  # stage -> zones, or why one is refused
+    for zid, zstage, start, end, limit, tolerance, min_duration, penalties in zone_rows:
+        try:
+            zones.setdefault(zstage, []).append(
+                Zone(
+                    id=zid,
+                    start_control_id=start or "",
+                    end_control_id=end or "",
+                    limit_kmh=float(limit),
+                    tolerance_kmh=float(tolerance or 0.0),
+                    min_duration_s=float(min_duration or 0.0),
+                    brackets=parse_brackets(penalties),
+                )
+            )
+        except (ZoneError, TypeError, ValueError) as exc:
+            zones.setdefault(zstage, []).append(f"zone {zid}: {exc}")
     controls: dict[str, list[Control]] = {}
     broken: dict[str, str] = {}
     for row in control_rows:
@@ -156,17 +181,27 @@ def build_course(
             opens_at=epoch(opens_at),
             closes_at=epoch(closes_at),
         )
+        stage_zones = zones.get(stage_id, [])
         digest = hashlib.sha256(
-            repr((stage, event_id, sorted(links.get(event_id or "", ())))).encode()
+            repr((stage, event_id, sorted(links.get(event_id or "", ())), stage_zones)).encode()
         ).hexdigest()[:32]
         try:
             if stage_id in broken:
                 raise StageError(broken[stage_id])
             check_stage(stage)
+            ordinals = {c.id: c.ordinal for c in stage.controls}
+            for zone in stage_zones:
+                if isinstance(zone, str):
+                    raise StageError(zone)
+                try:
+                    check_zone(zone, ordinals)
+                except ZoneError as exc:
+                    raise StageError(str(exc)) from None
         except StageError as exc:
             invalid[stage_id] = (digest, str(exc))
             continue
-        stages[stage_id] = StageDef(stage, event_id, digest)
+        valid = tuple(z for z in stage_zones if isinstance(z, Zone))
+        stages[stage_id] = StageDef(stage, event_id, digest, valid)
         if event_id is not None:
             by_event.setdefault(event_id, []).append(stage_id)
     return Course(
@@ -184,4 +219,12 @@ def read_course(conn: psycopg.Connection[Any]) -> Course:
         stage_rows = conn.execute(STAGES).fetchall()
         control_rows = conn.execute(CONTROLS).fetchall()
         device_rows = conn.execute(ENTRY_DEVICES).fetchall()
-    return build_course(stage_rows, control_rows, device_rows)
+        zone_rows: list[Any] = []
+        enabled = conn.execute(
+            "SELECT to_regclass('speed_zones') IS NOT NULL "
+            "AND to_regclass('speed_violations') IS NOT NULL"
+        ).fetchone() == (True,)
+        if enabled:
+            zone_rows = conn.execute(ZONES).fetchall()
+    course = build_course(stage_rows, control_rows, device_rows, zone_rows)
+    return attrs.evolve(course, zones_enabled=enabled)

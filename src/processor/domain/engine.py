@@ -42,12 +42,14 @@ import structlog
 import trio
 from trio import TaskStatus
 
-from processor.domain import definitions, visibility
+from processor.domain import alerts, definitions, visibility
+from processor.domain.alerts import AlertRules
 from processor.domain.definitions import Course
 from processor.domain.evaluation import Outcome, Pair, evaluate_pairs, rebuild_stage
 from processor.observability.lag import SAMPLE_ERRORS, sample_lag_sync
 from processor.observability.metrics import Metrics
 from processor.position import CodecError, decode_payload
+from processor.race_feed import ALERT, RACE_FEED_MAXLEN, VIOLATION, RaceChange, feed_key
 from processor.store import postgres
 from processor.store import redis as redis_store
 from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
@@ -78,6 +80,7 @@ class EngineSettings:
     reclaim_interval_s: float
     reclaim_min_idle_ms: int
     yield_backlog: int = 0  # pause while the durable group has more to store (0: never)
+    alert_rules: AlertRules = attrs.field(factory=AlertRules)
 
     @property
     def fingerprints_key(self) -> str:
@@ -143,6 +146,7 @@ class DomainEngine:
         self._stopped = trio.Event()
         self._last_reclaim = -math.inf
         self._invalid_logged: dict[str, str] = {}
+        self.alerts_on = False  # the `alerts` table exists (checked at each refresh)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -246,6 +250,7 @@ class DomainEngine:
                 return
             try:
                 await self.refresh()
+                await self.check_silence()
             except RETRYABLE as exc:
                 log.warning("domain definitions refresh failed", error=str(exc)[:200])
             except REFRESH_ERRORS as exc:  # e.g. a table Directus changed: keep the old course
@@ -266,11 +271,22 @@ class DomainEngine:
         else:
             self._metrics.domain_lag.set(sample.lag)
 
+    async def check_silence(self) -> None:
+        """Raise and clear `no_signal` alerts (wall clock; every DOMAIN_REFRESH_MS)."""
+        if not self.alerts_on:
+            return
+        rules = self.settings.alert_rules
+        feed = await self._database.run(partial(alerts.judge_silence, rules=rules))
+        await self._announce(feed)
+        for kind, count in (await self._database.run(alerts.open_counts)).items():
+            self._metrics.alerts_open.labels(kind).set(count)
+
     async def refresh(self) -> None:
         """Re-read the definitions; rebuild every stage whose fingerprint changed (or was
         never seen: fingerprints live in Redis, so this survives restarts)."""
         course = await self._database.run(definitions.read_course)
         self.course = course
+        self.alerts_on = await self._database.run(alerts.enabled)
         for stage_id, (fingerprint, why) in course.invalid.items():
             if self._invalid_logged.get(stage_id) != fingerprint:
                 log.error("stage not evaluated until fixed", stage_id=stage_id, error=why)
@@ -285,6 +301,7 @@ class DomainEngine:
                 partial(rebuild_stage, course=course, stage_id=stage_id)
             )
             self._count(outcome)
+            await self._announce(outcome.feed)
             self._metrics.domain_rebuilds.inc()
             await redis_store.call(self._control, "hset", key, stage_id, definition.fingerprint)
         gone = [
@@ -378,6 +395,17 @@ class DomainEngine:
                     self._metrics.domain_evaluation.observe(time.perf_counter() - started)
                     self._count(outcome)
                     self._metrics.domain_fixes.inc(len(relevant))
+                    await self._announce(outcome.feed)
+                    if self.alerts_on:
+                        judged = await self._database.run(
+                            partial(
+                                alerts.judge_stops,
+                                course=course,
+                                pairs=list(triggers),
+                                rules=self.settings.alert_rules,
+                            )
+                        )
+                        await self._announce(judged)
                 await redis_store.call(
                     self._control, "xack", self.settings.stream, self.settings.group, *ids
                 )
@@ -470,8 +498,45 @@ class DomainEngine:
             example=f"{keys[0][0]}@{keys[0][1].isoformat()}",
         )
 
+    async def _announce(self, feed: Sequence[RaceChange]) -> None:
+        for change in feed:
+            if change.kind == VIOLATION:
+                self._metrics.speed_violations.inc()
+            elif change.kind == ALERT and change.body["alert"]["cleared_at"] is None:
+                self._metrics.alerts_raised.labels(change.body["alert"]["kind"]).inc()
+        await self._append(feed)
+
+    async def _append(self, feed: Sequence[RaceChange]) -> None:
+        """Append the committed changes to the race feed (`race_feed`), retried while Redis is
+        unavailable: the evaluation is committed, and re-evaluating would find nothing new to
+        announce, so the announcement is retried on its own (not the batch). Given up only
+        when the engine stops (live clients then see the change at their next `subscribed`)."""
+        if not feed:
+            return
+        backoff = Backoff(initial_s=0.1, max_s=5.0)
+        key = feed_key(self.settings.stream)
+        while True:
+            try:
+                await trio.to_thread.run_sync(_append, self._control, key, feed)
+                return
+            except redis_store.TRANSIENT_ERRORS as exc:
+                if self._stopping:
+                    log.warning("race feed not written (stopping)", changes=len(feed))
+                    return
+                delay = backoff.next_delay()
+                log.warning("race feed write failed, retrying", error=str(exc)[:200])
+                await self._pause(delay)
+
     def _count(self, outcome: Outcome) -> None:
         for kind, count in outcome.passes_by_kind.items():
             self._metrics.domain_passes.labels(kind).inc(count)
         if outcome.late:
             self._metrics.domain_late_reevaluations.inc(outcome.late)
+
+
+def _append(client: redis.Redis, key: str, feed: Sequence[RaceChange]) -> None:
+    """One round trip for a batch's changes (in order), capped approximately."""
+    pipe = client.pipeline(transaction=False)
+    for change in feed:
+        pipe.xadd(key, change.fields(), maxlen=RACE_FEED_MAXLEN, approximate=True)  # type: ignore[arg-type]
+    pipe.execute()

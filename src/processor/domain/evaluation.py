@@ -51,6 +51,14 @@ from processor.domain.model import (
 )
 from processor.domain.ranking import rank
 from processor.domain.timing import evaluate_entry, settled_prefix
+from processor.domain.zone_store import judge_zones
+from processor.race_feed import (
+    RaceChange,
+    record_object,
+    removed_change,
+    results_change,
+    timing_change,
+)
 
 Pair = tuple[str, str]  # (stage_id, entry_id)
 Evaluate = Callable[..., EntryResult]
@@ -262,6 +270,16 @@ class Outcome:
     passes_by_kind: dict[str, int] = attrs.field(factory=dict)
     results_changed: int = 0
     stages_ranked: int = 0
+    # what the race feed announces once this outcome is committed (`race_feed`)
+    feed: list[RaceChange] = attrs.field(factory=list)
+
+    def announce_results(self, course: Course, stage_id: str) -> None:
+        definition = course.stages.get(stage_id)
+        if definition is None or definition.event_id is None:
+            return
+        change = results_change(definition.event_id, stage_id)
+        if change not in self.feed:
+            self.feed.append(change)
 
 
 def kept_passes(stage: Stage, stored: Mapping[str, Record], t0: float | None) -> list[Pass]:
@@ -342,6 +360,7 @@ def evaluate_pairs(
         result_upserts: list[tuple[Pair, Result]] = []
         result_deletes: list[Pair] = []
         kinds = {c.id: c.kind for sd in course.stages.values() for c in sd.stage.controls}
+        evaluations: dict[Pair, EntryResult] = {}
         for index, pair in enumerate(pairs):
             stage = course.stages[pair[0]].stage
             evaluated = evaluate(stage, fixes[index], kept=tuple(kept[pair]))
@@ -371,7 +390,21 @@ def evaluate_pairs(
                 if control_id not in new:
                     deletes.append((pair, control_id))
                     outcome.changes.append(Change(*pair, control_id, record.passed_at, None))
+            evaluations[pair] = evaluated
+
+        zone_penalty_ms: Mapping[Pair, int] = {}
+        zone_feed: list[RaceChange] = []  # announced after the passes that led to them
+        if course.zones_enabled:
+            zone_penalty_ms = judge_zones(conn, course, evaluations, zone_feed)
+        for pair, evaluated in evaluations.items():
             result = result_of(evaluated)
+            if result is not None and zone_penalty_ms.get(pair):
+                extra = zone_penalty_ms[pair]
+                result = attrs.evolve(
+                    result,
+                    penalty_ms=result.penalty_ms + extra,
+                    total_ms=None if result.total_ms is None else result.total_ms + extra,
+                )
             if result is None:
                 if pair in stored_results:
                     result_deletes.append(pair)
@@ -380,14 +413,50 @@ def evaluate_pairs(
 
         _write_records(conn, upserts, deletes)
         _write_results(conn, result_upserts, result_deletes)
+        outcome.feed.extend(_timing_feed(course, upserts, deletes))
+        outcome.feed.extend(zone_feed)
         outcome.results_changed = len(result_upserts) + len(result_deletes)
         changed_stages = sorted({p[0] for p, _ in result_upserts} | {p[0] for p in result_deletes})
         if changed_stages:
             conn.execute(LOCK, (sorted(lock_key("stage", s) for s in changed_stages),))
             for stage_id in changed_stages:
                 rank_stage(conn, stage_id, ranker=ranker)
+                outcome.announce_results(course, stage_id)
             outcome.stages_ranked = len(changed_stages)
     return outcome
+
+
+def _timing_feed(
+    course: Course,
+    upserts: Sequence[tuple[Pair, str, Record]],
+    deletes: Sequence[tuple[Pair, str]],
+) -> list[RaceChange]:
+    """One `timing` change per written or deleted record (stages of no event: none)."""
+    feed: list[RaceChange] = []
+    controls = {c.id: c for definition in course.stages.values() for c in definition.stage.controls}
+    for (stage_id, entry_id), control_id, record in upserts:
+        event_id = course.stages[stage_id].event_id
+        control = controls.get(control_id)
+        if event_id is None or control is None:
+            continue
+        body = record_object(
+            entry_id=entry_id,
+            control_id=control_id,
+            control_ordinal=control.ordinal,
+            kind=str(control.kind),
+            device_id=record.device_id,
+            passed_at=record.passed_at,
+            speed_kmh=record.speed_kmh,
+            distance_m=record.distance_m,
+            fix_before=record.fix_before,
+            fix_after=record.fix_after,
+        )
+        feed.append(timing_change(event_id, stage_id, body))
+    for (stage_id, entry_id), control_id in deletes:
+        event_id = course.stages[stage_id].event_id
+        if event_id is not None:
+            feed.append(removed_change(event_id, stage_id, entry_id, control_id))
+    return feed
 
 
 def _load_fixes(
@@ -569,5 +638,6 @@ def rebuild_stage(
     if stage_id in course.stages:
         with conn.transaction():
             conn.execute(LOCK, ([lock_key("stage", stage_id)],))
-            rank_stage(conn, stage_id, ranker=ranker)
+            if rank_stage(conn, stage_id, ranker=ranker):
+                outcome.announce_results(course, stage_id)
     return outcome

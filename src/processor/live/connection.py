@@ -51,7 +51,16 @@ CLOSE_TIMEOUT_S = 5.0
 SEND_BATCH = 64  # frames per socket write at most (see live/wire.py) ...
 SEND_BATCH_BYTES = 256 * 1024  # ... and about this many bytes (one write's copy stays small)
 SLOW_CONSUMER, GOING_AWAY, POLICY, TOO_BIG, PING_TIMEOUT = 4008, 1001, 1008, 1009, 1011
-OUT_KINDS = ("subscribed", "unsubscribed", "position", "error")
+OUT_KINDS = (
+    "subscribed",
+    "unsubscribed",
+    "position",
+    "error",
+    "timing",
+    "results",
+    "alert",
+    "violation",
+)
 
 Outgoing = tuple[str, str, int | None]  # frame, type (metric label), stream entry time in ms
 

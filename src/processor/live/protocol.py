@@ -12,7 +12,7 @@ map and every reply use that one spelling.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -115,12 +115,21 @@ def topic_json(topic: str) -> str:
     return orjson.dumps(topic).decode()
 
 
-def subscribed_frame(topic: str, snapshot: Iterable[Position]) -> str:
+def subscribed_frame(
+    topic: str,
+    snapshot: Iterable[Position],
+    results: Sequence[Mapping[str, Any]] = (),
+    alerts: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """`results`: [{"stage_id", "results": [...]}] per stage of the event; `alerts`: its open
+    alerts (both empty when the racing tables do not exist; docs/websocket.md)."""
     return orjson.dumps(
         {
             "type": "subscribed",
             "topic": topic,
             "snapshot": [position_object(p) for p in snapshot],
+            "results": list(results),
+            "alerts": list(alerts),
         }
     ).decode()
 

@@ -50,7 +50,9 @@ class Outlet(Protocol):
 HELD_OVERHEAD = 64  # bytes per held position besides its (shared) frame string
 
 
-Held = tuple[str, datetime, str, int | None]  # device_id, ts, frame, stream entry time (ms)
+# device_id, ts, frame, stream entry time (ms), frame kind; a race frame (`offer_frame`) is
+# held as (None, None, frame, None, kind)
+Held = tuple[str | None, datetime | None, str, int | None, str]
 
 
 @attrs.define(eq=False, slots=True)
@@ -68,12 +70,23 @@ class Subscription:
             size = len(frame) + HELD_OVERHEAD
             if self.outlet.hold(size):
                 self.held_bytes += size
-                self.held.append((device_id, ts, frame, entry_ms))
+                self.held.append((device_id, ts, frame, entry_ms, POSITION))
             return
         floor = self.floor.get(device_id)
         if floor is not None and ts <= floor:
             return
         self.outlet.enqueue(frame, POSITION, entry_ms)
+
+    def offer_frame(self, frame: str, kind: str) -> None:
+        """A race-control frame (timing, results, alert, violation): no device floor; held
+        like positions while the snapshot is read, so it follows the `subscribed` reply."""
+        if self.held is not None:
+            size = len(frame) + HELD_OVERHEAD
+            if self.outlet.hold(size):
+                self.held_bytes += size
+                self.held.append((None, None, frame, None, kind))
+            return
+        self.outlet.enqueue(frame, kind, None)
 
     def activate(self, snapshot: Iterable[Position]) -> None:
         """The snapshot was queued: release held positions newer than it, in arrival order."""
@@ -84,8 +97,11 @@ class Subscription:
         self.floor = floor
         held, self.held = self.held or [], None
         self.discard()
-        for device_id, ts, frame, entry_ms in held:
-            self.offer(device_id, ts, frame, entry_ms)
+        for device_id, ts, frame, entry_ms, kind in held:
+            if device_id is None or ts is None:
+                self.offer_frame(frame, kind)
+            else:
+                self.offer(device_id, ts, frame, entry_ms)
 
     def discard(self) -> None:
         """Give back the budget of what is held (activated, replaced or unsubscribed)."""

@@ -4,6 +4,7 @@
     ├── supervised "live-device-map"   device -> events map refresher
     ├── supervised "live-broadcast"    broadcast consumer (own group, NOACK) -> subscriptions
     ├── supervised "live-server"       TCP listener + accept loop on LIVE_WS_HOST:LIVE_WS_PORT
+    ├── supervised "live-race"         race feed (timing, results, alerts, violations; `race.py`)
     ├── snapshot reads (coalesced per event, `snapshot.py`)
     └── one task per accepted socket, under `_socket`'s failure boundary:
         request -> admission (Directus) -> reject | accept -> Connection.serve -> close
@@ -72,6 +73,7 @@ from processor.live.auth import (
 from processor.live.broadcast import Broadcaster
 from processor.live.connection import CLOSE_TIMEOUT_S, GOING_AWAY, Budgets, Connection
 from processor.live.device_events import DeviceEventMap
+from processor.live.race import RaceFeed
 from processor.live.registry import Registry
 from processor.live.snapshot import Snapshots
 from processor.observability.metrics import Metrics
@@ -143,6 +145,15 @@ class LiveServer:
             metrics=metrics,
         )
         self.snapshots = Snapshots(self.database, metrics)
+        self.race = RaceFeed(
+            redis_url=config.redis_url,
+            control=control,
+            stream=config.redis_stream,
+            read_block_ms=config.read_block_ms,
+            database=self.database,
+            registry=self.registry,
+            metrics=metrics,
+        )
         self.budgets = Budgets(
             max_queue=config.live_ws_max_queue,
             max_queue_bytes=config.live_ws_max_queue_bytes,
@@ -188,6 +199,7 @@ class LiveServer:
                 critical = partial(self.supervisor.run, critical=True)  # /readyz 503 while down
                 await nursery.start(supervised, "live-device-map", self.device_events.run)
                 await nursery.start(critical, "live-broadcast", self.broadcaster.run)
+                await nursery.start(supervised, "live-race", self.race.run)
                 await nursery.start(critical, "live-server", self._listen, nursery)
                 task_status.started()
         finally:
@@ -215,6 +227,7 @@ class LiveServer:
     async def close(self) -> None:
         """Refuse new clients, stop broadcasting, close every client with 1001 (bounded)."""
         self._closing = True
+        await self.race.stop()
         await self.broadcaster.stop()
         with trio.move_on_after(CLOSE_TIMEOUT_S):
             await self.broadcaster.stopped.wait()  # it removes its group on the way out

@@ -39,6 +39,7 @@ from processor.observability.metrics import Metrics
 from processor.position import Position
 from processor.store.positions import latest_good_positions
 from processor.store.postgres import TRANSIENT_ERRORS, Database
+from processor.store.race import event_results, open_alerts
 
 log = structlog.get_logger("processor.live.snapshot")
 
@@ -159,4 +160,9 @@ def _read(conn: psycopg.Connection[Any], event_id: str) -> Snapshot:
     latest = latest_good_positions(conn, event_devices(conn, event_id))
     positions = tuple(latest[device_id] for device_id in sorted(latest))
     floor = MappingProxyType({p.device_id: p.ts for p in positions})
-    return Snapshot(positions, subscribed_frame(topic_of(event_id), positions), floor)
+    # read after the subscription was registered, like the positions: a change committed
+    # meanwhile is in the table or arrives as a frame after this reply (or both)
+    results = event_results(conn, event_id)
+    alerts = open_alerts(conn, event_id)
+    frame = subscribed_frame(topic_of(event_id), positions, results, alerts)
+    return Snapshot(positions, frame, floor)

@@ -201,6 +201,23 @@ class Metrics:
             buckets=WRITE_BUCKETS,
             registry=r,
         )
+        self.alerts_open = Gauge(
+            p + "alerts_open",
+            "Open safety alerts by kind (all instances report the same table: use max).",
+            ["kind"],
+            registry=r,
+        )
+        self.alerts_raised = Counter(
+            p + "alerts_raised",
+            "Safety alerts this instance raised, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.speed_violations = Counter(
+            p + "speed_violations_written",
+            "Speed-zone violations this instance wrote (new or changed).",
+            registry=r,
+        )
         self.domain_lag = Gauge(
             p + "domain_lag",
             "Entries in the stream not yet delivered to the domain group.",

@@ -1,0 +1,127 @@
+"""A development-only Directus stand-in: just enough of Directus for the live server's auth.
+
+The live server asks Directus two questions (`processor.live.auth`): `GET /users/me` (who is
+this credential?) and `GET /items/events/<id>` (may they read this event?). The demo answers
+them here instead of running Directus, with the same shapes and status codes:
+
+- a **one-time demo token** (printed in the page's URL) is redeemed once, by the page server,
+  for a **session**; the session travels as the `directus_session_token` cookie (the name real
+  Directus uses), or as a Bearer token for non-browser clients;
+- `/users/me` answers 200 `{"data": {"id": ...}}` for a live session, 401 otherwise;
+- `/items/events/<id>` answers 200 for the demo's events, 403 for any other id, 401 without a
+  session.
+
+Why a cookie: a browser cannot set `Authorization` on a WebSocket upgrade, and the live server
+accepts a cookie or a Bearer header only. Cookies are scoped to the host, not the port, so the
+cookie the page server sets on 127.0.0.1 also rides on the upgrade to the live port, and the
+live server forwards it here. A cookie session is exactly what the live server's Origin check
+guards, so the demo lists the page's origin in `LIVE_WS_ALLOWED_ORIGINS` and nothing else.
+
+Tokens and sessions are random (`secrets`), live only in this process's memory, and are never
+printed except the one token in the URL. This module lives in the development tooling: the
+runtime layers may not import it (import-linter), so production can only ever ask a real
+Directus.
+"""
+
+from __future__ import annotations
+
+import secrets
+from http.cookies import CookieError, SimpleCookie
+
+import orjson
+from quart import Response, request
+
+from processor.observability.asgi import KeepAliveSafeQuartTrio
+
+COOKIE = "directus_session_token"
+JSON = "application/json"
+MAX_TOKENS = 64  # outstanding one-time tokens (the demo prints one; tests may ask for a few)
+MAX_SESSIONS = 1024  # redeemed sessions kept; the oldest is forgotten beyond that
+
+
+class DirectusStandIn:
+    """The demo's users: one-time tokens, sessions, and the events every session may read."""
+
+    def __init__(self, event_ids: tuple[str, ...]) -> None:
+        self.event_ids = frozenset(e.lower() for e in event_ids)
+        self._tokens: set[str] = set()
+        self._sessions: dict[str, str] = {}  # session -> user id (insertion ordered)
+
+    def issue_token(self) -> str:
+        """A new one-time token (the oldest outstanding one is dropped beyond MAX_TOKENS)."""
+        if len(self._tokens) >= MAX_TOKENS:
+            self._tokens.pop()
+        token = secrets.token_urlsafe(24)
+        self._tokens.add(token)
+        return token
+
+    def redeem(self, token: str) -> str | None:
+        """The session a one-time token buys, or None (unknown or already used)."""
+        if token not in self._tokens:
+            return None
+        self._tokens.discard(token)
+        if len(self._sessions) >= MAX_SESSIONS:
+            del self._sessions[next(iter(self._sessions))]
+        session = secrets.token_urlsafe(32)
+        self._sessions[session] = f"demo-user-{len(self._sessions) + 1}"
+        return session
+
+    def user_of(self, session: str | None) -> str | None:
+        return None if session is None else self._sessions.get(session)
+
+    def session_of(self, cookie_header: str | None, authorization: str | None) -> str | None:
+        """The session a request carries: Bearer first (like the live server), then the cookie."""
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        return session_cookie(cookie_header)
+
+    def app(self) -> KeepAliveSafeQuartTrio:
+        """The stand-in's HTTP surface (only the two routes the live server calls)."""
+        app = KeepAliveSafeQuartTrio("directus-stand-in")
+
+        def caller() -> str | None:
+            session = self.session_of(
+                request.headers.get("Cookie"), request.headers.get("Authorization")
+            )
+            return self.user_of(session)
+
+        @app.get("/users/me")
+        async def users_me() -> Response:
+            user = caller()
+            if user is None:
+                return _errors(401, "Invalid user credentials.")
+            return _json(200, {"data": {"id": user}})
+
+        @app.get("/items/events/<event_id>")
+        async def event(event_id: str) -> Response:
+            if caller() is None:
+                return _errors(401, "Invalid user credentials.")
+            if event_id.lower() not in self.event_ids:
+                return _errors(403, "You don't have permission to access this.")
+            return _json(200, {"data": {"id": event_id.lower()}})
+
+        return app
+
+
+def session_cookie(cookie_header: str | None) -> str | None:
+    """The `directus_session_token` value of a Cookie header (None if absent or unparsable)."""
+    if not cookie_header:
+        return None
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(cookie_header)
+    except CookieError:
+        return None
+    morsel = jar.get(COOKIE)
+    return morsel.value if morsel is not None and morsel.value else None
+
+
+def _json(status: int, body: object) -> Response:
+    return Response(orjson.dumps(body), status=status, content_type=JSON)
+
+
+def _errors(status: int, message: str) -> Response:
+    """Directus' error shape: `{"errors": [{"message": ...}]}`."""
+    return _json(status, {"errors": [{"message": message}]})

@@ -1,0 +1,263 @@
+"""Safety alerts (issue 12): a car stopped on a running stage, a device gone silent.
+
+Two kinds, one open alert per (entry, kind) at most:
+
+- `stopped`: the entry's stored, non-faulty fixes since its last *moving* fix (speed above
+  `ALERT_STOPPED_KMH`) span at least `ALERT_STOPPED_S`, on a stage where the entry has started
+  and not finished. Judged on fix times from the stored fixes, so arrival order does not
+  matter: a late moving fix inside the stop shortens it (and may clear the alert). Fixes
+  without a speed are no evidence either way. `raised_at` is the instant the rule held (first
+  slow fix + ALERT_STOPPED_S); cleared at the first moving fix after the stop began, or when
+  the entry's stage result is no longer running (finished: at `finished_at`).
+  Judged for the pairs a batch evaluated, right after their evaluation committed.
+- `no_signal`: a running entry (started, not finished, stage not closed) whose newest stored
+  fix is older than `ALERT_NO_SIGNAL_S` on the wall clock. Judged by a periodic check (every
+  `DOMAIN_REFRESH_MS`); `raised_at` and `cleared_at` are the wall-clock instants the check saw
+  the silence begin to count and end (fix timestamps of a buffered backlog say nothing about
+  when the link came back).
+
+A stop that began and ended entirely between two evaluations (its fixes all arrived in one
+late burst) raises nothing: the alert is for race control *now*, and a past stop is visible in
+the track. A restarted or second instance never duplicates an alert: the `alerts` table has a
+partial unique index on (entry_id, kind) WHERE cleared_at IS NULL, alerts are raised with
+`INSERT ... ON CONFLICT DO NOTHING RETURNING` and cleared with `UPDATE ... WHERE cleared_at IS
+NULL RETURNING`, and only the instance that got the row back announces it on the race feed.
+Stop judgements of one pair also hold the pair's advisory lock (the one its evaluation takes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+import psycopg
+from psycopg.types.json import Jsonb
+
+from processor.domain.definitions import Course
+from processor.domain.evaluation import LOCK, Pair, lock_key, to_datetime
+from processor.race_feed import RaceChange, alert_change, timestamp
+from processor.store.race import alert_object, tables_exist
+
+STOPPED, NO_SIGNAL = "stopped", "no_signal"
+
+
+@attrs.frozen
+class AlertRules:
+    stopped_kmh: float = 5.0  # ALERT_STOPPED_KMH
+    stopped_s: float = 180.0  # ALERT_STOPPED_S
+    no_signal_s: float = 120.0  # ALERT_NO_SIGNAL_S
+
+
+@attrs.frozen
+class StopWindow:
+    """The entry's fixes since its last moving fix (None: no such fix)."""
+
+    last_moving: datetime | None
+    first_slow: datetime | None
+    last_slow: datetime | None
+
+
+def stopped_since(window: StopWindow, rules: AlertRules) -> datetime | None:
+    """When the ongoing stop began, if it has lasted ALERT_STOPPED_S (pure)."""
+    if window.first_slow is None or window.last_slow is None:
+        return None
+    if (window.last_slow - window.first_slow).total_seconds() >= rules.stopped_s:
+        return window.first_slow
+    return None
+
+
+ALERT_COLUMNS = """a.id::text, a.event_id::text, a.stage_id::text, a.entry_id::text,
+       (SELECT en.number FROM entries en WHERE en.id = a.entry_id), a.kind, a.raised_at,
+       a.cleared_at, a.latitude, a.longitude, a.details"""
+
+ENTRY_FIXES = """
+SELECT p.ts, p.latitude, p.longitude, p.speed, p.attributes
+FROM entry_devices ed JOIN devices d ON d.id = ed.device_id
+JOIN positions p ON p.device_id = d.imei
+WHERE ed.entry_id = %(entry)s::uuid AND NOT p.faulty AND p.speed IS NOT NULL
+  AND (%(opens)s::timestamptz IS NULL OR p.ts >= %(opens)s::timestamptz)
+  AND (%(closes)s::timestamptz IS NULL OR p.ts < %(closes)s::timestamptz)
+"""
+
+STOP_WINDOW = f"""
+WITH f AS ({ENTRY_FIXES}),
+moving AS (SELECT max(ts) AS t FROM f WHERE speed > %(kmh)s)
+SELECT moving.t, s.first_ts, s.last_ts, s.lat, s.lon
+FROM moving LEFT JOIN LATERAL (
+    SELECT min(f.ts) AS first_ts, max(f.ts) AS last_ts,
+           (array_agg(f.latitude ORDER BY f.ts DESC))[1] AS lat,
+           (array_agg(f.longitude ORDER BY f.ts DESC))[1] AS lon
+    FROM f WHERE f.speed <= %(kmh)s AND (moving.t IS NULL OR f.ts > moving.t)
+) s ON true
+"""
+
+STATUS = """
+SELECT status, finished_at FROM stage_results WHERE stage_id = %s::uuid AND entry_id = %s::uuid
+"""
+
+RAISE = f"""
+WITH a AS (
+    INSERT INTO alerts (event_id, stage_id, entry_id, kind, raised_at, latitude, longitude,
+                        details)
+    VALUES (%(event)s::uuid, %(stage)s::uuid, %(entry)s::uuid, %(kind)s, %(raised)s,
+            %(lat)s, %(lon)s, %(details)s)
+    ON CONFLICT (entry_id, kind) WHERE cleared_at IS NULL DO NOTHING
+    RETURNING *
+)
+SELECT {ALERT_COLUMNS} FROM a
+"""
+
+CLEAR_STOPPED = f"""
+WITH a AS (
+    UPDATE alerts SET cleared_at = greatest(raised_at, coalesce(
+        (SELECT min(p.ts) FROM entry_devices ed JOIN devices d ON d.id = ed.device_id
+         JOIN positions p ON p.device_id = d.imei
+         WHERE ed.entry_id = alerts.entry_id AND NOT p.faulty AND p.speed > %(kmh)s
+           AND p.ts > (alerts.details->>'since')::timestamptz),
+        %(fallback)s::timestamptz, now()))
+    WHERE entry_id = %(entry)s::uuid AND stage_id = %(stage)s::uuid AND kind = 'stopped'
+      AND cleared_at IS NULL
+    RETURNING *
+)
+SELECT {ALERT_COLUMNS} FROM a
+"""
+
+
+def enabled(conn: psycopg.Connection[Any]) -> bool:
+    return tables_exist(conn, "alerts")
+
+
+def judge_stops(
+    conn: psycopg.Connection[Any], course: Course, pairs: Iterable[Pair], rules: AlertRules
+) -> list[RaceChange]:
+    """Raise or clear the `stopped` alert of each pair; the changes to announce."""
+    feed: list[RaceChange] = []
+    for stage_id, entry_id in sorted(set(pairs)):
+        definition = course.stages.get(stage_id)
+        if definition is None or definition.event_id is None:
+            continue
+        stage = definition.stage
+        with conn.transaction():
+            conn.execute(LOCK, ([lock_key(stage_id, entry_id)],))
+            status = conn.execute(STATUS, (stage_id, entry_id)).fetchone()
+            since: datetime | None = None
+            row: Any = None
+            if status is not None and status[0] == "running":
+                row = conn.execute(
+                    STOP_WINDOW,
+                    {
+                        "entry": entry_id,
+                        "opens": _at(stage.opens_at),
+                        "closes": _at(stage.closes_at),
+                        "kmh": rules.stopped_kmh,
+                    },
+                ).fetchone()
+                if row is not None:
+                    since = stopped_since(StopWindow(row[0], row[1], row[2]), rules)
+            if since is not None:
+                details = {"since": timestamp(since), "last_fix_at": timestamp(row[2])}
+                rows = conn.execute(
+                    RAISE,
+                    {
+                        "event": definition.event_id,
+                        "stage": stage_id,
+                        "entry": entry_id,
+                        "kind": STOPPED,
+                        "raised": since + timedelta(seconds=rules.stopped_s),
+                        "lat": row[3],
+                        "lon": row[4],
+                        "details": Jsonb(details),
+                    },
+                ).fetchall()
+            else:
+                fallback = status[1] if status is not None else None
+                rows = conn.execute(
+                    CLEAR_STOPPED,
+                    {
+                        "entry": entry_id,
+                        "stage": stage_id,
+                        "kmh": rules.stopped_kmh,
+                        "fallback": fallback,
+                    },
+                ).fetchall()
+        feed.extend(_announce(rows))
+    return feed
+
+
+RAISE_SILENT = f"""
+WITH running AS (
+    SELECT sr.stage_id, sr.entry_id, s.event_id
+    FROM stage_results sr JOIN stages s ON s.id = sr.stage_id
+    WHERE sr.status = 'running' AND (s.closes_at IS NULL OR s.closes_at > now())
+), latest AS (
+    SELECT r.stage_id, r.entry_id, r.event_id, l.ts, l.latitude, l.longitude
+    FROM running r CROSS JOIN LATERAL (
+        SELECT p.ts, p.latitude, p.longitude
+        FROM entry_devices ed JOIN devices d ON d.id = ed.device_id
+        JOIN positions p ON p.device_id = d.imei
+        WHERE ed.entry_id = r.entry_id AND NOT p.faulty
+        ORDER BY p.ts DESC LIMIT 1
+    ) l
+    WHERE l.ts < now() - make_interval(secs => %(silent_s)s)
+), a AS (
+    INSERT INTO alerts (event_id, stage_id, entry_id, kind, raised_at, latitude, longitude,
+                        details)
+    SELECT event_id, stage_id, entry_id, 'no_signal', now(), latitude, longitude,
+           jsonb_build_object('last_fix_at',
+                              to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+    FROM latest
+    ON CONFLICT (entry_id, kind) WHERE cleared_at IS NULL DO NOTHING
+    RETURNING *
+)
+SELECT {ALERT_COLUMNS} FROM a
+"""
+
+CLEAR_SILENT = f"""
+WITH a AS (
+    UPDATE alerts SET cleared_at = now()
+    WHERE kind = 'no_signal' AND cleared_at IS NULL AND (
+        EXISTS (SELECT 1 FROM entry_devices ed JOIN devices d ON d.id = ed.device_id
+                JOIN positions p ON p.device_id = d.imei
+                WHERE ed.entry_id = alerts.entry_id AND NOT p.faulty
+                  AND p.ts > (alerts.details->>'last_fix_at')::timestamptz)
+        OR NOT EXISTS (SELECT 1 FROM stage_results sr JOIN stages s ON s.id = sr.stage_id
+                       WHERE sr.stage_id = alerts.stage_id AND sr.entry_id = alerts.entry_id
+                         AND sr.status = 'running'
+                         AND (s.closes_at IS NULL OR s.closes_at > now())))
+    RETURNING *
+)
+SELECT {ALERT_COLUMNS} FROM a
+"""
+
+
+def judge_silence(conn: psycopg.Connection[Any], rules: AlertRules) -> list[RaceChange]:
+    """Clear the `no_signal` alerts whose condition ended, raise the new ones (one
+    transaction); the changes to announce."""
+    with conn.transaction():
+        cleared = conn.execute(CLEAR_SILENT).fetchall()
+        raised = conn.execute(RAISE_SILENT, {"silent_s": rules.no_signal_s}).fetchall()
+    return _announce([*cleared, *raised])
+
+
+def _announce(rows: Sequence[Any]) -> list[RaceChange]:
+    feed = []
+    for row in rows:
+        alert = alert_object(row)
+        if alert["event_id"] is not None:
+            feed.append(alert_change(alert["event_id"], alert))
+    return feed
+
+
+def _at(t: float | None) -> datetime | None:
+    return None if t is None else to_datetime(t)
+
+
+OPEN_COUNTS = "SELECT kind, count(*) FROM alerts WHERE cleared_at IS NULL GROUP BY kind"
+
+
+def open_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    counts = {STOPPED: 0, NO_SIGNAL: 0}
+    counts.update({kind: int(n) for kind, n in conn.execute(OPEN_COUNTS)})
+    return counts

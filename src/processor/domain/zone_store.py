@@ -1,0 +1,198 @@
+"""Speed-zone violations of evaluated pairs: read the zone's fixes, compare, write, announce.
+
+Runs inside `evaluate_pairs`' transaction (the pairs' advisory locks are held), after the
+pairs' passes were evaluated and before their results are, because a violation's penalty is
+part of the result. Each zone's fixes are read from the database for the whole window in force
+(the entry's start-control pass to its end-control pass, or to its newest fix while the end is
+not passed), independently of how much of the track the pass evaluation resumed from: so the
+violations never depend on arrival order or batching, and equal a rebuild's.
+
+Rows are compared after the same normalisation as timing records (times to the microsecond,
+speeds to 0.01 km/h, distances to 1 mm): only differing rows are written (`updated_at` moves
+only on a real change), rows no longer produced are deleted, and each written row is announced
+as a `violation` frame after the commit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import attrs
+import psycopg
+
+from processor.domain.definitions import Course
+from processor.domain.model import EntryResult, Fix
+from processor.domain.zones import Violation, violations
+from processor.race_feed import RaceChange, timestamp, violation_change
+
+Pair = tuple[str, str]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+STORED = """
+SELECT v.stage_id::text, v.entry_id::text, v.zone_id::text, v.started_at, v.ended_at,
+       v.max_speed_kmh, v.excess_kmh, v.distance_m, v.penalty_s
+FROM unnest(%s::uuid[], %s::uuid[]) AS q(stage_id, entry_id)
+JOIN speed_violations v ON v.stage_id = q.stage_id AND v.entry_id = q.entry_id
+"""
+
+ZONE_FIXES = """
+SELECT DISTINCT ON (q.i, p.ts) q.i, (extract(epoch FROM p.ts) * 1000000)::int8,
+       p.latitude, p.longitude, p.speed
+FROM unnest(%s::int[], %s::uuid[], %s::timestamptz[], %s::timestamptz[])
+     AS q(i, entry_id, from_ts, to_ts)
+JOIN entry_devices ed ON ed.entry_id = q.entry_id
+JOIN devices d ON d.id = ed.device_id
+JOIN positions p ON p.device_id = d.imei
+WHERE NOT p.faulty AND p.ts >= q.from_ts AND (q.to_ts IS NULL OR p.ts <= q.to_ts)
+ORDER BY q.i, p.ts, p.device_id
+"""
+
+UPSERT = """
+INSERT INTO speed_violations AS v (stage_id, entry_id, zone_id, started_at, ended_at,
+                                   max_speed_kmh, excess_kmh, distance_m, penalty_s)
+SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::timestamptz[], %s::timestamptz[],
+                     %s::float8[], %s::float8[], %s::float8[], %s::int4[])
+ON CONFLICT (stage_id, entry_id, zone_id, started_at) DO UPDATE SET
+    ended_at = EXCLUDED.ended_at, max_speed_kmh = EXCLUDED.max_speed_kmh,
+    excess_kmh = EXCLUDED.excess_kmh, distance_m = EXCLUDED.distance_m,
+    penalty_s = EXCLUDED.penalty_s, updated_at = now()
+WHERE (v.ended_at, v.max_speed_kmh, v.excess_kmh, v.distance_m, v.penalty_s)
+      IS DISTINCT FROM (EXCLUDED.ended_at, EXCLUDED.max_speed_kmh, EXCLUDED.excess_kmh,
+                        EXCLUDED.distance_m, EXCLUDED.penalty_s)
+"""
+
+DELETE = """
+DELETE FROM speed_violations v
+USING unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::timestamptz[])
+      AS q(stage_id, entry_id, zone_id, started_at)
+WHERE v.stage_id = q.stage_id AND v.entry_id = q.entry_id AND v.zone_id = q.zone_id
+  AND v.started_at = q.started_at
+"""
+
+NUMBERS = "SELECT id::text, number FROM entries WHERE id = ANY(%s::uuid[])"
+
+
+@attrs.frozen
+class Row:
+    """A speed_violations row's values (normalised), keyed by (pair, zone, started_at)."""
+
+    ended_at: datetime
+    max_speed_kmh: float
+    excess_kmh: float
+    distance_m: float
+    penalty_s: int
+
+
+Key = tuple[str, str, str, datetime]  # stage, entry, zone, started_at
+
+
+def instant(t: float) -> datetime:
+    """As `evaluation.to_datetime`: the microsecond the database stores (halves up)."""
+    return EPOCH + timedelta(microseconds=math.floor(t * 1_000_000.0 + 0.5))
+
+
+def row_of(found: Violation) -> Row:
+    return Row(
+        ended_at=instant(found.ended_at),
+        max_speed_kmh=round(found.max_speed_kmh, 2),
+        excess_kmh=round(found.excess_kmh, 2),
+        distance_m=round(found.distance_m, 3),
+        penalty_s=found.penalty_s,
+    )
+
+
+def judge_zones(
+    conn: psycopg.Connection[Any],
+    course: Course,
+    evaluations: Mapping[Pair, EntryResult],
+    feed: list[RaceChange],
+) -> dict[Pair, int]:
+    """Write the pairs' violations; their zone penalties (ms) by pair."""
+    pairs = sorted(evaluations)
+    stored: dict[Key, Row] = {}
+    for row in conn.execute(STORED, ([p[0] for p in pairs], [p[1] for p in pairs])):
+        stage_id, entry_id, zone_id, started, *values = row
+        stored[(stage_id, entry_id, zone_id, started)] = Row(*values)
+    windows: list[tuple[Pair, Any, float, float | None]] = []
+    for pair in pairs:
+        definition = course.stages[pair[0]]
+        passed = {p.control_id: p.passed_at for p in evaluations[pair].passes}
+        for zone in definition.zones:
+            entered = passed.get(zone.start_control_id)
+            if entered is None:
+                continue
+            left = passed.get(zone.end_control_id)
+            if left is None and definition.stage.closes_at is not None:
+                left = definition.stage.closes_at
+            windows.append((pair, zone, entered, left))
+    tracks: list[list[Fix]] = [[] for _ in windows]
+    if windows:
+        rows = conn.cursor(binary=True).execute(
+            ZONE_FIXES,
+            (
+                list(range(len(windows))),
+                [w[0][1] for w in windows],
+                [instant(w[2]) for w in windows],
+                [None if w[3] is None else instant(w[3]) for w in windows],
+            ),
+        )
+        for index, us, latitude, longitude, speed in rows:
+            tracks[index].append(Fix(us / 1_000_000, latitude, longitude, speed))
+    new: dict[Key, Row] = {}
+    penalty_ms: dict[Pair, int] = {}
+    for (pair, zone, entered, left), track in zip(windows, tracks, strict=True):
+        for found in violations(zone, track, entered, math.inf if left is None else left):
+            new[(pair[0], pair[1], zone.id, instant(found.started_at))] = row_of(found)
+            penalty_ms[pair] = penalty_ms.get(pair, 0) + found.penalty_s * 1000
+    upserts = [(k, r) for k, r in new.items() if stored.get(k) != r]
+    deletes = [k for k in stored if k not in new]
+    if upserts:
+        conn.execute(
+            UPSERT,
+            (
+                [k[0] for k, _ in upserts],
+                [k[1] for k, _ in upserts],
+                [k[2] for k, _ in upserts],
+                [k[3] for k, _ in upserts],
+                [r.ended_at for _, r in upserts],
+                [r.max_speed_kmh for _, r in upserts],
+                [r.excess_kmh for _, r in upserts],
+                [r.distance_m for _, r in upserts],
+                [r.penalty_s for _, r in upserts],
+            ),
+        )
+        numbers = dict(conn.execute(NUMBERS, (sorted({k[1] for k, _ in upserts}),)).fetchall())
+        for key, row in upserts:
+            event_id = course.stages[key[0]].event_id
+            if event_id is not None:
+                feed.append(violation_change(event_id, violation_object(key, row, numbers)))
+    if deletes:
+        conn.execute(
+            DELETE,
+            (
+                [k[0] for k in deletes],
+                [k[1] for k in deletes],
+                [k[2] for k in deletes],
+                [k[3] for k in deletes],
+            ),
+        )
+    return penalty_ms
+
+
+def violation_object(key: Key, row: Row, numbers: Mapping[str, str | None]) -> dict[str, Any]:
+    stage_id, entry_id, zone_id, started = key
+    return {
+        "stage_id": stage_id,
+        "entry_id": entry_id,
+        "number": numbers.get(entry_id),
+        "zone_id": zone_id,
+        "started_at": timestamp(started),
+        "ended_at": timestamp(row.ended_at),
+        "max_speed_kmh": row.max_speed_kmh,
+        "excess_kmh": row.excess_kmh,
+        "distance_m": row.distance_m,
+        "penalty_s": row.penalty_s,
+    }

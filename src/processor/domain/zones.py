@@ -1,0 +1,145 @@
+"""Speed zones (issue 12): violations from an entry's track between two controls (pure code).
+
+A zone is in force from the entry's pass of its start control to its pass of its end control
+("regardless of the route taken": only the passes matter, not where the car drove). While the
+end control is not passed yet, the zone is in force up to the newest fix, so race control sees a
+violation as it happens (its `ended_at` and penalty may still grow; its key, `started_at`, does
+not).
+
+A violation is a maximal run of consecutive fixes (of the zone's time window) whose speed is
+above `limit + tolerance`, lasting at least `min_duration_s` from its first to its last fix
+(so with the default 0 a single fix over the limit is a violation). Fixes without a speed break
+a run (they are no evidence of speeding). `excess_kmh` is the peak speed minus the **limit**
+(the tolerance decides whether a fix is over, not how much); the penalty is that of the first
+bracket whose `up_to_kmh` is at least the excess (the last bracket may be open-ended; an
+excess beyond every bracket takes the last one). `distance_m` is the track length of the run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from processor.domain.geometry import haversine_m
+from processor.domain.model import Fix
+
+
+class ZoneError(ValueError):
+    """A zone definition the processor refuses (logged; the zone is ignored)."""
+
+
+@attrs.frozen(slots=True)
+class Bracket:
+    up_to_kmh: float | None  # None: open-ended
+    penalty_s: int
+
+
+@attrs.frozen(slots=True)
+class Zone:
+    id: str
+    start_control_id: str
+    end_control_id: str
+    limit_kmh: float
+    tolerance_kmh: float
+    min_duration_s: float
+    brackets: tuple[Bracket, ...]
+
+    def penalty_for(self, excess_kmh: float) -> int:
+        for bracket in self.brackets:
+            if bracket.up_to_kmh is None or excess_kmh <= bracket.up_to_kmh:
+                return bracket.penalty_s
+        return self.brackets[-1].penalty_s
+
+
+@attrs.frozen(slots=True)
+class Violation:
+    zone_id: str
+    started_at: float
+    ended_at: float
+    max_speed_kmh: float
+    excess_kmh: float
+    distance_m: float
+    penalty_s: int
+
+
+def parse_brackets(value: Any) -> tuple[Bracket, ...]:
+    """`[{"up_to_kmh": 20, "penalty_s": 60}, ..., {"penalty_s": 180}]` -> brackets (raises
+    ZoneError): at least one, penalties >= 0, `up_to_kmh` strictly increasing, only the last
+    may omit it."""
+    if not isinstance(value, list) or not value:
+        raise ZoneError("penalties must be a non-empty list of brackets")
+    brackets: list[Bracket] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ZoneError(f"penalty bracket {i} is not an object")
+        penalty = item.get("penalty_s")
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or penalty < 0:
+            raise ZoneError(f"penalty bracket {i}: penalty_s must be a number >= 0")
+        up_to = item.get("up_to_kmh")
+        if up_to is None:
+            if i != len(value) - 1:
+                raise ZoneError(f"penalty bracket {i}: only the last may omit up_to_kmh")
+        elif isinstance(up_to, bool) or not isinstance(up_to, (int, float)) or up_to <= 0:
+            raise ZoneError(f"penalty bracket {i}: up_to_kmh must be a number > 0")
+        elif brackets and (brackets[-1].up_to_kmh or 0) >= up_to:
+            raise ZoneError(f"penalty bracket {i}: up_to_kmh must increase")
+        brackets.append(Bracket(None if up_to is None else float(up_to), round(penalty)))
+    return tuple(brackets)
+
+
+def check_zone(zone: Zone, control_ordinals: dict[str, int]) -> None:
+    """Raise ZoneError unless the zone's controls belong to the stage, in course order."""
+    start = control_ordinals.get(zone.start_control_id)
+    end = control_ordinals.get(zone.end_control_id)
+    if start is None or end is None:
+        raise ZoneError(f"zone {zone.id}: its controls are not controls of its stage")
+    if start >= end:
+        raise ZoneError(f"zone {zone.id}: the start control must come before the end control")
+    if not math.isfinite(zone.limit_kmh) or zone.limit_kmh <= 0:
+        raise ZoneError(f"zone {zone.id}: limit_kmh must be > 0")
+    if zone.tolerance_kmh < 0 or zone.min_duration_s < 0:
+        raise ZoneError(f"zone {zone.id}: tolerance and min_duration_s must be >= 0")
+
+
+def violations(zone: Zone, fixes: Sequence[Fix], entered: float, left: float) -> list[Violation]:
+    """The zone's violations among `fixes` (sorted by time) with entered <= t <= left."""
+    threshold = zone.limit_kmh + zone.tolerance_kmh
+    found: list[Violation] = []
+    run: list[Fix] = []
+
+    def close() -> None:
+        if not run:
+            return
+        if run[-1].t - run[0].t >= zone.min_duration_s:
+            peak = max(f.speed_kmh or 0.0 for f in run)
+            excess = peak - zone.limit_kmh
+            length = sum(
+                haversine_m(a.latitude, a.longitude, b.latitude, b.longitude)
+                for a, b in itertools.pairwise(run)
+            )
+            found.append(
+                Violation(
+                    zone_id=zone.id,
+                    started_at=run[0].t,
+                    ended_at=run[-1].t,
+                    max_speed_kmh=peak,
+                    excess_kmh=excess,
+                    distance_m=length,
+                    penalty_s=zone.penalty_for(excess),
+                )
+            )
+        run.clear()
+
+    for fix in fixes:
+        if fix.t < entered or fix.t > left:
+            continue
+        if fix.speed_kmh is not None and fix.speed_kmh > threshold:
+            run.append(fix)
+        else:
+            close()
+    close()
+    return found

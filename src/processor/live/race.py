@@ -1,0 +1,211 @@
+"""The race feed, live side: timing, results, alert and violation frames to an event's subscribers.
+
+    RaceFeed.run (supervised "live-race")
+    ├── reader: XREAD BLOCK on `<REDIS_STREAM>:race` from where it left off -> dispatch
+    └── results pump: stages whose standings changed -> one read per second per stage at most
+        (the live server's own pool) -> one `results` frame per stage to its event's subscribers
+
+The feed is written by whichever instance's domain engine committed the change
+(`processor.race_feed`); every instance reads all of it with a plain XREAD (no consumer group:
+nothing to create, destroy or reclaim). The first start reads from the feed's last entry (live
+data only, like positions); a supervised restart resumes from the last id it saw, so a Redis
+blip loses nothing the cap still holds.
+
+`timing`, `alert` and `violation` frames go out as they arrive (encoded once per topic, shared by
+every subscriber, through the same bounded queue as positions: a client that does not read is
+closed with 4008 like for positions). `results` are coalesced: a stage's table is read and sent
+at most once per `RESULTS_WINDOW_S` (1 s), and only while its event has subscribers; a
+subscriber that arrives in between gets the current table in `subscribed`. A frame arriving
+while a subscription waits for its snapshot is held with its positions and sent after the
+`subscribed` reply, in order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+import redis
+import structlog
+import trio
+from trio import TaskStatus
+
+from processor.live.protocol import topic_of
+from processor.live.registry import Registry
+from processor.observability.metrics import Metrics
+from processor.race_feed import RESULTS, FeedError, decode_fields, feed_key, frame, results_frame
+from processor.store import redis as redis_store
+from processor.store.postgres import TRANSIENT_ERRORS, Database
+from processor.store.race import stage_results
+from processor.store.retry import Backoff
+
+log = structlog.get_logger("processor.live.race")
+
+RESULTS_WINDOW_S = 1.0
+READ_COUNT = 500
+
+
+class RaceFeed:
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        control: redis.Redis,
+        stream: str,
+        read_block_ms: int,
+        database: Database,
+        registry: Registry,
+        metrics: Metrics,
+        results_window_s: float = RESULTS_WINDOW_S,
+    ) -> None:
+        self.key = feed_key(stream)
+        self._redis_url = redis_url
+        self._control = control
+        self._block_ms = read_block_ms
+        self._database = database
+        self._registry = registry
+        self._metrics = metrics
+        self._window_s = results_window_s
+        self._last_id: str | None = None  # None: not started yet (start at the feed's end)
+        self._client_id: int | None = None
+        self._stopping = False
+        self._stopped = trio.Event()
+        self._dirty: dict[str, str] = {}  # stage -> event: standings changed, not yet sent
+        self._dirty_event = trio.Event()
+        self._last_sent: dict[str, float] = {}  # stage -> trio time of its last results read
+        self.changes = 0  # feed entries dispatched (tests watch it)
+        self.results_sent = 0
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        connection = redis_store.make_client(
+            self._redis_url, socket_timeout_s=self._block_ms / 1000 + 5
+        )
+        try:
+            if self._last_id is None:
+                self._last_id = await trio.to_thread.run_sync(self._feed_end, connection)
+            log.info("race feed reader started", key=self.key, from_id=self._last_id)
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump)
+                await self._read_loop(connection)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._client_id = None
+            connection.close()
+
+    async def stop(self) -> None:
+        """No new read starts, and a read blocked in Redis returns at once."""
+        self._stopping = True
+        self._stopped.set()
+        await redis_store.unblock(self._control, self._client_id)
+
+    def _feed_end(self, connection: redis.Redis) -> str:
+        last: Any = connection.xrevrange(self.key, count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    async def _read_loop(self, connection: redis.Redis) -> None:
+        backoff = Backoff(initial_s=0.2, max_s=5.0)
+        while not self._stopping:
+            try:
+                entries = await trio.to_thread.run_sync(self._read, connection)
+            except redis_store.TRANSIENT_ERRORS as exc:
+                self._client_id = None
+                delay = backoff.next_delay()
+                log.warning("race feed read failed", error=str(exc)[:200])
+                with trio.move_on_after(delay):
+                    await self._stopped.wait()
+                continue
+            backoff.reset()
+            for raw_id, fields in entries:
+                self._last_id = raw_id.decode()
+                self.dispatch(fields)
+
+    def _read(self, connection: redis.Redis) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        if self._client_id is None:
+            self._client_id = int(connection.client_id())
+        if self._stopping:
+            return []
+        assert self._last_id is not None
+        reply: Any = connection.xread(
+            {self.key: self._last_id}, count=READ_COUNT, block=self._block_ms
+        )
+        if not reply:
+            return []
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1]
+        return entries
+
+    def dispatch(self, fields: dict[bytes, bytes]) -> None:
+        """Hand one feed entry to the subscribers of its event (no awaits)."""
+        try:
+            change = decode_fields(fields)
+        except FeedError as exc:
+            log.warning("race feed entry skipped", error=str(exc))
+            return
+        self.changes += 1
+        topic = topic_of(change.event_id)
+        if change.kind == RESULTS:
+            if change.stage_id is not None:
+                self._dirty[change.stage_id] = change.event_id
+                self._dirty_event.set()
+            return
+        subscribers = self._registry.subscribers(topic)
+        if not subscribers:
+            return
+        text = frame(topic, change)
+        for subscription in list(subscribers):
+            subscription.offer_frame(text, change.kind)
+
+    async def _pump(self) -> None:
+        """Send the changed stages' standings, each at most once per window."""
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event = trio.Event()
+            if not self._dirty:  # set again by a notice for a stage sent meanwhile
+                continue
+            now = trio.current_time()
+            due_at = min(self._last_sent.get(s, -math.inf) + self._window_s for s in self._dirty)
+            if due_at > now:
+                await trio.sleep_until(due_at)
+                now = trio.current_time()
+            due = {
+                s: e
+                for s, e in self._dirty.items()
+                if self._last_sent.get(s, -math.inf) + self._window_s <= now
+            }
+            for stage_id in due:
+                del self._dirty[stage_id]
+            if self._dirty:
+                self._dirty_event.set()  # the rest are due later
+            wanted = {s: e for s, e in due.items() if self._registry.subscribers(topic_of(e))}
+            if not wanted:
+                continue
+            for stage_id in wanted:
+                self._last_sent[stage_id] = now
+            tables = await self._read_results(sorted(wanted))
+            if tables is None:  # try again after the window
+                for stage_id, event_id in wanted.items():
+                    self._dirty.setdefault(stage_id, event_id)
+                self._dirty_event.set()
+                continue
+            for stage_id, results in tables.items():
+                owner = wanted.get(stage_id)
+                if owner is None:
+                    continue
+                topic = topic_of(owner)
+                text = results_frame(topic, stage_id, results)
+                self.results_sent += 1
+                for subscription in list(self._registry.subscribers(topic)):
+                    subscription.offer_frame(text, RESULTS)
+
+    async def _read_results(
+        self, stage_ids: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]] | None:
+        try:
+            return await self._database.run(lambda conn: stage_results(conn, stage_ids))
+        except TRANSIENT_ERRORS as exc:
+            log.warning("results read failed", error=str(exc)[:200])
+        except psycopg.Error as exc:
+            log.error("results query failed", error=str(exc)[:200])
+        return None

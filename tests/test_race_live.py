@@ -1,0 +1,278 @@
+"""Timing on the WebSocket (issue 12 item 4), against real Redis, PostgreSQL and a running daemon.
+
+A client subscribed to the rally's event sees, after its `subscribed` reply (which carries the
+stage's current standings and the open alerts): a `timing` frame for each pass the domain
+engine commits, coalesced `results` frames (whole table, at most one per second per stage),
+and, when buffered fixes arrive late and add the waypoint pass that was missed, a `timing`
+frame for it and standings without the penalty. With two instances, each instance's client
+sees the same changes, each once, whichever instance computed them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis
+import trio
+from trio_websocket import WebSocketConnection
+
+from processor.app import Service
+from processor.race_feed import feed_key
+from tests.support import racing
+from tests.support.directus import DirectusStandIn
+from tests.support.fixes import publish
+from tests.support.live import TOKEN, live_client, subscribe
+from tests.support.racing import WAYPOINT_PENALTY_S, WAYPOINT_X
+from tests.support.service import running_service, wait_until
+from tests.test_domain_engine import domain_done, domain_env
+
+CARS = [("steady", "T1"), ("late", "T1")]
+
+
+def race_tracks(course: racing.Course) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(every fix but the late car's waypoint dip, the dip: buffered, sent afterwards)."""
+    d = course.devices
+    steady = racing.track(d["steady"], racing.constant(20), 160)
+    late = racing.track(d["late"], racing.detour(20), 160)
+    gap = [
+        doc
+        for doc in late
+        if abs((doc["longitude"] - racing.LON0) * racing.M_PER_DEG_LON - WAYPOINT_X) <= 120
+    ]
+    return steady + [doc for doc in late if doc not in gap], gap
+
+
+class Frames:
+    """Everything one client receives, with the (trio) time it arrived."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.times: list[float] = []
+
+    async def collect(self, ws: WebSocketConnection) -> None:
+        while True:
+            message = await ws.get_message()
+            self.frames.append(orjson.loads(message))
+            self.times.append(trio.current_time())
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f["type"] == kind]
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 60) -> None:  # noqa: ASYNC109
+        with trio.fail_after(timeout):
+            while not predicate():  # noqa: ASYNC110 - frames arrive on another task
+                await trio.sleep(0.05)
+
+
+def finished(frames: Frames, count: int, *, penalty_free: int = 0) -> Callable[[], bool]:
+    """The last `results` frame shows `count` finished entries (`penalty_free` of them with
+    no penalty)."""
+
+    def check() -> bool:
+        tables = frames.of("results")
+        if not tables:
+            return False
+        rows = tables[-1]["results"]
+        done = [r for r in rows if r["status"] == "finished"]
+        return len(done) == count and sum(r["penalty_ms"] == 0 for r in done) >= penalty_free
+
+    return check
+
+
+def passes(frames: Frames) -> set[tuple[str, str]]:
+    return {
+        (f["record"]["entry_id"], f["record"]["control_id"])
+        for f in frames.of("timing")
+        if "record" in f
+    }
+
+
+async def test_client_sees_timing_then_results_and_a_late_pass(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    database_url: str,
+    redis_client: redis.Redis,
+    stream_key: str,
+) -> None:
+    racing.create_racing_tables(database_url)
+    course = racing.add_course(database_url, CARS)
+    directus.user(TOKEN, events={course.event_id})
+    documents, gap = race_tracks(course)
+    e, c = course.entries, course.controls
+    async with running_service(domain_env(live_env)) as service:
+        assert service.domain is not None and service.live is not None
+        with trio.fail_after(90):
+            await service.domain.enabled.wait()
+        async with live_client(service.live_port) as ws, trio.open_nursery() as nursery:
+            reply = await subscribe(ws, course.event_id)
+            assert reply["type"] == "subscribed"
+            assert reply["results"] == [{"stage_id": course.stage_id, "results": []}]
+            assert reply["alerts"] == []
+            frames = Frames()
+            nursery.start_soon(frames.collect, ws)
+            started = trio.current_time()
+
+            publish(redis_client, stream_key, documents)
+            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+            await frames.until(finished(frames, 2, penalty_free=1))
+            # every pass as a timing frame: steady passes all four controls, late misses
+            # the waypoint (its dip has not arrived)
+            assert passes(frames) == {
+                *((e["steady"], c[k]) for k in ("start", "waypoint", "checkpoint", "finish")),
+                *((e["late"], c[k]) for k in ("start", "checkpoint", "finish")),
+            }
+            record = next(
+                f["record"]
+                for f in frames.of("timing")
+                if f["record"]["entry_id"] == e["steady"]
+                and f["record"]["control_id"] == c["start"]
+            )
+            assert record["control_ordinal"] == 1 and record["kind"] == "start"
+            assert record["device_id"] == course.devices["steady"]
+            assert record["passed_at"].endswith("Z") and record["distance_m"] == 0.0
+            assert all(f["topic"] == f"event:{course.event_id}" for f in frames.frames)
+            assert all(f["stage_id"] == course.stage_id for f in frames.of("timing"))
+            # the first timing frame comes before the first results frame
+            kinds = [f["type"] for f in frames.frames]
+            assert kinds.index("timing") < kinds.index("results")
+            table = frames.of("results")[-1]["results"]
+            assert [r["number"] for r in table] == ["101", "102"]  # steady wins: no penalty
+            assert table[0]["position"] == 1 and table[0]["gap_ms"] == 0
+            assert table[1]["penalty_ms"] == WAYPOINT_PENALTY_S * 1000
+            assert set(table[0]) == {
+                "entry_id", "number", "class", "status", "started_at", "finished_at",
+                "elapsed_ms", "penalty_ms", "total_ms", "controls_passed", "controls_missed",
+                "position", "class_position", "gap_ms",
+            }  # fmt: skip
+
+            # the late car's buffered dip arrives: a new waypoint pass, the penalty goes
+            before = len(frames.frames)
+            publish(redis_client, stream_key, gap)
+            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+            await frames.until(finished(frames, 2, penalty_free=2))
+            later = frames.frames[before:]
+            assert any(
+                f["type"] == "timing"
+                and f.get("record", {}).get("entry_id") == e["late"]
+                and f["record"]["control_id"] == c["waypoint"]
+                for f in later
+            )
+            # coalesced: at most one results frame per second for the stage (plus one)
+            elapsed = trio.current_time() - started
+            assert len(frames.of("results")) <= elapsed + 2
+            nursery.cancel_scope.cancel()
+
+        # a new subscriber gets the standings in `subscribed`
+        async with live_client(service.live_port) as ws:
+            reply = await subscribe(ws, course.event_id)
+            [stage] = reply["results"]
+            assert stage["stage_id"] == course.stage_id
+            assert [r["penalty_ms"] for r in stage["results"]] == [0, 0]
+    assert redis_client.xlen(feed_key(stream_key)) > 0
+
+
+async def test_two_instances_clients_see_every_change_once(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    database_url: str,
+    redis_client: redis.Redis,
+    stream_key: str,
+) -> None:
+    racing.create_racing_tables(database_url)
+    course = racing.add_course(database_url, CARS)
+    directus.user(TOKEN, events={course.event_id})
+    documents, gap = race_tracks(course)
+    base = {**domain_env(live_env), "READ_COUNT": "20"}
+    async with (
+        running_service({**base, "INSTANCE_ID": "a"}) as a,
+        running_service({**base, "INSTANCE_ID": "b"}) as b,
+    ):
+        for service in (a, b):
+            assert service.domain is not None
+            with trio.fail_after(90):
+                await service.domain.enabled.wait()
+        async with (
+            live_client(a.live_port) as ws_a,
+            live_client(b.live_port) as ws_b,
+            trio.open_nursery() as nursery,
+        ):
+            got: list[Frames] = []
+            for ws in (ws_a, ws_b):
+                assert (await subscribe(ws, course.event_id))["type"] == "subscribed"
+                frames = Frames()
+                got.append(frames)
+                nursery.start_soon(frames.collect, ws)
+            for i in range(0, len(documents + gap), 40):
+                publish(redis_client, stream_key, (documents + gap)[i : i + 40])
+            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+            for frames in got:
+                await frames.until(finished(frames, 2, penalty_free=2))
+            await wait_until(lambda: _feed_read(redis_client, stream_key, a, b), timeout=30)
+            nursery.cancel_scope.cancel()
+        # both engines worked, and each client saw every timing change exactly once
+        assert a.domain is not None and b.domain is not None
+        timing = [Counter(orjson.dumps(f) for f in frames.of("timing")) for frames in got]
+        assert timing[0] == timing[1]
+        assert max(timing[0].values()) == 1
+        assert len(passes(got[0])) == 8
+
+
+def _feed_read(client: redis.Redis, stream: str, *services: Service) -> bool:
+    """Every live server has dispatched every entry of the feed."""
+    length = client.xlen(feed_key(stream))
+    return all(s.live is not None and s.live.race.changes >= length for s in services)
+
+
+async def test_results_pump_survives_notices_while_it_waits() -> None:
+    """Notices for a stage arriving while its window runs (and while it is being read) are
+    coalesced into one more frame; an empty wake-up is harmless."""
+    from processor.live.race import RaceFeed
+    from processor.live.registry import Registry
+    from processor.observability.metrics import Metrics
+    from processor.race_feed import results_change
+
+    sent: list[str] = []
+
+    class Outlet:
+        def enqueue(self, frame: str, kind: str, entry_ms: int | None) -> None:
+            sent.append(kind)
+
+        def overflow(self) -> None:
+            raise AssertionError("overflow")
+
+    class Database:
+        async def run(self, fn: Any) -> Any:
+            await trio.sleep(0.05)
+            return {"s": []}
+
+    metrics = Metrics()
+    registry = Registry(metrics)
+    registry.subscribe(Outlet(), "event:e", 100).activate([])
+    feed = RaceFeed(
+        redis_url="redis://unused",
+        control=None,  # type: ignore[arg-type]
+        stream="x",
+        read_block_ms=100,
+        database=Database(),  # type: ignore[arg-type]
+        registry=registry,
+        metrics=metrics,
+        results_window_s=0.2,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed._pump)
+        feed._dirty_event.set()  # a wake-up with nothing dirty (a stage sent meanwhile)
+        await trio.sleep(0.05)
+        notice = results_change("e", "s").fields()
+        for _ in range(20):
+            feed.dispatch({k.encode(): v for k, v in notice.items()})
+            await trio.sleep(0.03)
+        with trio.fail_after(10):
+            while feed._dirty or not sent:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        await trio.sleep(0.3)
+        nursery.cancel_scope.cancel()
+    assert 1 <= len(sent) <= 5  # ~0.6 s of notices, one frame per 0.2 s window at most
+    assert set(sent) == {"results"}

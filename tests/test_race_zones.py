@@ -1,0 +1,190 @@
+"""Speed zones (issue 12 item 1): the pure rule, then a zone on a running daemon.
+
+The zone runs from the start line to the checkpoint, limit 50 km/h, no tolerance, at least 3 s
+over, brackets 60 s up to 20 km/h over, 120 s up to 40, 180 s beyond. Four cars drive the stage
+at 40 km/h and report, for a few seconds inside the zone, 60, 85 and 100 km/h (one violation
+of each bracket) and 100 km/h for only 2 fixes (1 s: below min_duration_s, no violation).
+Fixes arrive shuffled and twice; the rows must equal a rebuild's, the penalties must be in the
+results, and a subscribed client sees the `violation` frames.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+import trio
+from psycopg.types.json import Jsonb
+
+from processor.domain.model import Fix
+from processor.domain.zones import Bracket, Zone, ZoneError, parse_brackets, violations
+from processor.timing_commands import format_changes
+from tests.support import racing
+from tests.support.directus import DirectusStandIn
+from tests.support.fixes import fix, publish
+from tests.support.live import TOKEN, live_client, subscribe
+from tests.support.service import running_service, wait_until
+from tests.test_domain_engine import domain_done, domain_env, rebuild_changes
+from tests.test_race_live import Frames
+
+BRACKETS = [
+    {"up_to_kmh": 20, "penalty_s": 60},
+    {"up_to_kmh": 40, "penalty_s": 120},
+    {"penalty_s": 180},
+]
+ZONE = Zone("z", "a", "b", 50.0, 0.0, 3.0, parse_brackets(BRACKETS))
+
+
+def fixes(speeds: list[float | None], t0: float = 0.0) -> list[Fix]:
+    return [Fix(t0 + i, 41.3, 19.8 + i * 1e-4, s) for i, s in enumerate(speeds)]
+
+
+def test_one_violation_per_run_with_the_bracket_of_its_peak() -> None:
+    track = fixes([40, 55, 60, 58, 52, 40, 69.9, 70, 70.5, 71, 40, 95, 99, 91, 95, 40])
+    found = violations(ZONE, track, 0, 100)
+    assert [(v.started_at, v.ended_at, v.max_speed_kmh, v.penalty_s) for v in found] == [
+        (1, 4, 60, 60),
+        (6, 9, 71, 120),
+        (11, 14, 99, 180),
+    ]
+    assert found[0].excess_kmh == 10 and found[0].distance_m > 0
+
+
+def test_below_min_duration_none_and_the_window_bounds_the_run() -> None:
+    assert violations(ZONE, fixes([40, 100, 100, 100, 40]), 0, 100) == []  # 2 s < 3 s
+    # the same run cut by the zone's exit: too short inside the zone
+    assert violations(ZONE, fixes([40, 90, 90, 90, 90, 90, 40]), 0, 3.5) == []
+    # a fix without a speed breaks a run
+    assert violations(ZONE, fixes([40, 90, 90, None, 90, 90, 40]), 0, 100) == []
+    # over the limit but within the tolerance: none
+    tolerant = Zone("z", "a", "b", 50.0, 10.0, 0.0, (Bracket(None, 30),))
+    assert violations(tolerant, fixes([40, 59, 59, 40]), 0, 100) == []
+    assert [v.penalty_s for v in violations(tolerant, fixes([40, 61, 40]), 0, 100)] == [30]
+
+
+def test_order_of_the_input_does_not_matter_once_sorted() -> None:
+    track = fixes([40, 90, 90, 90, 90, 40])
+    shuffled = list(track)
+    random.Random(3).shuffle(shuffled)
+    assert violations(ZONE, sorted(shuffled, key=lambda f: f.t), 0, 100) == violations(
+        ZONE, track, 0, 100
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [],
+        "60",
+        [{"up_to_kmh": 20}],
+        [{"penalty_s": 60}, {"up_to_kmh": 20, "penalty_s": 120}],
+        [{"up_to_kmh": 40, "penalty_s": 60}, {"up_to_kmh": 20, "penalty_s": 120}],
+        [{"up_to_kmh": -1, "penalty_s": 60}],
+        [{"penalty_s": -5}],
+        [{"penalty_s": True}],
+    ],
+)
+def test_bad_brackets_are_refused(value: Any) -> None:
+    with pytest.raises(ZoneError):
+        parse_brackets(value)
+
+
+SPEEDERS = {"b1": (60.0, 5), "b2": (85.0, 5), "b3": (100.0, 5), "short": (100.0, 2)}
+V = 40 / 3.6  # m/s
+
+
+def speeder_track(device: str, peak: float, fixes_over: int) -> list[dict[str, Any]]:
+    documents = []
+    for k in range(290):
+        t = 0.5 + k
+        speed = peak if 50 <= k < 50 + fixes_over else 40.0
+        lat, lon = racing.to_latlon(V * t, 0.0)
+        documents.append(fix(device, t, lat=lat, lon=lon, speed=speed, angle=90))
+    return documents
+
+
+async def test_zone_violations_on_the_daemon(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    database_url: str,
+    redis_client: redis.Redis,
+    stream_key: str,
+) -> None:
+    racing.create_racing_tables(database_url)
+    course = racing.add_course(database_url, [(name, None) for name in SPEEDERS])
+    zone_id = str(uuid.uuid4())
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO speed_zones (id, stage_id, start_control_id, end_control_id, limit_kmh, "
+            "min_duration_s, penalties) VALUES (%s, %s, %s, %s, 50, 3, %s)",
+            (zone_id, course.stage_id, course.controls["start"], course.controls["checkpoint"],
+             Jsonb(BRACKETS)),
+        )  # fmt: skip
+    directus.user(TOKEN, events={course.event_id})
+    documents = [
+        doc
+        for name, (peak, over) in SPEEDERS.items()
+        for doc in speeder_track(course.devices[name], peak, over)
+    ]
+    doubled = documents + documents
+    random.Random(5).shuffle(doubled)
+    async with running_service(domain_env(live_env)) as service:
+        assert service.domain is not None
+        with trio.fail_after(90):
+            await service.domain.enabled.wait()
+        async with live_client(service.live_port) as ws, trio.open_nursery() as nursery:
+            await subscribe(ws, course.event_id)
+            frames = Frames()
+            nursery.start_soon(frames.collect, ws)
+            publish(redis_client, stream_key, doubled)
+            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+            await frames.until(lambda: len({_key(f) for f in frames.of("violation")}) >= 3)
+            await frames.until(
+                lambda: (
+                    bool(frames.of("results"))
+                    and sum(r["status"] == "finished" for r in frames.of("results")[-1]["results"])
+                    == 4
+                )
+            )
+            nursery.cancel_scope.cancel()
+        assert service.metrics.speed_violations._value.get() >= 3
+    e = course.entries
+    with psycopg.connect(database_url) as conn:
+        rows = {
+            entry: tuple(values)
+            for entry, *values in conn.execute(
+                "SELECT entry_id::text, penalty_s, round(max_speed_kmh)::int, "
+                "round(excess_kmh)::int, extract(epoch FROM ended_at - started_at)::float8 "
+                "FROM speed_violations WHERE zone_id = %s",
+                (zone_id,),
+            )
+        }
+        penalties = dict(
+            conn.execute(
+                "SELECT entry_id::text, penalty_ms FROM stage_results WHERE stage_id = %s",
+                (course.stage_id,),
+            ).fetchall()
+        )
+    assert rows == {
+        e["b1"]: (60, 60, 10, 4.0),
+        e["b2"]: (120, 85, 35, 4.0),
+        e["b3"]: (180, 100, 50, 4.0),
+    }
+    assert penalties == {e["b1"]: 60_000, e["b2"]: 120_000, e["b3"]: 180_000, e["short"]: 0}
+    last = frames.of("results")[-1]["results"]
+    assert [r["number"] for r in last] == ["104", "101", "102", "103"]  # by total with penalties
+    violation = frames.of("violation")[-1]["violation"]
+    assert set(violation) == {
+        "stage_id", "entry_id", "number", "zone_id", "started_at", "ended_at", "max_speed_kmh",
+        "excess_kmh", "distance_m", "penalty_s",
+    }  # fmt: skip
+    changes = await trio.to_thread.run_sync(rebuild_changes, database_url, course.stage_id)
+    assert format_changes(changes, {}) == "no change"
+
+
+def _key(frame: dict[str, Any]) -> tuple[str, str]:
+    return frame["violation"]["entry_id"], frame["violation"]["started_at"]
