@@ -2,26 +2,35 @@
 
 Every command reads the same environment configuration; an invalid setting stops it with exit
 code 2 and one line naming the variable (no traceback).
+
+Why the imports here are lazy: a bad setting must be reported in the time it takes to start the
+interpreter and parse the environment, not after importing trio, structlog, redis, psycopg and
+every sub-command's module (measured on the shared 2-core machine at load ~11: ~5 s with eager
+imports, of which ~3 s was `processor.demo` alone). So this module imports only argparse and the
+configuration at the top; a sub-command's module is imported only when that command is chosen
+(or all of them, to print the full help), and the daemon only after its configuration parsed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-import structlog
-import trio
-
-from processor import bench, demo, dlq, publisher, timing_commands
 from processor.config import Config, ConfigError, load_config
-from processor.observability.logging import configure_logging
-from processor.store.retry import Unavailable
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 1
 
-log = structlog.get_logger("processor.cli")
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """Logging set-up, imported only once the configuration is known to be valid (structlog)."""
+    from processor.observability.logging import configure_logging as configure
+
+    configure(level, log_format)
 
 
 def _load() -> Config:
@@ -36,6 +45,8 @@ def _load() -> Config:
 
 def cmd_run(_args: argparse.Namespace) -> int:
     config = _load()  # first: a bad setting is reported without importing the whole daemon
+    import trio  # after the configuration parsed (module docstring)
+
     from processor.app import run_until_signalled
 
     return trio.run(run_until_signalled, config)
@@ -43,6 +54,8 @@ def cmd_run(_args: argparse.Namespace) -> int:
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
     config = _load()
+    import trio  # after the configuration parsed (module docstring)
+
     from processor.app import make_database, migrate
 
     async def main() -> None:
@@ -57,7 +70,8 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extras: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with `run`, `migrate` and the `extras` commands (default: all of them)."""
     parser = argparse.ArgumentParser(
         prog="processor",
         description="Telemetry processor: Redis Stream -> PostgreSQL, live WebSocket, metrics. "
@@ -68,29 +82,49 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     migrate.set_defaults(handler=cmd_migrate)
-    for register in EXTRA_COMMANDS:
+    for command in EXTRA_COMMANDS if extras is None else extras:
+        register: Register = importlib.import_module(EXTRA_COMMANDS[command]).register
         register(commands)
     return parser
 
 
-# Further commands (dlq, simulate, demo, bench) register their sub-parsers here.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    dlq.register,
-    publisher.register,
-    demo.register,
-    bench.register,
-    timing_commands.register,
-]
+# Further commands: name -> the module whose `register` adds its sub-parser (imported on demand).
+EXTRA_COMMANDS: dict[str, str] = {
+    "dlq": "processor.dlq",
+    "simulate": "processor.publisher",
+    "demo": "processor.demo",
+    "bench": "processor.bench",
+    "timing": "processor.timing_commands",
+}
+
+
+def _chosen_extras(argv: Sequence[str]) -> Sequence[str] | None:
+    """The extra commands worth importing for `argv`: none for `run`/`migrate`, the chosen one,
+    or all (None) when no command is named yet (help, a typo) so the usage lists every command."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in ("run", "migrate"):
+        return ()
+    if command in EXTRA_COMMANDS:
+        return (command,)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_chosen_extras(argv))
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except Unavailable as exc:  # start-up gave up on a server: one line, no traceback
-        log.error("startup failed", error=str(exc))
+    except Exception as exc:
+        from processor.store.retry import Unavailable
+
+        if not isinstance(exc, Unavailable):
+            raise
+        # start-up gave up on a server: one line, no traceback
+        import structlog
+
+        structlog.get_logger("processor.cli").error("startup failed", error=str(exc))
         return EXIT_UNAVAILABLE
 
 
