@@ -4,12 +4,20 @@
 mid-read, mid-batch, between commit and ack: wherever the dice fall) six times while fixes keep
 arriving, and restarted each time with the same consumer name. After every kill, every acked
 entry must have its row; at the end, rows = distinct keys and nothing is pending.
+
+The schedule follows the run's progress, not the clock: after the first kill (in start-up), each
+instance is killed once the stored rows pass a random point of its own slice of the run (kill k
+somewhere in [k, k + 1/2] sevenths of the distinct keys). So every kill lands while the instance
+is storing, and the last one with about a fifth of the run still to do, however slowly the
+machine starts processes (a clock schedule ran past the end of the run on a loaded machine:
+six start-ups of several seconds each outlasted the ~25 s of publishing).
 """
 
 from __future__ import annotations
 
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -39,9 +47,8 @@ async def test_random_sigkills_during_a_50k_run_lose_and_duplicate_nothing(
     print(f"kill schedule seed: {seed}")
     documents = workload(TOTAL, devices=300)
     expected = distinct_keys(documents)
-    # A steady ~2,000 fixes/s for ~25 s: longer than the kill schedule (6 start-ups and at most
-    # 1.5 s each), so every kill hits a live run. Batches wait up to 200 ms to fill, so at almost
-    # any instant some entries are read and not yet acked: the kills hit work in flight.
+    # A steady ~2,000 fixes/s for ~25 s. Batches wait up to 200 ms to fill, so at almost any
+    # instant some entries are read and not yet acked: the kills hit work in flight.
     env = {
         **env,
         "READ_COUNT": "500",
@@ -52,15 +59,25 @@ async def test_random_sigkills_during_a_50k_run_lose_and_duplicate_nothing(
     publisher = Publisher(redis_client, stream_key, documents, chunk=250, interval_s=0.12)
 
     orphaned: list[int] = []  # entries read but not acked by each killed instance
-    with trio.fail_after(110):
+    slice_rows = len(expected) / (KILLS + 1)
+    # Every wait below has its own bound; this one only turns a hang into a failure (7 start-ups
+    # of up to 60 s on a loaded machine would be far slower than anything seen).
+    with trio.fail_after(300):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(publisher.run)
             for kill in range(KILLS):
                 daemon = Daemon(env, tmp_path / f"run{kill}.log")
                 try:
-                    if kill > 0:  # the first kill falls anywhere in start-up, the others later
-                        await daemon.wait_for("ready", within=30)
-                    await trio.sleep(rng.uniform(0.1, 1.5))
+                    if kill == 0:  # the first kill falls anywhere in start-up
+                        await trio.sleep(rng.uniform(0.1, 1.5))
+                    else:  # the others once this instance has stored into its slice
+                        await daemon.wait_for("ready", within=60)
+                        target = int(slice_rows * (kill + rng.uniform(0, 0.5)))
+                        await wait_until(
+                            partial(stored_or_died, database_url, target, daemon),
+                            timeout=60,
+                            interval=0.02,
+                        )
                     assert daemon.alive(), daemon.tail()
                 finally:
                     daemon.kill()
@@ -106,6 +123,11 @@ def pending_or_zero(client: redis.Redis, stream: str) -> int:
     except redis.ResponseError as exc:  # killed before it created the group
         assert "NOGROUP" in str(exc)
         return 0
+
+
+def stored_or_died(database_url: str, target: int, daemon: Daemon) -> bool:
+    """Kill time: `target` rows are stored (or the instance died, which the caller reports)."""
+    return not daemon.alive() or row_count(database_url) >= target
 
 
 def row_count_or_zero(database_url: str) -> int:

@@ -2,6 +2,13 @@
 
 Every command reads the same environment configuration; an invalid setting stops it with exit
 code 2 and one line naming the variable (no traceback).
+
+Why the imports here are lazy: a bad setting must be reported in the time it takes to start the
+interpreter and parse the environment, not after importing trio, structlog, redis, psycopg and
+every sub-command's module (measured on the shared 2-core machine at load ~11: ~5 s with eager
+imports, of which ~3 s was `processor.demo` alone). So this module imports only argparse and the
+configuration at the top; a sub-command's module is imported only when that command is chosen
+(or all of them, to print the full help), and the daemon only after its configuration parsed.
 """
 
 from __future__ import annotations
@@ -13,17 +20,19 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-import structlog
-import trio
-
 from processor.config import Config, ConfigError, load_config
-from processor.observability.logging import configure_logging
-from processor.store.retry import Unavailable
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 1
 
-log = structlog.get_logger("processor.cli")
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """Logging set-up, imported only once the configuration is known to be valid (structlog)."""
+    from processor.observability.logging import configure_logging as configure
+
+    configure(level, log_format)
 
 
 def _refuse(exc: ConfigError) -> SystemExit:
@@ -41,11 +50,17 @@ def _load() -> Config:
 
 
 def cmd_run(_args: argparse.Namespace) -> int:
-    config = _load()
-    # The first line comes before the pipeline's imports (psycopg, redis-py, prometheus; the
-    # HTTP and live stacks later still, when they start): an operator sees at once that the
+    config = _load()  # first: a bad setting is reported without importing the whole daemon
+    # The first line comes before the pipeline's imports (trio, psycopg, redis-py, prometheus;
+    # the HTTP and live stacks later still, when they start): an operator sees at once that the
     # process runs and its configuration is valid.
-    log.info("processor run: configuration valid", instance=config.instance_id, pid=os.getpid())
+    import structlog
+
+    structlog.get_logger("processor.cli").info(
+        "processor run: configuration valid", instance=config.instance_id, pid=os.getpid()
+    )
+    import trio
+
     from processor.app import run_until_signalled
 
     _tune_gc()
@@ -73,6 +88,8 @@ def _tune_gc() -> None:
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
     config = _load()
+    import trio  # after the configuration parsed (module docstring)
+
     from processor.app import make_database, migrate
 
     async def main() -> None:
@@ -87,7 +104,8 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(*, extra_commands: bool = True) -> argparse.ArgumentParser:
+def build_parser(extras: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with `run`, `migrate` and the `extras` commands (default: all of them)."""
     parser = argparse.ArgumentParser(
         prog="processor",
         description="Telemetry processor: Redis Stream -> PostgreSQL, live WebSocket, metrics. "
@@ -98,34 +116,49 @@ def build_parser(*, extra_commands: bool = True) -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     migrate.set_defaults(handler=cmd_migrate)
-    if extra_commands:
-        for module in EXTRA_COMMANDS:
-            importlib.import_module(module).register(commands)
+    for command in EXTRA_COMMANDS if extras is None else extras:
+        register: Register = importlib.import_module(EXTRA_COMMANDS[command]).register
+        register(commands)
     return parser
 
 
-# Further commands register their sub-parsers here (each module has a `register`). They are
-# imported only to parse a command line that may name one of them: the daemon's commands
-# (`run`, `migrate`) do not pay for their imports (redis-py, the simulator) before logging.
-EXTRA_COMMANDS = (
-    "processor.dlq",
-    "processor.publisher",
-    "processor.demo",
-    "processor.bench",
-    "processor.timing_commands",
-)
-DAEMON_COMMANDS = ("run", "migrate")
+# Further commands: name -> the module whose `register` adds its sub-parser (imported on demand).
+EXTRA_COMMANDS: dict[str, str] = {
+    "dlq": "processor.dlq",
+    "simulate": "processor.publisher",
+    "demo": "processor.demo",
+    "bench": "processor.bench",
+    "timing": "processor.timing_commands",
+}
+
+
+def _chosen_extras(argv: Sequence[str]) -> Sequence[str] | None:
+    """The extra commands worth importing for `argv`: none for `run`/`migrate`, the chosen one,
+    or all (None) when no command is named yet (help, a typo) so the usage lists every command."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in ("run", "migrate"):
+        return ()
+    if command in EXTRA_COMMANDS:
+        return (command,)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(extra_commands=not argv or argv[0] not in DAEMON_COMMANDS)
+    parser = build_parser(_chosen_extras(argv))
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except Unavailable as exc:  # start-up gave up on a server: one line, no traceback
-        log.error("startup failed", error=str(exc))
+    except Exception as exc:
+        from processor.store.retry import Unavailable
+
+        if not isinstance(exc, Unavailable):
+            raise
+        # start-up gave up on a server: one line, no traceback
+        import structlog
+
+        structlog.get_logger("processor.cli").error("startup failed", error=str(exc))
         return EXIT_UNAVAILABLE
 
 
