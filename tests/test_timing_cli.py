@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
 import orjson
 import psycopg
+import redis
 
+from processor.race_feed import feed_key
 from processor.store.migrations import apply_migrations, default_directory, load_migrations
 from processor.timing_commands import duration
 from tests.support import racing
@@ -19,8 +22,15 @@ from tests.support import racing
 CARS = [("steady", "T1"), ("cutter", "T2"), ("dnf", "T1")]
 
 
-def timing(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url, "LOG_FORMAT": "console"}
+def timing(
+    database_url: str, *args: str, stream: str = "positions-cli-test"
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "LOG_FORMAT": "console",
+        "REDIS_STREAM": stream,
+    }
     return subprocess.run(
         [sys.executable, "-m", "processor.cli", "timing", *args],
         env=env,
@@ -63,16 +73,22 @@ def prepared(database_url: str) -> racing.Course:
     return course
 
 
-def test_rebuild_prints_what_changed_then_no_change(database_url: str) -> None:
+def test_rebuild_prints_what_changed_then_no_change(
+    database_url: str, redis_client: redis.Redis, stream_key: str
+) -> None:
     course = prepared(database_url)
-    first = timing(database_url, "rebuild", course.stage_id)
+    first = timing(database_url, "rebuild", course.stage_id, stream=stream_key)
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert lines[0].split() == ["control", "entry", "old", "new"]
     assert "1 start" in first.stdout and "4 finish" in first.stdout and "101" in first.stdout
     assert lines[-1] == "9 record(s) changed"  # 4 + 3 (cutter misses the waypoint) + 2 (dnf)
-    second = timing(database_url, "rebuild", course.stage_id)
+    # live clients are told: 9 timing changes and one results notice on the race feed
+    feed = [f[b"kind"] for _id, f in redis_client.xrange(feed_key(stream_key))]
+    assert Counter(feed) == {b"timing": 9, b"results": 1}
+    second = timing(database_url, "rebuild", course.stage_id, stream=stream_key)
     assert (second.returncode, second.stdout.strip()) == (0, "no change")
+    assert redis_client.xlen(feed_key(stream_key)) == 10  # nothing changed: nothing announced
 
     # a control moved 40 m north: the waypoint now suits the cutter, not the others
     lat, lon = racing.to_latlon(racing.WAYPOINT_X, 40)
@@ -89,9 +105,9 @@ def test_rebuild_prints_what_changed_then_no_change(database_url: str) -> None:
     assert moved["102"][3] == "-" and moved["101"][-1] == "-"  # appeared / vanished
 
 
-def test_results_table_and_json(database_url: str) -> None:
+def test_results_table_and_json(database_url: str, stream_key: str) -> None:
     course = prepared(database_url)
-    assert timing(database_url, "rebuild", course.stage_id).returncode == 0
+    assert timing(database_url, "rebuild", course.stage_id, stream=stream_key).returncode == 0
     table = timing(database_url, "results", course.stage_id)
     assert table.returncode == 0, table.stderr
     rows = [line.split() for line in table.stdout.splitlines()]

@@ -20,9 +20,11 @@ from typing import Any
 
 import orjson
 import psycopg
+import redis
 
 from processor.domain import definitions
 from processor.domain.evaluation import Change, rebuild_stage
+from processor.race_feed import RACE_FEED_MAXLEN, RaceChange, feed_key
 from processor.store.postgres import connection_kwargs
 
 EXIT_OK = 0
@@ -78,9 +80,40 @@ def _check(conn: psycopg.Connection[Any], stage_id: str) -> str | None:
     return None
 
 
-def rebuild(conn: psycopg.Connection[Any], stage_id: str) -> list[Change]:
+def rebuild(
+    conn: psycopg.Connection[Any], stage_id: str, feed: list[RaceChange] | None = None
+) -> list[Change]:
+    """Rebuild; the changes to announce on the race feed are appended to `feed`."""
     course = definitions.read_course(conn)
-    return rebuild_stage(conn, course, stage_id).changes
+    outcome = rebuild_stage(conn, course, stage_id)
+    if feed is not None:
+        feed.extend(outcome.feed)
+    return outcome.changes
+
+
+def announce(feed: Sequence[RaceChange]) -> None:
+    """Best effort: tell live clients what the rebuild changed (the race feed). A failure is
+    reported, not fatal: the tables are right, and clients see them at their next subscribe."""
+    if not feed:
+        return
+    from processor.cli import _load  # noqa: PLC0415 - cli imports this module
+
+    config = _load()
+    client = redis.Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for change in feed:
+            pipe.xadd(
+                feed_key(config.redis_stream),
+                change.fields(),  # type: ignore[arg-type]
+                maxlen=RACE_FEED_MAXLEN,
+                approximate=True,
+            )
+        pipe.execute()
+    except redis.RedisError as exc:
+        print(f"processor: live clients not told (race feed): {exc}", file=sys.stderr)
+    finally:
+        client.close()
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
@@ -89,10 +122,12 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         if error is not None:
             print(f"processor: {error}", file=sys.stderr)
             return EXIT_NOT_FOUND
-        changes = rebuild(conn, args.stage_id)
+        feed: list[RaceChange] = []
+        changes = rebuild(conn, args.stage_id, feed)
         labels = dict(
             ((kind, key), label) for kind, key, label in conn.execute(LABELS, {"s": args.stage_id})
         )
+    announce(feed)
     print(format_changes(changes, labels))
     return EXIT_OK
 

@@ -32,6 +32,7 @@ import trio
 from trio import TaskStatus
 
 from processor.config import ConfigError
+from processor.io_map import ModelMap, derive
 from processor.live.protocol import encode_position_object, position_frame, topic_json, topic_of
 from processor.live.registry import Registry
 from processor.observability.metrics import Metrics
@@ -62,7 +63,9 @@ class Broadcaster:
         events_of: Callable[[str], tuple[str, ...]],
         registry: Registry,
         metrics: Metrics,
+        io_of: Callable[[str], ModelMap | None] = lambda _device: None,
     ) -> None:
+        self._io_of = io_of  # device_id -> its IO mapping (DeviceEventMap.io_of)
         self._control = control
         self._stream = stream
         self._group = group
@@ -148,7 +151,9 @@ class Broadcaster:
             if not subscribers:
                 continue
             if position_json is None:
-                position_json = encode_position_object(position)
+                mapping = self._io_of(position.device_id)
+                io = None if mapping is None else derive(position.attributes, mapping)
+                position_json = encode_position_object(position, io)
             frame = position_frame(topic_json(topic_of(event_id)), position_json)
             for subscription in subscribers:
                 subscription.offer(position.device_id, position.ts, frame, entry_ms)

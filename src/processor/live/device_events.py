@@ -22,6 +22,8 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor import io_map
+from processor.io_map import IoElement, ModelMap
 from processor.observability.metrics import Metrics
 from processor.store.postgres import Database
 
@@ -42,6 +44,31 @@ JOIN entry_devices ed ON ed.device_id = d.id
 JOIN entries en ON en.id = ed.entry_id
 WHERE en.event_id = %s::uuid AND d.imei IS NOT NULL
 """
+
+
+DEVICE_IO_READY = """
+SELECT to_regclass('io_mappings') IS NOT NULL AND EXISTS (
+    SELECT 1 FROM pg_attribute
+    WHERE attrelid = to_regclass('devices') AND attname = 'model' AND NOT attisdropped)
+"""
+
+DEVICE_IO = """
+SELECT d.imei, m.model, m.io_id, m.name, m.multiplier, m.unit
+FROM devices d JOIN io_mappings m ON m.model = d.model
+WHERE d.imei IS NOT NULL
+"""
+
+
+def read_device_io(conn: psycopg.Connection[Any]) -> dict[str, dict[str, IoElement]]:
+    """device_id (IMEI) -> its model's IO mapping (devices of a mapped model only); empty
+    when the `io_mappings` table or `devices.model` does not exist."""
+    with conn.transaction():
+        row = conn.execute(DEVICE_IO_READY).fetchone()
+        if not row or not row[0]:
+            return {}
+        rows = conn.execute(DEVICE_IO).fetchall()
+    models = io_map.build(r[1:] for r in rows)
+    return {r[0]: models[r[1]] for r in rows if r[1] in models}
 
 
 def read_device_events(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, ...]]:
@@ -73,10 +100,15 @@ class DeviceEventMap:
         self._metrics = metrics
         self._on_refresh = on_refresh
         self._map: dict[str, tuple[str, ...]] = {}
+        self._io: dict[str, dict[str, IoElement]] = {}
         self.refreshes = 0
 
     def events_of(self, device_id: str) -> tuple[str, ...]:
         return self._map.get(device_id, ())
+
+    def io_of(self, device_id: str) -> ModelMap | None:
+        """The device's IO mapping (None: no mapped model: frames carry no `io`)."""
+        return self._io.get(device_id)
 
     def __len__(self) -> int:
         return len(self._map)
@@ -85,6 +117,7 @@ class DeviceEventMap:
         """Rebuild the map; on failure keep the previous one (returns False)."""
         try:
             fresh = await self._database.run(read_device_events)
+            io = await self._database.run(read_device_io)
         except psycopg.Error as exc:
             log.error(
                 "device -> events refresh failed; keeping the previous map",
@@ -93,6 +126,7 @@ class DeviceEventMap:
             )
             return False
         self._map = fresh
+        self._io = io
         self.refreshes += 1
         self._metrics.live_device_event_map_size.set(len(fresh))
         self._on_refresh(fresh)

@@ -87,9 +87,10 @@ def parse_request(frame: str | bytes) -> Request:
 # --- outbound -------------------------------------------------------------------------------
 
 
-def position_object(position: Position) -> dict[str, Any]:
-    """The `position` object of the wire protocol (also each element of a snapshot)."""
-    return {
+def position_object(position: Position, io: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The `position` object of the wire protocol (also each element of a snapshot); `io`:
+    the fix's derived IO values (`processor.io_map`), only for devices of a mapped model."""
+    document = {
         "device_id": position.device_id,
         "ts": format_timestamp(position.ts),
         "latitude": position.latitude,
@@ -99,11 +100,14 @@ def position_object(position: Position) -> dict[str, Any]:
         "speed": position.speed,
         "satellites": position.satellites,
     }
+    if io is not None:
+        document["io"] = io
+    return document
 
 
-def encode_position_object(position: Position) -> str:
+def encode_position_object(position: Position, io: Mapping[str, Any] | None = None) -> str:
     """The `position` object as JSON text: encoded once per fix, shared by every topic."""
-    return orjson.dumps(position_object(position)).decode()
+    return orjson.dumps(position_object(position, io)).decode()
 
 
 def position_frame(topic_json: str, position_json: str) -> str:

@@ -143,6 +143,7 @@ class LiveServer:
             events_of=self.device_events.events_of,
             registry=self.registry,
             metrics=metrics,
+            io_of=self.device_events.io_of,
         )
         self.snapshots = Snapshots(self.database, metrics)
         self.race = RaceFeed(
