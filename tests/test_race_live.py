@@ -243,6 +243,12 @@ async def test_results_pump_survives_notices_while_it_waits() -> None:
         def overflow(self) -> None:
             raise AssertionError("overflow")
 
+        def hold(self, size: int) -> bool:
+            return True
+
+        def release(self, size: int) -> None:
+            pass
+
     class Database:
         async def run(self, fn: Any) -> Any:
             await trio.sleep(0.05)
@@ -250,7 +256,7 @@ async def test_results_pump_survives_notices_while_it_waits() -> None:
 
     metrics = Metrics()
     registry = Registry(metrics)
-    registry.subscribe(Outlet(), "event:e", 100).activate([])
+    registry.subscribe(Outlet(), "event:e").activate([])
     feed = RaceFeed(
         redis_url="redis://unused",
         control=None,  # type: ignore[arg-type]
