@@ -111,7 +111,7 @@ class Consumer:
     ) -> None:
         s = self.settings
         log.info(
-            f"consumer started stream={s.stream} group={s.group} consumer={s.consumer}",
+            "consumer started",
             stream=s.stream,
             group=s.group,
             consumer=s.consumer,

@@ -38,11 +38,9 @@ from processor.core.records import Delivery, Records, Rejected, entry_times_ms
 from processor.core.settle import DeadLetterUnwritable, StreamNames, settle_sync
 from processor.observability.metrics import Metrics, observe_many
 from processor.observability.stalls import Stalls
-from processor.store import db_errors
-from processor.store import redis as redis_store
+from processor.store import db_errors, retry
 from processor.store.positions import latest_good_positions, write_batch
 from processor.store.postgres import Database
-from processor.store.retry import Backoff
 
 T = TypeVar("T")
 log = structlog.get_logger("processor.writer")
@@ -279,7 +277,7 @@ class Writer:
         return await self._retrying("ack", attempt)
 
     async def _retrying(self, what: str, call: Callable[[], T]) -> T:
-        """Run `call` in a worker thread until it succeeds; failures back off and retry.
+        """Run `call` in a worker thread until it succeeds (store/retry.py's one helper).
 
         A data refusal is raised as DataRefused (retrying cannot help). Any other database
         failure, or a dead-letter stream refusing copies, is retried until it succeeds; one
@@ -287,43 +285,26 @@ class Writer:
         STALL_AFTER_ATTEMPTS. Anything unexpected propagates and stops the service loudly
         rather than looping on a bug.
         """
-        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         check = "dead_letter_stream" if what == "ack" else "postgres_writes"
-        while True:
-            try:
-                result = await trio.to_thread.run_sync(call)
-            except db_errors.DATABASE_ERRORS as exc:
-                kind = db_errors.classify(exc)
-                if kind is db_errors.Kind.DATA:
-                    raise DataRefused(str(exc)) from exc
-                error, persistent = db_errors.describe(exc), kind is db_errors.Kind.PERSISTENT
-            except DeadLetterUnwritable as exc:
-                error, persistent = f"dead-letter stream refuses copies: {exc.error}", True
-            except redis_store.TRANSIENT_ERRORS as exc:
-                error, persistent = f"{type(exc).__name__}: {str(exc).strip()[:300]}", False
-            else:
-                if backoff.attempts:
-                    self.stalls.clear(check)
-                    log.info(f"{what} succeeded again", after_attempts=backoff.attempts)
-                return result
-            delay = backoff.next_delay()
+
+        def on_failure(failure: retry.Failure) -> None:
             self.metrics.write_retries.inc()
-            if persistent and backoff.attempts >= STALL_AFTER_ATTEMPTS:
-                self.stalls.report(check, error)
-                log.error(
-                    f"{what} keeps failing, retrying (nothing is acked meanwhile)",
-                    attempt=backoff.attempts,
-                    error=error,
-                    retry_in_s=round(delay, 2),
-                )
-            else:
-                log.warning(
-                    f"{what} failed, retrying",
-                    attempt=backoff.attempts,
-                    error=error,
-                    retry_in_s=round(delay, 2),
-                )
-            await trio.sleep(delay)
+            if failure.persistent and backoff.attempts >= STALL_AFTER_ATTEMPTS:
+                self.stalls.report(check, failure.error)
+
+        backoff = retry.Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        try:
+            return await retry.retry_in_thread(
+                what,
+                call,
+                backoff=backoff,
+                classify_failure=_classify,
+                on_failure=on_failure,
+                on_recovery=lambda: self.stalls.clear(check),
+                stall_after=STALL_AFTER_ATTEMPTS,
+            )
+        except db_errors.DATABASE_ERRORS as exc:  # only a data refusal is not retried
+            raise DataRefused(str(exc)) from exc
 
     def _count(
         self,
@@ -367,6 +348,14 @@ class Writer:
             acked=acked,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+
+def _classify(exc: Exception) -> retry.Failure | None:
+    """store/retry.py's classification, plus the dead-letter stream refusing copies (persistent:
+    nothing transient about a key of the wrong type or a full Redis)."""
+    if isinstance(exc, DeadLetterUnwritable):
+        return retry.Failure(f"dead-letter stream refuses copies: {exc.error}", persistent=True)
+    return retry.classify(exc)
 
 
 @attrs.define
