@@ -42,6 +42,7 @@ from __future__ import annotations
 import signal
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 import redis
@@ -162,8 +163,10 @@ class Service:
             config.device_state_cap, on_evict=self.metrics.device_state_evictions.inc
         )
 
-    def begin_drain(self) -> None:
+    async def stop(self) -> None:
+        """Begin the drain (see the module docstring); `run` returns once it is complete."""
         self.draining.set()
+        await trio.lowlevel.checkpoint()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
@@ -250,7 +253,7 @@ class Service:
             async with trio.open_nursery() as pipeline:
                 # The writer ends when every send end is closed: the consumer's and the
                 # reclaimer's clone (each closes its own when it stops).
-                pipeline.start_soon(writer.run, receive)
+                await pipeline.start(writer.run, receive)
                 await pipeline.start(reclaimer.run, send.clone())
                 await pipeline.start(consumer.run, send)
                 self.ready.set()
@@ -258,7 +261,7 @@ class Service:
                 task_status.started()
                 await self.draining.wait()
                 log.info("draining")
-                reclaimer.stop()
+                await reclaimer.stop()
                 await consumer.stop()
             log.info("pipeline drained")
             await self._stop_services()
@@ -272,8 +275,14 @@ class Service:
         Each is started with `services.start(...)` so that it is listening before we go on.
         """
         # --- observability (HTTP /metrics /healthz /readyz, probes, lag sampler) ---
-        self.http_port = await self.observability.start(
-            services, database=database, control=control, started=self.ready, draining=self.draining
+        self.http_port = await services.start(
+            partial(
+                self.observability.run,
+                database=database,
+                control=control,
+                started=self.ready,
+                draining=self.draining,
+            )
         )
         # --- live broadcast (only when DIRECTUS_URL is set) ---
         if self.config.live_enabled:
@@ -294,9 +303,9 @@ class Service:
     async def _stop_services(self) -> None:
         """Graceful part of stopping the side services (e.g. close live clients with 1001),
         bounded: the caller cancels the services nursery right after."""
-        self.supervisor.stop()
+        await self.supervisor.stop()
         if self.live is not None:
-            await self.live.close()
+            await self.live.stop()
         if self.domain is not None:
             await self.domain.stop()
         await self.observability.stop()
@@ -344,7 +353,7 @@ async def _watch_signals(
         name = signal.Signals(signum).name
         if received == 1 and service.ready.is_set():
             log.info("shutdown requested", signal=name, timeout_s=config.shutdown_timeout_s)
-            service.begin_drain()
+            await service.stop()
             scope.deadline = trio.current_time() + config.shutdown_timeout_s
         else:
             log.warning("stopping now", signal=name)

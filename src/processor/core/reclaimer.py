@@ -281,8 +281,9 @@ class Reclaimer:
             )
             log.info("reclaimed idle entries", count=len(page.entries), from_consumers=dict(owners))
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Stop after the page in hand (if any) has been handed to the writer."""
         self._stopping = True
         if self._wait_scope is not None:
             self._wait_scope.cancel()
+        await trio.lowlevel.checkpoint()

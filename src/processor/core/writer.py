@@ -30,6 +30,7 @@ import attrs
 import redis
 import structlog
 import trio
+from trio import TaskStatus
 
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
@@ -94,11 +95,18 @@ class Writer:
         self.states = states
         self.metrics = metrics
 
-    async def run(self, deliveries: trio.MemoryReceiveChannel[Delivery]) -> None:
+    async def run(
+        self,
+        deliveries: trio.MemoryReceiveChannel[Delivery],
+        *,
+        task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Batch, store and ack until `deliveries` is closed and everything is flushed."""
         lanes = [trio.open_memory_channel[Batch](1) for _ in range(self.settings.concurrency)]
         async with trio.open_nursery() as nursery:
             for _, receive in lanes:
                 nursery.start_soon(self._flusher, receive)
+            task_status.started()
             await self._batcher(deliveries, [send for send, _ in lanes])
 
     # --- batching ----------------------------------------------------------------------------

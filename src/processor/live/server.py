@@ -212,7 +212,7 @@ class LiveServer:
         task_status.started()
         await trio.serve_listeners(self._socket, listeners, handler_nursery=handlers)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         """Refuse new clients, stop broadcasting, close every client with 1001 (bounded)."""
         self._closing = True
         await self.broadcaster.stop()
@@ -220,7 +220,7 @@ class LiveServer:
             await self.broadcaster.stopped.wait()  # it removes its group on the way out
         count = len(self._connections)
         for connection in list(self._connections):
-            connection.close(GOING_AWAY, "server shutting down")
+            await connection.stop(GOING_AWAY, "server shutting down")
         if self._connections:
             with trio.move_on_after(CLOSE_TIMEOUT_S + 1):
                 await self._all_closed.wait()
