@@ -8,16 +8,19 @@ operator who mistyped a setting sees exactly that and not a traceback.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import socket
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 import cattrs
 
+from processor.quality import QualityRules
 from processor.redaction import redact
 
 ENV = "env"
@@ -205,6 +208,15 @@ class Config:
     @property
     def live_group(self) -> str:
         return f"{self.live_group_prefix}-{self.instance_id}"
+
+    @functools.cached_property
+    def quality_rules(self) -> QualityRules:
+        """The fix-quality rules, built once: the writer stores verdicts with them and the live
+        broadcast judges with the same ones, so the two can never disagree."""
+        return QualityRules(
+            future_tolerance=timedelta(seconds=self.future_tolerance_s),
+            max_speed_kmh=self.max_plausible_speed_kmh,
+        )
 
 
 attrs.resolve_types(Config)

@@ -77,5 +77,12 @@ class Delivery:
     def __len__(self) -> int:
         return len(self.records) + len(self.rejected)
 
+    def merged(self, other: Delivery) -> Delivery:
+        """This delivery with `other`'s records and rejects appended, in place: only for an
+        accumulator its caller owns (the batcher starts a fresh one per batch)."""
+        self.records.extend(other.records)
+        self.rejected.extend(other.rejected)
+        return self
+
     def entry_ids(self) -> list[str]:
         return self.records.ids + [r.entry_id for r in self.rejected]

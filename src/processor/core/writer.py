@@ -116,35 +116,36 @@ class Writer:
         deliveries: trio.MemoryReceiveChannel[Delivery],
         lanes: list[trio.MemorySendChannel[Batch]],
     ) -> None:
-        size = self.settings.batch_size
+        """Collect, judge, dispatch, until the channel is closed and drained; closing the
+        lanes on the way out lets the flushers finish their last batches and return."""
         async with deliveries, contextlib.AsyncExitStack() as closing:
             for lane in lanes:
                 await closing.enter_async_context(lane)
-            records = Records()
-            rejected: list[Rejected] = []
-            finished = False
-            while not finished:
+            while (collected := await self._collect(deliveries)) is not None:
+                for chunk in _chunks(collected, self.settings.batch_size):
+                    faults = await self._judge(chunk.records)
+                    await self._dispatch(lanes, Batch(chunk.records, faults, chunk.rejected))
+
+    async def _collect(self, deliveries: trio.MemoryReceiveChannel[Delivery]) -> Delivery | None:
+        """Wait for a delivery, then add more until `batch_size` records or the flush interval.
+
+        None once the channel is closed and empty. A close met while adding just ends this
+        collection: the next call meets it again (a closed channel keeps saying so), so no
+        flag carries it over.
+        """
+        try:
+            collected = await deliveries.receive()
+        except trio.EndOfChannel:
+            return None
+        collected = Delivery(Records(), []).merged(collected)
+        with trio.move_on_after(self.settings.flush_interval_s):
+            while len(collected.records) < self.settings.batch_size:
                 try:
-                    first = await deliveries.receive()
+                    more = await deliveries.receive()
                 except trio.EndOfChannel:
                     break
-                records.extend(first.records)
-                rejected.extend(first.rejected)
-                with trio.move_on_after(self.settings.flush_interval_s):
-                    while len(records) < size:
-                        try:
-                            more = await deliveries.receive()
-                        except trio.EndOfChannel:
-                            finished = True
-                            break
-                        records.extend(more.records)
-                        rejected.extend(more.rejected)
-                for start in range(0, max(len(records), 1), size):
-                    chunk = records if len(records) <= size else records.slice(start, start + size)
-                    faults = await self._judge(chunk)
-                    await self._dispatch(lanes, Batch(chunk, faults, rejected))
-                    rejected = []
-                records = Records()
+                collected = collected.merged(more)
+        return collected
 
     @staticmethod
     async def _dispatch(lanes: list[trio.MemorySendChannel[Batch]], batch: Batch) -> None:
@@ -356,6 +357,19 @@ class Writer:
             acked=acked,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+
+def _chunks(delivery: Delivery, size: int) -> list[Delivery]:
+    """`delivery` cut into pieces of at most `size` records (the last read may overshoot the
+    batch size); the rejected entries ride with the first piece. Always at least one piece,
+    so that a delivery of only rejected entries is still settled."""
+    records = delivery.records
+    if len(records) <= size:
+        return [delivery]
+    return [
+        Delivery(records.slice(start, start + size), delivery.rejected if start == 0 else [])
+        for start in range(0, len(records), size)
+    ]
 
 
 def _classify(exc: Exception) -> retry.Failure | None:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Mapping
-from datetime import timedelta
 from functools import partial
 
 import attrs
@@ -75,7 +74,6 @@ from processor.live.device_events import DeviceEventMap
 from processor.live.registry import Registry
 from processor.live.snapshot import Snapshots
 from processor.observability.metrics import Metrics
-from processor.quality import QualityRules
 from processor.store.postgres import Database
 from processor.supervise import Supervisor, describe_failure
 
@@ -134,10 +132,7 @@ class LiveServer:
             # filling queues, and 4008 keeps meaning "this client does not read".
             read_count=min(config.read_count, max(1, config.live_ws_max_queue // 4)),
             read_block_ms=config.read_block_ms,
-            rules=QualityRules(
-                future_tolerance=timedelta(seconds=config.future_tolerance_s),
-                max_speed_kmh=config.max_plausible_speed_kmh,
-            ),
+            rules=config.quality_rules,
             events_of=self.device_events.events_of,
             registry=self.registry,
             metrics=metrics,
