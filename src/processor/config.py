@@ -298,10 +298,3 @@ def _check_groups(config: Config) -> None:
 def _message(field: attrs.Attribute[Any], value: str) -> str:
     # A URL's password never reaches the operator's terminal or the log collector.
     return redact(f"invalid {field.metadata[ENV]}={value!r}: expected {field.metadata[ALLOWED]}")
-
-
-def describe(field: attrs.Attribute[Any]) -> tuple[str, str, str]:
-    """(variable, default, allowed) for documentation."""
-    default = field.default
-    shown = ",".join(default) if isinstance(default, tuple) else str(default)
-    return field.metadata[ENV], shown, field.metadata[ALLOWED]

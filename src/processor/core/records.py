@@ -7,8 +7,6 @@ the per-fix cost (issue 15) without being needed by anything but the batch they 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import attrs
 
 from processor.position import StoredRow
@@ -57,10 +55,6 @@ class Rejected:
     reason: str
     error: str
     category: str  # metric label: decode_error:<kind>, db_rejected, max_deliveries
-
-    @property
-    def failed_at(self) -> str:
-        return datetime.now(UTC).isoformat()
 
 
 @attrs.frozen(slots=True)

@@ -34,11 +34,11 @@ from trio import TaskStatus
 
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
-from processor.core.quality import QualityRules
 from processor.core.records import Delivery, Records, Rejected, entry_times_ms
 from processor.core.settle import DeadLetterUnwritable, StreamNames, settle_sync
 from processor.observability.metrics import Metrics, observe_many
 from processor.observability.stalls import Stalls
+from processor.quality import QualityRules
 from processor.store import db_errors, retry
 from processor.store.positions import latest_good_positions, write_batch
 from processor.store.postgres import Database
