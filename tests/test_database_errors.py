@@ -9,6 +9,7 @@ retried: nothing is acked, nothing is lost, and the writes resume once the cause
 
 from __future__ import annotations
 
+import orjson
 import psycopg
 import pytest
 import redis
@@ -16,7 +17,7 @@ import trio
 from psycopg import errors
 from psycopg_pool import PoolTimeout
 
-from processor.store import db_errors
+from processor.store import db_errors, retry
 from processor.store.db_errors import Kind, classify
 from tests.support.fixes import fix, pending_count, publish, row_count
 from tests.support.service import running_service, wait_until
@@ -86,7 +87,7 @@ async def test_a_lasting_refusal_fails_readiness_is_retried_and_loses_nothing(
     would not stop) is not a data error: nothing is dead-lettered or acked, /readyz names it."""
     documents = [fix(f"dev{i % 3}", i) for i in range(30)]
     with trio.fail_after(60):
-        async with running_service(env | FAST_RETRY) as service:
+        async with running_service(env | FAST_RETRY | {"LOG_FORMAT": "json"}) as service:
             with psycopg.connect(database_url, autocommit=True) as conn:
                 conn.execute(REFUSE_INSERTS)
             publish(redis_client, stream_key, documents)
@@ -110,6 +111,11 @@ async def test_a_lasting_refusal_fails_readiness_is_retried_and_loses_nothing(
 
     assert redis_client.xlen(f"{stream_key}:dead") == 0
     assert service.metrics.acks._value.get() == len(documents)
-    logged = capsys.readouterr().err
-    assert "write keeps failing, retrying" in logged
-    assert "[error" in logged  # the console renderer's level tag
+    logged = [
+        orjson.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
+    stalled = [line for line in logged if line["event"] == retry.STALLED]
+    assert stalled, logged[-5:]
+    assert {line["operation"] for line in stalled} == {"write"}
+    assert {line["level"] for line in stalled} == {"error"}
+    assert all("[42501]" in line["error"] for line in stalled)

@@ -17,6 +17,7 @@ import pytest
 import redis
 import trio
 
+from processor.store import retry
 from tests.support.daemon import Daemon
 from tests.support.fixes import assert_acked_have_rows, pending_count, row_count, stored_keys
 from tests.support.load import Publisher, distinct_keys, workload
@@ -140,7 +141,9 @@ async def test_postgres_connections_cut_repeatedly_for_10s(
             assert checks >= 3, "too few outage phases were checked"
             assert not publisher.done.is_set(), "the load should outlast the outage"
             await catch_up(daemon, publisher, redis_client, stream_key, database_url, documents)
-    assert daemon.events("write failed, retrying") or daemon.events("rehydrate failed")
+    assert daemon.events(retry.RETRYING, operation="write") or daemon.events(
+        retry.RETRYING, operation="rehydrate"
+    )
 
 
 async def flap(
@@ -202,4 +205,4 @@ async def test_redis_unreachable_for_10s(
             assert checks >= 5, "too few outage checks completed"
             assert not publisher.done.is_set(), "the load should outlast the outage"
             await catch_up(daemon, publisher, redis_client, stream_key, database_url, documents)
-    assert daemon.events("stream read failed")
+    assert daemon.events(retry.RETRYING, operation="stream read")

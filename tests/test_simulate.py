@@ -15,9 +15,9 @@ import pytest
 import redis
 import trio
 
-from processor.core.quality import implied_speed_kmh
 from processor.position import decode_payload
 from processor.publisher import publish
+from processor.quality import implied_speed_kmh
 from processor.simulate import Entry, Quirks, Scenario, Simulator
 
 START = datetime(2026, 5, 12, 10, 0, tzinfo=UTC)

@@ -41,9 +41,10 @@ from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
+import attrs
 import redis
 import structlog
 import trio
@@ -53,7 +54,6 @@ from processor.config import Config, ConfigError
 from processor.core.consumer import Consumer, ConsumerSettings
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
-from processor.core.quality import QualityRules
 from processor.core.reclaimer import Reclaimer, ReclaimSettings
 from processor.core.records import Delivery
 from processor.core.settle import StreamNames
@@ -150,6 +150,15 @@ async def migrate(config: Config, database: Database) -> list[str]:
     return applied
 
 
+@attrs.frozen
+class Pipeline:
+    """The daemon's job: consumer and reclaimer feed the writer through one channel."""
+
+    consumer: Consumer
+    writer: Writer
+    reclaimer: Reclaimer
+
+
 class Service:
     """One processor instance. `run` returns after a complete drain or a cancellation."""
 
@@ -168,8 +177,10 @@ class Service:
             config.device_state_cap, on_evict=self.metrics.device_state_evictions.inc
         )
 
-    def begin_drain(self) -> None:
+    async def stop(self) -> None:
+        """Begin the drain (see the module docstring); `run` returns once it is complete."""
         self.draining.set()
+        await trio.lowlevel.checkpoint()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
@@ -191,9 +202,35 @@ class Service:
     async def _serve(
         self, database: Database, control: redis.Redis, task_status: TaskStatus[None]
     ) -> None:
+        """The tree of the module docstring: services first, then the pipeline; on drain the
+        pipeline stops reading and flushes, then the services are stopped."""
+        pipeline = self._build_pipeline(database, control)
+        send, receive = trio.open_memory_channel[Delivery](self.config.pipeline_buffer_batches)
+        async with trio.open_nursery() as services:
+            await self._start_services(services, database, control)
+            async with trio.open_nursery() as nursery:
+                # The writer ends when every send end is closed: the consumer's and the
+                # reclaimer's clone (each closes its own when it stops).
+                await nursery.start(pipeline.writer.run, receive)
+                await nursery.start(pipeline.reclaimer.run, send.clone())
+                await nursery.start(pipeline.consumer.run, send)
+                self.ready.set()
+                log.info("ready")
+                task_status.started()
+                await self.draining.wait()
+                log.info("draining")
+                await pipeline.reclaimer.stop()
+                await pipeline.consumer.stop()
+            log.info("pipeline drained")
+            await self._stop_services()
+            services.cancel_scope.cancel()
+
+    def _build_pipeline(self, database: Database, control: redis.Redis) -> Pipeline:
+        """Consumer, writer and reclaimer, sharing one StreamNames, one in-flight set and the
+        event by which the reclaimer waits for the consumer's re-read of its own pending list."""
         config = self.config
         in_flight = InFlight()
-        own_pending_done = trio.Event()  # the reclaimer's first walk waits for the consumer's
+        own_pending_done = trio.Event()
         names = StreamNames(
             stream=config.redis_stream,
             group=config.redis_group,
@@ -204,10 +241,8 @@ class Service:
         consumer = Consumer(
             redis_url=config.redis_url,
             control=control,
+            names=names,
             settings=ConsumerSettings(
-                stream=config.redis_stream,
-                group=config.redis_group,
-                consumer=config.consumer_name,
                 read_count=config.read_count,
                 read_block_ms=config.read_block_ms,
                 max_deliveries=config.max_deliveries,
@@ -226,10 +261,7 @@ class Service:
                 concurrency=config.write_concurrency,
                 retry_initial_s=config.write_retry_initial_ms / 1000,
                 retry_max_s=config.write_retry_max_ms / 1000,
-                rules=QualityRules(
-                    future_tolerance=timedelta(seconds=config.future_tolerance_s),
-                    max_speed_kmh=config.max_plausible_speed_kmh,
-                ),
+                rules=config.quality_rules,
             ),
             states=self.states,
             metrics=self.metrics,
@@ -238,10 +270,8 @@ class Service:
         )
         reclaimer = Reclaimer(
             client=control,
+            names=names,
             settings=ReclaimSettings(
-                stream=config.redis_stream,
-                group=config.redis_group,
-                consumer=config.consumer_name,
                 interval_s=config.reclaim_interval_s,
                 min_idle_ms=config.reclaim_min_idle_ms,
                 max_deliveries=config.max_deliveries,
@@ -250,25 +280,7 @@ class Service:
             in_flight=in_flight,
             own_pending_done=own_pending_done,
         )
-        send, receive = trio.open_memory_channel[Delivery](config.pipeline_buffer_batches)
-        async with trio.open_nursery() as services:
-            await self._start_services(services, database, control)
-            async with trio.open_nursery() as pipeline:
-                # The writer ends when every send end is closed: the consumer's and the
-                # reclaimer's clone (each closes its own when it stops).
-                pipeline.start_soon(writer.run, receive)
-                await pipeline.start(reclaimer.run, send.clone())
-                await pipeline.start(consumer.run, send)
-                self.ready.set()
-                log.info("ready")
-                task_status.started()
-                await self.draining.wait()
-                log.info("draining")
-                reclaimer.stop()
-                await consumer.stop()
-            log.info("pipeline drained")
-            await self._stop_services()
-            services.cancel_scope.cancel()
+        return Pipeline(consumer, writer, reclaimer)
 
     async def _start_services(
         self, services: trio.Nursery, database: Database, control: redis.Redis
@@ -278,8 +290,14 @@ class Service:
         Each is started with `services.start(...)` so that it is listening before we go on.
         """
         # --- observability (HTTP /metrics /healthz /readyz, probes, lag sampler) ---
-        self.http_port = await self.observability.start(
-            services, database=database, control=control, started=self.ready, draining=self.draining
+        self.http_port = await services.start(
+            partial(
+                self.observability.run,
+                database=database,
+                control=control,
+                started=self.ready,
+                draining=self.draining,
+            )
         )
         # --- live broadcast (only when DIRECTUS_URL is set) ---
         if self.config.live_enabled:
@@ -300,9 +318,9 @@ class Service:
     async def _stop_services(self) -> None:
         """Graceful part of stopping the side services (e.g. close live clients with 1001),
         bounded: the caller cancels the services nursery right after."""
-        self.supervisor.stop()
+        await self.supervisor.stop()
         if self.live is not None:
-            await self.live.close()
+            await self.live.stop()
         if self.domain is not None:
             await self.domain.stop()
         await self.observability.stop()
@@ -350,7 +368,7 @@ async def _watch_signals(
         name = signal.Signals(signum).name
         if received == 1 and service.ready.is_set():
             log.info("shutdown requested", signal=name, timeout_s=config.shutdown_timeout_s)
-            service.begin_drain()
+            await service.stop()
             scope.deadline = trio.current_time() + config.shutdown_timeout_s
         else:
             log.warning("stopping now", signal=name)

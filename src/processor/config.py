@@ -8,16 +8,19 @@ operator who mistyped a setting sees exactly that and not a traceback.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import socket
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 import cattrs
 
+from processor.quality import QualityRules
 from processor.redaction import redact
 
 ENV = "env"
@@ -210,6 +213,15 @@ class Config:
     def live_group(self) -> str:
         return f"{self.live_group_prefix}-{self.instance_id}"
 
+    @functools.cached_property
+    def quality_rules(self) -> QualityRules:
+        """The fix-quality rules, built once: the writer stores verdicts with them and the live
+        broadcast judges with the same ones, so the two can never disagree."""
+        return QualityRules(
+            future_tolerance=timedelta(seconds=self.future_tolerance_s),
+            max_speed_kmh=self.max_plausible_speed_kmh,
+        )
+
 
 attrs.resolve_types(Config)
 
@@ -290,10 +302,3 @@ def _check_groups(config: Config) -> None:
 def _message(field: attrs.Attribute[Any], value: str) -> str:
     # A URL's password never reaches the operator's terminal or the log collector.
     return redact(f"invalid {field.metadata[ENV]}={value!r}: expected {field.metadata[ALLOWED]}")
-
-
-def describe(field: attrs.Attribute[Any]) -> tuple[str, str, str]:
-    """(variable, default, allowed) for documentation."""
-    default = field.default
-    shown = ",".join(default) if isinstance(default, tuple) else str(default)
-    return field.metadata[ENV], shown, field.metadata[ALLOWED]

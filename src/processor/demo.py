@@ -282,7 +282,7 @@ async def _run_demo(
                 await simulator_done.wait()
                 await _until_caught_up(status, CATCH_UP_S)
                 print("\nstopping: draining the processor ...", file=out, flush=True)
-                service.begin_drain()
+                await service.stop()
                 nursery.start_soon(
                     cancel_on_signal,
                     signals,

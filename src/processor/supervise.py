@@ -88,10 +88,11 @@ class Supervisor:
         self._stopping = False
         self._stop = trio.Event()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """The drain has begun: services that fail or return from now on stay stopped."""
         self._stopping = True
         self._stop.set()
+        await trio.lowlevel.checkpoint()
 
     def down(self, *, critical: bool | None = None) -> list[str]:
         """Names of the services waiting to be restarted (optionally only (non-)critical)."""

@@ -8,7 +8,6 @@ time, which is how tests learn the HTTP port (`HTTP_PORT=0`) and watch lifecycle
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,8 +18,6 @@ from typing import Any
 import httpx
 import orjson
 import trio
-
-_PORT = re.compile(r"http listening port=(\d+)")
 
 
 class Daemon:
@@ -51,8 +48,14 @@ class Daemon:
                 except orjson.JSONDecodeError:
                     continue
 
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines() if str(line.get("event", "")).startswith(name)]
+    def events(self, name: str, **fields: Any) -> list[dict[str, Any]]:
+        """The lines whose event starts with `name` and that carry all of `fields`."""
+        return [
+            line
+            for line in self.lines()
+            if str(line.get("event", "")).startswith(name)
+            and all(line.get(key) == value for key, value in fields.items())
+        ]
 
     def tail(self, chars: int = 3000) -> str:
         return self.log_path.read_bytes()[-chars:].decode("utf-8", "replace")
@@ -73,9 +76,7 @@ class Daemon:
 
     async def http_port(self, *, within: float = 30) -> int:
         line = await self.wait_for("http listening", within=within)
-        match = _PORT.search(str(line["event"]))
-        assert match, line
-        return int(match[1])
+        return int(line["port"])
 
     async def get(self, path: str) -> httpx.Response:
         port = await self.http_port()

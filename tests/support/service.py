@@ -28,7 +28,7 @@ async def running_service(env: Mapping[str, str]) -> AsyncIterator[Service]:
         try:
             yield service
         finally:
-            service.begin_drain()
+            await service.stop()
 
 
 async def wait_until(

@@ -24,6 +24,7 @@ from trio import TaskStatus
 from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery, Records, Rejected
+from processor.core.settle import StreamNames
 from processor.observability.metrics import Metrics
 from processor.position import CodecError, decode_row
 from processor.store import redis as redis_store
@@ -34,9 +35,8 @@ log = structlog.get_logger("processor.consumer")
 
 @attrs.frozen
 class ConsumerSettings:
-    stream: str
-    group: str
-    consumer: str
+    """How to read (the names come as the pipeline's one StreamNames)."""
+
     read_count: int
     read_block_ms: int
     max_deliveries: int = 0  # 0: no limit (the re-read of own pending entries is not checked)
@@ -76,11 +76,13 @@ class Consumer:
         *,
         redis_url: str,
         control: redis.Redis,
+        names: StreamNames,
         settings: ConsumerSettings,
         metrics: Metrics,
         in_flight: InFlight,
         own_pending_done: trio.Event | None = None,
     ) -> None:
+        self.names = names
         self.settings = settings
         self.metrics = metrics
         self.in_flight = in_flight
@@ -93,9 +95,9 @@ class Consumer:
             redis_url,
             control,
             GroupRead(
-                stream=settings.stream,
-                group=settings.group,
-                consumer=settings.consumer,
+                stream=names.stream,
+                group=names.group,
+                consumer=names.consumer,
                 count=settings.read_count,
                 block_ms=settings.read_block_ms,
                 recreate_at="0",
@@ -109,13 +111,8 @@ class Consumer:
         *,
         task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        s = self.settings
-        log.info(
-            f"consumer started stream={s.stream} group={s.group} consumer={s.consumer}",
-            stream=s.stream,
-            group=s.group,
-            consumer=s.consumer,
-        )
+        n = self.names
+        log.info("consumer started", stream=n.stream, group=n.group, consumer=n.consumer)
         task_status.started()
         start_id = "0"  # own pending entries first, paged by id; then ">" for new entries
         try:
@@ -151,19 +148,19 @@ class Consumer:
         """Re-read own pending entries: this read was a delivery too (deliveries.py). Those now
         delivered more than MAX_DELIVERIES times (they kept killing this instance) are split
         off as `max_deliveries` rejects."""
-        s = self.settings
+        s, n = self.settings, self.names
         if not s.max_deliveries or not entries:
             return entries, []
         first, last = entries[0][0], entries[-1][0]
         rows: Any = await redis_store.call(
             self._control,
             "xpending_range",
-            s.stream,
-            s.group,
+            n.stream,
+            n.group,
             min=first,
             max=last,
             count=len(entries),
-            consumername=s.consumer,
+            consumername=n.consumer,
         )
         counts = {row["message_id"].decode(): int(row["times_delivered"]) for row in rows}
         return split_worn_out(entries, counts, s.max_deliveries)

@@ -1,6 +1,7 @@
-"""Reading and replaying the dead-letter stream (the logic behind `processor dlq`).
+"""The dead-letter format, in one place: writing it (`dead_letter_fields`, used by settle.py)
+and reading and replaying the dead-letter stream (the logic behind `processor dlq`).
 
-A dead letter is the original stream entry plus the bookkeeping fields that settle.py adds
+A dead letter is the original stream entry plus the bookkeeping fields
 (`reason`, `error`, `source_id`, `consumer`, `failed_at`). Replaying strips the bookkeeping,
 appends the original fields to the main stream as a new entry (a fresh delivery count), and only
 after that append succeeded deletes the dead letter. A crash between the two leaves the entry in
@@ -13,13 +14,34 @@ Blocking redis-py calls: these functions serve the short-lived CLI, not the daem
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 import orjson
 import redis
 
+from processor.core.records import Rejected
+
 BOOKKEEPING_FIELDS = frozenset({"reason", "error", "source_id", "consumer", "failed_at"})
+ERROR_MAX_CHARS = 2000
+
+
+def dead_letter_fields(rejected: Rejected, consumer: str) -> dict[bytes | str, bytes | str]:
+    """The original fields plus why, where and when it failed: the mapping settle.py writes
+    (its keys are BOOKKEEPING_FIELDS, which replay strips)."""
+    fields: dict[bytes | str, bytes | str] = {key: value for key, value in rejected.fields.items()}
+    bookkeeping = {
+        "reason": rejected.reason,
+        "error": rejected.error[:ERROR_MAX_CHARS],
+        "source_id": rejected.entry_id,
+        "consumer": consumer,
+        "failed_at": datetime.now(UTC).isoformat(),
+    }
+    fields.update(bookkeeping)
+    return fields
+
+
 PAGE_SIZE = 500
 
 

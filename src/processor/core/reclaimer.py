@@ -51,6 +51,7 @@ from processor.core.consumer import decode_entries
 from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery
+from processor.core.settle import StreamNames
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
 from processor.store.group_reader import StreamEntries
@@ -65,9 +66,8 @@ SCAN_DONE = "0-0"
 
 @attrs.frozen
 class ReclaimSettings:
-    stream: str
-    group: str
-    consumer: str
+    """When and how much to reclaim (the names come as the pipeline's one StreamNames)."""
+
     interval_s: float
     min_idle_ms: int
     max_deliveries: int
@@ -89,52 +89,56 @@ class ClaimedPage:
 RENEW_CHUNK = 1000
 
 
-def _queue_renewal(pipe: Any, settings: ReclaimSettings, held: Sequence[str]) -> int:
+def _queue_renewal(pipe: Any, names: StreamNames, held: Sequence[str]) -> int:
     """Queue `XCLAIM ... JUSTID` commands renewing the hold on `held`; returns how many."""
-    s = settings
+    n = names
     chunks = [held[i : i + RENEW_CHUNK] for i in range(0, len(held), RENEW_CHUNK)]
     for chunk in chunks:
-        pipe.xclaim(s.stream, s.group, s.consumer, 0, list(chunk), justid=True)
+        pipe.xclaim(n.stream, n.group, n.consumer, 0, list(chunk), justid=True)
     return len(chunks)
 
 
-def renew_sync(client: redis.Redis, settings: ReclaimSettings, held: Sequence[str]) -> None:
+def renew_sync(client: redis.Redis, names: StreamNames, held: Sequence[str]) -> None:
     """Reset the idle time of the entries this instance holds (no delivery is counted)."""
     if not held:
         return
     pipe = client.pipeline(transaction=False)
-    _queue_renewal(pipe, settings, held)
+    _queue_renewal(pipe, names, held)
     pipe.execute()
 
 
 def claim_page(
-    client: redis.Redis, settings: ReclaimSettings, cursor: str, held: Sequence[str] = ()
+    client: redis.Redis,
+    names: StreamNames,
+    settings: ReclaimSettings,
+    cursor: str,
+    held: Sequence[str] = (),
 ) -> ClaimedPage:
     """Claim one page of idle entries starting at `cursor` (blocking; run in a thread).
 
     `held` are the entries in this instance's pipeline: renewed first, in the same
     transaction, so that they are not idle when XAUTOCLAIM looks.
     """
-    s = settings
+    s, n = settings, names
     pipe = client.pipeline(transaction=True)
-    renewals = _queue_renewal(pipe, s, held)
+    renewals = _queue_renewal(pipe, n, held)
     pipe.xpending_range(
-        s.stream,
-        s.group,
+        n.stream,
+        n.group,
         min=cursor,
         max="+",
         count=s.page_size * XAUTOCLAIM_SCAN_FACTOR,
         idle=s.min_idle_ms,
     )
     pipe.xautoclaim(
-        s.stream, s.group, s.consumer, s.min_idle_ms, start_id=cursor, count=s.page_size
+        n.stream, n.group, n.consumer, s.min_idle_ms, start_id=cursor, count=s.page_size
     )
     pending, claim = pipe.execute()[renewals:]
     next_cursor = _text(claim[0])
     entries: StreamEntries = claim[1] or []
     trimmed = [_text(entry_id) for entry_id in (claim[2] if len(claim) > 2 else [])]
     if trimmed:
-        client.xack(s.stream, s.group, *trimmed)
+        client.xack(n.stream, n.group, *trimmed)
     counts: dict[str, int] = {}
     owners: dict[str, str] = {}
     for row in pending:
@@ -164,6 +168,7 @@ class Reclaimer:
         self,
         *,
         client: redis.Redis,
+        names: StreamNames,
         settings: ReclaimSettings,
         metrics: Metrics,
         in_flight: InFlight,
@@ -171,6 +176,7 @@ class Reclaimer:
     ) -> None:
         self.in_flight = in_flight
         self.client = client
+        self.names = names
         self.settings = settings
         self.metrics = metrics
         # Set by the consumer once it has re-read this consumer's own pending entries.
@@ -220,7 +226,7 @@ class Reclaimer:
         if not held:
             return
         try:
-            await trio.to_thread.run_sync(renew_sync, self.client, self.settings, held)
+            await trio.to_thread.run_sync(renew_sync, self.client, self.names, held)
         except redis_store.TRANSIENT_ERRORS as exc:
             log.warning("renewing held entries failed, retrying next tick", error=str(exc)[:200])
 
@@ -232,7 +238,7 @@ class Reclaimer:
             try:
                 held = self.in_flight.ids()
                 page = await trio.to_thread.run_sync(
-                    claim_page, self.client, self.settings, cursor, held
+                    claim_page, self.client, self.names, self.settings, cursor, held
                 )
             except redis_store.TRANSIENT_ERRORS as exc:
                 log.warning("reclaim failed, retrying next interval", error=str(exc)[:200])
@@ -281,8 +287,9 @@ class Reclaimer:
             )
             log.info("reclaimed idle entries", count=len(page.entries), from_consumers=dict(owners))
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Stop after the page in hand (if any) has been handed to the writer."""
         self._stopping = True
         if self._wait_scope is not None:
             self._wait_scope.cancel()
+        await trio.lowlevel.checkpoint()

@@ -7,8 +7,6 @@ the per-fix cost (issue 15) without being needed by anything but the batch they 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import attrs
 
 from processor.position import StoredRow
@@ -58,10 +56,6 @@ class Rejected:
     error: str
     category: str  # metric label: decode_error:<kind>, db_rejected, max_deliveries
 
-    @property
-    def failed_at(self) -> str:
-        return datetime.now(UTC).isoformat()
-
 
 @attrs.frozen(slots=True)
 class Delivery:
@@ -76,6 +70,13 @@ class Delivery:
 
     def __len__(self) -> int:
         return len(self.records) + len(self.rejected)
+
+    def merged(self, other: Delivery) -> Delivery:
+        """This delivery with `other`'s records and rejects appended, in place: only for an
+        accumulator its caller owns (the batcher starts a fresh one per batch)."""
+        self.records.extend(other.records)
+        self.rejected.extend(other.rejected)
+        return self
 
     def entry_ids(self) -> list[str]:
         return self.records.ids + [r.entry_id for r in self.rejected]

@@ -15,11 +15,11 @@ crash, never an ack), and a retry never writes a second copy of an entry already
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import attrs
 import redis
 
+from processor.core.dead_letters import dead_letter_fields
 from processor.core.records import Rejected
 
 
@@ -44,21 +44,6 @@ class DeadLetterUnwritable(Exception):
         self.acked = acked
         self.unwritten = unwritten
         self.error = error
-
-
-def dead_letter_fields(rejected: Rejected, consumer: str) -> dict[bytes | str, bytes | str]:
-    """The original fields plus why, where and when it failed (SPEC §4)."""
-    fields: dict[bytes | str, bytes | str] = {key: value for key, value in rejected.fields.items()}
-    fields.update(
-        {
-            "reason": rejected.reason,
-            "error": rejected.error[:2000],
-            "source_id": rejected.entry_id,
-            "consumer": consumer,
-            "failed_at": datetime.now(UTC).isoformat(),
-        }
-    )
-    return fields
 
 
 def settle_sync(

@@ -30,19 +30,18 @@ import attrs
 import redis
 import structlog
 import trio
+from trio import TaskStatus
 
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
-from processor.core.quality import QualityRules
 from processor.core.records import Delivery, Records, Rejected, entry_times_ms
 from processor.core.settle import DeadLetterUnwritable, StreamNames, settle_sync
 from processor.observability.metrics import Metrics, observe_many
 from processor.observability.stalls import Stalls
-from processor.store import db_errors
-from processor.store import redis as redis_store
+from processor.quality import QualityRules
+from processor.store import db_errors, retry
 from processor.store.positions import latest_good_positions, write_batch
 from processor.store.postgres import Database
-from processor.store.retry import Backoff
 
 T = TypeVar("T")
 log = structlog.get_logger("processor.writer")
@@ -96,11 +95,18 @@ class Writer:
         self.states = states
         self.metrics = metrics
 
-    async def run(self, deliveries: trio.MemoryReceiveChannel[Delivery]) -> None:
+    async def run(
+        self,
+        deliveries: trio.MemoryReceiveChannel[Delivery],
+        *,
+        task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Batch, store and ack until `deliveries` is closed and everything is flushed."""
         lanes = [trio.open_memory_channel[Batch](1) for _ in range(self.settings.concurrency)]
         async with trio.open_nursery() as nursery:
             for _, receive in lanes:
                 nursery.start_soon(self._flusher, receive)
+            task_status.started()
             await self._batcher(deliveries, [send for send, _ in lanes])
 
     # --- batching ----------------------------------------------------------------------------
@@ -110,35 +116,36 @@ class Writer:
         deliveries: trio.MemoryReceiveChannel[Delivery],
         lanes: list[trio.MemorySendChannel[Batch]],
     ) -> None:
-        size = self.settings.batch_size
+        """Collect, judge, dispatch, until the channel is closed and drained; closing the
+        lanes on the way out lets the flushers finish their last batches and return."""
         async with deliveries, contextlib.AsyncExitStack() as closing:
             for lane in lanes:
                 await closing.enter_async_context(lane)
-            records = Records()
-            rejected: list[Rejected] = []
-            finished = False
-            while not finished:
+            while (collected := await self._collect(deliveries)) is not None:
+                for chunk in _chunks(collected, self.settings.batch_size):
+                    faults = await self._judge(chunk.records)
+                    await self._dispatch(lanes, Batch(chunk.records, faults, chunk.rejected))
+
+    async def _collect(self, deliveries: trio.MemoryReceiveChannel[Delivery]) -> Delivery | None:
+        """Wait for a delivery, then add more until `batch_size` records or the flush interval.
+
+        None once the channel is closed and empty. A close met while adding just ends this
+        collection: the next call meets it again (a closed channel keeps saying so), so no
+        flag carries it over.
+        """
+        try:
+            collected = await deliveries.receive()
+        except trio.EndOfChannel:
+            return None
+        collected = Delivery(Records(), []).merged(collected)
+        with trio.move_on_after(self.settings.flush_interval_s):
+            while len(collected.records) < self.settings.batch_size:
                 try:
-                    first = await deliveries.receive()
+                    more = await deliveries.receive()
                 except trio.EndOfChannel:
                     break
-                records.extend(first.records)
-                rejected.extend(first.rejected)
-                with trio.move_on_after(self.settings.flush_interval_s):
-                    while len(records) < size:
-                        try:
-                            more = await deliveries.receive()
-                        except trio.EndOfChannel:
-                            finished = True
-                            break
-                        records.extend(more.records)
-                        rejected.extend(more.rejected)
-                for start in range(0, max(len(records), 1), size):
-                    chunk = records if len(records) <= size else records.slice(start, start + size)
-                    faults = await self._judge(chunk)
-                    await self._dispatch(lanes, Batch(chunk, faults, rejected))
-                    rejected = []
-                records = Records()
+                collected = collected.merged(more)
+        return collected
 
     @staticmethod
     async def _dispatch(lanes: list[trio.MemorySendChannel[Batch]], batch: Batch) -> None:
@@ -279,7 +286,7 @@ class Writer:
         return await self._retrying("ack", attempt)
 
     async def _retrying(self, what: str, call: Callable[[], T]) -> T:
-        """Run `call` in a worker thread until it succeeds; failures back off and retry.
+        """Run `call` in a worker thread until it succeeds (store/retry.py's one helper).
 
         A data refusal is raised as DataRefused (retrying cannot help). Any other database
         failure, or a dead-letter stream refusing copies, is retried until it succeeds; one
@@ -287,43 +294,26 @@ class Writer:
         STALL_AFTER_ATTEMPTS. Anything unexpected propagates and stops the service loudly
         rather than looping on a bug.
         """
-        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         check = "dead_letter_stream" if what == "ack" else "postgres_writes"
-        while True:
-            try:
-                result = await trio.to_thread.run_sync(call)
-            except db_errors.DATABASE_ERRORS as exc:
-                kind = db_errors.classify(exc)
-                if kind is db_errors.Kind.DATA:
-                    raise DataRefused(str(exc)) from exc
-                error, persistent = db_errors.describe(exc), kind is db_errors.Kind.PERSISTENT
-            except DeadLetterUnwritable as exc:
-                error, persistent = f"dead-letter stream refuses copies: {exc.error}", True
-            except redis_store.TRANSIENT_ERRORS as exc:
-                error, persistent = f"{type(exc).__name__}: {str(exc).strip()[:300]}", False
-            else:
-                if backoff.attempts:
-                    self.stalls.clear(check)
-                    log.info(f"{what} succeeded again", after_attempts=backoff.attempts)
-                return result
-            delay = backoff.next_delay()
+
+        def on_failure(failure: retry.Failure) -> None:
             self.metrics.write_retries.inc()
-            if persistent and backoff.attempts >= STALL_AFTER_ATTEMPTS:
-                self.stalls.report(check, error)
-                log.error(
-                    f"{what} keeps failing, retrying (nothing is acked meanwhile)",
-                    attempt=backoff.attempts,
-                    error=error,
-                    retry_in_s=round(delay, 2),
-                )
-            else:
-                log.warning(
-                    f"{what} failed, retrying",
-                    attempt=backoff.attempts,
-                    error=error,
-                    retry_in_s=round(delay, 2),
-                )
-            await trio.sleep(delay)
+            if failure.persistent and backoff.attempts >= STALL_AFTER_ATTEMPTS:
+                self.stalls.report(check, failure.error)
+
+        backoff = retry.Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        try:
+            return await retry.retry_in_thread(
+                what,
+                call,
+                backoff=backoff,
+                classify_failure=_classify,
+                on_failure=on_failure,
+                on_recovery=lambda: self.stalls.clear(check),
+                stall_after=STALL_AFTER_ATTEMPTS,
+            )
+        except db_errors.DATABASE_ERRORS as exc:  # only a data refusal is not retried
+            raise DataRefused(str(exc)) from exc
 
     def _count(
         self,
@@ -367,6 +357,27 @@ class Writer:
             acked=acked,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+
+def _chunks(delivery: Delivery, size: int) -> list[Delivery]:
+    """`delivery` cut into pieces of at most `size` records (the last read may overshoot the
+    batch size); the rejected entries ride with the first piece. Always at least one piece,
+    so that a delivery of only rejected entries is still settled."""
+    records = delivery.records
+    if len(records) <= size:
+        return [delivery]
+    return [
+        Delivery(records.slice(start, start + size), delivery.rejected if start == 0 else [])
+        for start in range(0, len(records), size)
+    ]
+
+
+def _classify(exc: Exception) -> retry.Failure | None:
+    """store/retry.py's classification, plus the dead-letter stream refusing copies (persistent:
+    nothing transient about a key of the wrong type or a full Redis)."""
+    if isinstance(exc, DeadLetterUnwritable):
+        return retry.Failure(f"dead-letter stream refuses copies: {exc.error}", persistent=True)
+    return retry.classify(exc)
 
 
 @attrs.define

@@ -171,11 +171,19 @@ class Connection:
             queued=self._outbox.statistics().current_buffer_used,
             queued_bytes=self.queued_bytes,
         )
-        self.close(SLOW_CONSUMER, "slow consumer")
+        self._begin_close(SLOW_CONSUMER, "slow consumer")
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def close(self, code: int | None, reason: str = "") -> None:
+    async def stop(self, code: int, reason: str) -> None:
+        """Ask the client to go: the close handshake with `code` (`serve` finishes it, bounded).
+
+        Returns at once; the caller waits for the connection to be gone if it needs to.
+        """
+        self._begin_close(code, reason)
+        await trio.lowlevel.checkpoint()
+
+    def _begin_close(self, code: int | None, reason: str = "") -> None:
         """Begin closing (first caller wins). `code` None: the peer is already gone."""
         if self._closing.is_set():
             return
@@ -233,7 +241,7 @@ class Connection:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             pass
         except ConnectionClosed:
-            self.close(None)
+            self._begin_close(None)
         finally:
             self._sender_done.set()
 
@@ -243,11 +251,11 @@ class Connection:
             try:
                 frame = await self._ws.get_message()
             except ConnectionClosed:
-                self.close(None)  # the peer closed (or trio-websocket closed with 1009)
+                self._begin_close(None)  # the peer closed (or trio-websocket closed with 1009)
                 return
             if isinstance(frame, str) and len(frame.encode()) > self._max_message_bytes:
                 self._metrics.live_messages.labels("in", "too_big").inc()
-                self.close(TOO_BIG, f"message over {self._max_message_bytes} bytes")
+                self._begin_close(TOO_BIG, f"message over {self._max_message_bytes} bytes")
                 return
             try:
                 request = protocol.parse_request(frame)
@@ -256,7 +264,7 @@ class Connection:
                 self._metrics.live_messages.labels("in", "invalid").inc()
                 self._reply(protocol.error_frame(protocol.BAD_REQUEST, exc.message, exc.topic))
                 if errors >= self._max_protocol_errors:
-                    self.close(POLICY, "too many protocol errors")
+                    self._begin_close(POLICY, "too many protocol errors")
                     return
                 continue
             self._metrics.live_messages.labels("in", request.kind).inc()
@@ -273,11 +281,11 @@ class Connection:
                 try:
                     await self._ws.ping()
                 except ConnectionClosed:
-                    self.close(None)
+                    self._begin_close(None)
                     return
             if waiting.cancelled_caught:
                 log.info("live client missed a pong", client=self.name)
-                self.close(PING_TIMEOUT, "ping timeout")
+                self._begin_close(PING_TIMEOUT, "ping timeout")
                 return
 
     # --- requests ----------------------------------------------------------------------------

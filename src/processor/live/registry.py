@@ -163,12 +163,6 @@ class Registry:
     def is_subscribed(self, outlet: Outlet, topic: str) -> bool:
         return topic in self._by_outlet.get(outlet, ())
 
-    def topics_of(self, outlet: Outlet) -> list[str]:
-        return sorted(self._by_outlet.get(outlet, {}))
-
-    def topic_count(self) -> int:
-        return len(self._by_topic)
-
     def _drop(self, outlet: Outlet, topic: str) -> None:
         outlets = self._by_topic.get(topic)
         if outlets is not None:

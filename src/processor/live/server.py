@@ -50,7 +50,6 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Mapping
-from datetime import timedelta
 from functools import partial
 
 import attrs
@@ -77,7 +76,6 @@ from processor.live.race import RaceFeed
 from processor.live.registry import Registry
 from processor.live.snapshot import Snapshots
 from processor.observability.metrics import Metrics
-from processor.quality import QualityRules
 from processor.store.postgres import Database
 from processor.supervise import Supervisor, describe_failure
 
@@ -136,10 +134,7 @@ class LiveServer:
             # filling queues, and 4008 keeps meaning "this client does not read".
             read_count=min(config.read_count, max(1, config.live_ws_max_queue // 4)),
             read_block_ms=config.read_block_ms,
-            rules=QualityRules(
-                future_tolerance=timedelta(seconds=config.future_tolerance_s),
-                max_speed_kmh=config.max_plausible_speed_kmh,
-            ),
+            rules=config.quality_rules,
             events_of=self.device_events.events_of,
             registry=self.registry,
             metrics=metrics,
@@ -225,7 +220,7 @@ class LiveServer:
         task_status.started()
         await trio.serve_listeners(self._socket, listeners, handler_nursery=handlers)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         """Refuse new clients, stop broadcasting, close every client with 1001 (bounded)."""
         self._closing = True
         await self.race.stop()
@@ -234,7 +229,7 @@ class LiveServer:
             await self.broadcaster.stopped.wait()  # it removes its group on the way out
         count = len(self._connections)
         for connection in list(self._connections):
-            connection.close(GOING_AWAY, "server shutting down")
+            await connection.stop(GOING_AWAY, "server shutting down")
         if self._connections:
             with trio.move_on_after(CLOSE_TIMEOUT_S + 1):
                 await self._all_closed.wait()

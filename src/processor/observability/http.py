@@ -95,7 +95,7 @@ class HttpServer:
                 port = urlsplit(binds[0]).port
                 assert port is not None, binds
                 self.port = port
-                log.info(f"http listening port={port}", binds=binds, port=port)
+                log.info("http listening", binds=binds, port=port)
                 task_status.started(port)
         finally:
             self._stopped.set()

@@ -7,8 +7,9 @@ backoff; none of them is critical for readiness (see `readiness.py`).
 Started (in that order) in the Service's services nursery before the pipeline, so that the
 first probe verdict and the first lag sample exist before the instance reports ready, and the
 endpoints stay up through the drain (`/readyz` answers 503 as soon as draining starts while
-`/metrics` still shows the drain's progress). `stop()` ends the HTTP server gracefully; the
-caller then cancels the nursery, which ends the probe and sampler loops.
+`/metrics` still shows the drain's progress). Like `LiveServer`, it runs its own nursery:
+`stop()` ends the HTTP server gracefully, then cancels that nursery, which ends the probe and
+sampler loops.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import redis
 import trio
+from trio import TaskStatus
 
 from processor.config import Config
 from processor.observability.lag import run_lag_sampler
@@ -40,17 +42,33 @@ class Observability:
         # Reported by the pipeline (see stalls.py), read by /readyz.
         self.stalls = Stalls(metrics.pipeline_stalled)
         self._http: HttpServer | None = None
+        self._nursery: trio.Nursery | None = None
 
-    async def start(
+    async def run(
         self,
-        nursery: trio.Nursery,
         *,
         database: Database,
         control: redis.Redis,
         started: trio.Event,
         draining: trio.Event,
+        task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Start everything in this service's own nursery, report the bound HTTP port, and
+        run until `stop()`."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            port = await self._start(nursery, database, control, started, draining)
+            task_status.started(port)
+            await trio.sleep_forever()
+
+    async def _start(
+        self,
+        nursery: trio.Nursery,
+        database: Database,
+        control: redis.Redis,
+        started: trio.Event,
+        draining: trio.Event,
     ) -> int:
-        """Start everything; returns the bound HTTP port."""
         config = self.config
         probes = [redis_probe(config.redis_url, config.probe_timeout_s), postgres_probe(database)]
         readiness = Readiness(probes, started, draining, self.supervisor, self.stalls)
@@ -89,5 +107,8 @@ class Observability:
         return port
 
     async def stop(self) -> None:
+        """End the HTTP server gracefully (bounded), then the probe and sampler loops."""
         if self._http is not None:
             await self._http.stop()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()

@@ -12,6 +12,7 @@ Redis restored without it) at the position the owner chooses.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,9 +22,14 @@ import structlog
 import trio
 
 from processor.store import redis as redis_store
-from processor.store.retry import Backoff
+from processor.store import retry
 
 log = structlog.get_logger("processor.stream")
+
+
+class _Stopped(Exception):
+    """`stop()` ended a retry pause: the read returns nothing."""
+
 
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 
@@ -59,7 +65,7 @@ class GroupReader:
         self._client_id: int | None = None
         self._stopping = False
         self._stopped = trio.Event()
-        self._backoff = Backoff(initial_s=0.2, max_s=5.0)
+        self._backoff = retry.Backoff(initial_s=0.2, max_s=5.0)
 
     @property
     def stopping(self) -> bool:
@@ -70,7 +76,16 @@ class GroupReader:
         list without blocking). Returns [] when nothing came or the reader was stopped."""
         while not self._stopping:
             try:
-                entries = await trio.to_thread.run_sync(self._read, start_id)
+                return await retry.retry_in_thread(
+                    "stream read",
+                    functools.partial(self._read, start_id),
+                    backoff=self._backoff,
+                    on_failure=self._failed,
+                    pause=self._pause,
+                    context={"group": self.spec.group},
+                )
+            except _Stopped:
+                return []
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -84,23 +99,18 @@ class GroupReader:
                 await redis_store.ensure_group(
                     self._control, self.spec.stream, self.spec.group, self.spec.recreate_at
                 )
-            except redis_store.TRANSIENT_ERRORS as exc:
-                self._on_error()
-                self._client_id = None
-                delay = self._backoff.next_delay()
-                log.warning(
-                    "stream read failed",
-                    group=self.spec.group,
-                    error=str(exc)[:200],
-                    attempt=self._backoff.attempts,
-                    retry_in_s=round(delay, 2),
-                )
-                with trio.move_on_after(delay):
-                    await self._stopped.wait()
-            else:
-                self._backoff.reset()
-                return entries
         return []
+
+    def _failed(self, _failure: retry.Failure) -> None:
+        self._on_error()
+        self._client_id = None  # the connection is new after a failure: ask its id again
+
+    async def _pause(self, delay: float) -> None:
+        """The backoff between attempts, cut short (ending the read) by `stop()`."""
+        with trio.move_on_after(delay):
+            await self._stopped.wait()
+        if self._stopping:
+            raise _Stopped
 
     def _read(self, start_id: str) -> StreamEntries:
         if self._client_id is None:

@@ -15,18 +15,12 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from processor.store.retry import connect_with_retry
+from processor.store.retry import REDIS_TRANSIENT_ERRORS, connect_with_retry
 
 log = structlog.get_logger("processor.redis")
 
 COMMAND_TIMEOUT_S = 5.0
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.BusyLoadingError,
-    ConnectionError,
-    OSError,
-)
+TRANSIENT_ERRORS = REDIS_TRANSIENT_ERRORS  # the classification lives in store/retry.py
 
 
 def make_client(url: str, *, socket_timeout_s: float = COMMAND_TIMEOUT_S) -> redis.Redis:
