@@ -286,7 +286,7 @@ class Bench:
         url, stream = self.schema(f"{name}{attempt}"), self.stream(f"{name}{attempt}")
         for offset in range(0, len(payloads), MAX_CHUNK):
             xadd_chunk(self.redis, stream, payloads[offset : offset + MAX_CHUNK])
-        daemon = self.daemon(url, stream, STREAM_CONTENDERS[name])
+        daemon = self.daemon(url, stream, module=STREAM_CONTENDERS[name])
         try:
             started = daemon.wait_ready()
             cpu = daemon.cpu_s()
