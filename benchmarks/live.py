@@ -97,6 +97,9 @@ def start_clients(port: int, event_id: str, seconds: float) -> subprocess.Popen[
 # --- the clients' process ----------------------------------------------------------------------
 
 
+REPLY_GRACE_S = 30.0  # how long past the storm window a client waits for its last reply
+
+
 async def _client(port: int, event_id: str, until: float, counts: list[int]) -> None:
     subscribe = orjson.dumps({"type": "subscribe", "topic": f"event:{event_id}"}).decode()
     async with open_websocket_url(
@@ -106,11 +109,17 @@ async def _client(port: int, event_id: str, until: float, counts: list[int]) -> 
         receive_buffer_size=2**20,  # 0.5 MB frames: few reads, so the clients' CPU stays small
     ) as ws:
         done = 0
-        while trio.current_time() < until:
-            await ws.send_message(subscribe)
-            while not str(await ws.get_message()).startswith('{"type":"subscribed"'):
-                pass
-            done += 1
+        # An `error` reply (e.g. `unavailable` when the snapshot could not be read on a busy
+        # machine) ends the attempt too: waiting for a `subscribed` that never comes hung the
+        # clients' process. The deadline bounds a reply that never comes at all.
+        with trio.move_on_after(max(0.0, until - trio.current_time()) + REPLY_GRACE_S):
+            while trio.current_time() < until:
+                await ws.send_message(subscribe)
+                while True:
+                    reply = str(await ws.get_message())
+                    if reply.startswith(('{"type":"subscribed"', '{"type":"error"')):
+                        break
+                done += reply.startswith('{"type":"subscribed"')
         counts.append(done)
 
 
