@@ -312,12 +312,14 @@ class LiveServer:
             stage.name = "reject"
             await request.reject(verdict, body=_STATUS_BODIES[verdict])
             return None
+        accepted = False
         try:
             stage.name = "accept"
             await request.accept()
-        except BaseException:
-            self._release(verdict.user_id)
-            raise
+            accepted = True
+        finally:
+            if not accepted:  # failed or cancelled mid-accept: give the user's slot back
+                self._release(verdict.user_id)
         return verdict
 
     async def _serve(self, ws: WebSocketConnection, admission: Admission) -> None:
