@@ -65,6 +65,15 @@ async def test_a_stop_of_200_s_raised_once_and_cleared(
     drive = racing.track(d["driver"], racing.constant(20), 160)
     # fixes at t = 0.5 + k: up to 189 s into the stop, still stopped, moving again
     during, later, after = stop[:250], stop[250:259], stop[259:]
+    # the stopper's model maps IO 239 to `ignition`; it switched the engine off while stopped
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE devices SET model = 'FMB920' WHERE imei = %s", (d["stopper"],))
+        conn.execute(
+            "INSERT INTO io_mappings (model, io_id, name, unit) VALUES ('FMB920', 239, "
+            "'ignition', 'bool')"
+        )
+    for document in during[int(STOP_AT) + 1 :]:
+        document["attributes"] = {"239": 0}
     base = {**domain_env(live_env), "READ_COUNT": "20", "ALERT_NO_SIGNAL_S": "1000000000"}
     env_a, env_b = {**base, "INSTANCE_ID": "a"}, {**base, "INSTANCE_ID": "b"}
 
@@ -86,6 +95,7 @@ async def test_a_stop_of_200_s_raised_once_and_cleared(
         assert raised["stage_id"] == course.stage_id and raised["event_id"] == course.event_id
         assert raised["raised_at"] == _iso(STOP_AT + 0.5 + 180)
         assert raised["details"]["since"] == _iso(STOP_AT + 0.5)
+        assert raised["details"]["ignition"] is False  # reported as stopped with ignition off
         assert raised["latitude"] is not None
 
     # restarted, with a second instance: both judge the still stopped car; still one alert

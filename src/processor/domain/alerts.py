@@ -35,6 +35,7 @@ import attrs
 import psycopg
 from psycopg.types.json import Jsonb
 
+from processor import io_map
 from processor.domain.definitions import Course
 from processor.domain.evaluation import LOCK, Pair, lock_key, to_datetime
 from processor.race_feed import RaceChange, alert_change, timestamp
@@ -125,6 +126,35 @@ SELECT {ALERT_COLUMNS} FROM a
 """
 
 
+IGNITION = """
+SELECT d.model, m.io_id, m.name, m.multiplier, m.unit, p.attributes
+FROM entry_devices ed JOIN devices d ON d.id = ed.device_id
+JOIN positions p ON p.device_id = d.imei AND p.ts = %(ts)s
+JOIN io_mappings m ON m.model = d.model AND m.name = 'ignition'
+WHERE ed.entry_id = %(entry)s::uuid
+ORDER BY d.imei
+LIMIT 1
+"""
+
+
+def ignition_at(conn: psycopg.Connection[Any], entry_id: str, ts: datetime) -> Any:
+    """The entry's ignition at its fix `ts` through its device model's IO mapping (None when
+    the model maps no `ignition`, or the racing schema has no IO mappings): a stopped car with
+    the ignition off is a different call for race control than one idling at the roadside."""
+    if not tables_exist(conn, "io_mappings"):
+        return None
+    try:
+        with conn.transaction():  # a savepoint: a schema without devices.model costs nothing
+            row = conn.execute(IGNITION, {"entry": entry_id, "ts": ts}).fetchone()
+    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
+        return None
+    if row is None:
+        return None
+    model, io_id, name, multiplier, unit, attributes = row
+    mapping = io_map.build([(model, io_id, name, multiplier, unit)]).get(str(model), {})
+    return io_map.value_of(attributes or {}, mapping, "ignition")
+
+
 def enabled(conn: psycopg.Connection[Any]) -> bool:
     return tables_exist(conn, "alerts")
 
@@ -157,7 +187,13 @@ def judge_stops(
                 if row is not None:
                     since = stopped_since(StopWindow(row[0], row[1], row[2]), rules)
             if since is not None:
-                details = {"since": timestamp(since), "last_fix_at": timestamp(row[2])}
+                details: dict[str, Any] = {
+                    "since": timestamp(since),
+                    "last_fix_at": timestamp(row[2]),
+                }
+                ignition = ignition_at(conn, entry_id, row[2])
+                if ignition is not None:
+                    details["ignition"] = ignition
                 rows = conn.execute(
                     RAISE,
                     {
