@@ -75,6 +75,14 @@ async def test_position_frames_carry_io_for_mapped_models_only(
             plain = (await receive(ws, within=30))["position"]
         assert mapped["io"] == {"ignition": True, "odometer_km": 1234.567, "21": 4}
         assert "io" not in plain
+        # a later subscriber's snapshot carries the same derived values, from the stored row
+        await wait_until(lambda: stored_attributes(database_url, course.devices["plain"]))
+        async with live_client(service.live_port) as ws:
+            snapshot = {
+                p["device_id"]: p for p in (await subscribe(ws, course.event_id))["snapshot"]
+            }
+        assert snapshot[course.devices["mapped"]]["io"] == mapped["io"]
+        assert "io" not in snapshot[course.devices["plain"]]
         # the stored row keeps the raw IO
         await wait_until(lambda: stored_attributes(database_url, course.devices["mapped"]))
         assert stored_attributes(database_url, course.devices["mapped"]) == attributes

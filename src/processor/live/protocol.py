@@ -12,7 +12,7 @@ map and every reply use that one spelling.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -124,14 +124,16 @@ def subscribed_frame(
     snapshot: Iterable[Position],
     results: Sequence[Mapping[str, Any]] = (),
     alerts: Sequence[Mapping[str, Any]] = (),
+    io_of: Callable[[Position], Mapping[str, Any] | None] = lambda _position: None,
 ) -> str:
     """`results`: [{"stage_id", "results": [...]}] per stage of the event; `alerts`: its open
-    alerts (both empty when the racing tables do not exist; docs/websocket.md)."""
+    alerts (both empty when the racing tables do not exist; docs/websocket.md); `io_of`: a
+    snapshot position's derived IO values, like those of live `position` frames."""
     return orjson.dumps(
         {
             "type": "subscribed",
             "topic": topic,
-            "snapshot": [position_object(p) for p in snapshot],
+            "snapshot": [position_object(p, io_of(p)) for p in snapshot],
             "results": list(results),
             "alerts": list(alerts),
         }

@@ -140,7 +140,7 @@ class LiveServer:
             metrics=metrics,
             io_of=self.device_events.io_of,
         )
-        self.snapshots = Snapshots(self.database, metrics)
+        self.snapshots = Snapshots(self.database, metrics, io_of=self.device_events.io_of)
         self.race = RaceFeed(
             redis_url=config.redis_url,
             control=control,

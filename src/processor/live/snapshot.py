@@ -23,7 +23,7 @@ Snapshots cost ingestion nothing (SPEC §5 Isolation), and a resubscribe storm c
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -33,6 +33,7 @@ import psycopg
 import structlog
 import trio
 
+from processor.io_map import ModelMap, derive
 from processor.live.device_events import event_devices
 from processor.live.protocol import INTERNAL, UNAVAILABLE, subscribed_frame, topic_of
 from processor.observability.metrics import Metrics
@@ -80,8 +81,16 @@ class _EventReads:
 
 
 class Snapshots:
-    def __init__(self, database: Database, metrics: Metrics, *, window_s: float = WINDOW_S) -> None:
+    def __init__(
+        self,
+        database: Database,
+        metrics: Metrics,
+        *,
+        window_s: float = WINDOW_S,
+        io_of: Callable[[str], ModelMap | None] = lambda _device: None,
+    ) -> None:
         self._database = database
+        self._io_of = io_of  # device -> its model's IO mapping (the device map's, refreshed)
         self._metrics = metrics
         self._window_s = window_s
         self._events: dict[str, _EventReads] = {}
@@ -144,7 +153,7 @@ class Snapshots:
         started = time.perf_counter()
         self.reads += 1
         try:
-            return await self._database.run(lambda conn: _read(conn, event_id))
+            return await self._database.run(lambda conn: _read(conn, event_id, self._io_of))
         except TRANSIENT_ERRORS as exc:
             log.warning("snapshot unavailable", event_id=event_id, error=str(exc).strip()[:200])
             return SnapshotError(UNAVAILABLE, "snapshot unavailable, retry later")
@@ -155,14 +164,21 @@ class Snapshots:
             self._metrics.live_snapshot_duration.observe(time.perf_counter() - started)
 
 
-def _read(conn: psycopg.Connection[Any], event_id: str) -> Snapshot:
+def _read(
+    conn: psycopg.Connection[Any], event_id: str, io_of: Callable[[str], ModelMap | None]
+) -> Snapshot:
     """In the worker thread: query, then encode the frame (no Trio-thread time for either)."""
-    latest = latest_good_positions(conn, event_devices(conn, event_id))
+    latest = latest_good_positions(conn, event_devices(conn, event_id), attributes=True)
     positions = tuple(latest[device_id] for device_id in sorted(latest))
     floor = MappingProxyType({p.device_id: p.ts for p in positions})
     # read after the subscription was registered, like the positions: a change committed
     # meanwhile is in the table or arrives as a frame after this reply (or both)
     results = event_results(conn, event_id)
     alerts = open_alerts(conn, event_id)
-    frame = subscribed_frame(topic_of(event_id), positions, results, alerts)
+
+    def io(position: Position) -> dict[str, Any] | None:
+        mapping = io_of(position.device_id)
+        return None if mapping is None else derive(position.attributes, mapping)
+
+    frame = subscribed_frame(topic_of(event_id), positions, results, alerts, io)
     return Snapshot(positions, frame, floor)

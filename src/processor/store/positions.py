@@ -85,10 +85,10 @@ FROM written
 
 LATEST_GOOD = """
 SELECT d.device_id, p.ts, p.latitude, p.longitude, p.altitude, p.angle, p.speed, p.satellites,
-       p.priority
+       p.priority{attributes}
 FROM unnest(%s::text[]) AS d(device_id)
 CROSS JOIN LATERAL (
-    SELECT ts, latitude, longitude, altitude, angle, speed, satellites, priority
+    SELECT ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes
     FROM positions
     WHERE positions.device_id = d.device_id AND NOT faulty
     ORDER BY ts DESC
@@ -214,15 +214,20 @@ _stored_values = operator.attrgetter(
 
 
 def latest_good_positions(
-    conn: psycopg.Connection[Any], device_ids: Sequence[str]
+    conn: psycopg.Connection[Any], device_ids: Sequence[str], *, attributes: bool = False
 ) -> dict[str, Position]:
-    """Each device's latest stored non-faulty fix (devices with none are absent)."""
+    """Each device's latest stored non-faulty fix (devices with none are absent); with
+    `attributes`, its raw IO too (live snapshots derive named IO values from it; the writer's
+    rehydration does not need it)."""
     if not device_ids:
         return {}
+    query = LATEST_GOOD.format(attributes=", p.attributes" if attributes else "")
     found: dict[str, Position] = {}
     with conn.transaction():
-        for device_id, ts, lat, lon, alt, angle, speed, sats, priority in conn.execute(
-            LATEST_GOOD, (list(device_ids),)
-        ):
-            found[device_id] = Position(device_id, ts, lat, lon, alt, angle, speed, sats, priority)
+        for row in conn.execute(query, (list(device_ids),)):
+            device_id, ts, lat, lon, alt, angle, speed, sats, priority = row[:9]
+            raw_io = row[9] if attributes else {}
+            found[device_id] = Position(
+                device_id, ts, lat, lon, alt, angle, speed, sats, priority, raw_io
+            )
     return found
