@@ -78,6 +78,14 @@ async def test_random_sigkills_during_a_50k_run_lose_and_duplicate_nothing(
                             timeout=60,
                             interval=0.02,
                         )
+                        # Rows reach the target right after a commit, when this instance's
+                        # entries were just acked: kill once it holds entries again (the
+                        # publisher keeps feeding it), so the kill lands on work in flight.
+                        await wait_until(
+                            partial(holding_or_died, redis_client, stream_key, daemon),
+                            timeout=30,
+                            interval=0.005,
+                        )
                     assert daemon.alive(), daemon.tail()
                 finally:
                     daemon.kill()
@@ -128,6 +136,11 @@ def pending_or_zero(client: redis.Redis, stream: str) -> int:
 def stored_or_died(database_url: str, target: int, daemon: Daemon) -> bool:
     """Kill time: `target` rows are stored (or the instance died, which the caller reports)."""
     return not daemon.alive() or row_count(database_url) >= target
+
+
+def holding_or_died(client: redis.Redis, stream: str, daemon: Daemon) -> bool:
+    """Kill time: the instance holds read, un-acked entries (or it died)."""
+    return not daemon.alive() or pending_or_zero(client, stream) > 0
 
 
 def row_count_or_zero(database_url: str) -> int:
