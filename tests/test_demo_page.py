@@ -14,11 +14,11 @@ import psycopg
 import pytest
 import trio
 
-from processor.demo import prepare_stage
-from processor.demo_page.serve import RaceControlPage, start_page
-from processor.demo_page.standin import COOKIE, DirectusStandIn, session_cookie
-from processor.rally_stage import RallyStage, StageSettings
-from processor.simulate import Scenario
+from processor_dev.demo import prepare_stage
+from processor_dev.demo_page.serve import RaceControlPage, start_page
+from processor_dev.demo_page.standin import COOKIE, DirectusStandIn, session_cookie
+from processor_dev.rally_stage import RallyStage, StageSettings
+from processor_dev.simulate import Scenario
 
 STAGE = RallyStage.generate(Scenario(devices=4, rate=4, seed=3), StageSettings())
 OTHER_EVENT = "00000000-0000-4000-8000-000000000000"

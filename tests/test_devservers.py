@@ -20,8 +20,8 @@ import psycopg
 import pytest
 import redis
 
-from processor import devservers
-from processor.devservers import (
+from processor_dev import devservers
+from processor_dev.devservers import (
     ENV_SWITCH,
     find_postgres_bindir,
     find_redis_server,

@@ -15,8 +15,8 @@ import pytest
 from processor.domain import definitions
 from processor.domain.model import Fix, Status
 from processor.domain.timing import evaluate_entry
-from processor.rally_stage import RallyStage, StageSettings, StageSimulator, distance_at
-from processor.simulate import Quirks, Scenario
+from processor_dev.rally_stage import RallyStage, StageSettings, StageSimulator, distance_at
+from processor_dev.simulate import Quirks, Scenario
 from tests.support import racing
 
 START = datetime(2026, 5, 12, 9, 0, tzinfo=UTC)
@@ -28,7 +28,7 @@ def scenario(devices: int = 8) -> Scenario:
 
 
 def test_every_car_is_timed_on_the_generated_stage(database_url: str) -> None:
-    from processor.rally_stage import scenario_sql
+    from processor_dev.rally_stage import scenario_sql
 
     stage = RallyStage.generate(scenario(), StageSettings(length_km=3, controls=6))
     racing.create_tables(database_url)

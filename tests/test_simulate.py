@@ -16,9 +16,9 @@ import redis
 import trio
 
 from processor.position import decode_payload
-from processor.publisher import publish
 from processor.quality import implied_speed_kmh
-from processor.simulate import Entry, Quirks, Scenario, Simulator
+from processor_dev.publisher import publish
+from processor_dev.simulate import Entry, Quirks, Scenario, Simulator
 
 START = datetime(2026, 5, 12, 10, 0, tzinfo=UTC)
 QUIRKS = Quirks(late=0.05, duplicate=0.03, zero_satellites=0.02, event=0.04, sentinels=0.10)

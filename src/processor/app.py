@@ -42,7 +42,7 @@ from __future__ import annotations
 import signal
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import redis
@@ -335,7 +335,9 @@ async def run_until_signalled(config: Config, service: Service | None = None) ->
     ):
         try:
             async with trio.open_nursery() as root:
-                root.start_soon(_watch_signals, signals, service, service_scope, config)
+                root.start_soon(
+                    stop_on_signals, signals, service, service_scope, config.shutdown_timeout_s
+                )
                 await service.run()
                 root.cancel_scope.cancel()
         except* Unavailable as group:  # start-up gave up: the CLI reports it in one line
@@ -356,20 +358,33 @@ def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
     return first
 
 
-async def _watch_signals(
+class Stoppable(Protocol):
+    """What `stop_on_signals` drives: set `ready` once serving; `stop()` starts a graceful
+    finish and returns without waiting for it."""
+
+    ready: trio.Event
+
+    async def stop(self) -> None: ...
+
+
+async def stop_on_signals(
     signals: AsyncIterator[int],
-    service: Service,
+    target: Stoppable,
     scope: trio.CancelScope,
-    config: Config,
+    timeout_s: float,
 ) -> None:
+    """The process's signal rule (the daemon's, reused by the demo): the first SIGTERM/SIGINT
+    once `target` is ready asks it to stop and gives `scope` a deadline of `timeout_s`; a second
+    signal, or one before `target` is ready, cancels `scope` at once (un-acked entries stay
+    pending for the next start, nothing is lost)."""
     received = 0
     async for signum in signals:
         received += 1
         name = signal.Signals(signum).name
-        if received == 1 and service.ready.is_set():
-            log.info("shutdown requested", signal=name, timeout_s=config.shutdown_timeout_s)
-            await service.stop()
-            scope.deadline = trio.current_time() + config.shutdown_timeout_s
+        if received == 1 and target.ready.is_set():
+            log.info("shutdown requested", signal=name, timeout_s=timeout_s)
+            await target.stop()
+            scope.deadline = trio.current_time() + timeout_s
         else:
             log.warning("stopping now", signal=name)
             scope.cancel()

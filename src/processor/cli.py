@@ -1,12 +1,18 @@
-"""Command line: `processor run | migrate | dlq | simulate | demo | bench | timing`.
+"""Command line: `processor run | migrate | dlq | timing | simulate | demo`.
 
-Every command reads the same environment configuration; an invalid setting stops it with exit
-code 2 and one line naming the variable (no traceback).
+Every command reads the same environment configuration, loaded once here (`main`) and handed to
+the command's handler as `handler(args, config)`; an invalid setting stops it with exit code 2
+and one line naming the variable (no traceback). A command may declare defaults beneath the
+environment (`env_defaults`, e.g. the demo's quiet logging); nothing edits `os.environ`.
+`simulate` and `demo` are development tooling from the `processor_dev` package, reached only
+through `EXTRA_COMMANDS` (the daemon's layers never import it: pyproject's import contracts).
+The benchmark is not a command: `just bench` runs `python -m benchmarks.run` from a checkout,
+where `benchmarks/` lives (it drives the daemon from outside and is not part of the wheel).
 
 Why the imports here are lazy: a bad setting must be reported in the time it takes to start the
 interpreter and parse the environment, not after importing trio, structlog, redis, psycopg and
 every sub-command's module (measured on the shared 2-core machine at load ~11: ~5 s with eager
-imports, of which ~3 s was `processor.demo` alone). So this module imports only argparse and the
+imports, of which ~3 s was the demo alone). So this module imports only argparse and the
 configuration at the top; a sub-command's module is imported only when that command is chosen
 (or all of them, to print the full help), and the daemon only after its configuration parsed.
 """
@@ -18,7 +24,7 @@ import gc
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from processor.config import Config, ConfigError, load_config
 
@@ -26,6 +32,7 @@ EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 1
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+Handler = Callable[[argparse.Namespace, Config], int]
 
 
 def configure_logging(level: str, log_format: str) -> None:
@@ -40,17 +47,16 @@ def _refuse(exc: ConfigError) -> SystemExit:
     return SystemExit(EXIT_CONFIG)
 
 
-def _load() -> Config:
+def _load(environ: Mapping[str, str]) -> Config:
     try:
-        config = load_config()
+        config = load_config(environ)
     except ConfigError as exc:
         raise _refuse(exc) from None
     configure_logging(config.log_level, config.log_format)
     return config
 
 
-def cmd_run(_args: argparse.Namespace) -> int:
-    config = _load()  # first: a bad setting is reported without importing the whole daemon
+def cmd_run(_args: argparse.Namespace, config: Config) -> int:
     # The first line comes before the pipeline's imports (trio, psycopg, redis-py, prometheus;
     # the HTTP and live stacks later still, when they start): an operator sees at once that the
     # process runs and its configuration is valid.
@@ -86,8 +92,7 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
 
 
-def cmd_migrate(_args: argparse.Namespace) -> int:
-    config = _load()
+def cmd_migrate(_args: argparse.Namespace, config: Config) -> int:
     import trio  # after the configuration parsed (module docstring)
 
     from processor.app import make_database, migrate
@@ -111,6 +116,7 @@ def build_parser(extras: Sequence[str] | None = None) -> argparse.ArgumentParser
         description="Telemetry processor: Redis Stream -> PostgreSQL, live WebSocket, metrics. "
         "Configured by environment variables (see README).",
     )
+    parser.set_defaults(env_defaults={})
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
     run.set_defaults(handler=cmd_run)
@@ -125,10 +131,9 @@ def build_parser(extras: Sequence[str] | None = None) -> argparse.ArgumentParser
 # Further commands: name -> the module whose `register` adds its sub-parser (imported on demand).
 EXTRA_COMMANDS: dict[str, str] = {
     "dlq": "processor.dlq",
-    "simulate": "processor.publisher",
-    "demo": "processor.demo",
-    "bench": "processor.bench",
     "timing": "processor.timing_commands",
+    "simulate": "processor_dev.publisher",
+    "demo": "processor_dev.demo",
 }
 
 
@@ -147,9 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_chosen_extras(argv))
     args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
+    # First: a bad setting is reported before the chosen command imports its machinery.
+    config = _load({**args.env_defaults, **os.environ})
+    handler: Handler = args.handler
     try:
-        return handler(args)
+        return handler(args, config)
     except Exception as exc:
         from processor.store.retry import Unavailable
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from processor.config import Config
 from processor.core import dead_letters
 from processor.core.dead_letters import DeadLetter, ReplayReport
 from processor.store import redis as redis_store
@@ -55,10 +56,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from processor.cli import _load  # noqa: PLC0415 - cli imports this module
-
-    config = _load()
+def cmd_list(args: argparse.Namespace, config: Config) -> int:
     client = redis_store.make_client(config.redis_url)
     try:
         stream = config.dead_letter_stream
@@ -101,10 +99,7 @@ def _shorten(text: str) -> str:
     return flat if len(flat) <= ERROR_WIDTH else flat[: ERROR_WIDTH - 1] + "…"
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from processor.cli import _load  # noqa: PLC0415 - cli imports this module
-
-    config = _load()
+def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     client = redis_store.make_client(config.redis_url)
     stream, dead = config.redis_stream, config.dead_letter_stream
     total = ReplayReport()

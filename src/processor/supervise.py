@@ -28,21 +28,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import structlog
 import trio
 from trio import TaskStatus
 
-from processor.observability.metrics import Metrics
 from processor.store.retry import Backoff
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge
 
 log = structlog.get_logger("processor.supervise")
 
 INITIAL_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 HEALTHY_AFTER_S = 60.0
+
+
+class ServiceMetrics(Protocol):
+    """The two metrics the supervisor keeps (`processor.observability.metrics.Metrics` has
+    them). A protocol, not an import: observability runs its services under the supervisor, so
+    importing it back here would close an import circle."""
+
+    @property
+    def service_up(self) -> Gauge: ...
+
+    @property
+    def service_restarts(self) -> Counter: ...
 
 
 @attrs.define
@@ -74,7 +88,7 @@ class Supervisor:
 
     def __init__(
         self,
-        metrics: Metrics,
+        metrics: ServiceMetrics,
         *,
         initial_backoff_s: float = INITIAL_BACKOFF_S,
         max_backoff_s: float = MAX_BACKOFF_S,

@@ -22,6 +22,7 @@ import orjson
 import psycopg
 import redis
 
+from processor.config import Config
 from processor.domain import definitions
 from processor.domain.evaluation import Change, rebuild_stage
 from processor.race_feed import RACE_FEED_MAXLEN, RaceChange, feed_key
@@ -59,10 +60,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     results.set_defaults(handler=cmd_results)
 
 
-def _connect() -> psycopg.Connection[Any]:
-    from processor.cli import _load  # noqa: PLC0415 - cli imports this module
-
-    config = _load()
+def _connect(config: Config) -> psycopg.Connection[Any]:
     return psycopg.connect(config.database_url, **connection_kwargs(config.database_url, 600_000))
 
 
@@ -91,14 +89,11 @@ def rebuild(
     return outcome.changes
 
 
-def announce(feed: Sequence[RaceChange]) -> None:
+def announce(config: Config, feed: Sequence[RaceChange]) -> None:
     """Best effort: tell live clients what the rebuild changed (the race feed). A failure is
     reported, not fatal: the tables are right, and clients see them at their next subscribe."""
     if not feed:
         return
-    from processor.cli import _load  # noqa: PLC0415 - cli imports this module
-
-    config = _load()
     client = redis.Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         pipe = client.pipeline(transaction=False)
@@ -116,8 +111,8 @@ def announce(feed: Sequence[RaceChange]) -> None:
         client.close()
 
 
-def cmd_rebuild(args: argparse.Namespace) -> int:
-    with _connect() as conn:
+def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
+    with _connect(config) as conn:
         error = _check(conn, args.stage_id)
         if error is not None:
             print(f"processor: {error}", file=sys.stderr)
@@ -127,7 +122,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         labels = dict(
             ((kind, key), label) for kind, key, label in conn.execute(LABELS, {"s": args.stage_id})
         )
-    announce(feed)
+    announce(config, feed)
     print(format_changes(changes, labels))
     return EXIT_OK
 
@@ -199,8 +194,8 @@ def format_results(rows: Sequence[dict[str, Any]]) -> str:
     return _table(table)
 
 
-def cmd_results(args: argparse.Namespace) -> int:
-    with _connect() as conn:
+def cmd_results(args: argparse.Namespace, config: Config) -> int:
+    with _connect(config) as conn:
         error = _check(conn, args.stage_id)
         if error is not None:
             print(f"processor: {error}", file=sys.stderr)

@@ -4,7 +4,7 @@
 PostgreSQL 15 cluster is started for the session from the machine's binaries
 (`/usr/lib/postgresql/15/bin`, or `TIMESCALEDB_PG_BINDIR`) with
 `-c shared_preload_libraries=timescaledb`, on a free port, as an unprivileged account when we are
-root (`processor.devservers`). The machine's shared cluster is never restarted or reconfigured.
+root (`processor_dev.devservers`). The machine's shared cluster is never restarted or reconfigured.
 
 TimescaleDB missing is a failure naming the command that installs it, never a skip: the
 hypertable path must run in CI.
@@ -31,7 +31,7 @@ def timescaledb_server_url() -> Iterator[str]:
     url = os.environ.get("TIMESCALEDB_URL")
     with contextlib.ExitStack() as stack:
         if not url:
-            from processor.devservers import throwaway_postgres
+            from processor_dev.devservers import throwaway_postgres
 
             bindir = Path(os.environ.get("TIMESCALEDB_PG_BINDIR", DEFAULT_BINDIR))
             if not (bindir / "postgres").is_file():

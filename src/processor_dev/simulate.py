@@ -3,7 +3,7 @@
 Pure and deterministic: everything random comes from one seeded `random.Random`, the clock is a
 simulated one (`Scenario.start` plus the fix schedule), so the same scenario always yields the
 same entries, byte for byte. The Trio publisher that paces them into Redis is
-`processor.publisher`.
+`processor_dev.publisher`.
 
 The schedule: `devices` cars each send a fix every `devices / rate` simulated seconds (each car
 with its own random phase), so the stream carries `rate` fixes per simulated second overall.

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 
 import attrs
 
-from processor.simulate import (
+from processor_dev.simulate import (
     AREA_LAT,
     AREA_LON,
     IMEI_BASE,

@@ -19,12 +19,12 @@ import os
 import attrs
 import trio
 
-from processor.demo_page import DEFAULT_PORT
-from processor.demo_page.pages import ResultsReader, make_app, scenario_document
-from processor.demo_page.standin import DirectusStandIn
-from processor.demo_page.zones import insert_zone
 from processor.observability.http import HttpServer
-from processor.rally_stage import RallyStage
+from processor_dev.demo_page import DEFAULT_PORT
+from processor_dev.demo_page.pages import ResultsReader, make_app, scenario_document
+from processor_dev.demo_page.standin import DirectusStandIn
+from processor_dev.demo_page.zones import insert_zone
+from processor_dev.rally_stage import RallyStage
 
 HOST = "127.0.0.1"
 

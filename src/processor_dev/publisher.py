@@ -24,10 +24,11 @@ import attrs
 import redis
 import trio
 
-from processor.rally_stage import RallyStage, StageSettings, StageSimulator, scenario_sql
+from processor.config import Config
 from processor.redaction import redact
-from processor.simulate import Entry, Quirks, Scenario, Simulator
 from processor.store import redis as redis_store
+from processor_dev.rally_stage import RallyStage, StageSettings, StageSimulator, scenario_sql
+from processor_dev.simulate import Entry, Quirks, Scenario, Simulator
 
 MAX_CHUNK = 1000
 MIN_TICK_S = 0.005  # at most 200 round trips per second however high the rate
@@ -194,10 +195,7 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
     return Scenario(devices=args.devices, rate=args.rate, seed=seed, start=start, quirks=quirks)
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from processor.cli import _load  # noqa: PLC0415 - cli imports this module
-
-    config = _load()
+def cmd_simulate(args: argparse.Namespace, config: Config) -> int:
     try:
         scenario = scenario_from(args)
     except ValueError as exc:

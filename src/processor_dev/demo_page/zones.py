@@ -1,6 +1,6 @@
 """A speed zone on the demo's stage, so the page has violations and a zone to draw.
 
-The generated stage (`processor.rally_stage`) has no speed zones. The demo adds one between the
+The generated stage (`processor_dev.rally_stage`) has no speed zones. The demo adds one between the
 second and fourth controls (a stretch where most cars cruise faster than its limit): 80 km/h,
 5 km/h tolerance, at least 2 s over, penalty brackets 60/120/180 s by peak excess over the limit
 (the `speed_zones` schema of docs/racing-domain.md). Only when the table exists: a database
@@ -14,7 +14,7 @@ import uuid
 import orjson
 import psycopg
 
-from processor.rally_stage import RallyStage
+from processor_dev.rally_stage import RallyStage
 
 LIMIT_KMH = 80.0
 TOLERANCE_KMH = 5.0
