@@ -1,4 +1,5 @@
-"""Measure the timing core's errors on many exact tracks (SPEC §9 Accuracy): a one-off, not a test.
+"""Measure the timing core's errors on many exact tracks (docs/racing-domain.md): a one-off, not a
+test.
 
     .venv/bin/python -m benchmarks.domain_accuracy [--tracks 10000] [--seed 1]
 

@@ -1,4 +1,5 @@
-"""The Position codec (SPEC §2): whatever arrives, a Position or a CodecError naming the field.
+"""The Position codec (docs/stream-input.md): whatever arrives, a Position or a CodecError naming
+the field.
 
 Property tests feed arbitrary bytes, arbitrary JSON and well-shaped objects with random-typed
 values; table tests pin the `reason` of each malformed kind (it is the dead-letter reason and must

@@ -1,4 +1,5 @@
-"""Configuration from the environment (SPEC §7): typed defaults, and one clear line per bad value.
+"""Configuration from the environment (docs/pipeline.md): typed defaults, and one clear line per bad
+value.
 
 The subprocess tests run the real entry point, because "exit code 2, one line, no traceback" is
 a property of the process, not of `load_config`.

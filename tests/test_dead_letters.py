@@ -3,7 +3,7 @@
 One entry of each malformed kind is published between valid fixes, the service runs in-process,
 and once every valid fix is stored and nothing is pending, the dead-letter stream must hold
 exactly the malformed entries: their original fields plus `reason`, `error`, `source_id`,
-`consumer` and `failed_at` (SPEC §4), counted by reason in the metrics (SPEC §6).
+`consumer` and `failed_at` (docs/pipeline.md), counted by reason in the metrics (docs/metrics.md).
 """
 
 from __future__ import annotations

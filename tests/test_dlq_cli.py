@@ -1,4 +1,5 @@
-"""`processor dlq list | replay` against a real dead-letter stream (SPEC §4, §8).
+"""`processor dlq list | replay` against a real dead-letter stream (docs/pipeline.md; OPERATIONS.md
+section 6).
 
 Dead letters are produced by the running pipeline itself (undecodable payloads and a record the
 database refuses), so the CLI is tested on exactly what the daemon writes.

@@ -1,5 +1,6 @@
-"""SPEC §9 accuracy on exact 1 Hz tracks with no noise: line crossings within 0.01 s at constant
-speed and 0.1 s under constant acceleration; waypoint closest approach within 0.1 s and 1 m.
+"""Timing accuracy (docs/racing-domain.md) on exact 1 Hz tracks with no noise: line crossings within
+0.01 s at constant speed and 0.1 s under constant acceleration; waypoint closest approach within 0.1
+s and 1 m.
 
 Random: where on Earth (|latitude| <= 70°), heading, speed (5-60 m/s), acceleration (±0.3-3 m/s²,
 bounded so the car never stops), phase (where in the second each control falls), line angle

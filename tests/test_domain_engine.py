@@ -1,4 +1,5 @@
-"""The racing-domain engine in the daemon, against real Redis and PostgreSQL (SPEC §9).
+"""The racing-domain engine in the daemon, against real Redis and PostgreSQL
+(docs/racing-domain.md).
 
 One stage (start, waypoint, checkpoint, finish) and five cars: constant speed, accelerating,
 missing the waypoint, crossing the start line in reverse first, and one whose fixes around the
@@ -94,7 +95,7 @@ def check_results(rows: dict[str, Any], course: racing.Course, *, late_passed: b
     def at(car: str, control: str) -> float:
         return seconds_after_base(records[(e[car], c[control])][0])
 
-    # constant speed: exact to 0.01 s (SPEC §9 accuracy)
+    # constant speed: exact to 0.01 s (docs/racing-domain.md)
     assert at("steady", "start") == pytest.approx(5.0, abs=0.01)
     assert at("steady", "waypoint") == pytest.approx(50.0, abs=0.1)
     assert at("steady", "checkpoint") == pytest.approx(100.0, abs=0.01)

@@ -1,5 +1,5 @@
-"""Ranking (SPEC §9 Results): ties share a position (1, 1, 3), class positions, gap to the leader,
-unranked entries all None; properties over random fields of results."""
+"""Ranking (docs/racing-domain.md): ties share a position (1, 1, 3), class positions, gap to the
+leader, unranked entries all None; properties over random fields of results."""
 
 from __future__ import annotations
 

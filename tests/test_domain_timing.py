@@ -1,4 +1,5 @@
-"""The timing core on hand-made tracks: each SPEC §9 rule, and each decision where it is silent.
+"""The timing core on hand-made tracks: each rule of docs/racing-domain.md, and each decision where
+it is silent.
 
 Conventions of these scenarios (tests/support/tracks.py `Plane`): x east, y north, metres; the
 cars drive east at 20 m/s (72 km/h) with a fix each second unless said otherwise, so a car at

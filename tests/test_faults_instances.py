@@ -1,4 +1,5 @@
-"""Three instances share a stream; one dies for good; the others take over its work (SPEC §4).
+"""Three instances share a stream; one dies for good; the others take over its work
+(docs/pipeline.md).
 
 The victim is frozen (SIGSTOP) at a moment when it holds read-but-unacked entries, then
 SIGKILLed. Its entries were delivered before it froze, so they are claimable at most

@@ -1,4 +1,4 @@
-"""PostgreSQL and Redis outages of 10 s under load (SPEC §1.7, §4, §6).
+"""PostgreSQL and Redis outages of 10 s under load (docs/pipeline.md, docs/metrics.md).
 
 `processor run` reaches the server through a TCP proxy that the test cuts (new connections
 refused, open ones reset). Throughout the outage the daemon must stay up, `/healthz` must say

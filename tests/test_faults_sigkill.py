@@ -1,4 +1,5 @@
-"""SIGKILL at random moments during a 50,000-fix run (SPEC §1.2): nothing lost, nothing doubled.
+"""SIGKILL at random moments during a 50,000-fix run (docs/pipeline.md rule 2): nothing lost,
+nothing doubled.
 
 `processor run` is a real subprocess, killed with SIGKILL at random instants (during start-up,
 mid-read, mid-batch, between commit and ack: wherever the dice fall) six times while fixes keep

@@ -1,4 +1,5 @@
-"""SIGTERM under steady load (SPEC §1.3): a clean drain within SHUTDOWN_TIMEOUT_S, exit 0.
+"""SIGTERM under steady load (docs/pipeline.md rule 3): a clean drain within SHUTDOWN_TIMEOUT_S,
+exit 0.
 
 Fixes keep arriving before, during and after the signal. The drained instance must have stored
 and acked everything it had read (its pending list is empty), must never have acked an entry

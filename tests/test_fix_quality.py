@@ -1,5 +1,6 @@
-"""Fix quality and device state (SPEC §2, §4): implausible fixes are stored flagged, counted by
-reason, never advance device state; state is LRU-capped and rehydrated from the database."""
+"""Fix quality and device state (docs/stream-input.md, docs/pipeline.md): implausible fixes are
+stored flagged, counted by reason, never advance device state; state is LRU-capped and rehydrated
+from the database."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attacks on the live port of a real running processor (SPEC §5 Isolation, issue 9).
+"""Attacks on the live port of a real running processor (docs/pipeline.md, Isolation, issue 9).
 
 Each test attacks at one level (TCP, HTTP upgrade, WebSocket, resources) and ends with the
 liveness probe: a fix published afterwards is stored. In-process services unless the test

@@ -1,4 +1,4 @@
-"""Live upgrade authentication (SPEC §5) against a real HTTP Directus stand-in."""
+"""Live upgrade authentication (docs/websocket.md) against a real HTTP Directus stand-in."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Back-pressure (SPEC §5): a client that stops reading is closed with 4008; nobody else waits."""
+"""Back-pressure (docs/websocket.md): a client that stops reading is closed with 4008; nobody else
+waits."""
 
 from __future__ import annotations
 

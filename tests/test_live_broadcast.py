@@ -1,4 +1,5 @@
-"""Live fan-out (SPEC §5): snapshot, live positions per event, filtering, the snapshot gap."""
+"""Live fan-out (docs/websocket.md): snapshot, live positions per event, filtering, the snapshot
+gap."""
 
 from __future__ import annotations
 

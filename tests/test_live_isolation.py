@@ -1,4 +1,5 @@
-"""Isolation (SPEC §5, issue 9): nothing one live client does ends, stalls or slows ingestion.
+"""Isolation (docs/pipeline.md, Isolation; issue 9): nothing one live client does ends, stalls or
+slows ingestion.
 
 The first four tests reproduce the crashes found on the live port (each took the whole daemon
 down, exit 1); every test ends with a liveness probe: a fix published afterwards is stored.

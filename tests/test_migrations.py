@@ -1,4 +1,5 @@
-"""Migrations (SPEC §3): in order, once, under an advisory lock, and the exact `positions` schema.
+"""Migrations (docs/storage.md): in order, once, under an advisory lock, and the exact `positions`
+schema.
 
 Each test runs in a fresh schema of its own (the `database_url` fixture), so "fresh database"
 really is fresh. The advisory lock is database-wide, which is what makes concurrent starts of

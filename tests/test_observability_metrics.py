@@ -39,7 +39,7 @@ MALFORMED: list[bytes | str] = [
     "",  # empty payload
 ]
 
-# Every pipeline metric of SPEC §6 (sample-name stems; counters gain `_total`).
+# Every pipeline metric of docs/metrics.md (sample-name stems; counters gain `_total`).
 PIPELINE_METRICS = {
     "processor_consumer_reads": "counter",
     "processor_consumer_records": "counter",

@@ -1,4 +1,5 @@
-"""At-least-once in, exactly-once stored: duplicates, late fixes and same-key new IO (SPEC §4)."""
+"""At-least-once in, exactly-once stored: duplicates, late fixes and same-key new IO
+(docs/pipeline.md)."""
 
 from __future__ import annotations
 

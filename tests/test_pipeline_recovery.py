@@ -1,4 +1,4 @@
-"""Crashes, database outages and SIGTERM: nothing lost, nothing duplicated (SPEC §1.2-§1.3, §4)."""
+"""Crashes, database outages and SIGTERM: nothing lost, nothing duplicated (docs/pipeline.md)."""
 
 from __future__ import annotations
 

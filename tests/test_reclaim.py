@@ -1,4 +1,4 @@
-"""The reclaimer (SPEC §4): entries left pending by a vanished consumer are taken over.
+"""The reclaimer (docs/pipeline.md): entries left pending by a vanished consumer are taken over.
 
 A "ghost" consumer reads entries with XREADGROUP and never acks them, exactly what a consumer
 that died mid-batch leaves behind; the service under test must claim and store them.

@@ -1,5 +1,5 @@
-"""When the drain cannot finish (SPEC §1.3): past SHUTDOWN_TIMEOUT_S, or on a second signal,
-everything is cancelled, the process exits 1, and what was read but not stored stays pending
+"""When the drain cannot finish (docs/pipeline.md rule 3): past SHUTDOWN_TIMEOUT_S, or on a second
+signal, everything is cancelled, the process exits 1, and what was read but not stored stays pending
 in Redis for the next start. Nothing is acked without its row."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The hypertable path against a real TimescaleDB (SPEC §3; issue 10, item 8).
+"""The hypertable path against a real TimescaleDB (docs/storage.md; issue 10, item 8).
 
 The same migrations as on plain PostgreSQL (tests/test_migrations.py), here on a database whose
 server preloads TimescaleDB (tests/support/timescale.py): `positions` becomes a hypertable on
@@ -68,7 +68,7 @@ def test_migrations_make_positions_a_hypertable_with_the_specified_schema(
             "SELECT indexname FROM pg_indexes WHERE tablename = 'positions' ORDER BY 1"
         ).fetchall()
         # The key's index only: TimescaleDB's default (ts DESC) index would cost ingest speed
-        # and serve no query the key does not (SPEC §3).
+        # and serve no query the key does not (docs/storage.md).
         assert indexes == [("positions_pkey",)]
         # Applying again changes nothing.
         assert apply_migrations(conn, load_migrations(default_directory())) == []

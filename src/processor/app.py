@@ -16,7 +16,7 @@
             ├── consumer  --Delivery channel-->  writer (batcher + flushers)
             └── reclaimer (same channel)
 
-Failure rule (SPEC §5 Isolation, issue 9): a side service never takes ingestion down.
+Failure rule (docs/pipeline.md, Isolation, issue 9): a side service never takes ingestion down.
 - Start-up failures stop the process (exit non-zero): bad configuration (before anything runs),
   PostgreSQL/Redis unreachable past `STARTUP_TIMEOUT_S`, the HTTP or live port cannot be
   bound, the live consumer group cannot be created. An instance that cannot start as configured
@@ -172,7 +172,7 @@ class Service:
         self.http_port: int | None = None  # the bound HTTP port (HTTP_PORT=0 picks one)
         self.live: LiveServer | None = None  # the live broadcast, when DIRECTUS_URL is set
         self.live_port: int | None = None  # its bound port (LIVE_WS_PORT=0 picks one)
-        self.domain: DomainEngine | None = None  # the racing-domain engine (SPEC §9)
+        self.domain: DomainEngine | None = None  # the racing-domain engine (docs/racing-domain.md)
         self.states = DeviceStates(
             config.device_state_cap, on_evict=self.metrics.device_state_evictions.inc
         )

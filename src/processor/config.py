@@ -1,4 +1,4 @@
-"""Typed, frozen configuration read from the environment (SPEC §7).
+"""Typed, frozen configuration read from the environment (docs/pipeline.md, Configuration).
 
 Every setting is one attrs field whose metadata names its environment variable and what values are
 allowed. cattrs turns each raw string into the field's type; attrs validators check the bounds.
@@ -177,7 +177,7 @@ class Config:
     live_ws_ping_interval_ms: int = _int("LIVE_WS_PING_INTERVAL_MS", 20_000, 50, 3_600_000)
     live_ws_max_message_bytes: int = _int("LIVE_WS_MAX_MESSAGE_BYTES", 4096, 64, 16_777_216)
     live_ws_max_protocol_errors: int = _int("LIVE_WS_MAX_PROTOCOL_ERRORS", 5, 1, 1000)
-    # --- live: per-client budgets (SPEC §5 Isolation) ----------------------------------------
+    # --- live: per-client budgets (docs/pipeline.md, Isolation) -----------------------------------
     live_ws_max_queue_bytes: int = _int("LIVE_WS_MAX_QUEUE_BYTES", 8 * 1024 * 1024, 1024, 2**31)
     live_ws_max_subscriptions: int = _int("LIVE_WS_MAX_SUBSCRIPTIONS", 64, 1, 100_000)
     live_ws_max_connections_per_user: int = _int("LIVE_WS_MAX_CONNECTIONS_PER_USER", 20, 1, 100_000)
@@ -185,7 +185,7 @@ class Config:
     live_ws_max_pending_upgrades: int = _int("LIVE_WS_MAX_PENDING_UPGRADES", 256, 1, 100_000)
     live_ws_handshake_timeout_ms: int = _int("LIVE_WS_HANDSHAKE_TIMEOUT_MS", 10_000, 50, 600_000)
 
-    # --- racing domain (SPEC §9) --------------------------------------------------------------
+    # --- racing domain (docs/racing-domain.md) ----------------------------------------------------
     domain_group: str = _text("DOMAIN_GROUP", "domain")
     domain_refresh_ms: int = _int("DOMAIN_REFRESH_MS", 10_000, 50, 86_400_000)
     domain_visibility_timeout_ms: int = _int(

@@ -65,7 +65,7 @@ class Position:
     attributes: Attributes = attrs.field(factory=dict)
 
 
-# A decoded fix as plain values, in SPEC §3 column order:
+# A decoded fix as plain values, in docs/storage.md column order:
 # device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes.
 # The durable pipeline works on these tuples (built in C, no per-field Python call); `Position`
 # is the named, immutable form for everything else (live broadcast, tests, tools).
@@ -136,7 +136,7 @@ class _InexactInteger(Exception):
 
 
 def position_from_dict(document: Mapping[str, Any]) -> Position:
-    """Validate an already-parsed JSON object (SPEC §2) into a Position."""
+    """Validate an already-parsed JSON object (docs/stream-input.md) into a Position."""
     return Position(*_fields(document, orjson_numbers=False))
 
 

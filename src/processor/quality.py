@@ -1,4 +1,4 @@
-"""Fix quality (SPEC §2): which decodable fixes are implausible and why.
+"""Fix quality (docs/stream-input.md): which decodable fixes are implausible and why.
 
 Faulty fixes are stored (for analysis) but flagged, excluded from live data, and never advance
 device state. Pure functions: the caller supplies the clock and the device's last good fix.
@@ -76,8 +76,8 @@ def faulty_reason(
     )
 
 
-# A fix as plain values in SPEC §3 column order (device_id, ts, latitude, longitude, altitude,
-# angle, speed, satellites, ...): a `position.StoredRow`, as the batch writer holds it.
+# A fix as plain values in docs/storage.md column order (device_id, ts, latitude, longitude,
+# altitude, angle, speed, satellites, ...): a `position.StoredRow`, as the batch writer holds it.
 Fix = tuple[Any, ...]
 
 

@@ -1,6 +1,6 @@
 """Throwaway local Redis and PostgreSQL servers for the test harness and `just demo`.
 
-SPEC §8 wants tests to run against *real* servers: the harness uses ``REDIS_URL`` /
+Tests run against *real* servers (the README's rule of real parts): the harness uses ``REDIS_URL`` /
 ``DATABASE_URL`` when given, and otherwise starts throwaway servers with the context
 managers here. Each one picks a free port on 127.0.0.1, keeps all its state in a fresh
 temporary directory, waits (bounded) until the server really answers, yields a URL, and

@@ -1,8 +1,8 @@
 """A simulated special stage: a generated route with controls, and the cars that drive it.
 
-`processor simulate --stage` and `processor demo` use it to exercise the racing domain (SPEC §9)
-end to end. Pure and deterministic like `simulate`: the same scenario (seed) gives the same
-route, controls, ids and fixes.
+`processor simulate --stage` and `processor demo` use it to exercise the racing domain
+(docs/racing-domain.md) end to end. Pure and deterministic like `simulate`: the same scenario (seed)
+gives the same route, controls, ids and fixes.
 
 - The route is a polyline of 300-800 m straight legs with gentle turns, `length_km` long,
   starting at a random point of the rally area.

@@ -1,7 +1,8 @@
 """The expected database state for a sequence of published documents, computed independently.
 
-Mirrors SPEC §4 in the plainest possible way (stream order, first value of a key wins, a record
-is `merged` only when it adds an IO key), so pipeline tests can compare rows and counters exactly.
+Mirrors docs/pipeline.md in the plainest possible way (stream order, first value of a key wins, a
+record is `merged` only when it adds an IO key), so pipeline tests can compare rows and counters
+exactly.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The course runs east along a local metric frame around (41.3 N, 19.8 E): x east,
     start line x=100 | waypoint (1000, 0) r=30 | checkpoint line x=2000 | finish line x=3000
 
 Lines run from south (y=-150) to north (y=+150): looking north, west is on the left, so a car
-driving east crosses them forward (left to right, SPEC §9).
+driving east crosses them forward (left to right, docs/racing-domain.md).
 """
 
 from __future__ import annotations

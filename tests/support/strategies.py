@@ -125,7 +125,7 @@ def json_number_equal(expected: Any, actual: Any) -> bool:
     return type(expected) is type(actual) and expected == actual
 
 
-# --- timestamps (SPEC §2: RFC 3339 only) ------------------------------------------------------
+# --- timestamps (docs/stream-input.md: RFC 3339 only) ---------------------------
 
 _utc_datetimes = st.datetimes(
     min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31, 23, 59, 59, 999_999)

@@ -1,4 +1,4 @@
-"""A real TimescaleDB for the hypertable path (SPEC §3), beside the plain PostgreSQL suite.
+"""A real TimescaleDB for the hypertable path (docs/storage.md), beside the plain PostgreSQL suite.
 
 `TIMESCALEDB_URL` when set (a CI service running a TimescaleDB image). Otherwise a throwaway
 PostgreSQL 15 cluster is started for the session from the machine's binaries

@@ -13,8 +13,8 @@ Waiting is not a delivery. An entry held in a live instance's pipeline through a
 outage of any length keeps its count: the reclaimer never claims entries its own instance holds,
 and renews its hold on them with `XCLAIM ... JUSTID` (which resets the idle time without
 counting a delivery) so that other instances do not find them idle and claim them either. So
-no outage, however long, turns good records into dead letters (SPEC §1.7 applies to records
-that cannot be stored, not to records that could not be stored *yet*).
+no outage, however long, turns good records into dead letters (docs/pipeline.md rule 7 applies to
+records that cannot be stored, not to records that could not be stored *yet*).
 
 Redis counts every one of these hand-overs itself (`times_delivered` in `XPENDING`); an entry
 whose count, including the hand-over in progress, exceeds `MAX_DELIVERIES` is dead-lettered with

@@ -24,7 +24,7 @@ from processor.quality import fix_fault
 
 @attrs.define(slots=True)
 class DeviceState:
-    last_fix: tuple[Any, ...] | None  # the newest non-faulty fix, SPEC §3 column order
+    last_fix: tuple[Any, ...] | None  # the newest non-faulty fix, docs/storage.md column order
     last_seen: datetime | None  # when this processor last saw any record of the device
     positions_this_session: int = 0
 

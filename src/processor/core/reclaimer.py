@@ -1,4 +1,4 @@
-"""The reclaimer: takes over entries left pending by a consumer that went away (SPEC §4).
+"""The reclaimer: takes over entries left pending by a consumer that went away (docs/pipeline.md).
 
 Every `RECLAIM_INTERVAL_S` it walks the group's pending list with `XAUTOCLAIM` (cursor by
 cursor, a page at a time) and claims, for this instance's consumer, every entry idle longer than

@@ -1,4 +1,5 @@
-"""Racing domain (SPEC §9): control passes, timing records and stage results from stored fixes.
+"""Racing domain (docs/racing-domain.md): control passes, timing records and stage results from
+stored fixes.
 
 `model` is the shared vocabulary. The pure core (no I/O, no Trio; import-linter contract):
 `geometry` (local metric projection), `kinematics` (time and speed along a segment), `course`

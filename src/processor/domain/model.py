@@ -98,7 +98,7 @@ class Pass:
 
 @attrs.frozen(slots=True)
 class EntryResult:
-    """One entry's evaluation on one stage (SPEC §9 Results).
+    """One entry's evaluation on one stage (docs/racing-domain.md).
 
     `passes` holds the course-order passes found (at most one per control), ordered by ordinal.
     Not started (no start pass): status RUNNING, everything None/0 and no passes.

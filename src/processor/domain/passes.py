@@ -1,4 +1,4 @@
-"""Finding one control's first pass on a track after a given time (SPEC §9 Geometry and time).
+"""Finding one control's first pass on a track after a given time (docs/racing-domain.md).
 
 **Lines.** A fix's side of the line is the sign of the cross product of the line's direction
 (point 1 -> point 2) with the fix's offset from point 1: positive is left. A segment between two

@@ -1,4 +1,4 @@
-"""A stage's ranking from its entries' results (SPEC §9 Results).
+"""A stage's ranking from its entries' results (docs/racing-domain.md).
 
 Finished entries are ranked by `total_ms` (elapsed + penalties); equal totals share a position and
 the next one skips (1, 1, 3: "standard competition ranking", as timekeepers publish). The same

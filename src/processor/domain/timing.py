@@ -1,6 +1,6 @@
 """One entry's evaluation on one stage: course order, missed controls, penalties, result.
 
-Course order (SPEC §9), made precise:
+Course order (docs/racing-domain.md), made precise:
 
 1. **Start**: the first forward crossing of the start line in the track.
 2. **Finish**: the first forward crossing of the finish line strictly after the start. Crossing

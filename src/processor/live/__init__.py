@@ -1,4 +1,4 @@
-"""Live broadcast (SPEC §5): authenticated WebSocket fan-out of positions per event.
+"""Live broadcast (docs/websocket.md): authenticated WebSocket fan-out of positions per event.
 
 Imports `processor.position`, `processor.quality`, `processor.store`, `processor.observability`
 and `processor.config`, never `processor.core` (checked by import-linter): the durable pipeline

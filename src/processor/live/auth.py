@@ -1,8 +1,8 @@
-"""Authentication and authorization through Directus (SPEC §5).
+"""Authentication and authorization through Directus (docs/websocket.md).
 
 Directus owns users and permissions, so the processor never interprets a credential itself: it
 forwards the client's own credential (the session cookie, or a Bearer token) and reads Directus'
-verdict. Outcomes, exactly as the SPEC maps them:
+verdict. Outcomes, exactly as docs/websocket.md lists them:
 
 - `GET /users/me?fields=id`: 200 with non-null `data` -> OK; 401/403 or `data: null` ->
   UNAUTHORIZED (HTTP 401); timeout, 5xx, a body without `data`, or any other status -> UNAVAILABLE
@@ -112,7 +112,8 @@ def credentials_from_headers(headers: Iterable[tuple[bytes, bytes]]) -> Credenti
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """SPEC §5: a cookie session must come from an allowed Origin; an empty list allows none."""
+    """docs/websocket.md: a cookie session must come from an allowed Origin; an empty list allows
+    none."""
     return origin is not None and origin.rstrip("/") in allowed
 
 

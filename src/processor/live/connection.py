@@ -15,9 +15,9 @@ Three tasks per connection, under one nursery:
   shared strings (a position or snapshot frame is encoded once for all its subscribers), so the
   byte budget bounds what this client can make the server keep alive, not a copy per client.
 
-Per-client budgets on requests (SPEC §5 Isolation): at most `LIVE_WS_MAX_SUBSCRIPTIONS` topics
-(a subscribe beyond that is answered `error bad_request`), and subscribes, each of which costs
-a Directus authorization call, are paced to `LIVE_WS_AUTHORIZATIONS_PER_S` per connection (a
+Per-client budgets on requests (docs/pipeline.md, Isolation): at most `LIVE_WS_MAX_SUBSCRIPTIONS`
+topics (a subscribe beyond that is answered `error bad_request`), and subscribes, each of which
+costs a Directus authorization call, are paced to `LIVE_WS_AUTHORIZATIONS_PER_S` per connection (a
 token bucket with a burst of one second's worth): a client that subscribes faster simply waits,
 its further frames wait in the socket (TCP back-pressure), and nobody else notices.
 - ping: a WebSocket ping every `LIVE_WS_PING_INTERVAL_MS`; no pong within one interval -> 1011.

@@ -1,4 +1,4 @@
-"""Which events a device belongs to, read from the Directus tables (SPEC §3).
+"""Which events a device belongs to, read from the Directus tables (docs/storage.md).
 
 A device belongs to an event when `devices.imei` equals the position's `device_id` and an
 `entry_devices` row links it to an entry of that event. The broadcaster needs that answer for

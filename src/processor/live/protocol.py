@@ -1,4 +1,4 @@
-"""The live JSON protocol (SPEC §5): parsing inbound frames, encoding outbound ones.
+"""The live JSON protocol (docs/websocket.md): parsing inbound frames, encoding outbound ones.
 
 Pure code. Every malformed inbound frame maps to one specific `ProtocolError` message, so a
 client developer sees exactly what was wrong; the server counts them and closes with 1008 after

@@ -4,8 +4,8 @@ Two indexes kept in step: topic -> {connection: Subscription} for the broadcaste
 position and event), connection -> {topic: Subscription} so that a closing connection is
 forgotten completely in one call (`forget`), leaving nothing behind.
 
-A Subscription starts *pending*: it is registered before its snapshot is read (SPEC §5, no gap),
-and positions arriving meanwhile are held, counted against the connection's byte budget
+A Subscription starts *pending*: it is registered before its snapshot is read (docs/websocket.md, no
+gap), and positions arriving meanwhile are held, counted against the connection's byte budget
 (`LIVE_WS_MAX_QUEUE_BYTES`, not the frame cap: an event of 3,000 devices at 1 Hz sends more than
 `LIVE_WS_MAX_QUEUE` positions while its snapshot is read, and most of them are then dropped by
 the floor, so a frame cap would close healthy clients). `activate`

@@ -1,4 +1,5 @@
-"""The live broadcast service (SPEC §5): WebSocket server, Directus auth, fan-out, shutdown.
+"""The live broadcast service (docs/websocket.md): WebSocket server, Directus auth, fan-out,
+shutdown.
 
     LiveServer.run (a child of the services nursery; started only when DIRECTUS_URL is set)
     ├── supervised "live-device-map"   device -> events map refresher
@@ -15,7 +16,7 @@ not drop them. The live server has its own small PostgreSQL pool (`LIVE_DB_POOL_
 connections) for snapshots and the device map: live clients never take a connection the
 writer needs.
 
-**Failure boundary (SPEC §5 Isolation).** We run our own accept loop instead of
+**Failure boundary (docs/pipeline.md, Isolation).** We run our own accept loop instead of
 trio-websocket's `serve_websocket`, whose per-connection handler lets any exception travel up
 into the server's nursery (and from there end the process): a path `urlsplit` cannot parse, a
 non-ASCII credential, a client hanging up while its upgrade is refused, wsproto refusing a close

@@ -6,7 +6,8 @@ map, so a device linked a moment ago is included), then each device's latest goo
 frame encoded, all in that thread, so a large snapshot (3,000 devices: ~0.5 MB of JSON) is never
 built on the Trio thread.
 
-Snapshots cost ingestion nothing (SPEC §5 Isolation), and a resubscribe storm costs little:
+Snapshots cost ingestion nothing (docs/pipeline.md, Isolation), and a resubscribe storm costs
+little:
 
 - They read through the live server's own small connection pool, never the writer's.
 - Reads of one event are **coalesced**: at most one read per event runs at a time, and a new

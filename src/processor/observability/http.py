@@ -1,4 +1,4 @@
-"""The HTTP endpoints (SPEC §6): a quart-trio app served by hypercorn inside the task tree.
+"""The HTTP endpoints (docs/metrics.md): a quart-trio app served by hypercorn inside the task tree.
 
 - `GET /metrics`: Prometheus exposition of this instance's registry, in the format the scraper
   asks for (`Accept` negotiation by prometheus-client: classic text by default, OpenMetrics when

@@ -3,8 +3,9 @@
 Both come from `XINFO GROUPS` (sent with `XLEN` in one pipelined round trip), sampled on a fixed
 schedule. `lag` is what Redis (7.0+) reports: entries added to the stream but not yet delivered
 to the group. Redis answers `nil` when it cannot tell (after `XDEL`, or for a group created at an
-arbitrary ID) and older servers have no `lag` at all; then the gauge falls back to `XLEN` (SPEC
-§6), an upper bound that can only over-report, so a lag alert never stays silent because of it.
+arbitrary ID) and older servers have no `lag` at all; then the gauge falls back to `XLEN`
+(docs/metrics.md), an upper bound that can only over-report, so a lag alert never stays silent
+because of it.
 `pending` is the group's pending entries list: delivered but not acknowledged.
 
 A failed sample leaves both gauges at their last value (and is logged once per outage); the

@@ -1,4 +1,4 @@
-"""Every Prometheus metric of SPEC §6, in one registry per running service.
+"""Every Prometheus metric of docs/metrics.md, in one registry per running service.
 
 One `Metrics` object per app (not module globals) so that each test, and each instance in one
 process, counts only its own work. Counters are incremented per record by the code that knows the
@@ -188,7 +188,7 @@ class Metrics:
             ["service"],
             registry=r,
         )
-        # --- racing domain (SPEC §9) ----------------------------------------------------------
+        # --- racing domain (docs/racing-domain.md) ------------------------------------------------
         self.domain_passes = Counter(
             p + "domain_passes",
             "Timing records written (new or changed) by the domain engine, by control kind.",

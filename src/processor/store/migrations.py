@@ -159,7 +159,7 @@ def _apply_timescaledb_policy(
 
     # create_hypertable (migration 0001) adds a (ts DESC) index by default. The key's index
     # already serves every query the processor makes, and each index costs ingest speed
-    # (SPEC §3), so it is dropped here, where it also repairs databases migrated earlier.
+    # (docs/storage.md), so it is dropped here, where it also repairs databases migrated earlier.
     conn.execute("DROP INDEX IF EXISTS positions_ts_idx")
     call("set_chunk_time_interval", "'positions'::regclass, %s::interval", (chunk_interval,))
     # Each policy is replaced on every start, and removed when its setting is 0 ("off"):
