@@ -149,3 +149,36 @@ async def test_domain_lag_counts_entries_not_yet_delivered_to_the_domain_group(
     engine = make_domain_engine(load_config(env), redis_client, metrics)
     await engine.sample_lag()
     assert metrics.domain_lag._value.get() == 4
+
+
+async def test_an_engine_failure_is_restarted_by_the_supervisor_and_skips_nothing(
+    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
+) -> None:
+    """An exception escaping the engine ends one life of it: the service's supervisor counts
+    the restart and starts a new life, which re-reads the batch it had not acked."""
+    racing.create_tables(database_url)
+    course = racing.add_course(database_url, CARS)
+    async with running_service(domain_env(env)) as service:
+        engine = service.domain
+        assert engine is not None
+        handle = engine._handle
+        failures: list[int] = []
+
+        async def fail_first_batch(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+            if not failures:
+                failures.append(len(entries))
+                raise RuntimeError("injected engine failure")
+            await handle(entries)
+
+        engine._handle = fail_first_batch  # type: ignore[method-assign]
+        publish(
+            redis_client,
+            stream_key,
+            racing.track(course.devices["steady"], racing.constant(20), 160),
+        )
+        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+        restarts = service.metrics.service_restarts.labels("domain-engine")._value.get()
+        assert failures and restarts == 1
+        results = stored(database_url, course.stage_id)["results"]
+        assert results[course.entries["steady"]][0] == "finished"
+        assert service.ready.is_set() and not service.draining.is_set()

@@ -115,7 +115,7 @@ def make_domain_engine(config: Config, control: redis.Redis, metrics: Metrics) -
             reclaim_interval_s=config.reclaim_interval_s,
             reclaim_min_idle_ms=config.reclaim_min_idle_ms,
         ),
-        database=Database(
+        open_database=lambda: Database(
             config.database_url,
             pool_size=2,
             statement_timeout_ms=max(config.db_statement_timeout_ms, 120_000),

@@ -23,6 +23,12 @@ A batch that fails because a server is unavailable is retried with capped backof
 acked. A batch that fails for any other reason (a bug, a schema Directus changed under us) is
 logged at error, counted in `processor_domain_errors_total` and acked: one bad batch must not
 stall timing for everyone; `processor timing rebuild` recomputes a stage once fixed.
+
+Anything else that escapes ends this *life* of the engine (its pool and reader are closed) and
+reaches the service's supervisor (`processor.supervise`), which logs it, counts it in
+`processor_service_restarts_total{service="domain-engine"}` and starts a new life after a capped
+backoff: the engine has no restart loop of its own. A new life re-reads its own pending entries
+first, so nothing it had read is skipped.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -115,33 +121,26 @@ class DomainEngine:
         self,
         *,
         settings: EngineSettings,
-        database: Database,
+        open_database: Callable[[], Database],
         redis_url: str,
         control: redis.Redis,
         metrics: Metrics,
         startup_timeout_s: float = 60.0,
     ) -> None:
-        """`database` is the engine's own pool (opened and closed by `run`)."""
+        """`open_database` makes the engine's own pool: one per life of `run`, which opens and
+        closes it (a closed psycopg pool cannot be opened again)."""
         self.settings = settings
         self._startup_timeout_s = startup_timeout_s
-        self._database = database
+        self._open_database = open_database
+        self._database = open_database()
+        self._redis_url = redis_url
         self._control = control
         self._metrics = metrics
         self.course = Course()
         self.enabled = trio.Event()  # set once the racing tables exist and the group is ready
         self.batches = 0  # batches committed and acked (tests and the demo watch it)
-        self._reader = GroupReader(
-            redis_url,
-            control,
-            GroupRead(
-                stream=settings.stream,
-                group=settings.group,
-                consumer=settings.consumer,
-                count=settings.read_count,
-                block_ms=settings.read_block_ms,
-                recreate_at="0",
-            ),
-        )
+        self._reader = self._new_reader()
+        self._lives = 0
         self._stopping = False
         self._stopped = trio.Event()
         self._last_reclaim = -math.inf
@@ -150,22 +149,34 @@ class DomainEngine:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    def _new_reader(self) -> GroupReader:
+        s = self.settings
+        return GroupReader(
+            self._redis_url,
+            self._control,
+            GroupRead(
+                stream=s.stream,
+                group=s.group,
+                consumer=s.consumer,
+                count=s.read_count,
+                block_ms=s.read_block_ms,
+                recreate_at="0",
+            ),
+        )
+
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """One life of the engine, under the supervisor (module docstring): it returns once
+        stopped; a failure closes this life's pool and reader and propagates."""
+        if self._lives:  # a restart: the last life closed its pool and reader
+            self._database, self._reader = self._open_database(), self._new_reader()
+        self._lives += 1
         task_status.started()
         try:
-            if not await self._connect():
-                return
-            while not self._stopping:
-                try:
-                    await self._serve()
-                except Exception as exc:
-                    self._metrics.domain_errors.inc()
-                    log.error(
-                        "domain engine failed, restarting it",
-                        error=f"{type(exc).__name__}: {exc}"[:300],
-                        exc_info=True,
-                    )
-                    await self._pause(self.settings.refresh_s)
+            if await self._connect():
+                await self._serve()
+        except Exception:
+            self._metrics.domain_errors.inc()
+            raise
         finally:
             self._reader.close()
             with trio.CancelScope(shield=True):
@@ -173,8 +184,7 @@ class DomainEngine:
             log.info("domain engine stopped")
 
     async def _serve(self) -> None:
-        """Tables, group, definitions, then batches until stopped. Anything unexpected ends
-        this (not the service): `run` logs it and starts over, own pending entries first."""
+        """Tables, group, definitions, then batches until stopped."""
         if not await self._wait_for_tables():
             return
         s = self.settings
