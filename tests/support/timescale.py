@@ -1,6 +1,8 @@
 """A real TimescaleDB for the hypertable path (docs/storage.md), beside the plain PostgreSQL suite.
 
-`TIMESCALEDB_URL` when set (a CI service running a TimescaleDB image). Otherwise a throwaway
+`TIMESCALEDB_URL` when set (a CI service running a TimescaleDB image). When the session's
+PostgreSQL is a TimescaleDB container (tests/support/servers.py, the containers path), that
+server. Otherwise a throwaway
 PostgreSQL 15 cluster is started for the session from the machine's binaries
 (`/usr/lib/postgresql/15/bin`, or `TIMESCALEDB_PG_BINDIR`) with
 `-c shared_preload_libraries=timescaledb`, on a free port, as an unprivileged account when we are
@@ -22,13 +24,17 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from tests.support import servers
+
 INSTALL = "sudo ../shared/timescaledb/install.sh (TimescaleDB files for PostgreSQL 15)"
 DEFAULT_BINDIR = Path("/usr/lib/postgresql/15/bin")
 
 
 @pytest.fixture(scope="session")
-def timescaledb_server_url() -> Iterator[str]:
+def timescaledb_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
     url = os.environ.get("TIMESCALEDB_URL")
+    if not url and servers.session_paths()["postgres"] == "containers":
+        url = request.getfixturevalue("postgres_server_url")
     with contextlib.ExitStack() as stack:
         if not url:
             from processor_dev.devservers import throwaway_postgres
