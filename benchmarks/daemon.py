@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
@@ -102,16 +103,14 @@ class Daemon:
 
     def status(self, field: str) -> int:
         """A /proc/<pid>/status field in kB (VmRSS, VmHWM)."""
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
         raise KeyError(field)
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the daemon has used so far."""
-        with open(f"/proc/{self.proc.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def terminate(self, timeout_s: float = 30.0) -> tuple[float, int]:

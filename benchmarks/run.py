@@ -566,12 +566,16 @@ def verdicts(results: dict[str, Any]) -> dict[str, bool]:
 def table(results: dict[str, Any]) -> str:
     r = results
     lines = [
-        f"benchmark: {r.get('fixes', 0):,} fixes from {r.get('devices', 0):,} devices "
-        f"({r.get('rows', 0):,} rows), {r['machine']['cpus']} CPUs, "
-        f"PostgreSQL {r['machine']['postgres']}, Redis {r['machine']['redis']}",
+        (
+            f"benchmark: {r.get('fixes', 0):,} fixes from {r.get('devices', 0):,} devices "
+            f"({r.get('rows', 0):,} rows), {r['machine']['cpus']} CPUs, "
+            f"PostgreSQL {r['machine']['postgres']}, Redis {r['machine']['redis']}"
+        ),
         "",
-        f"(median of {r.get('repeat', 1)} rounds; the machine is shared, so trust CPU µs/fix "
-        "over rates)",
+        (
+            f"(median of {r.get('repeat', 1)} rounds; the machine is shared, so trust CPU µs/fix "
+            "over rates)"
+        ),
         "",
         f"{'contender':<52}{'fixes/s':>12}{'CPU µs/fix':>12}",
     ]

@@ -179,7 +179,7 @@ def test_cli_refuses_bad_value_with_exit_2_and_one_line(
     returncode, stdout, stderr = cli_results[(variable, value, command)]
     lines = [line for line in stderr.decode().splitlines() if line.strip()]
     assert returncode == 2, stderr.decode()
-    allowed = dict((v, a) for v, _, a in BAD_VALUES)[variable]
+    allowed = {v: a for v, _, a in BAD_VALUES}[variable]
     assert lines == [
         f"processor: configuration error: invalid {variable}={value!r}: expected {allowed}"
     ]

@@ -26,7 +26,7 @@ def test_demo_stores_simulated_fixes_and_exits_zero(
     out = proc.stdout.decode()
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert re.search(r"metrics at http://127\.0\.0\.1:\d+/metrics", out)
-    assert len(re.findall(r"^in [\d,]+ fixes/s \| stored [\d,]+ rows", out, re.M)) >= 3
+    assert len(re.findall(r"^in [\d,]+ fixes/s \| stored [\d,]+ rows", out, re.MULTILINE)) >= 3
     done = re.search(r"done: ([\d,]+) fixes read, ([\d,]+) rows stored.*?([\d,]+) acked", out)
     assert done, out
     read, stored, acked = (int(g.replace(",", "")) for g in done.groups())
@@ -39,7 +39,8 @@ def test_demo_stores_simulated_fixes_and_exits_zero(
     assert stored > 600
     # the cars drive a timed stage: the status line carries its standing
     assert re.search(r"\| stage: leader (none yet|#\d+ [\d:.]+), \d+ finished, \d+ running", out)
-    assert re.search(r"^stage: leader .*, \d+ finished, \d+ running$", out, re.M), out[-500:]
+    standing = re.search(r"^stage: leader .*, \d+ finished, \d+ running$", out, re.MULTILINE)
+    assert standing, out[-500:]
 
 
 def _start_demo(env: dict[str, str]) -> subprocess.Popen[bytes]:

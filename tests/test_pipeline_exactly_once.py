@@ -68,7 +68,7 @@ async def test_ten_thousand_messy_fixes_are_stored_exactly_once(
                 "SELECT device_id, ts, attributes FROM positions"
             )
         }
-    assert stored == {key: value for key, value in expected.attributes.items()}
+    assert stored == dict(expected.attributes.items())
     writes = service.metrics.position_writes
     assert writes.labels("inserted")._value.get() == expected.inserted == 8_000
     assert writes.labels("merged")._value.get() == expected.merged

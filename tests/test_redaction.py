@@ -82,7 +82,8 @@ def test_startup_failure_logs_have_no_password() -> None:
 def test_every_log_line_is_redacted(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("info", fmt)
     log = structlog.get_logger("test.redaction")
-    log.info(f"connecting to redis://:{SECRET}@redis:6379/0", url=f"postgresql://a:{SECRET}@db/x")
+    # an f-string event on purpose: the redaction must reach the message itself
+    log.info(f"connecting to redis://:{SECRET}@redis:6379/0", url=f"postgresql://a:{SECRET}@db/x")  # noqa: G004
     log.warning("nested", fields={"dsn": f"host=db password={SECRET}"}, urls=[f"x://u:{SECRET}@h"])
     try:
         raise RuntimeError(f"failed: postgresql://a:{SECRET}@db/x")

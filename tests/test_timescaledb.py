@@ -43,7 +43,7 @@ def jobs(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
         "SELECT proc_name, config FROM timescaledb_information.jobs "
         "WHERE hypertable_name = 'positions'"
     ).fetchall()
-    return {name: config for name, config in rows}
+    return dict(rows)
 
 
 def test_migrations_make_positions_a_hypertable_with_the_specified_schema(

@@ -31,9 +31,9 @@ class JudgeFree(Writer):
 
 def writer(concurrency: int) -> JudgeFree:
     return JudgeFree(
-        database=cast(Any, None),
-        redis_client=cast(Any, None),
-        names=cast(Any, None),
+        database=cast("Any", None),
+        redis_client=cast("Any", None),
+        names=cast("Any", None),
         settings=WriterSettings(
             batch_size=BATCH,
             flush_interval_s=FLUSH_S,
@@ -53,7 +53,7 @@ def delivery(*fixes: tuple[str, str], rejected: int = 0) -> Delivery:
     records = Records()
     for entry_id, device in fixes:
         records.ids.append(entry_id)
-        records.rows.append(cast(Any, (device, entry_id)))
+        records.rows.append(cast("Any", (device, entry_id)))
         records.fields.append({})
     gone = [Rejected(f"r{i}", {}, "bad", "bad", "decode_error:json") for i in range(rejected)]
     return Delivery(records, gone)

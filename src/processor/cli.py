@@ -31,7 +31,8 @@ from processor.config import Config, ConfigError, load_config
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 1
 
-Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+# argparse names its sub-parser collection only privately; `add_subparsers` returns one.
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]  # noqa: SLF001
 Handler = Callable[[argparse.Namespace, Config], int]
 
 

@@ -143,7 +143,7 @@ class Config:
     positions_retention_days: int = _int("POSITIONS_RETENTION_DAYS", 0, 0, 36_500)
 
     # --- observability -----------------------------------------------------------------------
-    http_host: str = _text("HTTP_HOST", "0.0.0.0")
+    http_host: str = _text("HTTP_HOST", "0.0.0.0")  # noqa: S104 - a container serves all
     http_port: int = _int("HTTP_PORT", 9090, 0, 65_535)
     probe_interval_s: float = _float("PROBE_INTERVAL_S", 2.0, 0.05, 3600)
     probe_timeout_s: float = _float("PROBE_TIMEOUT_S", 1.0, 0.05, 60)
@@ -166,7 +166,7 @@ class Config:
         _url("http", "https"),
     )
     directus_auth_timeout_ms: int = _int("DIRECTUS_AUTH_TIMEOUT_MS", 3_000, 10, 60_000)
-    live_ws_host: str = _text("LIVE_WS_HOST", "0.0.0.0")
+    live_ws_host: str = _text("LIVE_WS_HOST", "0.0.0.0")  # noqa: S104 - as HTTP_HOST
     live_ws_port: int = _int("LIVE_WS_PORT", 8081, 0, 65_535)
     live_ws_allowed_origins: tuple[str, ...] = _setting(
         "LIVE_WS_ALLOWED_ORIGINS", (), "a comma-separated list of origins"

@@ -119,9 +119,9 @@ def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
             return EXIT_NOT_FOUND
         feed: list[RaceChange] = []
         changes = rebuild(conn, args.stage_id, feed)
-        labels = dict(
-            ((kind, key), label) for kind, key, label in conn.execute(LABELS, {"s": args.stage_id})
-        )
+        labels = {
+            (kind, key): label for kind, key, label in conn.execute(LABELS, {"s": args.stage_id})
+        }
     announce(config, feed)
     print(format_changes(changes, labels))
     return EXIT_OK
@@ -135,15 +135,15 @@ def format_changes(changes: Sequence[Change], labels: dict[tuple[str, str], str]
     if not changes:
         return "no change"
     rows = [("control", "entry", "old", "new")]
-    for change in sorted(changes, key=lambda c: (c.entry_id, c.control_id)):
-        rows.append(
-            (
-                labels.get(("c", change.control_id), change.control_id[:8]),
-                labels.get(("e", change.entry_id), change.entry_id[:8]),
-                _time(change.old),
-                "-> " + _time(change.new),
-            )
+    rows.extend(
+        (
+            labels.get(("c", change.control_id), change.control_id[:8]),
+            labels.get(("e", change.entry_id), change.entry_id[:8]),
+            _time(change.old),
+            "-> " + _time(change.new),
         )
+        for change in sorted(changes, key=lambda c: (c.entry_id, c.control_id))
+    )
     return _table(rows) + f"\n{len(changes)} record(s) changed"
 
 
@@ -178,19 +178,19 @@ def format_results(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "no results yet"
     table = [("pos", "number", "class", "status", "elapsed", "penalties", "total", "gap")]
-    for r in rows:
-        table.append(
-            (
-                "-" if r["position"] is None else str(r["position"]),
-                r["number"] or "-",
-                r["class"] or "-",
-                r["status"],
-                duration(r["elapsed_ms"]),
-                duration(r["penalty_ms"]),
-                duration(r["total_ms"]),
-                "-" if r["gap_ms"] is None else "+" + duration(r["gap_ms"]),
-            )
+    table.extend(
+        (
+            "-" if r["position"] is None else str(r["position"]),
+            r["number"] or "-",
+            r["class"] or "-",
+            r["status"],
+            duration(r["elapsed_ms"]),
+            duration(r["penalty_ms"]),
+            duration(r["total_ms"]),
+            "-" if r["gap_ms"] is None else "+" + duration(r["gap_ms"]),
         )
+        for r in rows
+    )
     return _table(table)
 
 

@@ -129,7 +129,7 @@ class StatusLine:
         if self._db is None or self._db.closed:
             self._db = psycopg.connect(self.service.config.database_url, autocommit=True)
         row = self._db.execute(STAGE_STANDING, {"s": self.stage_id}).fetchone()
-        leader, finished, running = row if row else (None, 0, 0)
+        leader, finished, running = row or (None, 0, 0)
         shown = "none yet"
         if leader:
             number, total = str(leader).rsplit(" ", 1)

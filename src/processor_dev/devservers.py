@@ -113,7 +113,7 @@ def _resolve_source(source: Source | None) -> Source:
     allowed = get_args(Source)
     if value not in allowed:
         raise ValueError(f"{ENV_SWITCH}/source must be one of {', '.join(allowed)}; got {value!r}")
-    return cast(Source, value)
+    return cast("Source", value)
 
 
 def _is_executable(path: Path) -> bool:
@@ -424,7 +424,8 @@ def _copy_installation(bindir: Path, into: Path) -> Path:
                 copy_function=link_or_copy,
             )
     for directory, _dirs, _files in os.walk(target):
-        os.chmod(directory, 0o755)  # traversable whatever the umask was
+        # traversable by the server's user whatever the umask was (binaries, not secrets)
+        Path(directory).chmod(0o755)
     return target / bindir.relative_to(base)
 
 

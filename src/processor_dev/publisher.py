@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TextIO
 
 import attrs
@@ -179,8 +180,7 @@ def stage_from(args: argparse.Namespace, scenario: Scenario) -> RallyStage:
         sys.stdout.write(scenario_sql(stage))
         sys.stdout.flush()
     elif args.scenario_out:
-        with open(args.scenario_out, "w", encoding="utf-8") as out:
-            out.write(scenario_sql(stage))
+        Path(args.scenario_out).write_text(scenario_sql(stage), encoding="utf-8")
     return stage
 
 

@@ -45,7 +45,7 @@ async def client(
             message = await ws.get_message()
             now = time.time()
             document = orjson.loads(message)
-            ts = datetime.fromisoformat(document["position"]["ts"].replace("Z", "+00:00"))
+            ts = datetime.fromisoformat(document["position"]["ts"])
             delays.append((now - ts.timestamp()) * 1000)
             count += 1
         counts.append(count)

@@ -30,7 +30,7 @@ ERROR_MAX_CHARS = 2000
 def dead_letter_fields(rejected: Rejected, consumer: str) -> dict[bytes | str, bytes | str]:
     """The original fields plus why, where and when it failed: the mapping settle.py writes
     (its keys are BOOKKEEPING_FIELDS, which replay strips)."""
-    fields: dict[bytes | str, bytes | str] = {key: value for key, value in rejected.fields.items()}
+    fields: dict[bytes | str, bytes | str] = dict(rejected.fields.items())
     bookkeeping = {
         "reason": rejected.reason,
         "error": rejected.error[:ERROR_MAX_CHARS],

@@ -46,7 +46,8 @@ def time_at(g: float, dt: float, v0: float | None, v1: float | None, accel: bool
     """Seconds after fix A at which fraction `g` of the segment is reached."""
     if not accel:
         return g * dt
-    assert v0 is not None and v1 is not None
+    assert v0 is not None
+    assert v1 is not None
     vg = math.sqrt((1.0 - g) * v0 * v0 + g * v1 * v1)
     denominator = v0 + vg
     if denominator <= 0.0:  # v0 = 0 and g = 0: the very start
@@ -57,7 +58,8 @@ def time_at(g: float, dt: float, v0: float | None, v1: float | None, accel: bool
 def speed_at(g: float, v0: float | None, v1: float | None, accel: bool) -> float | None:
     """The interpolated speed (km/h) at fraction `g`."""
     if accel:
-        assert v0 is not None and v1 is not None
+        assert v0 is not None
+        assert v1 is not None
         return math.sqrt((1.0 - g) * v0 * v0 + g * v1 * v1)
     if v0 is None:
         return v1
@@ -76,7 +78,8 @@ def fraction_at(tau: float, dt: float, v0: float | None, v1: float | None, accel
         return 1.0
     if not accel:
         return tau / dt
-    assert v0 is not None and v1 is not None
+    assert v0 is not None
+    assert v1 is not None
     a = (v1 - v0) / dt
     covered = v0 * tau + 0.5 * a * tau * tau
     total = (v0 + v1) * 0.5 * dt

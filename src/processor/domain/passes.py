@@ -194,7 +194,7 @@ def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pa
         g = g_lo
         if e2 > 0.0:
             g = -(ax * ex + ay * ey) / e2
-            g = g_lo if g < g_lo else (g_hi if g > g_hi else g)
+            g = g_lo if g < g_lo else (min(g, g_hi))
         px, py = ax + g * ex, ay + g * ey
         d2 = px * px + py * py
         if not in_visit and d2 <= r2:

@@ -22,7 +22,7 @@ from processor.position import Position, format_timestamp
 
 SUBSCRIBE, UNSUBSCRIBE = "subscribe", "unsubscribe"
 TOPIC_PREFIX = "event:"
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.I)
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.IGNORECASE)
 
 BAD_REQUEST, FORBIDDEN, UNAVAILABLE, INTERNAL = (
     "bad_request",

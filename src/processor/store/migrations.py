@@ -71,7 +71,7 @@ def apply_migrations(conn: psycopg.Connection[Any], migrations: list[Migration])
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
         rows = conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
-        done = {version: checksum for version, checksum in rows}
+        done = dict(rows)
         for migration in migrations:
             if migration.version in done:
                 if done[migration.version] != migration.checksum:

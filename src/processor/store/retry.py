@@ -56,7 +56,7 @@ class Backoff:
     def next_delay(self) -> float:
         self.attempts += 1
         base = min(self.max_s, self.initial_s * float(2 ** min(self.attempts - 1, 30)))
-        jitter: float = random.uniform(0.8, 1.2)
+        jitter: float = random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
         return base * jitter
 
     def reset(self) -> None:
