@@ -3,7 +3,7 @@ client."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -159,3 +159,37 @@ async def no_message(ws: WebSocketConnection, seconds: float = 0.5) -> None:
     with trio.move_on_after(seconds):
         message = await ws.get_message()
         raise AssertionError(f"unexpected message {message!r}")
+
+
+class Frames:
+    """Everything one client receives, with the (trio) time it arrived."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.times: list[float] = []
+
+    async def collect(self, ws: WebSocketConnection) -> None:
+        while True:
+            message = await ws.get_message()
+            self.frames.append(orjson.loads(message))
+            self.times.append(trio.current_time())
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f["type"] == kind]
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 60) -> None:  # noqa: ASYNC109
+        with trio.fail_after(timeout):
+            while not predicate():  # noqa: ASYNC110 - frames arrive on another task
+                await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def watching(port: int | None, event_id: str) -> AsyncIterator[tuple[dict[str, Any], Frames]]:
+    """A client subscribed to `event_id`: its reply to the subscribe, and every frame after it,
+    collected in the background until the block ends (then the client leaves)."""
+    async with live_client(port) as ws, trio.open_nursery() as nursery:
+        reply = await subscribe(ws, event_id)
+        frames = Frames()
+        nursery.start_soon(frames.collect, ws)
+        yield reply, frames
+        nursery.cancel_scope.cancel()
