@@ -19,7 +19,7 @@ import trio
 from processor.app import Service
 from processor.config import load_config
 from processor.observability.logging import configure_logging
-from tests.support.fixes import pending_count, publish, row_count
+from tests.support.fixes import assert_acked_have_rows, pending_count, publish, row_count
 
 
 @asynccontextmanager
@@ -95,6 +95,10 @@ class Rig:
 
     def pending(self) -> int:
         return pending_count(self.redis, self.stream_key)
+
+    def assert_acked_have_rows(self, published: dict[str, dict[str, Any]]) -> int:
+        """`fixes.assert_acked_have_rows` on this rig's stream and schema."""
+        return assert_acked_have_rows(self.redis, self.stream_key, self.database_url, published)
 
 
 @pytest.fixture(name="rig")
