@@ -29,14 +29,9 @@ from tests.support.live import (
     live_rig_fixture,  # noqa: F401 - registers the fixture
     send,
 )
+from tests.support.racing import BRACKETS
 from tests.support.service import running_service
 from tests.test_race_alerts import stopper
-
-BRACKETS = [
-    {"up_to_kmh": 20, "penalty_s": 60},
-    {"up_to_kmh": 40, "penalty_s": 120},
-    {"penalty_s": 180},
-]
 
 
 async def test_a_recorded_session_with_a_violation_and_a_stop(

@@ -29,14 +29,10 @@ from tests.support.live import (
     live_rig_fixture,  # noqa: F401 - registers the fixture
     watching,
 )
+from tests.support.racing import BRACKETS
 from tests.support.service import running_service
 from tests.test_domain_engine import rebuild_changes
 
-BRACKETS = [
-    {"up_to_kmh": 20, "penalty_s": 60},
-    {"up_to_kmh": 40, "penalty_s": 120},
-    {"penalty_s": 180},
-]
 ZONE = Zone("z", "a", "b", 50.0, 0.0, 3.0, parse_brackets(BRACKETS))
 
 

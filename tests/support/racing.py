@@ -36,6 +36,12 @@ T0 = BASE_TIME.timestamp()
 START_X, WAYPOINT_X, CHECKPOINT_X, FINISH_X = 100.0, 1000.0, 2000.0, 3000.0
 WAYPOINT_RADIUS = 30.0
 WAYPOINT_PENALTY_S, CHECKPOINT_PENALTY_S = 300, 600
+# A speed zone's penalties by peak excess over its limit: the example of docs/racing-domain.md.
+BRACKETS = [
+    {"up_to_kmh": 20, "penalty_s": 60},
+    {"up_to_kmh": 40, "penalty_s": 120},
+    {"penalty_s": 180},
+]
 
 
 def to_latlon(x: float, y: float) -> tuple[float, float]:
