@@ -16,13 +16,12 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 import trio
 
 from processor.domain.evaluation import Change
 from processor.timing_commands import format_changes, rebuild
 from tests.support import racing
-from tests.support.fixes import fix, publish
+from tests.support.fixes import fix
 from tests.support.racing import (
     CHECKPOINT_PENALTY_S,
     WAYPOINT_PENALTY_S,
@@ -31,15 +30,15 @@ from tests.support.racing import (
     stored,
     to_latlon,
 )
-from tests.support.service import running_service, wait_until
+from tests.support.service import (
+    Rig,
+    rig_fixture,  # noqa: F401 - registers the fixture
+    running_service,
+)
 
 CARS = [("steady", "T1"), ("faster", "T1"), ("cutter", "T2"), ("reverse", "T2"), ("late", None)]
 B_START = 9.160797831  # 10 t + 0.1 t^2 = 100
 B_FINISH = 130.2775638  # 10 t + 0.1 t^2 = 3000
-
-
-def domain_env(env: dict[str, str]) -> dict[str, str]:
-    return {**env, "DOMAIN_REFRESH_MS": "200", "RECLAIM_INTERVAL_S": "0.5"}
 
 
 def tracks(course: racing.Course) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -72,20 +71,6 @@ def shuffled_twice(documents: list[dict[str, Any]], seed: int) -> list[dict[str,
     doubled = documents + documents
     random.Random(seed).shuffle(doubled)
     return doubled
-
-
-def domain_done(client: redis.Redis, stream: str) -> bool:
-    """Both groups have delivered every entry and hold none pending."""
-    if not client.exists(stream):
-        return False
-    last = client.xinfo_stream(stream)["last-generated-id"]
-    groups = {g["name"]: g for g in client.xinfo_groups(stream)}
-    return all(
-        name in groups
-        and groups[name]["last-delivered-id"] == last
-        and int(groups[name]["pending"]) == 0
-        for name in (b"processor", b"domain")
-    )
 
 
 def check_results(rows: dict[str, Any], course: racing.Course, *, late_passed: bool) -> None:
@@ -142,33 +127,28 @@ def rebuild_changes(database_url: str, stage_id: str) -> list[Change]:
         return rebuild(conn, stage_id)
 
 
-async def test_stage_from_shuffled_duplicated_faulty_and_late_fixes(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
-    racing.create_tables(database_url)
-    course = racing.add_course(database_url, CARS)
+async def test_stage_from_shuffled_duplicated_faulty_and_late_fixes(rig: Rig) -> None:
+    course = racing.setup_course(rig, CARS)
     documents, gap = tracks(course)
-    async with running_service(domain_env(env)) as service:
-        assert service.domain is not None
-        with trio.fail_after(90):
-            await service.domain.enabled.wait()
-        publish(redis_client, stream_key, shuffled_twice(documents, seed=11))
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
-        check_results(stored(database_url, course.stage_id), course, late_passed=False)
+    async with running_service(racing.domain_env(rig.env)) as service:
+        await racing.judging(service)
+        rig.publish(shuffled_twice(documents, seed=11))
+        await racing.all_judged(rig)
+        check_results(stored(rig.database_url, course.stage_id), course, late_passed=False)
 
         # the late car's buffered fixes arrive: the miss becomes a pass, the penalty goes
-        publish(redis_client, stream_key, shuffled_twice(gap, seed=12))
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
-        before = stored(database_url, course.stage_id)
+        rig.publish(shuffled_twice(gap, seed=12))
+        await racing.all_judged(rig)
+        before = stored(rig.database_url, course.stage_id)
         check_results(before, course, late_passed=True)
         assert service.metrics.domain_late_reevaluations._value.get() >= 1
         assert service.metrics.domain_passes.labels("waypoint")._value.get() >= 4
 
         # redelivery changes nothing, not even updated_at
-        publish(redis_client, stream_key, documents[:200] + gap)
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
-        assert stored(database_url, course.stage_id) == before
+        rig.publish(documents[:200] + gap)
+        await racing.all_judged(rig)
+        assert stored(rig.database_url, course.stage_id) == before
 
-    changes = await trio.to_thread.run_sync(rebuild_changes, database_url, course.stage_id)
+    changes = await trio.to_thread.run_sync(rebuild_changes, rig.database_url, course.stage_id)
     assert format_changes(changes, {}) == "no change"
-    assert stored(database_url, course.stage_id) == before
+    assert stored(rig.database_url, course.stage_id) == before

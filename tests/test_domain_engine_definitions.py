@@ -4,69 +4,60 @@ moved in Directus, and a fix the durable pipeline dead-lettered (never stored)."
 from __future__ import annotations
 
 import psycopg
-import redis
-import trio
 
 from processor.store.migrations import apply_migrations, default_directory, load_migrations
 from tests.support import racing
-from tests.support.fixes import fix, publish, row_count
+from tests.support.fixes import fix
 from tests.support.racing import stored, to_latlon
 from tests.support.schema import migrate_and_forbid
-from tests.support.service import running_service, wait_until
-from tests.test_domain_engine import domain_done, domain_env
+from tests.support.service import (
+    Rig,
+    rig_fixture,  # noqa: F401 - registers the fixture
+    running_service,
+    wait_until,
+)
 
 CARS = [("steady", "T1"), ("cutter", "T1")]
 
 
-async def test_engine_waits_for_the_racing_tables(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
-    async with running_service(domain_env(env)) as service:
+async def test_engine_waits_for_the_racing_tables(rig: Rig) -> None:
+    async with running_service(racing.domain_env(rig.env)) as service:
         assert service.domain is not None
-        publish(redis_client, stream_key, [fix(second=s) for s in range(5)])
-        await wait_until(lambda: row_count(database_url) == 5, timeout=120)
+        rig.publish([fix(second=s) for s in range(5)])
+        await wait_until(lambda: rig.rows() == 5, timeout=120)
         assert not service.domain.enabled.is_set()  # ingestion runs without the domain
-        groups = {g["name"] for g in redis_client.xinfo_groups(stream_key)}
+        groups = {g["name"] for g in rig.redis.xinfo_groups(rig.stream_key)}
         assert b"domain" not in groups
 
-        racing.create_tables(database_url)
-        course = racing.add_course(database_url, CARS)
-        with trio.fail_after(90):
-            await service.domain.enabled.wait()
-        publish(
-            redis_client,
-            stream_key,
-            racing.track(course.devices["steady"], racing.constant(20), 160),
-        )
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
-        results = stored(database_url, course.stage_id)["results"]
+        course = racing.setup_course(rig, CARS)
+        await racing.judging(service)
+        rig.publish(racing.track(course.devices["steady"], racing.constant(20), 160))
+        await racing.all_judged(rig)
+        results = stored(rig.database_url, course.stage_id)["results"]
         assert results[course.entries["steady"]][0] == "finished"
 
 
-async def test_a_moved_control_re_evaluates_its_stage(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
-    racing.create_tables(database_url)
-    course = racing.add_course(database_url, CARS)
+async def test_a_moved_control_re_evaluates_its_stage(rig: Rig) -> None:
+    course = racing.setup_course(rig, CARS)
     documents = racing.track(course.devices["steady"], racing.constant(20), 160)
     documents += racing.track(course.devices["cutter"], racing.constant(25, y=40), 130)
-    async with running_service(domain_env(env)) as service:
-        publish(redis_client, stream_key, documents)
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+    async with running_service(racing.domain_env(rig.env)) as service:
+        rig.publish(documents)
+        await racing.all_judged(rig)
         cutter = course.entries["cutter"]
         key = (cutter, course.controls["waypoint"])
-        assert key not in stored(database_url, course.stage_id)["records"]
+        assert key not in stored(rig.database_url, course.stage_id)["records"]
 
         # the organiser moves the waypoint 40 m north: now the cutter passes it
         lat, lon = to_latlon(racing.WAYPOINT_X, 40)
-        with psycopg.connect(database_url) as conn:
+        with psycopg.connect(rig.database_url) as conn:
             conn.execute(
                 "UPDATE controls SET latitude = %s, longitude = %s WHERE id = %s",
                 (lat, lon, course.controls["waypoint"]),
             )
-        records = lambda: stored(database_url, course.stage_id)["records"]  # noqa: E731
+        records = lambda: stored(rig.database_url, course.stage_id)["records"]  # noqa: E731
         await wait_until(lambda: key in records(), timeout=120)
-        rows = stored(database_url, course.stage_id)
+        rows = stored(rig.database_url, course.stage_id)
         assert rows["results"][cutter][4] == 0  # penalty gone
         assert rows["records"][key][2] is not None and rows["records"][key][2] < 1.0
         # ... and the steady car, 40 m away now, misses it
@@ -74,24 +65,21 @@ async def test_a_moved_control_re_evaluates_its_stage(
         assert service.metrics.domain_rebuilds._value.get() >= 2
 
 
-async def test_a_dead_lettered_fix_is_skipped_without_waiting_out_the_timeout(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
-    racing.create_tables(database_url)
-    course = racing.add_course(database_url, CARS)
+async def test_a_dead_lettered_fix_is_skipped_without_waiting_out_the_timeout(rig: Rig) -> None:
+    course = racing.setup_course(rig, CARS)
     poisoned = course.devices["cutter"]
-    migrate_and_forbid(database_url, poisoned)  # PostgreSQL refuses every row of this device
+    migrate_and_forbid(rig.database_url, poisoned)  # PostgreSQL refuses every row of this device
     documents = racing.track(course.devices["steady"], racing.constant(20), 160)
     documents += racing.track(poisoned, racing.constant(25), 130)
     async with running_service(
-        {**domain_env(env), "DOMAIN_VISIBILITY_TIMEOUT_MS": "600000"}
+        {**racing.domain_env(rig.env), "DOMAIN_VISIBILITY_TIMEOUT_MS": "600000"}
     ) as service:
-        publish(redis_client, stream_key, documents)
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+        rig.publish(documents)
+        await racing.all_judged(rig)
         skipped = service.metrics.domain_skipped_fixes
         assert skipped.labels("dead_lettered")._value.get() == 130
         assert skipped.labels("timeout")._value.get() == 0
-    rows = stored(database_url, course.stage_id)
+    rows = stored(rig.database_url, course.stage_id)
     assert course.entries["cutter"] not in rows["results"]
     assert rows["results"][course.entries["steady"]][0] == "finished"
 
@@ -105,60 +93,50 @@ def test_migrations_leave_the_racing_tables_alone(database_url: str) -> None:
 
 
 async def test_an_incomplete_stage_waits_until_it_is_fixed_and_errors_never_end_the_service(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
+    rig: Rig,
 ) -> None:
-    racing.create_tables(database_url)
-    course = racing.add_course(database_url, CARS)
+    course = racing.setup_course(rig, CARS)
     waypoint = course.controls["waypoint"]
-    with psycopg.connect(database_url) as conn:  # half-typed in Directus: no radius yet
+    with psycopg.connect(rig.database_url) as conn:  # half-typed in Directus: no radius yet
         conn.execute("UPDATE controls SET validate_radius_m = NULL WHERE id = %s", (waypoint,))
-    async with running_service(domain_env(env)) as service:
-        publish(
-            redis_client,
-            stream_key,
-            racing.track(course.devices["steady"], racing.constant(20), 160),
-        )
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
-        assert stored(database_url, course.stage_id) == {"records": {}, "results": {}}
+    async with running_service(racing.domain_env(rig.env)) as service:
+        rig.publish(racing.track(course.devices["steady"], racing.constant(20), 160))
+        await racing.all_judged(rig)
+        assert stored(rig.database_url, course.stage_id) == {"records": {}, "results": {}}
 
         # a table Directus renamed under us: logged and counted, the service goes on
-        with psycopg.connect(database_url) as conn:
+        with psycopg.connect(rig.database_url) as conn:
             conn.execute("ALTER TABLE controls RENAME TO controls_moved")
         await wait_until(lambda: service.metrics.domain_errors._value.get() >= 1, timeout=120)
-        with psycopg.connect(database_url) as conn:
+        with psycopg.connect(rig.database_url) as conn:
             conn.execute("ALTER TABLE controls_moved RENAME TO controls")
             conn.execute("UPDATE controls SET validate_radius_m = 30 WHERE id = %s", (waypoint,))
         steady = course.entries["steady"]
-        results = lambda: stored(database_url, course.stage_id)["results"]  # noqa: E731
+        results = lambda: stored(rig.database_url, course.stage_id)["results"]  # noqa: E731
         await wait_until(lambda: steady in results(), timeout=120)
-        assert stored(database_url, course.stage_id)["results"][steady][6:8] == (4, 0)
+        assert stored(rig.database_url, course.stage_id)["results"][steady][6:8] == (4, 0)
         assert service.ready.is_set() and not service.draining.is_set()
 
 
-async def test_domain_lag_counts_entries_not_yet_delivered_to_the_domain_group(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str
-) -> None:
+async def test_domain_lag_counts_entries_not_yet_delivered_to_the_domain_group(rig: Rig) -> None:
     from processor.app import make_domain_engine
     from processor.config import load_config
     from processor.observability.metrics import Metrics
 
-    publish(redis_client, stream_key, [fix(second=s) for s in range(7)])
-    redis_client.xgroup_create(stream_key, "domain", id="0")
-    redis_client.xreadgroup("domain", "someone", {stream_key: ">"}, count=3)
+    rig.publish([fix(second=s) for s in range(7)])
+    rig.redis.xgroup_create(rig.stream_key, "domain", id="0")
+    rig.redis.xreadgroup("domain", "someone", {rig.stream_key: ">"}, count=3)
     metrics = Metrics()
-    engine = make_domain_engine(load_config(env), redis_client, metrics)
+    engine = make_domain_engine(load_config(rig.env), rig.redis, metrics)
     await engine.sample_lag()
     assert metrics.domain_lag._value.get() == 4
 
 
-async def test_an_engine_failure_is_restarted_by_the_supervisor_and_skips_nothing(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
+async def test_an_engine_failure_is_restarted_by_the_supervisor_and_skips_nothing(rig: Rig) -> None:
     """An exception escaping the engine ends one life of it: the service's supervisor counts
     the restart and starts a new life, which re-reads the batch it had not acked."""
-    racing.create_tables(database_url)
-    course = racing.add_course(database_url, CARS)
-    async with running_service(domain_env(env)) as service:
+    course = racing.setup_course(rig, CARS)
+    async with running_service(racing.domain_env(rig.env)) as service:
         engine = service.domain
         assert engine is not None
         handle = engine._handle
@@ -171,14 +149,10 @@ async def test_an_engine_failure_is_restarted_by_the_supervisor_and_skips_nothin
             await handle(entries)
 
         engine._handle = fail_first_batch  # type: ignore[method-assign]
-        publish(
-            redis_client,
-            stream_key,
-            racing.track(course.devices["steady"], racing.constant(20), 160),
-        )
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+        rig.publish(racing.track(course.devices["steady"], racing.constant(20), 160))
+        await racing.all_judged(rig)
         restarts = service.metrics.service_restarts.labels("domain-engine")._value.get()
         assert failures and restarts == 1
-        results = stored(database_url, course.stage_id)["results"]
+        results = stored(rig.database_url, course.stage_id)["results"]
         assert results[course.entries["steady"]][0] == "finished"
         assert service.ready.is_set() and not service.draining.is_set()

@@ -3,50 +3,45 @@ rows: the same as a from-scratch rebuild, with the analytic crossing times."""
 
 from __future__ import annotations
 
-import redis
 import trio
 
 from processor.app import Service
 from processor.config import load_config
 from processor.timing_commands import format_changes
 from tests.support import racing
-from tests.support.fixes import publish
 from tests.support.racing import stored
-from tests.support.service import running_service, wait_until
+from tests.support.service import (
+    Rig,
+    rig_fixture,  # noqa: F401 - registers the fixture
+    running_service,
+)
 from tests.test_domain_engine import (
     CARS,
     check_results,
-    domain_done,
-    domain_env,
     rebuild_changes,
     shuffled_twice,
     tracks,
 )
 
 
-async def test_two_instances_and_a_killed_one_restarted(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
-    racing.create_tables(database_url)
-    course = racing.add_course(database_url, CARS)
+async def test_two_instances_and_a_killed_one_restarted(rig: Rig) -> None:
+    course = racing.setup_course(rig, CARS)
     documents, gap = tracks(course)
     everything = shuffled_twice(documents + gap, seed=21)
     chunks = [everything[i : i + 150] for i in range(0, len(everything), 150)]
-    base = {**domain_env(env), "READ_COUNT": "40", "DOMAIN_READ_COUNT": "40"}
+    base = {**racing.domain_env(rig.env), "READ_COUNT": "40", "DOMAIN_READ_COUNT": "40"}
     base["RECLAIM_MIN_IDLE_MS"] = "500"
     env_a = {**base, "INSTANCE_ID": "a"}
     env_b = {**base, "INSTANCE_ID": "b"}
 
     async with running_service(env_b) as b:
-        assert b.domain is not None
-        with trio.fail_after(90):
-            await b.domain.enabled.wait()
+        await racing.judging(b)
         # instance a is killed (cancelled, no drain) while both are busy
         async with trio.open_nursery() as nursery:
             a = Service(load_config(env_a))
             await nursery.start(a.run)
             for chunk in chunks[: len(chunks) // 2]:
-                publish(redis_client, stream_key, chunk)
+                rig.publish(chunk)
                 await trio.sleep(0.01)
             assert a.domain is not None
             with trio.fail_after(90):
@@ -56,13 +51,13 @@ async def test_two_instances_and_a_killed_one_restarted(
         # ... and restarted with the same name: it finishes its own pending entries first
         async with running_service(env_a) as again:
             for chunk in chunks[len(chunks) // 2 :]:
-                publish(redis_client, stream_key, chunk)
+                rig.publish(chunk)
                 await trio.sleep(0.01)
-            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+            await racing.all_judged(rig)
             assert again.domain is not None and b.domain.batches > 0
 
-    rows = stored(database_url, course.stage_id)
+    rows = stored(rig.database_url, course.stage_id)
     check_results(rows, course, late_passed=True)
-    changes = await trio.to_thread.run_sync(rebuild_changes, database_url, course.stage_id)
+    changes = await trio.to_thread.run_sync(rebuild_changes, rig.database_url, course.stage_id)
     assert format_changes(changes, {}) == "no change"
-    assert stored(database_url, course.stage_id) == rows
+    assert stored(rig.database_url, course.stage_id) == rows

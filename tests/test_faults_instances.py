@@ -15,19 +15,19 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 import trio
 
 from tests.support.daemon import Daemon
 from tests.support.fixes import (
-    assert_acked_have_rows,
     consumer_pending,
-    pending_count,
-    row_count,
     stored_keys,
 )
 from tests.support.load import Publisher, distinct_keys, workload
-from tests.support.service import wait_until
+from tests.support.service import (
+    Rig,
+    rig_fixture,  # noqa: F401 - registers the fixture
+    wait_until,
+)
 
 MIN_IDLE_MS = 2000
 INTERVAL_S = 0.5
@@ -36,16 +36,13 @@ STORE_MARGIN_S = 1.5  # claim, decode, write and ack one page on a busy 2-core m
 
 @pytest.mark.slow
 async def test_survivors_reclaim_a_killed_instances_entries_in_time(
-    env: dict[str, str],
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
+    rig: Rig,
     tmp_path: Path,
 ) -> None:
     documents = workload(24_000, devices=150, seed=3)
     expected = distinct_keys(documents)
     shared = {
-        **env,
+        **rig.env,
         "RECLAIM_MIN_IDLE_MS": str(MIN_IDLE_MS),
         "RECLAIM_INTERVAL_S": str(INTERVAL_S),
         "READ_COUNT": "200",
@@ -56,7 +53,7 @@ async def test_survivors_reclaim_a_killed_instances_entries_in_time(
     daemons = {
         name: Daemon({**shared, "INSTANCE_ID": name}, tmp_path / f"{name}.log") for name in names
     }
-    publisher = Publisher(redis_client, stream_key, documents, chunk=200, interval_s=0.08)
+    publisher = Publisher(rig.redis, rig.stream_key, documents, chunk=200, interval_s=0.08)
     try:
         # Generous start-up: three interpreters importing the package at once on a busy shared
         # machine took over 30 s once; start-up is not what this test measures.
@@ -65,14 +62,14 @@ async def test_survivors_reclaim_a_killed_instances_entries_in_time(
                 await daemon.wait_for("ready", within=90)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(publisher.run)
-                await wait_until(lambda: row_count(database_url) > 3000, timeout=30)
+                await wait_until(lambda: rig.rows() > 3000, timeout=30)
 
                 victim = daemons["victim"]
                 orphaned = 0
                 for _ in range(200):  # freeze it while it holds entries
                     victim.process.send_signal(signal.SIGSTOP)
                     await trio.sleep(0.05)  # let the stop land before counting
-                    orphaned = consumer_pending(redis_client, stream_key, "victim")
+                    orphaned = consumer_pending(rig.redis, rig.stream_key, "victim")
                     if orphaned > 0:
                         break
                     victim.process.send_signal(signal.SIGCONT)
@@ -82,7 +79,7 @@ async def test_survivors_reclaim_a_killed_instances_entries_in_time(
                 killed_at = time.monotonic()
 
                 await wait_until(
-                    lambda: consumer_pending(redis_client, stream_key, "victim") == 0,
+                    lambda: consumer_pending(rig.redis, rig.stream_key, "victim") == 0,
                     timeout=MIN_IDLE_MS / 1000 + INTERVAL_S + STORE_MARGIN_S,
                     interval=0.02,
                 )
@@ -91,8 +88,8 @@ async def test_survivors_reclaim_a_killed_instances_entries_in_time(
                 assert not publisher.done.is_set(), "the load ended before the takeover"
                 publisher.release()
 
-            await wait_until(lambda: pending_count(redis_client, stream_key) == 0, timeout=30)
-            await wait_until(lambda: row_count(database_url) == len(expected), timeout=30)
+            await wait_until(lambda: rig.pending() == 0, timeout=30)
+            await wait_until(lambda: rig.rows() == len(expected), timeout=30)
             for name in ("alpha", "bravo"):
                 daemons[name].terminate()
             for name in ("alpha", "bravo"):
@@ -101,11 +98,9 @@ async def test_survivors_reclaim_a_killed_instances_entries_in_time(
         for daemon in daemons.values():
             daemon.close()
 
-    assert stored_keys(database_url) == expected
-    assert row_count(database_url) == len(expected)
-    assert assert_acked_have_rows(
-        redis_client, stream_key, database_url, publisher.snapshot()
-    ) == len(documents)
+    assert stored_keys(rig.database_url) == expected
+    assert rig.rows() == len(expected)
+    assert rig.assert_acked_have_rows(publisher.snapshot()) == len(documents)
     reclaimed = [
         line
         for name in ("alpha", "bravo")

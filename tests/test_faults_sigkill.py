@@ -27,9 +27,13 @@ import redis
 import trio
 
 from tests.support.daemon import Daemon
-from tests.support.fixes import assert_acked_have_rows, pending_count, row_count, stored_keys
+from tests.support.fixes import pending_count, row_count, stored_keys
 from tests.support.load import Publisher, distinct_keys, workload
-from tests.support.service import wait_until
+from tests.support.service import (
+    Rig,
+    rig_fixture,  # noqa: F401 - registers the fixture
+    wait_until,
+)
 
 TOTAL = 50_000
 KILLS = 6
@@ -37,10 +41,7 @@ KILLS = 6
 
 @pytest.mark.slow
 async def test_random_sigkills_during_a_50k_run_lose_and_duplicate_nothing(
-    env: dict[str, str],
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
+    rig: Rig,
     tmp_path: Path,
 ) -> None:
     seed = int(time.time())
@@ -51,13 +52,13 @@ async def test_random_sigkills_during_a_50k_run_lose_and_duplicate_nothing(
     # A steady ~2,000 fixes/s for ~25 s. Batches wait up to 200 ms to fill, so at almost any
     # instant some entries are read and not yet acked: the kills hit work in flight.
     env = {
-        **env,
+        **rig.env,
         "READ_COUNT": "500",
         "WRITE_BATCH_SIZE": "2000",
         "WRITE_FLUSH_MS": "200",
         "INSTANCE_ID": "killed",
     }
-    publisher = Publisher(redis_client, stream_key, documents, chunk=250, interval_s=0.12)
+    publisher = Publisher(rig.redis, rig.stream_key, documents, chunk=250, interval_s=0.12)
 
     orphaned: list[int] = []  # entries read but not acked by each killed instance
     slice_rows = len(expected) / (KILLS + 1)
@@ -75,7 +76,7 @@ async def test_random_sigkills_during_a_50k_run_lose_and_duplicate_nothing(
                         await daemon.wait_for("ready", within=60)
                         target = int(slice_rows * (kill + rng.uniform(0, 0.5)))
                         await wait_until(
-                            partial(stored_or_died, database_url, target, daemon),
+                            partial(stored_or_died, rig.database_url, target, daemon),
                             timeout=60,
                             interval=0.02,
                         )
@@ -83,21 +84,18 @@ async def test_random_sigkills_during_a_50k_run_lose_and_duplicate_nothing(
                         # entries were just acked: kill once it holds entries again (the
                         # publisher keeps feeding it), so the kill lands on work in flight.
                         await wait_until(
-                            partial(holding_or_died, redis_client, stream_key, daemon),
+                            partial(holding_or_died, rig.redis, rig.stream_key, daemon),
                             timeout=30,
                             interval=0.005,
                         )
                     assert daemon.alive(), daemon.tail()
                 finally:
                     daemon.kill()
-                rows_at_kill = await trio.to_thread.run_sync(row_count_or_zero, database_url)
+                rows_at_kill = await trio.to_thread.run_sync(row_count_or_zero, rig.database_url)
                 assert rows_at_kill < len(expected), f"kill {kill} came after the run ended"
-                orphaned.append(pending_or_zero(redis_client, stream_key))
+                orphaned.append(pending_or_zero(rig.redis, rig.stream_key))
                 await trio.to_thread.run_sync(
-                    assert_acked_have_rows,
-                    redis_client,
-                    stream_key,
-                    database_url,
+                    rig.assert_acked_have_rows,
                     publisher.snapshot(),
                 )
 
@@ -105,19 +103,19 @@ async def test_random_sigkills_during_a_50k_run_lose_and_duplicate_nothing(
             final = Daemon(env, tmp_path / "final.log")
             try:
                 await publisher.done.wait()
-                await wait_until(lambda: pending_count(redis_client, stream_key) == 0, timeout=60)
-                await wait_until(lambda: row_count(database_url) == len(expected), timeout=60)
-                await wait_until(lambda: group_lag(redis_client, stream_key) == 0, timeout=60)
+                await wait_until(lambda: rig.pending() == 0, timeout=60)
+                await wait_until(lambda: rig.rows() == len(expected), timeout=60)
+                await wait_until(lambda: group_lag(rig.redis, rig.stream_key) == 0, timeout=60)
             finally:
                 final.terminate()
             assert await final.wait_exit(20) == 0, final.tail()
 
     print(f"pending at each kill: {orphaned}")
     assert sum(1 for count in orphaned if count > 0) >= 3, "too few kills hit work in flight"
-    assert stored_keys(database_url) == expected
-    assert row_count(database_url) == len(expected) < TOTAL
-    assert pending_count(redis_client, stream_key) == 0
-    acked = assert_acked_have_rows(redis_client, stream_key, database_url, publisher.snapshot())
+    assert stored_keys(rig.database_url) == expected
+    assert rig.rows() == len(expected) < TOTAL
+    assert rig.pending() == 0
+    acked = rig.assert_acked_have_rows(publisher.snapshot())
     assert acked == TOTAL
 
 

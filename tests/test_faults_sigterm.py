@@ -11,46 +11,43 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import redis
 import trio
 
 from tests.support.daemon import Daemon
 from tests.support.fixes import (
-    assert_acked_have_rows,
     consumer_pending,
-    pending_count,
-    row_count,
     stored_keys,
 )
 from tests.support.load import Publisher, distinct_keys, workload
-from tests.support.service import wait_until
+from tests.support.service import (
+    Rig,
+    rig_fixture,  # noqa: F401 - registers the fixture
+    wait_until,
+)
 
 SHUTDOWN_TIMEOUT_S = 5.0
 
 
 async def test_sigterm_under_steady_load_drains_and_exits_zero_in_time(
-    env: dict[str, str],
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
+    rig: Rig,
     tmp_path: Path,
 ) -> None:
     documents = workload(16_000, devices=100, seed=5)
     env = {
-        **env,
+        **rig.env,
         "SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
         "READ_COUNT": "300",
         "WRITE_BATCH_SIZE": "1000",
         "WRITE_FLUSH_MS": "150",  # a partly filled batch is waiting when the signal comes
     }
-    publisher = Publisher(redis_client, stream_key, documents, chunk=200, interval_s=0.05)
+    publisher = Publisher(rig.redis, rig.stream_key, documents, chunk=200, interval_s=0.05)
     first = Daemon({**env, "INSTANCE_ID": "first"}, tmp_path / "first.log")
     try:
         with trio.fail_after(60):
             await first.wait_for("ready", within=30)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(publisher.run)
-                await wait_until(lambda: row_count(database_url) > 2000, timeout=20)
+                await wait_until(lambda: rig.rows() > 2000, timeout=20)
                 first.terminate()
                 signalled = time.monotonic()
                 code = await first.wait_exit(SHUTDOWN_TIMEOUT_S + 2)
@@ -60,25 +57,22 @@ async def test_sigterm_under_steady_load_drains_and_exits_zero_in_time(
                 assert not publisher.done.is_set(), "the load should outlast the drain"
 
                 # Everything the first instance read was stored and acked before it exited.
-                assert consumer_pending(redis_client, stream_key, "first") == 0
+                assert consumer_pending(rig.redis, rig.stream_key, "first") == 0
                 acked = await trio.to_thread.run_sync(
-                    assert_acked_have_rows,
-                    redis_client,
-                    stream_key,
-                    database_url,
+                    rig.assert_acked_have_rows,
                     publisher.snapshot(),
                 )
                 # It read a prefix of the stream and acked all of it: exactly that prefix's rows.
                 prefix = list(publisher.snapshot().values())[:acked]
-                assert row_count(database_url) == len(distinct_keys(prefix))
+                assert rig.rows() == len(distinct_keys(prefix))
 
                 publisher.release()
                 second = Daemon({**env, "INSTANCE_ID": "second"}, tmp_path / "second.log")
                 try:
                     await publisher.done.wait()
-                    await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
+                    await wait_until(lambda: rig.pending() == 0)
                     expected = distinct_keys(documents)
-                    await wait_until(lambda: row_count(database_url) == len(expected))
+                    await wait_until(lambda: rig.rows() == len(expected))
                 finally:
                     second.terminate()
                 assert await second.wait_exit(SHUTDOWN_TIMEOUT_S + 2) == 0, second.tail()
@@ -88,7 +82,5 @@ async def test_sigterm_under_steady_load_drains_and_exits_zero_in_time(
     events = [line["event"] for line in first.lines()]
     assert events.index("draining") < events.index("pipeline drained") < events.index("stopped")
     assert not first.events("drain deadline exceeded")
-    assert stored_keys(database_url) == distinct_keys(documents)
-    assert assert_acked_have_rows(
-        redis_client, stream_key, database_url, publisher.snapshot()
-    ) == len(documents)
+    assert stored_keys(rig.database_url) == distinct_keys(documents)
+    assert rig.assert_acked_have_rows(publisher.snapshot()) == len(documents)

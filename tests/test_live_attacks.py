@@ -12,17 +12,23 @@ import uuid
 from pathlib import Path
 
 import orjson
-import redis
 import trio
 from hypothesis import HealthCheck, given, settings
 from wsproto.events import CloseConnection, TextMessage
 
 from processor.app import Service
 from tests.support.daemon import Daemon
-from tests.support.directus import DirectusStandIn, add_event
-from tests.support.fixes import fix, publish, row_count
-from tests.support.live import TOKEN, live_client, receive, rejection_status, send
-from tests.support.liveness import assert_ingesting
+from tests.support.directus import add_event
+from tests.support.fixes import fix
+from tests.support.live import (
+    TOKEN,
+    LiveRig,
+    live_client,
+    live_rig_fixture,  # noqa: F401 - registers the fixture
+    receive,
+    rejection_status,
+    send,
+)
 from tests.support.raw import (
     BINARY,
     TEXT,
@@ -73,18 +79,12 @@ def exchange_blocking(port: int, data: bytes) -> bytes:
     return received
 
 
-async def test_fuzzed_upgrades(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
-) -> None:
+async def test_fuzzed_upgrades(live_rig: LiveRig) -> None:
     """A hypothesis fuzzer on the raw HTTP upgrade: whatever arrives, the answer is an HTTP
     refusal (or a closed socket, or 101 for the rare valid request), never a 500 or a hang, and
     ingestion carries on. 150 examples keep it well under a minute."""
-    directus.user(TOKEN)
-    async with running_service(live_env) as service:
+    live_rig.directus.user(TOKEN)
+    async with live_rig.service() as service:
         port = service.live_port
         assert port
         statuses: list[int | None] = []
@@ -105,24 +105,18 @@ async def test_fuzzed_upgrades(
         await trio.to_thread.run_sync(fuzz)
         await wait_until(lambda: quiet(service))
         assert any(s in (400, 401, 404) for s in statuses), statuses
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
         # and the live port still serves a well-behaved client
         async with live_client(port) as ws:
             assert ws.closed is None
 
 
-async def test_hang_ups_at_every_stage(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
-) -> None:
+async def test_hang_ups_at_every_stage(live_rig: LiveRig) -> None:
     """Resets before the request ends, during authentication, after accept, mid-frame."""
-    directus.user(TOKEN)
-    directus.user("tok-slow", "slow")
-    directus.slow_s = 2.0
-    async with running_service(live_env) as service:
+    live_rig.directus.user(TOKEN)
+    live_rig.directus.user("tok-slow", "slow")
+    live_rig.directus.slow_s = 2.0
+    async with live_rig.service() as service:
         port = service.live_port
         assert port and service.live
         request = upgrade_request(extra=b"Authorization: Bearer " + TOKEN.encode() + b"\r\n")
@@ -145,28 +139,26 @@ async def test_hang_ups_at_every_stage(
         await client.aclose()
         client = await RawWebSocket.open(port, TOKEN)  # with a subscription in flight
         event = str(uuid.uuid4())
-        directus.allowed[TOKEN].add(event)
+        live_rig.directus.allowed[TOKEN].add(event)
         await client.send_raw(
             frame(TEXT, orjson.dumps({"type": "subscribe", "topic": f"event:{event}"}))
         )
         reset_on_close(client.stream)
         await client.aclose()
         await wait_until(lambda: quiet(service))
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
         assert len(service.live.registry) == 0  # nothing left behind
 
 
-async def test_slow_upgrades_are_bounded_in_time_and_number(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
-) -> None:
+async def test_slow_upgrades_are_bounded_in_time_and_number(live_rig: LiveRig) -> None:
     """Sockets that never finish the upgrade (slowloris): at most LIVE_WS_MAX_PENDING_UPGRADES
     at once (more are closed at once), each dropped after LIVE_WS_HANDSHAKE_TIMEOUT_MS."""
-    directus.user(TOKEN)
-    env = {**live_env, "LIVE_WS_MAX_PENDING_UPGRADES": "5", "LIVE_WS_HANDSHAKE_TIMEOUT_MS": "1500"}
+    live_rig.directus.user(TOKEN)
+    env = {
+        **live_rig.env,
+        "LIVE_WS_MAX_PENDING_UPGRADES": "5",
+        "LIVE_WS_HANDSHAKE_TIMEOUT_MS": "1500",
+    }
     async with running_service(env) as service:
         port = service.live_port
         assert port and service.live
@@ -190,20 +182,14 @@ async def test_slow_upgrades_are_bounded_in_time_and_number(
         assert live.pending_upgrades == 0
         async with live_client(port) as ws:  # slots are free again
             assert ws.closed is None
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
 
 
-async def test_garbage_after_a_good_handshake(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
-) -> None:
+async def test_garbage_after_a_good_handshake(live_rig: LiveRig) -> None:
     """Invalid UTF-8, binary frames, malformed JSON, oversized frames, a bad opcode, an
     unmasked frame, a huge declared length: each ends (at most) that connection."""
-    directus.user(TOKEN)
-    env = {**live_env, "LIVE_WS_MAX_PROTOCOL_ERRORS": "3"}
+    live_rig.directus.user(TOKEN)
+    env = {**live_rig.env, "LIVE_WS_MAX_PROTOCOL_ERRORS": "3"}
     attacks: list[list[bytes]] = [
         [frame(TEXT, b"\xff\xfe{")],  # invalid UTF-8 -> 1007
         [frame(BINARY, b"\x00\x01")] * 3,  # binary frames -> error frames, then 1008
@@ -236,21 +222,15 @@ async def test_garbage_after_a_good_handshake(
             finally:
                 await client.aclose()
         await wait_until(lambda: quiet(service))
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
 
 
-async def test_subscribe_floods_are_capped_and_paced(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
-) -> None:
+async def test_subscribe_floods_are_capped_and_paced(live_rig: LiveRig) -> None:
     """Distinct topics beyond LIVE_WS_MAX_SUBSCRIPTIONS are refused (`error bad_request`, the
     connection stays); authorization calls are paced to LIVE_WS_AUTHORIZATIONS_PER_S."""
     events = [str(uuid.uuid4()) for _ in range(30)]
-    directus.user(TOKEN, events=set(events))
-    env = {**live_env, "LIVE_WS_MAX_SUBSCRIPTIONS": "8", "LIVE_WS_AUTHORIZATIONS_PER_S": "20"}
+    live_rig.directus.user(TOKEN, events=set(events))
+    env = {**live_rig.env, "LIVE_WS_MAX_SUBSCRIPTIONS": "8", "LIVE_WS_AUTHORIZATIONS_PER_S": "20"}
     async with running_service(env) as service, live_client(service.live_port) as ws:
         for event in events:  # a flood: everything sent before anything is read
             await send(ws, {"type": "subscribe", "topic": f"event:{event}"})
@@ -266,29 +246,26 @@ async def test_subscribe_floods_are_capped_and_paced(
             await send(ws, {"type": "unsubscribe", "topic": f"event:{event}"})
         for _ in range(8):
             assert (await receive(ws, within=20))["type"] == "unsubscribed"
-        calls_before = sum(1 for s in directus.seen if s.path.startswith("/items/events/"))
+        calls_before = sum(1 for s in live_rig.directus.seen if s.path.startswith("/items/events/"))
         started = trio.current_time()
         for _ in range(40):
             await send(ws, {"type": "subscribe", "topic": f"event:{uuid.uuid4()}"})
         for _ in range(40):
             assert (await receive(ws, within=20))["code"] == "forbidden"
         elapsed = trio.current_time() - started
-        calls = sum(1 for s in directus.seen if s.path.startswith("/items/events/")) - calls_before
+        calls = (
+            sum(1 for s in live_rig.directus.seen if s.path.startswith("/items/events/"))
+            - calls_before
+        )
         assert calls == 40
         assert elapsed >= (40 - 20) / 20 * 0.9, elapsed  # cannot be faster than the rate
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
 
 
-async def test_connections_per_user_are_capped_with_429(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
-) -> None:
-    directus.user(TOKEN)
-    directus.user("bob")
-    env = {**live_env, "LIVE_WS_MAX_CONNECTIONS_PER_USER": "3"}
+async def test_connections_per_user_are_capped_with_429(live_rig: LiveRig) -> None:
+    live_rig.directus.user(TOKEN)
+    live_rig.directus.user("bob")
+    env = {**live_rig.env, "LIVE_WS_MAX_CONNECTIONS_PER_USER": "3"}
     async with running_service(env) as service:
         port = service.live_port
         assert service.live
@@ -303,7 +280,7 @@ async def test_connections_per_user_are_capped_with_429(
                 assert again.closed is None
         assert service.metrics.live_auth.labels("too_many_connections")._value.get() == 2
         await wait_until(lambda: quiet(service))
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
 
 
 # --- resources: clients that never read -----------------------------------------------------
@@ -350,11 +327,7 @@ async def non_reader(port: int, event_id: str, stop: trio.Event, codes: list[int
 
 
 async def test_non_reading_resubscribers_are_closed_with_4008_and_memory_stays_bounded(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
+    live_rig: LiveRig,
     tmp_path: Path,
 ) -> None:
     """8 authenticated clients resubscribe to an event of 3,000 devices (a ~0.5 MB snapshot)
@@ -362,16 +335,16 @@ async def test_non_reading_resubscribers_are_closed_with_4008_and_memory_stays_b
     is queued, the daemon's peak RSS grows by less than RSS_GROWTH_BOUND_MB, and fixes keep
     being stored throughout. (Before issue 9: 4 such clients grew the daemon by 210 MB.)"""
     imeis = [f"35{i:013d}" for i in range(DEVICES)]
-    event_id = add_event(database_url, imeis)
-    directus.user(TOKEN, events={event_id})
-    env = {**live_env, "LIVE_WS_MAX_CONNECTIONS_PER_USER": str(NON_READERS + 2)}
+    event_id = add_event(live_rig.database_url, imeis)
+    live_rig.directus.user(TOKEN, events={event_id})
+    env = {**live_rig.env, "LIVE_WS_MAX_CONNECTIONS_PER_USER": str(NON_READERS + 2)}
     daemon = Daemon(env, tmp_path / "processor.log")
     try:
         port = int((await daemon.wait_for("live broadcast listening"))["port"])
         http_port = await daemon.http_port()
         await daemon.wait_for("ready")
-        publish(redis_client, stream_key, [fix(imei, 1) for imei in imeis])
-        await wait_until(lambda: row_count(database_url) == DEVICES)
+        live_rig.publish([fix(imei, 1) for imei in imeis])
+        await wait_until(lambda: live_rig.rows() == DEVICES)
         async with live_client(port) as ws:  # warm up: one snapshot read and sent
             await send(ws, {"type": "subscribe", "topic": f"event:{event_id}"})
             first = await receive(ws, within=30)
@@ -387,7 +360,7 @@ async def test_non_reading_resubscribers_are_closed_with_4008_and_memory_stays_b
             for _ in range(NON_READERS):
                 nursery.start_soon(non_reader, port, event_id, stop, codes)
             # meanwhile, ingestion goes on
-            await assert_ingesting(redis_client, stream_key, database_url)
+            await live_rig.assert_ingesting()
             await wait_until(lambda: slow_closes() >= NON_READERS, timeout=60)
             stop.set()
         peak_kb = vm_kb(daemon.pid, "VmHWM")
@@ -395,7 +368,7 @@ async def test_non_reading_resubscribers_are_closed_with_4008_and_memory_stays_b
         print(f"baseline RSS {baseline_kb / 1024:.1f} MB, peak {peak_kb / 1024:.1f} MB")
         assert codes.count(4008) == NON_READERS, codes
         assert growth_mb < RSS_GROWTH_BOUND_MB, growth_mb
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
         async with live_client(port) as ws:  # the server still serves a good client
             await send(ws, {"type": "subscribe", "topic": f"event:{event_id}"})
             assert (await receive(ws, within=30))["type"] == "subscribed"

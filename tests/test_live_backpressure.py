@@ -13,9 +13,16 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from tests.support.daemon import Daemon
-from tests.support.directus import DirectusStandIn, add_event
-from tests.support.fixes import fix, pending_count, publish, row_count
-from tests.support.live import TOKEN, close_code, live_client, subscribe
+from tests.support.directus import add_event
+from tests.support.fixes import fix, publish
+from tests.support.live import (
+    TOKEN,
+    LiveRig,
+    close_code,
+    live_client,
+    live_rig_fixture,  # noqa: F401 - registers the fixture
+    subscribe,
+)
 from tests.support.scrape import scrape_sync
 from tests.support.service import wait_until
 
@@ -48,11 +55,7 @@ async def read_positions(ws: WebSocketConnection, count: int, into: list[dict[st
 
 
 async def test_slow_client_is_closed_and_others_keep_receiving(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
+    live_rig: LiveRig,
     tmp_path: Path,
 ) -> None:
     """The processor runs as its own process (as in production), so the clients' CPU in this
@@ -72,12 +75,12 @@ async def test_slow_client_is_closed_and_others_keep_receiving(
     so the two clients are told apart by how far behind they fall; the property proved is
     unchanged: a client that stops reading is cut off with 4008, the reading one gets every
     position in order, ingestion does not wait."""
-    live_env = {**live_env, "LIVE_WS_MAX_QUEUE": str(QUEUE)}
-    event_id = add_event(database_url, DEVICES)
-    directus.user(TOKEN, events={event_id})
+    env = {**live_rig.env, "LIVE_WS_MAX_QUEUE": str(QUEUE)}
+    event_id = add_event(live_rig.database_url, DEVICES)
+    live_rig.directus.user(TOKEN, events={event_id})
     total = len(DEVICES) * PER_DEVICE
     assert total >= 2 * QUEUE  # the stuck client goes far beyond the cap, not just to it
-    daemon = Daemon(live_env, tmp_path / "processor.log")
+    daemon = Daemon(env, tmp_path / "processor.log")
     try:
         port = int((await daemon.wait_for("live broadcast listening"))["port"])
         http_port = await daemon.http_port()
@@ -93,9 +96,9 @@ async def test_slow_client_is_closed_and_others_keep_receiving(
             received: list[dict[str, Any]] = []
             started = time.perf_counter()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(publish_phase, redis_client, stream_key, 0)
+                nursery.start_soon(publish_phase, live_rig.redis, live_rig.stream_key, 0)
                 nursery.start_soon(read_positions, good, total, received)
-                await wait_until(lambda: row_count(database_url) == total, interval=POLL_S)
+                await wait_until(lambda: live_rig.rows() == total, interval=POLL_S)
                 baseline_s = time.perf_counter() - started
             assert len(received) == total
 
@@ -111,10 +114,10 @@ async def test_slow_client_is_closed_and_others_keep_receiving(
 
                 started = time.perf_counter()
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(publish_phase, redis_client, stream_key, 1)
+                    nursery.start_soon(publish_phase, live_rig.redis, live_rig.stream_key, 1)
                     nursery.start_soon(read_positions, good, total, received)
                     nursery.start_soon(drain_stuck_once_closed)
-                    await wait_until(lambda: row_count(database_url) == 2 * total, interval=POLL_S)
+                    await wait_until(lambda: live_rig.rows() == 2 * total, interval=POLL_S)
                     loaded_s = time.perf_counter() - started
             print(
                 f"ingest {total} fixes at {RATE}/s: {baseline_s:.2f}s with one reading client, "
@@ -130,7 +133,7 @@ async def test_slow_client_is_closed_and_others_keep_receiving(
             assert all(ts == sorted(ts) and len(ts) == PER_DEVICE for ts in per_device.values())
             # Ingestion did not wait for the stuck client.
             assert loaded_s < baseline_s * 1.3 + 0.5
-            await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
+            await wait_until(lambda: live_rig.pending() == 0)
             assert slow_closes() == 1
             assert scrape_sync(http_port).value("processor_live_connections") == 1
     finally:

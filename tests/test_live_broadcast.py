@@ -7,13 +7,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-import redis
 import trio
 
 from processor.app import Service
-from tests.support.directus import DirectusStandIn, add_event
-from tests.support.fixes import BASE_TIME, fix, publish, row_count
-from tests.support.live import TOKEN, live_client, no_message, receive, send, subscribe
+from tests.support.fixes import BASE_TIME, fix
+from tests.support.live import (
+    LiveRig,
+    live_client,
+    live_rig_fixture,  # noqa: F401 - registers the fixture
+    no_message,
+    receive,
+    send,
+    subscribe,
+)
 from tests.support.service import running_service, wait_until
 
 
@@ -42,20 +48,11 @@ def live(service: Service) -> Any:
     return service.live
 
 
-async def test_snapshot_then_live_positions_of_that_event_only(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
-) -> None:
-    event_a = add_event(database_url, ["a1", "a2"])
-    event_b = add_event(database_url, ["b1"])
-    directus.user(TOKEN, events={event_a, event_b})
-    async with running_service(live_env) as service:
-        publish(
-            redis_client,
-            stream_key,
+async def test_snapshot_then_live_positions_of_that_event_only(live_rig: LiveRig) -> None:
+    event_a = live_rig.event(["a1", "a2"])
+    event_b = live_rig.event(["b1"])
+    async with live_rig.service() as service:
+        live_rig.publish(
             [
                 fix("a1", 10),
                 fix("a1", 20),
@@ -63,9 +60,9 @@ async def test_snapshot_then_live_positions_of_that_event_only(
                 fix("a2", 30, satellites=0),  # newest of a2, but faulty: not in the snapshot
                 fix("b1", 10),
                 fix("stranger", 10),
-            ],
+            ]
         )
-        await wait_until(lambda: row_count(database_url) == 6)
+        await wait_until(lambda: live_rig.rows() == 6)
         async with live_client(service.live_port) as ws:
             topic = f"event:{event_a}"
             assert await subscribe(ws, event_a) == {
@@ -75,10 +72,8 @@ async def test_snapshot_then_live_positions_of_that_event_only(
                 "results": [],
                 "alerts": [],
             }
-            publish(
-                redis_client,
-                stream_key,
-                [fix("b1", 40), fix("a1", 40), fix("stranger", 40), fix("a2", 50, speed=70)],
+            live_rig.publish(
+                [fix("b1", 40), fix("a1", 40), fix("stranger", 40), fix("a2", 50, speed=70)]
             )
             assert await receive(ws) == {
                 "type": "position",
@@ -94,7 +89,7 @@ async def test_snapshot_then_live_positions_of_that_event_only(
             # unsubscribe stops delivery
             await send(ws, {"type": "unsubscribe", "topic": topic})
             assert await receive(ws) == {"type": "unsubscribed", "topic": topic}
-            publish(redis_client, stream_key, [fix("a1", 60)])
+            live_rig.publish([fix("a1", 60)])
             await wait_until(lambda: live(service).broadcaster.broadcast == 8)
             await no_message(ws)
             assert len(live(service).registry) == 0
@@ -106,21 +101,12 @@ async def test_snapshot_then_live_positions_of_that_event_only(
         assert service.metrics.live_subscriptions._value.get() == 0
 
 
-async def test_late_and_faulty_fixes_are_stored_but_not_broadcast(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
-) -> None:
-    event_a = add_event(database_url, ["a1"])
-    directus.user(TOKEN, events={event_a})
+async def test_late_and_faulty_fixes_are_stored_but_not_broadcast(live_rig: LiveRig) -> None:
+    event_a = live_rig.event(["a1"])
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
-    async with running_service(live_env) as service, live_client(service.live_port) as ws:
+    async with live_rig.service() as service, live_client(service.live_port) as ws:
         assert (await subscribe(ws, event_a))["snapshot"] == []
-        publish(
-            redis_client,
-            stream_key,
+        live_rig.publish(
             [
                 fix("a1", 100),
                 fix("a1", 90),  # late: older than the last broadcast fix
@@ -130,12 +116,12 @@ async def test_late_and_faulty_fixes_are_stored_but_not_broadcast(
                 fix("a1", 130, lat=42.3),  # 111 km in 30 s from the last broadcast fix
                 fix("a1", 0, timestamp=future),
                 fix("a1", 150),
-            ],
+            ]
         )
         assert (await receive(ws))["position"] == wire("a1", 100)
         assert (await receive(ws))["position"] == wire("a1", 150)
         await no_message(ws)
-        await wait_until(lambda: row_count(database_url) == 7)  # all stored (one merged)
+        await wait_until(lambda: live_rig.rows() == 7)  # all stored (one merged)
 
 
 async def _locked(database_url: str, statement: str) -> psycopg.Connection[Any]:
@@ -153,24 +139,21 @@ async def _release(conn: psycopg.Connection[Any]) -> None:
 
 
 async def test_position_committed_during_the_snapshot_is_sent_once_in_the_snapshot(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
+    live_rig: LiveRig,
 ) -> None:
     """The writer commits a1@20 while the snapshot waits: it is in the snapshot, not resent."""
-    event_a = add_event(database_url, ["a1"])
-    directus.user(TOKEN, events={event_a})
-    async with running_service(live_env) as service, live_client(service.live_port) as ws:
-        publish(redis_client, stream_key, [fix("a1", 10)])
-        await wait_until(lambda: row_count(database_url) == 1)
-        blocker = await _locked(database_url, "LOCK TABLE entry_devices IN ACCESS EXCLUSIVE MODE")
+    event_a = live_rig.event(["a1"])
+    async with live_rig.service() as service, live_client(service.live_port) as ws:
+        live_rig.publish([fix("a1", 10)])
+        await wait_until(lambda: live_rig.rows() == 1)
+        blocker = await _locked(
+            live_rig.database_url, "LOCK TABLE entry_devices IN ACCESS EXCLUSIVE MODE"
+        )
         await send(ws, {"type": "subscribe", "topic": f"event:{event_a}"})
         await wait_until(lambda: len(live(service).registry) == 1)  # registered, snapshot waits
-        publish(redis_client, stream_key, [fix("a1", 20)])
+        live_rig.publish([fix("a1", 20)])
         await wait_until(lambda: live(service).broadcaster.broadcast == 2)
-        await wait_until(lambda: row_count(database_url) == 2)
+        await wait_until(lambda: live_rig.rows() == 2)
         await _release(blocker)
         reply = await receive(ws)
         assert reply["snapshot"] == [wire("a1", 20)]
@@ -178,69 +161,50 @@ async def test_position_committed_during_the_snapshot_is_sent_once_in_the_snapsh
 
 
 async def test_position_broadcast_during_the_snapshot_is_delivered_after_it(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
+    live_rig: LiveRig,
 ) -> None:
     """a1@20 is broadcast while the snapshot waits and is not yet stored when the snapshot is
     read: it is held and delivered right after the snapshot, exactly once."""
-    event_a = add_event(database_url, ["a1"])
-    directus.user(TOKEN, events={event_a})
-    async with running_service(live_env) as service, live_client(service.live_port) as ws:
-        publish(redis_client, stream_key, [fix("a1", 10)])
-        await wait_until(lambda: row_count(database_url) == 1)
-        writes_blocked = await _locked(database_url, "LOCK TABLE positions IN SHARE MODE")
+    event_a = live_rig.event(["a1"])
+    async with live_rig.service() as service, live_client(service.live_port) as ws:
+        live_rig.publish([fix("a1", 10)])
+        await wait_until(lambda: live_rig.rows() == 1)
+        writes_blocked = await _locked(live_rig.database_url, "LOCK TABLE positions IN SHARE MODE")
         snapshot_blocked = await _locked(
-            database_url, "LOCK TABLE entry_devices IN ACCESS EXCLUSIVE MODE"
+            live_rig.database_url, "LOCK TABLE entry_devices IN ACCESS EXCLUSIVE MODE"
         )
         await send(ws, {"type": "subscribe", "topic": f"event:{event_a}"})
         await wait_until(lambda: len(live(service).registry) == 1)
-        publish(redis_client, stream_key, [fix("a1", 20)])
+        live_rig.publish([fix("a1", 20)])
         await wait_until(lambda: live(service).broadcaster.broadcast == 2)
         await _release(snapshot_blocked)
         reply = await receive(ws)
         assert reply["snapshot"] == [wire("a1", 10)]
         assert (await receive(ws))["position"] == wire("a1", 20)
         await _release(writes_blocked)
-        await wait_until(lambda: row_count(database_url) == 2)
+        await wait_until(lambda: live_rig.rows() == 2)
         await no_message(ws)
 
 
-async def test_a_device_in_two_events_reaches_both_topics(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
-) -> None:
-    event_a = add_event(database_url, ["shared"])
-    event_b = add_event(database_url, ["shared"])
-    directus.user(TOKEN, events={event_a, event_b})
-    async with running_service(live_env) as service, live_client(service.live_port) as ws:
+async def test_a_device_in_two_events_reaches_both_topics(live_rig: LiveRig) -> None:
+    event_a = live_rig.event(["shared"])
+    event_b = live_rig.event(["shared"])
+    async with live_rig.service() as service, live_client(service.live_port) as ws:
         await subscribe(ws, event_a)
         await subscribe(ws, event_b)
-        publish(redis_client, stream_key, [fix("shared", 5)])
+        live_rig.publish([fix("shared", 5)])
         topics = {(await receive(ws))["topic"], (await receive(ws))["topic"]}
         assert topics == {f"event:{event_a}", f"event:{event_b}"}
         await no_message(ws)
 
 
-async def test_device_event_map_refreshes(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
-) -> None:
-    event_a = add_event(database_url, ["a1"])
-    directus.user(TOKEN, events={event_a})
-    env = {**live_env, "LIVE_DEVICE_EVENT_REFRESH_MS": "100"}
+async def test_device_event_map_refreshes(live_rig: LiveRig) -> None:
+    event_a = live_rig.event(["a1"])
+    env = {**live_rig.env, "LIVE_DEVICE_EVENT_REFRESH_MS": "100"}
     async with running_service(env) as service, live_client(service.live_port) as ws:
         await subscribe(ws, event_a)
         assert service.metrics.live_device_event_map_size._value.get() == 1
-        with psycopg.connect(database_url) as conn:  # link a second device to event A
+        with psycopg.connect(live_rig.database_url) as conn:  # link a second device to event A
             conn.execute("INSERT INTO devices (id, imei) VALUES (gen_random_uuid(), 'a2')")
             conn.execute(
                 "INSERT INTO entry_devices (entry_id, device_id) SELECT e.id, d.id "
@@ -248,5 +212,5 @@ async def test_device_event_map_refreshes(
                 (event_a,),
             )
         await wait_until(lambda: service.metrics.live_device_event_map_size._value.get() == 2)
-        publish(redis_client, stream_key, [fix("a2", 1)])
+        live_rig.publish([fix("a2", 1)])
         assert (await receive(ws))["position"] == wire("a2", 1)

@@ -19,9 +19,13 @@ import redis
 import trio
 
 from tests.support.daemon import Daemon
-from tests.support.directus import DirectusStandIn, add_event
+from tests.support.directus import add_event
 from tests.support.fixes import fix, publish
-from tests.support.live import TOKEN
+from tests.support.live import (
+    TOKEN,
+    LiveRig,
+    live_rig_fixture,  # noqa: F401 - registers the fixture
+)
 from tests.support.scrape import Scrape, scrape
 
 WORKERS = 4
@@ -77,20 +81,16 @@ def start_worker(
 async def test_fan_out_delay(
     clients: int,
     rate: int,
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
+    live_rig: LiveRig,
     tmp_path: Path,
 ) -> None:
     devices = [f"car{i:03d}" for i in range(100)]
-    event_id = add_event(database_url, devices)
-    directus.user(TOKEN, events={event_id})
+    event_id = add_event(live_rig.database_url, devices)
+    live_rig.directus.user(TOKEN, events={event_id})
     seconds = 8.0
     expected = int(seconds * 100) * max(1, rate // 100)
     # Every client is the same Directus user here: lift the per-user cap for the measurement.
-    env = {**live_env, "LIVE_WS_MAX_CONNECTIONS_PER_USER": str(clients)}
+    env = {**live_rig.env, "LIVE_WS_MAX_CONNECTIONS_PER_USER": str(clients)}
     daemon = Daemon(env, tmp_path / "processor.log")
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -104,7 +104,7 @@ async def test_fan_out_delay(
             assert worker.stdout is not None
             line = await trio.to_thread.run_sync(worker.stdout.readline)
             assert line.strip() == b"ready", line
-        sent = await publish_steadily(redis_client, stream_key, devices, rate, seconds)
+        sent = await publish_steadily(live_rig.redis, live_rig.stream_key, devices, rate, seconds)
         assert sent == expected
         delays: list[float] = []
         counts: list[int] = []

@@ -11,7 +11,6 @@ import uuid
 from typing import Any
 
 import pytest
-import redis
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest
 from wsproto.events import CloseConnection
@@ -19,9 +18,11 @@ from wsproto.events import CloseConnection
 from processor.app import Service
 from processor.live.auth import Directus
 from processor.live.connection import Connection
-from tests.support.directus import DirectusStandIn
-from tests.support.live import TOKEN
-from tests.support.liveness import assert_ingesting
+from tests.support.live import (
+    TOKEN,
+    LiveRig,
+    live_rig_fixture,  # noqa: F401 - registers the fixture
+)
 from tests.support.raw import (
     TEXT,
     RawWebSocket,
@@ -41,31 +42,19 @@ def connection_errors(service: Service, stage: str) -> float:
     return value
 
 
-async def test_malformed_upgrade_path_is_refused_not_fatal(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
-) -> None:
+async def test_malformed_upgrade_path_is_refused_not_fatal(live_rig: LiveRig) -> None:
     """`//[/live` made `urlsplit` raise ValueError in the admission code."""
-    directus.user(TOKEN)
-    async with running_service(live_env) as service:
+    live_rig.directus.user(TOKEN)
+    async with live_rig.service() as service:
         assert service.live_port
         response = await exchange(service.live_port, upgrade_request(b"//[/live"))
         assert status_of(response) in (None, 400, 404)
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
 
 
-async def test_non_ascii_credentials_are_unauthorized(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
-) -> None:
+async def test_non_ascii_credentials_are_unauthorized(live_rig: LiveRig) -> None:
     """`Bearer caf\\xe9` (and such a cookie) made httpx raise UnicodeEncodeError."""
-    async with running_service(live_env) as service:
+    async with live_rig.service() as service:
         assert service.live_port
         for extra in (
             b"Authorization: Bearer caf\xe9\r\n",
@@ -74,25 +63,19 @@ async def test_non_ascii_credentials_are_unauthorized(
         ):
             response = await exchange(service.live_port, upgrade_request(extra=extra))
             assert status_of(response) in (None, 400, 401), response[:200]
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
     # Non-ASCII credentials never reach Directus.
-    assert not [s for s in directus.seen if s.token and not s.token.isascii()]
+    assert not [s for s in live_rig.directus.seen if s.token and not s.token.isascii()]
 
 
-async def test_hang_up_while_the_upgrade_is_refused(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
-) -> None:
+async def test_hang_up_while_the_upgrade_is_refused(live_rig: LiveRig) -> None:
     """Clients that reset while their upgrade is being refused: the refusal (401 at once for
     an unknown token; 503 after the Directus timeout for a slow one) was written to a dead
     socket, which raised ConnectionClosed out of `reject()`. Now a hang-up also ends the
     upgrade at once (the slow Directus call is abandoned, its slot freed)."""
-    directus.user("tok-slow", "slow")
-    directus.slow_s = 2.0
-    async with running_service(live_env) as service:
+    live_rig.directus.user("tok-slow", "slow")
+    live_rig.directus.slow_s = 2.0
+    async with live_rig.service() as service:
         assert service.live_port and service.live
         live = service.live
         for token, pause in [("unknown", 0.0)] * 20 + [("tok-slow", 0.1)] * 3:
@@ -104,21 +87,15 @@ async def test_hang_up_while_the_upgrade_is_refused(
             reset_on_close(stream)
             await stream.aclose()
         await wait_until(lambda: live.pending_upgrades == 0 and live.connections == 0)
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
 
 
-async def test_oversized_frame_after_garbage_frames(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
-) -> None:
+async def test_oversized_frame_after_garbage_frames(live_rig: LiveRig) -> None:
     """Garbage frames until the server closes with 1008, then (without answering its close
     frame) an oversized frame: trio-websocket tried to send a 1009 close in LOCAL_CLOSING and
     wsproto raised LocalProtocolError out of the connection's reader task."""
-    directus.user(TOKEN)
-    env = {**live_env, "LIVE_WS_MAX_PROTOCOL_ERRORS": "3"}
+    live_rig.directus.user(TOKEN)
+    env = {**live_rig.env, "LIVE_WS_MAX_PROTOCOL_ERRORS": "3"}
     async with running_service(env) as service:
         assert service.live_port
         client = await RawWebSocket.open(service.live_port, TOKEN)
@@ -134,7 +111,7 @@ async def test_oversized_frame_after_garbage_frames(
             pass
         await client.aclose()
         await wait_until(lambda: connection_errors(service, "serve") == 1)
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
 
 
 SECRET = "token-that-must-never-be-logged"
@@ -172,21 +149,17 @@ async def test_the_boundary_contains_any_failure_at_any_stage(
     stage: str,
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
+    live_rig: LiveRig,
 ) -> None:
     """Not a list of caught exception types: whatever raises, wherever in one connection's
     handling, ends that connection with one warning line (stage and exception types, never
     the message, which here carries the credential) and one count, and nothing else."""
-    directus.user(SECRET)
+    live_rig.directus.user(SECRET)
     owner, name, replacement = BREAK_STAGE[stage]
     if replacement is None:
         replacement = _close_fails(getattr(owner, name))
     monkeypatch.setattr(owner, name, replacement)
-    async with running_service(live_env) as service:
+    async with live_rig.service() as service:
         assert service.live_port and service.live
         token = b"Authorization: Bearer " + SECRET.encode() + b"\r\n"
         path = b"/elsewhere" if stage == "reject" else b"/live"
@@ -200,7 +173,7 @@ async def test_the_boundary_contains_any_failure_at_any_stage(
         await wait_until(lambda: service.live is not None and service.live.pending_upgrades == 0)
         assert service.live.connections == 0
         assert service.live.connections_of(str(uuid.uuid5(uuid.NAMESPACE_DNS, SECRET))) == 0
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
     logged = capfd.readouterr().err
     failures = [line for line in logged.splitlines() if "live connection failed" in line]
     assert len(failures) == 3, logged[-3000:]

@@ -7,82 +7,82 @@ import time
 import uuid
 
 import psycopg
-import redis
 import trio
 
 from processor.app import Service
 from processor.config import load_config
 from tests.support.fixes import (
-    assert_acked_have_rows,
     fix,
     key_of,
-    pending_count,
-    publish,
     row_count,
     stored_keys,
 )
-from tests.support.service import running_service, spawn_processor, wait_until
+from tests.support.service import (
+    Rig,
+    rig_fixture,  # noqa: F401 - registers the fixture
+    running_service,
+    spawn_processor,
+    wait_until,
+)
 
 
 def workload(devices: int, per_device: int) -> list[dict[str, object]]:
     return [fix(f"dev{d:04d}", s) for s in range(per_device) for d in range(devices)]
 
 
-async def test_cancelled_mid_batch_then_restarted_completes_without_loss(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
+async def test_cancelled_mid_batch_then_restarted_completes_without_loss(rig: Rig) -> None:
     documents = workload(200, 100)
-    env = {**env, "READ_COUNT": "200", "WRITE_BATCH_SIZE": "250"}
-    published = dict(zip(publish(redis_client, stream_key, documents), documents, strict=True))
+    env = {**rig.env, "READ_COUNT": "200", "WRITE_BATCH_SIZE": "250"}
+    published = dict(zip(rig.publish(documents), documents, strict=True))
 
     with trio.move_on_after(60) as run_scope:
         async with trio.open_nursery() as nursery:
             service = Service(load_config(env))
             await nursery.start(service.run)
-            await wait_until(lambda: row_count(database_url) >= 2000, interval=0.005)
+            await wait_until(lambda: rig.rows() >= 2000, interval=0.005)
             nursery.cancel_scope.cancel()  # the whole task tree, mid-batch, no drain
     assert not run_scope.cancelled_caught
-    rows_at_crash = row_count(database_url)
+    rows_at_crash = rig.rows()
     assert rows_at_crash < len(documents), "the crash came too late to prove anything"
-    assert pending_count(redis_client, stream_key) > 0
-    assert_acked_have_rows(redis_client, stream_key, database_url, published)
+    assert rig.pending() > 0
+    rig.assert_acked_have_rows(published)
 
     async with running_service(env) as restarted:
-        await wait_until(lambda: pending_count(redis_client, stream_key) == 0, timeout=60)
+        await wait_until(lambda: rig.pending() == 0, timeout=60)
         writes = restarted.metrics.position_writes
-        await wait_until(lambda: row_count(database_url) == len(documents))
-    assert stored_keys(database_url) == {key_of(d) for d in documents}
+        await wait_until(lambda: rig.rows() == len(documents))
+    assert stored_keys(rig.database_url) == {key_of(d) for d in documents}
     # The restarted instance re-read its own pending entries: whatever the first one had
     # committed but not acked comes back as a duplicate, never as a second row.
     assert writes.labels("inserted")._value.get() == len(documents) - rows_at_crash
-    assert_acked_have_rows(redis_client, stream_key, database_url, published)
+    rig.assert_acked_have_rows(published)
 
 
-async def test_sigkilled_daemon_restarted_completes_without_loss(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
+async def test_sigkilled_daemon_restarted_completes_without_loss(rig: Rig) -> None:
     documents = workload(500, 60)
-    published = dict(zip(publish(redis_client, stream_key, documents), documents, strict=True))
-    env = {**env, "READ_COUNT": "200", "WRITE_BATCH_SIZE": "200"}
+    published = dict(zip(rig.publish(documents), documents, strict=True))
+    env = {**rig.env, "READ_COUNT": "200", "WRITE_BATCH_SIZE": "200"}
     process = spawn_processor(env)
     try:
-        await wait_until(lambda: row_count_or_zero(database_url) >= 3000, timeout=30, interval=0.01)
+        await wait_until(
+            lambda: row_count_or_zero(rig.database_url) >= 3000, timeout=30, interval=0.01
+        )
     finally:
         process.kill()
         process.wait(timeout=10)
     assert process.returncode == -signal.SIGKILL
-    assert row_count(database_url) < len(documents)
-    assert_acked_have_rows(redis_client, stream_key, database_url, published)
+    assert rig.rows() < len(documents)
+    rig.assert_acked_have_rows(published)
 
     process = spawn_processor(env)
     try:
-        await wait_until(lambda: pending_count(redis_client, stream_key) == 0, timeout=60)
-        await wait_until(lambda: row_count(database_url) == len(documents))
+        await wait_until(lambda: rig.pending() == 0, timeout=60)
+        await wait_until(lambda: rig.rows() == len(documents))
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
-    assert stored_keys(database_url) == {key_of(d) for d in documents}
-    assert_acked_have_rows(redis_client, stream_key, database_url, published)
+    assert stored_keys(rig.database_url) == {key_of(d) for d in documents}
+    rig.assert_acked_have_rows(published)
 
 
 def row_count_or_zero(database_url: str) -> int:
@@ -106,14 +106,11 @@ def terminate_processor_backends(server_url: str, application_name: str) -> int:
 
 
 async def test_terminated_database_connections_retry_without_early_acks(
-    env: dict[str, str],
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
+    rig: Rig,
     postgres_server_url: str,
 ) -> None:
     env = {
-        **env,
+        **rig.env,
         "INSTANCE_ID": "terminated",
         "WRITE_RETRY_INITIAL_MS": "20",
         "WRITE_RETRY_MAX_MS": "200",
@@ -128,29 +125,25 @@ async def test_terminated_database_connections_retry_without_early_acks(
         terminated = 0
         for start in range(0, len(documents), 500):
             chunk = documents[start : start + 500]
-            published.update(zip(publish(redis_client, stream_key, chunk), chunk, strict=True))
+            published.update(zip(rig.publish(chunk), chunk, strict=True))
             terminated += await trio.to_thread.run_sync(
                 terminate_processor_backends, postgres_server_url, application_name
             )
             await trio.sleep(0.02)
-            await trio.to_thread.run_sync(
-                assert_acked_have_rows, redis_client, stream_key, database_url, published
-            )
-        await wait_until(lambda: pending_count(redis_client, stream_key) == 0, timeout=60)
+            await trio.to_thread.run_sync(rig.assert_acked_have_rows, published)
+        await wait_until(lambda: rig.pending() == 0, timeout=60)
         assert service.metrics.write_retries._value.get() > 0
         assert service.ready.is_set() and not service.draining.is_set()
     assert terminated > 0
-    assert stored_keys(database_url) == {key_of(d) for d in documents}
-    assert row_count(database_url) == len(documents)
+    assert stored_keys(rig.database_url) == {key_of(d) for d in documents}
+    assert rig.rows() == len(documents)
 
 
-async def test_sigterm_with_entries_in_flight_drains_and_exits_zero(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
+async def test_sigterm_with_entries_in_flight_drains_and_exits_zero(rig: Rig) -> None:
     documents = workload(1000, 40)
-    published = dict(zip(publish(redis_client, stream_key, documents), documents, strict=True))
+    published = dict(zip(rig.publish(documents), documents, strict=True))
     env = {
-        **env,
+        **rig.env,
         "READ_COUNT": "500",
         "WRITE_BATCH_SIZE": "500",
         "SHUTDOWN_TIMEOUT_S": "10",
@@ -159,7 +152,9 @@ async def test_sigterm_with_entries_in_flight_drains_and_exits_zero(
     }
     process = spawn_processor(env)
     try:
-        await wait_until(lambda: row_count_or_zero(database_url) >= 2000, timeout=30, interval=0.01)
+        await wait_until(
+            lambda: row_count_or_zero(rig.database_url) >= 2000, timeout=30, interval=0.01
+        )
         process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         code = await trio.to_thread.run_sync(lambda: process.wait(timeout=15))
@@ -171,26 +166,24 @@ async def test_sigterm_with_entries_in_flight_drains_and_exits_zero(
     assert code == 0, stderr.decode()[-2000:]
     assert drain_s < 10
     assert b'"draining"' in stderr and b'"stopped"' in stderr
-    acked = assert_acked_have_rows(redis_client, stream_key, database_url, published)
+    acked = rig.assert_acked_have_rows(published)
     assert 0 < acked < len(documents), "SIGTERM should arrive with work still unread"
     # Everything read was written and acked: nothing the drained instance read is pending.
-    assert pending_count(redis_client, stream_key) == 0
-    assert row_count(database_url) == acked
+    assert rig.pending() == 0
+    assert rig.rows() == acked
 
 
-async def test_deleted_consumer_group_is_recreated_and_nothing_is_lost(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
+async def test_deleted_consumer_group_is_recreated_and_nothing_is_lost(rig: Rig) -> None:
     """An operator (or a Redis restore) destroys the group under a running instance: the
     consumer recreates it from the start of the stream instead of crashing or skipping."""
     first = workload(10, 10)
     second = [fix(f"late{d}", s) for s in range(10) for d in range(10)]
-    async with running_service(env) as service:
-        publish(redis_client, stream_key, first)
-        await wait_until(lambda: row_count(database_url) == len(first))
-        redis_client.xgroup_destroy(stream_key, "processor")
-        publish(redis_client, stream_key, second)
-        await wait_until(lambda: row_count(database_url) == len(first) + len(second))
-        await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
+    async with running_service(rig.env) as service:
+        rig.publish(first)
+        await wait_until(lambda: rig.rows() == len(first))
+        rig.redis.xgroup_destroy(rig.stream_key, "processor")
+        rig.publish(second)
+        await wait_until(lambda: rig.rows() == len(first) + len(second))
+        await wait_until(lambda: rig.pending() == 0)
         assert service.ready.is_set() and not service.draining.is_set()
-    assert stored_keys(database_url) == {key_of(d) for d in first + second}
+    assert stored_keys(rig.database_url) == {key_of(d) for d in first + second}

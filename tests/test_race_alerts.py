@@ -13,17 +13,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-import redis
-import trio
 
 from tests.support import racing
-from tests.support.directus import DirectusStandIn
-from tests.support.fixes import BASE_TIME, fix, publish
-from tests.support.live import TOKEN, live_client, subscribe
+from tests.support.fixes import BASE_TIME, fix
+from tests.support.live import (
+    Frames,
+    LiveRig,
+    live_rig_fixture,  # noqa: F401 - registers the fixture
+    watching,
+)
 from tests.support.racing import to_latlon
 from tests.support.service import running_service, wait_until
-from tests.test_domain_engine import domain_done, domain_env
-from tests.test_race_live import Frames
 
 STOP_AT, STOP_S = 60.0, 200.0
 
@@ -50,23 +50,15 @@ def alerts_of(frames: Frames, kind: str) -> list[dict[str, Any]]:
     return [f["alert"] for f in frames.of("alert") if f["alert"]["kind"] == kind]
 
 
-async def test_a_stop_of_200_s_raised_once_and_cleared(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
-) -> None:
-    racing.create_racing_tables(database_url)
-    course = racing.add_course(database_url, [("stopper", "T1"), ("driver", "T1")])
-    directus.user(TOKEN, events={course.event_id})
+async def test_a_stop_of_200_s_raised_once_and_cleared(live_rig: LiveRig) -> None:
+    course = racing.live_course(live_rig, [("stopper", "T1"), ("driver", "T1")])
     d = course.devices
     stop = racing.track(d["stopper"], stopper, 420)
     drive = racing.track(d["driver"], racing.constant(20), 160)
     # fixes at t = 0.5 + k: up to 189 s into the stop, still stopped, moving again
     during, later, after = stop[:250], stop[250:259], stop[259:]
     # the stopper's model maps IO 239 to `ignition`; it switched the engine off while stopped
-    with psycopg.connect(database_url) as conn:
+    with psycopg.connect(live_rig.database_url) as conn:
         conn.execute("UPDATE devices SET model = 'FMB920' WHERE imei = %s", (d["stopper"],))
         conn.execute(
             "INSERT INTO io_mappings (model, io_id, name, unit) VALUES ('FMB920', 239, "
@@ -74,22 +66,20 @@ async def test_a_stop_of_200_s_raised_once_and_cleared(
         )
     for document in during[int(STOP_AT) + 1 :]:
         document["attributes"] = {"239": 0}
-    base = {**domain_env(live_env), "READ_COUNT": "20", "ALERT_NO_SIGNAL_S": "1000000000"}
+    base = {
+        **racing.domain_env(live_rig.env),
+        "READ_COUNT": "20",
+        "ALERT_NO_SIGNAL_S": "1000000000",
+    }
     env_a, env_b = {**base, "INSTANCE_ID": "a"}, {**base, "INSTANCE_ID": "b"}
 
     async with running_service(env_a) as a:
-        assert a.domain is not None
-        with trio.fail_after(90):
-            await a.domain.enabled.wait()
-        async with live_client(a.live_port) as ws, trio.open_nursery() as nursery:
-            await subscribe(ws, course.event_id)
-            frames = Frames()
-            nursery.start_soon(frames.collect, ws)
-            publish(redis_client, stream_key, drive + during)
-            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+        await racing.judging(a)
+        async with watching(a.live_port, course.event_id) as (_, frames):
+            live_rig.publish(drive + during)
+            await racing.all_judged(live_rig)
             await frames.until(lambda: bool(alerts_of(frames, "stopped")))
             [raised] = alerts_of(frames, "stopped")
-            nursery.cancel_scope.cancel()
         assert raised["entry_id"] == course.entries["stopper"]
         assert raised["number"] == "101" and raised["cleared_at"] is None
         assert raised["stage_id"] == course.stage_id and raised["event_id"] == course.event_id
@@ -100,43 +90,28 @@ async def test_a_stop_of_200_s_raised_once_and_cleared(
 
     # restarted, with a second instance: both judge the still stopped car; still one alert
     async with running_service(env_a) as a, running_service(env_b) as b:
-        for service in (a, b):
-            assert service.domain is not None
-            with trio.fail_after(90):
-                await service.domain.enabled.wait()
+        await racing.judging(a, b)
         for i in range(0, len(later), 2):
-            publish(redis_client, stream_key, later[i : i + 2])
-        await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
-        [(entry, _raised, cleared_at, _details)] = alert_rows(database_url, "stopped")
+            live_rig.publish(later[i : i + 2])
+        await racing.all_judged(live_rig)
+        [(entry, _raised, cleared_at, _details)] = alert_rows(live_rig.database_url, "stopped")
         assert entry == course.entries["stopper"] and cleared_at is None
-        async with live_client(b.live_port) as ws, trio.open_nursery() as nursery:
-            reply = await subscribe(ws, course.event_id)
+        async with watching(b.live_port, course.event_id) as (reply, frames):
             assert [x["id"] for x in reply["alerts"]] == [raised["id"]]
-            frames = Frames()
-            nursery.start_soon(frames.collect, ws)
-            publish(redis_client, stream_key, after)
-            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+            live_rig.publish(after)
+            await racing.all_judged(live_rig)
             await frames.until(lambda: bool(alerts_of(frames, "stopped")))
             [cleared] = alerts_of(frames, "stopped")
-            nursery.cancel_scope.cancel()
         assert cleared["id"] == raised["id"]
         assert cleared["cleared_at"] == _iso(STOP_AT + STOP_S + 0.5)  # the first moving fix
-    [(entry, _raised, cleared_at, _details)] = alert_rows(database_url, "stopped")
+    [(entry, _raised, cleared_at, _details)] = alert_rows(live_rig.database_url, "stopped")
     assert entry == course.entries["stopper"] and cleared_at is not None
 
 
-async def test_a_silent_device_raises_no_signal_until_it_reports(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
-) -> None:
-    racing.create_racing_tables(database_url)
-    course = racing.add_course(database_url, [("quiet", None), ("chatty", None)])
-    directus.user(TOKEN, events={course.event_id})
+async def test_a_silent_device_raises_no_signal_until_it_reports(live_rig: LiveRig) -> None:
+    course = racing.live_course(live_rig, [("quiet", None), ("chatty", None)])
     now = datetime.now(UTC)
-    with psycopg.connect(database_url) as conn:
+    with psycopg.connect(live_rig.database_url) as conn:
         conn.execute(
             "UPDATE stages SET opens_at = %s WHERE id = %s",
             (now - timedelta(hours=1), course.stage_id),
@@ -147,30 +122,24 @@ async def test_a_silent_device_raises_no_signal_until_it_reports(
         *_fixes(course.devices["quiet"], offset - 260, 60),
         *_fixes(course.devices["chatty"], offset - 58, 58),
     ]
-    env = {**domain_env(live_env), "ALERT_NO_SIGNAL_S": "120"}
+    env = {**racing.domain_env(live_rig.env), "ALERT_NO_SIGNAL_S": "120"}
     async with running_service(env) as service:
-        assert service.domain is not None
-        with trio.fail_after(90):
-            await service.domain.enabled.wait()
-        async with live_client(service.live_port) as ws, trio.open_nursery() as nursery:
-            await subscribe(ws, course.event_id)
-            frames = Frames()
-            nursery.start_soon(frames.collect, ws)
-            publish(redis_client, stream_key, documents)
+        await racing.judging(service)
+        async with watching(service.live_port, course.event_id) as (_, frames):
+            live_rig.publish(documents)
             await frames.until(lambda: bool(alerts_of(frames, "no_signal")))
             [raised] = alerts_of(frames, "no_signal")
             assert raised["entry_id"] == course.entries["quiet"]
             assert raised["cleared_at"] is None and raised["details"]["last_fix_at"]
             # it reports again: cleared
-            publish(redis_client, stream_key, _fixes(course.devices["quiet"], offset - 1, 1))
+            live_rig.publish(_fixes(course.devices["quiet"], offset - 1, 1))
             await frames.until(lambda: len(alerts_of(frames, "no_signal")) >= 2)
             cleared = alerts_of(frames, "no_signal")[1]
             assert cleared["id"] == raised["id"] and cleared["cleared_at"] is not None
             metrics = service.metrics
             assert metrics.alerts_raised.labels("no_signal")._value.get() == 1
             await wait_until(lambda: metrics.alerts_open.labels("no_signal")._value.get() == 0)
-            nursery.cancel_scope.cancel()
-    rows = alert_rows(database_url, "no_signal")
+    rows = alert_rows(live_rig.database_url, "no_signal")
     assert [r[0] for r in rows] == [course.entries["quiet"]]  # chatty: never
 
 

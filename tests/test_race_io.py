@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import psycopg
-import redis
 import trio
 
 from processor.io_map import IoElement, build, derive, value_of
 from tests.support import racing
-from tests.support.directus import DirectusStandIn
-from tests.support.fixes import fix, publish
-from tests.support.live import TOKEN, live_client, receive, subscribe
-from tests.support.service import running_service, wait_until
+from tests.support.fixes import fix
+from tests.support.live import (
+    LiveRig,
+    live_client,
+    live_rig_fixture,  # noqa: F401 - registers the fixture
+    receive,
+    subscribe,
+)
+from tests.support.service import wait_until
 
 FMB = build(
     [
@@ -41,16 +45,9 @@ def test_mapped_ids_are_named_and_scaled_unmapped_stay_raw() -> None:
     assert build([("M", 5, "x", None, None)]) == {"M": {"5": IoElement("x", 1.0, None)}}
 
 
-async def test_position_frames_carry_io_for_mapped_models_only(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
-) -> None:
-    racing.create_racing_tables(database_url)
-    course = racing.add_course(database_url, [("mapped", None), ("plain", None)])
-    with psycopg.connect(database_url) as conn:
+async def test_position_frames_carry_io_for_mapped_models_only(live_rig: LiveRig) -> None:
+    course = racing.live_course(live_rig, [("mapped", None), ("plain", None)])
+    with psycopg.connect(live_rig.database_url) as conn:
         conn.execute(
             "UPDATE devices SET model = 'FMB920' WHERE imei = %s", (course.devices["mapped"],)
         )
@@ -58,25 +55,22 @@ async def test_position_frames_carry_io_for_mapped_models_only(
             "INSERT INTO io_mappings (model, io_id, name, multiplier, unit) VALUES "
             "('FMB920', 239, 'ignition', 1, 'bool'), ('FMB920', 16, 'odometer_km', 0.001, 'km')"
         )
-    directus.user(TOKEN, events={course.event_id})
     attributes = {"239": 1, "16": 1234567, "21": 4}
-    async with running_service(live_env) as service:
+    async with live_rig.service() as service:
         async with live_client(service.live_port) as ws:
             await subscribe(ws, course.event_id)
-            publish(
-                redis_client,
-                stream_key,
+            live_rig.publish(
                 [
                     fix(course.devices["mapped"], 10, attributes=attributes),
                     fix(course.devices["plain"], 11, attributes=attributes),
-                ],
+                ]
             )
             mapped = (await receive(ws, within=30))["position"]
             plain = (await receive(ws, within=30))["position"]
         assert mapped["io"] == {"ignition": True, "odometer_km": 1234.567, "21": 4}
         assert "io" not in plain
         # a later subscriber's snapshot carries the same derived values, from the stored row
-        await wait_until(lambda: stored_attributes(database_url, course.devices["plain"]))
+        await wait_until(lambda: stored_attributes(live_rig.database_url, course.devices["plain"]))
         async with live_client(service.live_port) as ws:
             snapshot = {
                 p["device_id"]: p for p in (await subscribe(ws, course.event_id))["snapshot"]
@@ -84,10 +78,10 @@ async def test_position_frames_carry_io_for_mapped_models_only(
         assert snapshot[course.devices["mapped"]]["io"] == mapped["io"]
         assert "io" not in snapshot[course.devices["plain"]]
         # the stored row keeps the raw IO
-        await wait_until(lambda: stored_attributes(database_url, course.devices["mapped"]))
-        assert stored_attributes(database_url, course.devices["mapped"]) == attributes
+        await wait_until(lambda: stored_attributes(live_rig.database_url, course.devices["mapped"]))
+        assert stored_attributes(live_rig.database_url, course.devices["mapped"]) == attributes
         # a mapping change applies at the next refresh
-        with psycopg.connect(database_url) as conn:
+        with psycopg.connect(live_rig.database_url) as conn:
             conn.execute("UPDATE io_mappings SET name = 'ign' WHERE io_id = 239")
         assert service.live is not None
         live = service.live

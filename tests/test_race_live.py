@@ -17,17 +17,20 @@ from typing import Any
 import orjson
 import redis
 import trio
-from trio_websocket import WebSocketConnection
 
 from processor.app import Service
 from processor.race_feed import feed_key
 from tests.support import racing
-from tests.support.directus import DirectusStandIn
-from tests.support.fixes import publish
-from tests.support.live import TOKEN, live_client, subscribe
+from tests.support.live import (
+    Frames,
+    LiveRig,
+    live_client,
+    live_rig_fixture,  # noqa: F401 - registers the fixture
+    subscribe,
+    watching,
+)
 from tests.support.racing import WAYPOINT_PENALTY_S, WAYPOINT_X
 from tests.support.service import running_service, wait_until
-from tests.test_domain_engine import domain_done, domain_env
 
 CARS = [("steady", "T1"), ("late", "T1")]
 
@@ -43,28 +46,6 @@ def race_tracks(course: racing.Course) -> tuple[list[dict[str, Any]], list[dict[
         if abs((doc["longitude"] - racing.LON0) * racing.M_PER_DEG_LON - WAYPOINT_X) <= 120
     ]
     return steady + [doc for doc in late if doc not in gap], gap
-
-
-class Frames:
-    """Everything one client receives, with the (trio) time it arrived."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-        self.times: list[float] = []
-
-    async def collect(self, ws: WebSocketConnection) -> None:
-        while True:
-            message = await ws.get_message()
-            self.frames.append(orjson.loads(message))
-            self.times.append(trio.current_time())
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [f for f in self.frames if f["type"] == kind]
-
-    async def until(self, predicate: Callable[[], bool], timeout: float = 60) -> None:  # noqa: ASYNC109
-        with trio.fail_after(timeout):
-            while not predicate():  # noqa: ASYNC110 - frames arrive on another task
-                await trio.sleep(0.05)
 
 
 def finished(frames: Frames, count: int, *, penalty_free: int = 0) -> Callable[[], bool]:
@@ -90,33 +71,21 @@ def passes(frames: Frames) -> set[tuple[str, str]]:
     }
 
 
-async def test_client_sees_timing_then_results_and_a_late_pass(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
-) -> None:
-    racing.create_racing_tables(database_url)
-    course = racing.add_course(database_url, CARS)
-    directus.user(TOKEN, events={course.event_id})
+async def test_client_sees_timing_then_results_and_a_late_pass(live_rig: LiveRig) -> None:
+    course = racing.live_course(live_rig, CARS)
     documents, gap = race_tracks(course)
     e, c = course.entries, course.controls
-    async with running_service(domain_env(live_env)) as service:
-        assert service.domain is not None and service.live is not None
-        with trio.fail_after(90):
-            await service.domain.enabled.wait()
-        async with live_client(service.live_port) as ws, trio.open_nursery() as nursery:
-            reply = await subscribe(ws, course.event_id)
+    async with running_service(racing.domain_env(live_rig.env)) as service:
+        assert service.live is not None
+        await racing.judging(service)
+        async with watching(service.live_port, course.event_id) as (reply, frames):
             assert reply["type"] == "subscribed"
             assert reply["results"] == [{"stage_id": course.stage_id, "results": []}]
             assert reply["alerts"] == []
-            frames = Frames()
-            nursery.start_soon(frames.collect, ws)
             started = trio.current_time()
 
-            publish(redis_client, stream_key, documents)
-            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+            live_rig.publish(documents)
+            await racing.all_judged(live_rig)
             await frames.until(finished(frames, 2, penalty_free=1))
             # every pass as a timing frame: steady passes all four controls, late misses
             # the waypoint (its dip has not arrived)
@@ -150,8 +119,8 @@ async def test_client_sees_timing_then_results_and_a_late_pass(
 
             # the late car's buffered dip arrives: a new waypoint pass, the penalty goes
             before = len(frames.frames)
-            publish(redis_client, stream_key, gap)
-            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+            live_rig.publish(gap)
+            await racing.all_judged(live_rig)
             await frames.until(finished(frames, 2, penalty_free=2))
             later = frames.frames[before:]
             assert any(
@@ -163,7 +132,6 @@ async def test_client_sees_timing_then_results_and_a_late_pass(
             # coalesced: at most one results frame per second for the stage (plus one)
             elapsed = trio.current_time() - started
             assert len(frames.of("results")) <= elapsed + 2
-            nursery.cancel_scope.cancel()
 
         # a new subscriber gets the standings in `subscribed`
         async with live_client(service.live_port) as ws:
@@ -171,47 +139,32 @@ async def test_client_sees_timing_then_results_and_a_late_pass(
             [stage] = reply["results"]
             assert stage["stage_id"] == course.stage_id
             assert [r["penalty_ms"] for r in stage["results"]] == [0, 0]
-    assert redis_client.xlen(feed_key(stream_key)) > 0
+    assert live_rig.redis.xlen(feed_key(live_rig.stream_key)) > 0
 
 
-async def test_two_instances_clients_see_every_change_once(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
-) -> None:
-    racing.create_racing_tables(database_url)
-    course = racing.add_course(database_url, CARS)
-    directus.user(TOKEN, events={course.event_id})
+async def test_two_instances_clients_see_every_change_once(live_rig: LiveRig) -> None:
+    course = racing.live_course(live_rig, CARS)
     documents, gap = race_tracks(course)
-    base = {**domain_env(live_env), "READ_COUNT": "20"}
+    base = {**racing.domain_env(live_rig.env), "READ_COUNT": "20"}
     async with (
         running_service({**base, "INSTANCE_ID": "a"}) as a,
         running_service({**base, "INSTANCE_ID": "b"}) as b,
     ):
-        for service in (a, b):
-            assert service.domain is not None
-            with trio.fail_after(90):
-                await service.domain.enabled.wait()
+        await racing.judging(a, b)
         async with (
-            live_client(a.live_port) as ws_a,
-            live_client(b.live_port) as ws_b,
-            trio.open_nursery() as nursery,
+            watching(a.live_port, course.event_id) as (reply_a, frames_a),
+            watching(b.live_port, course.event_id) as (reply_b, frames_b),
         ):
-            got: list[Frames] = []
-            for ws in (ws_a, ws_b):
-                assert (await subscribe(ws, course.event_id))["type"] == "subscribed"
-                frames = Frames()
-                got.append(frames)
-                nursery.start_soon(frames.collect, ws)
+            assert reply_a["type"] == reply_b["type"] == "subscribed"
+            got = [frames_a, frames_b]
             for i in range(0, len(documents + gap), 40):
-                publish(redis_client, stream_key, (documents + gap)[i : i + 40])
-            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+                live_rig.publish((documents + gap)[i : i + 40])
+            await racing.all_judged(live_rig)
             for frames in got:
                 await frames.until(finished(frames, 2, penalty_free=2))
-            await wait_until(lambda: _feed_read(redis_client, stream_key, a, b), timeout=30)
-            nursery.cancel_scope.cancel()
+            await wait_until(
+                lambda: _feed_read(live_rig.redis, live_rig.stream_key, a, b), timeout=30
+            )
         # both engines worked, and each client saw every timing change exactly once
         assert a.domain is not None and b.domain is not None
         timing = [Counter(orjson.dumps(f) for f in frames.of("timing")) for frames in got]

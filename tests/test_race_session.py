@@ -18,63 +18,51 @@ from typing import Any
 
 import orjson
 import psycopg
-import redis
 import trio
 from psycopg.types.json import Jsonb
 
 from tests.support import racing
-from tests.support.directus import DirectusStandIn
-from tests.support.fixes import publish
-from tests.support.live import TOKEN, live_client, send
-from tests.support.service import running_service, wait_until
-from tests.test_domain_engine import domain_done, domain_env
+from tests.support.live import (
+    Frames,
+    LiveRig,
+    live_client,
+    live_rig_fixture,  # noqa: F401 - registers the fixture
+    send,
+)
+from tests.support.racing import BRACKETS
+from tests.support.service import running_service
 from tests.test_race_alerts import stopper
-from tests.test_race_live import Frames
-
-BRACKETS = [
-    {"up_to_kmh": 20, "penalty_s": 60},
-    {"up_to_kmh": 40, "penalty_s": 120},
-    {"penalty_s": 180},
-]
 
 
 async def test_a_recorded_session_with_a_violation_and_a_stop(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
+    live_rig: LiveRig,
     tmp_path: Path,
 ) -> None:
-    racing.create_racing_tables(database_url)
-    course = racing.add_course(database_url, [("speeder", "T1"), ("stopper", "T1")])
-    with psycopg.connect(database_url) as conn:
+    course = racing.live_course(live_rig, [("speeder", "T1"), ("stopper", "T1")])
+    with psycopg.connect(live_rig.database_url) as conn:
         conn.execute(
             "INSERT INTO speed_zones (id, stage_id, start_control_id, end_control_id, limit_kmh, "
             "min_duration_s, penalties) VALUES (%s, %s, %s, %s, 80, 3, %s)",
             (str(uuid.uuid4()), course.stage_id, course.controls["start"],
              course.controls["checkpoint"], Jsonb(BRACKETS)),
         )  # fmt: skip
-    directus.user(TOKEN, events={course.event_id})
     speeder = racing.track(course.devices["speeder"], racing.constant(20), 160)
     for document in speeder[50:55]:
         document["speed"] = 100.0
     stop = racing.track(course.devices["stopper"], stopper, 420)
-    env = {**domain_env(live_env), "ALERT_NO_SIGNAL_S": "1000000000"}
+    env = {**racing.domain_env(live_rig.env), "ALERT_NO_SIGNAL_S": "1000000000"}
     async with running_service(env) as service:
-        assert service.domain is not None
-        with trio.fail_after(90):
-            await service.domain.enabled.wait()
+        await racing.judging(service)
         async with live_client(service.live_port) as ws, trio.open_nursery() as nursery:
             frames = Frames()
             nursery.start_soon(frames.collect, ws)
             await send(ws, {"type": "subscribe", "topic": f"event:{course.event_id}"})
             await frames.until(lambda: bool(frames.of("subscribed")))
-            publish(redis_client, stream_key, speeder + stop[:250])
-            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+            live_rig.publish(speeder + stop[:250])
+            await racing.all_judged(live_rig)
             await frames.until(lambda: bool(frames.of("alert")) and bool(frames.of("violation")))
-            publish(redis_client, stream_key, stop[250:])
-            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+            live_rig.publish(stop[250:])
+            await racing.all_judged(live_rig)
             await frames.until(lambda: len(frames.of("alert")) >= 2 and _all_finished(frames))
             nursery.cancel_scope.cancel()
 

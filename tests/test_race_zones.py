@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 import trio
 from psycopg.types.json import Jsonb
 
@@ -24,18 +23,16 @@ from processor.domain.model import Fix
 from processor.domain.zones import Bracket, Zone, ZoneError, parse_brackets, violations
 from processor.timing_commands import format_changes
 from tests.support import racing
-from tests.support.directus import DirectusStandIn
-from tests.support.fixes import fix, publish
-from tests.support.live import TOKEN, live_client, subscribe
-from tests.support.service import running_service, wait_until
-from tests.test_domain_engine import domain_done, domain_env, rebuild_changes
-from tests.test_race_live import Frames
+from tests.support.fixes import fix
+from tests.support.live import (
+    LiveRig,
+    live_rig_fixture,  # noqa: F401 - registers the fixture
+    watching,
+)
+from tests.support.racing import BRACKETS
+from tests.support.service import running_service
+from tests.test_domain_engine import rebuild_changes
 
-BRACKETS = [
-    {"up_to_kmh": 20, "penalty_s": 60},
-    {"up_to_kmh": 40, "penalty_s": 120},
-    {"penalty_s": 180},
-]
 ZONE = Zone("z", "a", "b", 50.0, 0.0, 3.0, parse_brackets(BRACKETS))
 
 
@@ -107,24 +104,16 @@ def speeder_track(device: str, peak: float, fixes_over: int) -> list[dict[str, A
     return documents
 
 
-async def test_zone_violations_on_the_daemon(
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    database_url: str,
-    redis_client: redis.Redis,
-    stream_key: str,
-) -> None:
-    racing.create_racing_tables(database_url)
-    course = racing.add_course(database_url, [(name, None) for name in SPEEDERS])
+async def test_zone_violations_on_the_daemon(live_rig: LiveRig) -> None:
+    course = racing.live_course(live_rig, [(name, None) for name in SPEEDERS])
     zone_id = str(uuid.uuid4())
-    with psycopg.connect(database_url) as conn:
+    with psycopg.connect(live_rig.database_url) as conn:
         conn.execute(
             "INSERT INTO speed_zones (id, stage_id, start_control_id, end_control_id, limit_kmh, "
             "min_duration_s, penalties) VALUES (%s, %s, %s, %s, 50, 3, %s)",
             (zone_id, course.stage_id, course.controls["start"], course.controls["checkpoint"],
              Jsonb(BRACKETS)),
         )  # fmt: skip
-    directus.user(TOKEN, events={course.event_id})
     documents = [
         doc
         for name, (peak, over) in SPEEDERS.items()
@@ -132,16 +121,11 @@ async def test_zone_violations_on_the_daemon(
     ]
     doubled = documents + documents
     random.Random(5).shuffle(doubled)
-    async with running_service(domain_env(live_env)) as service:
-        assert service.domain is not None
-        with trio.fail_after(90):
-            await service.domain.enabled.wait()
-        async with live_client(service.live_port) as ws, trio.open_nursery() as nursery:
-            await subscribe(ws, course.event_id)
-            frames = Frames()
-            nursery.start_soon(frames.collect, ws)
-            publish(redis_client, stream_key, doubled)
-            await wait_until(lambda: domain_done(redis_client, stream_key), timeout=120)
+    async with running_service(racing.domain_env(live_rig.env)) as service:
+        await racing.judging(service)
+        async with watching(service.live_port, course.event_id) as (_, frames):
+            live_rig.publish(doubled)
+            await racing.all_judged(live_rig)
             await frames.until(lambda: len({_key(f) for f in frames.of("violation")}) >= 3)
             await frames.until(
                 lambda: (
@@ -150,10 +134,9 @@ async def test_zone_violations_on_the_daemon(
                     == 4
                 )
             )
-            nursery.cancel_scope.cancel()
         assert service.metrics.speed_violations._value.get() >= 3
     e = course.entries
-    with psycopg.connect(database_url) as conn:
+    with psycopg.connect(live_rig.database_url) as conn:
         rows = {
             entry: tuple(values)
             for entry, *values in conn.execute(
@@ -182,7 +165,7 @@ async def test_zone_violations_on_the_daemon(
         "stage_id", "entry_id", "number", "zone_id", "started_at", "ended_at", "max_speed_kmh",
         "excess_kmh", "distance_m", "penalty_s",
     }  # fmt: skip
-    changes = await trio.to_thread.run_sync(rebuild_changes, database_url, course.stage_id)
+    changes = await trio.to_thread.run_sync(rebuild_changes, live_rig.database_url, course.stage_id)
     assert format_changes(changes, {}) == "no change"
 
 

@@ -13,12 +13,14 @@ from tests.support.fixes import (
     consumer_pending,
     fix,
     key_of,
-    pending_count,
-    publish,
-    row_count,
     stored_keys,
 )
-from tests.support.service import running_service, wait_until
+from tests.support.service import (
+    Rig,
+    rig_fixture,  # noqa: F401 - registers the fixture
+    running_service,
+    wait_until,
+)
 
 GROUP = "processor"
 RECLAIM_ENV = {"RECLAIM_INTERVAL_S": "0.2", "RECLAIM_MIN_IDLE_MS": "300", "MAX_DELIVERIES": "3"}
@@ -31,104 +33,96 @@ def ghost_reads(client: redis.Redis, stream: str, count: int) -> list[str]:
     return [raw_id.decode() for raw_id, _ in reply[0][1]]
 
 
-async def test_idle_entries_of_a_dead_consumer_are_reclaimed_and_stored(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
+async def test_idle_entries_of_a_dead_consumer_are_reclaimed_and_stored(rig: Rig) -> None:
     documents = [fix(f"dev{i % 7}", i) for i in range(450)]
-    publish(redis_client, stream_key, documents)
-    ghost_ids = ghost_reads(redis_client, stream_key, 250)  # across several XAUTOCLAIM pages
-    assert consumer_pending(redis_client, stream_key, "ghost") == 250
+    rig.publish(documents)
+    ghost_ids = ghost_reads(rig.redis, rig.stream_key, 250)  # across several XAUTOCLAIM pages
+    assert consumer_pending(rig.redis, rig.stream_key, "ghost") == 250
 
     with trio.fail_after(30):
-        async with running_service({**env, **RECLAIM_ENV}) as service:
-            await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
-            await wait_until(lambda: row_count(database_url) == 450)
+        async with running_service({**rig.env, **RECLAIM_ENV}) as service:
+            await wait_until(lambda: rig.pending() == 0)
+            await wait_until(lambda: rig.rows() == 450)
             await wait_until(lambda: service.metrics.acks._value.get() == 450)
             assert service.metrics.reclaimed._value.get() == len(ghost_ids)
             assert service.metrics.dead_letters.labels("max_deliveries")._value.get() == 0
-    assert stored_keys(database_url) == {key_of(d) for d in documents}
-    assert redis_client.xlen(f"{stream_key}:dead") == 0
+    assert stored_keys(rig.database_url) == {key_of(d) for d in documents}
+    assert rig.redis.xlen(f"{rig.stream_key}:dead") == 0
 
 
-async def test_entries_delivered_too_often_are_dead_lettered_not_stored(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
+async def test_entries_delivered_too_often_are_dead_lettered_not_stored(rig: Rig) -> None:
     documents = [fix("dev1", i) for i in range(10)]
-    ids = publish(redis_client, stream_key, documents)
-    ghost_reads(redis_client, stream_key, 10)
+    ids = rig.publish(documents)
+    ghost_reads(rig.redis, rig.stream_key, 10)
     # Three entries have already been delivered MAX_DELIVERIES (3) times: the reclaim is the
     # fourth delivery. The others were delivered once, like the usual dead consumer's.
     worn = ids[2:5]
-    redis_client.xclaim(stream_key, GROUP, "ghost", 0, worn, retrycount=3)
+    rig.redis.xclaim(rig.stream_key, GROUP, "ghost", 0, worn, retrycount=3)
 
     with trio.fail_after(30):
-        async with running_service({**env, **RECLAIM_ENV}) as service:
-            await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
-            await wait_until(lambda: row_count(database_url) == 7)
+        async with running_service({**rig.env, **RECLAIM_ENV}) as service:
+            await wait_until(lambda: rig.pending() == 0)
+            await wait_until(lambda: rig.rows() == 7)
             worn_out = service.metrics.dead_letters.labels("max_deliveries")
             await wait_until(lambda: worn_out._value.get() == 3)
             assert service.metrics.reclaimed._value.get() == 10
 
-    dead = redis_client.xrange(f"{stream_key}:dead")
+    dead = rig.redis.xrange(f"{rig.stream_key}:dead")
     assert [fields[b"source_id"].decode() for _, fields in dead] == worn
     for (_, fields), original in zip(dead, worn, strict=True):
         assert fields[b"reason"] == b"max_deliveries"
         assert fields[b"error"] == b"delivered 4 times (MAX_DELIVERIES=3)"
         assert (
             fields[b"payload"]
-            == redis_client.xrange(stream_key, original, original)[0][1][b"payload"]
+            == rig.redis.xrange(rig.stream_key, original, original)[0][1][b"payload"]
         )
-    assert stored_keys(database_url) == {
+    assert stored_keys(rig.database_url) == {
         key_of(d) for i, d in enumerate(documents) if ids[i] not in worn
     }
 
 
-async def test_entries_trimmed_while_pending_are_counted_and_cleared(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
+async def test_entries_trimmed_while_pending_are_counted_and_cleared(rig: Rig) -> None:
     documents = [fix("dev1", i) for i in range(20)]
-    ids = publish(redis_client, stream_key, documents)
-    ghost_reads(redis_client, stream_key, 20)
-    redis_client.xdel(stream_key, *ids[:5])  # e.g. upstream's MAXLEN trimmed them
+    ids = rig.publish(documents)
+    ghost_reads(rig.redis, rig.stream_key, 20)
+    rig.redis.xdel(rig.stream_key, *ids[:5])  # e.g. upstream's MAXLEN trimmed them
 
     with trio.fail_after(30):
-        async with running_service({**env, **RECLAIM_ENV}) as service:
-            await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
-            await wait_until(lambda: row_count(database_url) == 15)
+        async with running_service({**rig.env, **RECLAIM_ENV}) as service:
+            await wait_until(lambda: rig.pending() == 0)
+            await wait_until(lambda: rig.rows() == 15)
             assert service.metrics.reclaim_trimmed._value.get() == 5
             assert service.metrics.reclaimed._value.get() == 15
-    assert stored_keys(database_url) == {key_of(d) for d in documents[5:]}
-    assert redis_client.xlen(f"{stream_key}:dead") == 0
+    assert stored_keys(rig.database_url) == {key_of(d) for d in documents[5:]}
+    assert rig.redis.xlen(f"{rig.stream_key}:dead") == 0
 
 
-async def test_own_fresh_entries_are_not_reclaimed(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
+async def test_own_fresh_entries_are_not_reclaimed(rig: Rig) -> None:
     """Entries a healthy instance is working on are never idle long enough to be claimed."""
     with trio.fail_after(30):
-        async with running_service({**env, **RECLAIM_ENV}) as service:
+        async with running_service({**rig.env, **RECLAIM_ENV}) as service:
             for second in range(0, 2000, 200):
-                publish(redis_client, stream_key, [fix(f"d{i}", second + i) for i in range(200)])
+                rig.publish([fix(f"d{i}", second + i) for i in range(200)])
                 await trio.sleep(0.1)
-            await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
+            await wait_until(lambda: rig.pending() == 0)
             await trio.sleep(0.5)  # two more reclaim intervals
             assert service.metrics.reclaimed._value.get() == 0
-    assert row_count(database_url) == 2000
+    assert rig.rows() == 2000
 
 
 async def test_own_entries_waiting_through_an_outage_are_not_reclaimed_or_dead_lettered(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
+    rig: Rig,
 ) -> None:
     """Entries this instance holds while the database is down go idle in Redis. The reclaimer
     must leave them alone: not re-send them and not count them towards MAX_DELIVERIES."""
-    from tests.support.fixes import fix, pending_count, publish, row_count
+    from tests.support.fixes import fix
     from tests.support.proxy import tcp_proxy
     from tests.support.service import running_service, wait_until
 
     documents = [fix(f"dev{d}", s) for s in range(20) for d in range(20)]
-    async with tcp_proxy(database_url) as proxy:
-        env = env | {
-            "DATABASE_URL": proxy.url(database_url),
+    async with tcp_proxy(rig.database_url) as proxy:
+        env = rig.env | {
+            "DATABASE_URL": proxy.url(rig.database_url),
             "RECLAIM_INTERVAL_S": "0.05",
             "RECLAIM_MIN_IDLE_MS": "50",
             "MAX_DELIVERIES": "1",
@@ -138,12 +132,12 @@ async def test_own_entries_waiting_through_an_outage_are_not_reclaimed_or_dead_l
         }
         async with running_service(env) as service:
             await proxy.cut()
-            publish(redis_client, stream_key, documents)
+            rig.publish(documents)
             await trio.sleep(1.5)  # entries read, idle far beyond RECLAIM_MIN_IDLE_MS
-            assert pending_count(redis_client, stream_key) > 0
+            assert rig.pending() > 0
             await proxy.restore()
-            await wait_until(lambda: pending_count(redis_client, stream_key) == 0, timeout=30)
-            await wait_until(lambda: row_count(database_url) == len(documents))
-    assert redis_client.xlen(f"{stream_key}:dead") == 0
+            await wait_until(lambda: rig.pending() == 0, timeout=30)
+            await wait_until(lambda: rig.rows() == len(documents))
+    assert rig.redis.xlen(f"{rig.stream_key}:dead") == 0
     assert service.metrics.dead_letters.labels("max_deliveries")._value.get() == 0
     assert service.metrics.position_writes.labels("duplicate")._value.get() == 0

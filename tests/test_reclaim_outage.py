@@ -14,27 +14,23 @@ After a restart, or on another instance, they were past `MAX_DELIVERIES` and dea
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import pytest
 import redis
 import trio
 
-from processor.app import Service
-from processor.config import load_config
-from processor.observability.logging import configure_logging
 from tests.support.fixes import (
     consumer_pending,
     fix,
     key_of,
-    pending_count,
-    publish,
-    row_count,
     stored_keys,
 )
 from tests.support.proxy import tcp_proxy
-from tests.support.service import running_service, wait_until
+from tests.support.service import (
+    Rig,
+    rig_fixture,  # noqa: F401 - registers the fixture
+    running_service,
+    wait_until,
+)
 
 MAX_DELIVERIES = 3
 INTERVAL_S = 0.2
@@ -49,22 +45,6 @@ RECLAIM = {
 }
 
 
-@asynccontextmanager
-async def killable_service(env: dict[str, str]) -> AsyncIterator[Service]:
-    """A Service that is cancelled, not drained, when the block ends: like SIGKILL, whatever
-    it holds stays pending in Redis."""
-    config = load_config(env)
-    configure_logging(config.log_level, config.log_format)
-    service = Service(config)
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(30):
-            await nursery.start(service.run)
-        try:
-            yield service
-        finally:
-            nursery.cancel_scope.cancel()
-
-
 def max_delivery_count(client: redis.Redis, stream: str) -> int:
     rows = client.xpending_range(stream, "processor", "-", "+", 100_000)
     return max((int(row["times_delivered"]) for row in rows), default=0)
@@ -73,41 +53,37 @@ def max_delivery_count(client: redis.Redis, stream: str) -> int:
 @pytest.mark.parametrize("restart_as", ["same instance", "another instance"])
 async def test_entries_held_through_an_outage_are_stored_after_a_restart(
     restart_as: str,
-    env: dict[str, str],
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
+    rig: Rig,
     postgres_server_url: str,
 ) -> None:
     documents = [fix(f"dev{i % 10}", i) for i in range(150)]
     async with tcp_proxy(postgres_server_url) as proxy:
-        first = env | RECLAIM | {"DATABASE_URL": proxy.url(database_url), "INSTANCE_ID": "one"}
-        async with killable_service(first):
+        first = (
+            rig.env | RECLAIM | {"DATABASE_URL": proxy.url(rig.database_url), "INSTANCE_ID": "one"}
+        )
+        async with running_service(first, drain=False):  # killed, not drained
             await proxy.cut()
-            publish(redis_client, stream_key, documents)
-            await wait_until(lambda: consumer_pending(redis_client, stream_key, "one") == 150)
+            rig.publish(documents)
+            await wait_until(lambda: consumer_pending(rig.redis, rig.stream_key, "one") == 150)
             await trio.sleep(OUTAGE_S)
             # Waiting in the writer is not a delivery.
-            assert max_delivery_count(redis_client, stream_key) == 1
+            assert max_delivery_count(rig.redis, rig.stream_key) == 1
         # killed during the outage: everything it held is still pending
         await proxy.restore()
-    assert pending_count(redis_client, stream_key) == len(documents)
+    assert rig.pending() == len(documents)
 
-    second = env | RECLAIM | {"INSTANCE_ID": "one" if restart_as == "same instance" else "two"}
+    second = rig.env | RECLAIM | {"INSTANCE_ID": "one" if restart_as == "same instance" else "two"}
     with trio.fail_after(60):
         async with running_service(second) as service:
-            await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
-            await wait_until(lambda: row_count(database_url) == len(documents))
-    assert stored_keys(database_url) == {key_of(d) for d in documents}
-    assert redis_client.xlen(f"{stream_key}:dead") == 0
+            await wait_until(lambda: rig.pending() == 0)
+            await wait_until(lambda: rig.rows() == len(documents))
+    assert stored_keys(rig.database_url) == {key_of(d) for d in documents}
+    assert rig.redis.xlen(f"{rig.stream_key}:dead") == 0
     assert service.metrics.dead_letters.labels("max_deliveries")._value.get() == 0
 
 
 async def test_instances_do_not_claim_each_others_waiting_entries_during_an_outage(
-    env: dict[str, str],
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
+    rig: Rig,
     postgres_server_url: str,
 ) -> None:
     """Two live instances through an outage much longer than RECLAIM_MIN_IDLE_MS: each renews
@@ -117,9 +93,9 @@ async def test_instances_do_not_claim_each_others_waiting_entries_during_an_outa
     # Renewal is time-based (every min(RECLAIM_INTERVAL_S, RECLAIM_MIN_IDLE_MS / 3)): the idle
     # bound must leave room for a late renewal on a busy machine (300 ms did not, at load 16),
     # and the outage must still be much longer than it.
-    shared = env | RECLAIM | {"MAX_DELIVERIES": "1", "RECLAIM_MIN_IDLE_MS": "2000"}
+    shared = rig.env | RECLAIM | {"MAX_DELIVERIES": "1", "RECLAIM_MIN_IDLE_MS": "2000"}
     async with tcp_proxy(postgres_server_url) as proxy:
-        proxied = shared | {"DATABASE_URL": proxy.url(database_url)}
+        proxied = shared | {"DATABASE_URL": proxy.url(rig.database_url)}
         with trio.fail_after(90):
             async with (
                 running_service(proxied | {"INSTANCE_ID": "alpha"}) as alpha,
@@ -127,38 +103,36 @@ async def test_instances_do_not_claim_each_others_waiting_entries_during_an_outa
             ):
                 await proxy.cut()
                 for start in range(0, len(documents), 50):
-                    publish(redis_client, stream_key, documents[start : start + 50])
+                    rig.publish(documents[start : start + 50])
                     await trio.sleep(0.05)
                 await trio.sleep(OUTAGE_S)
-                assert max_delivery_count(redis_client, stream_key) == 1
+                assert max_delivery_count(rig.redis, rig.stream_key) == 1
                 await proxy.restore()
-                await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
-                await wait_until(lambda: row_count(database_url) == len(documents))
-    assert redis_client.xlen(f"{stream_key}:dead") == 0
+                await wait_until(lambda: rig.pending() == 0)
+                await wait_until(lambda: rig.rows() == len(documents))
+    assert rig.redis.xlen(f"{rig.stream_key}:dead") == 0
     for service in (alpha, bravo):
         assert service.metrics.reclaimed._value.get() == 0
         assert service.metrics.dead_letters.labels("max_deliveries")._value.get() == 0
-    assert stored_keys(database_url) == {key_of(d) for d in documents}
+    assert stored_keys(rig.database_url) == {key_of(d) for d in documents}
 
 
-async def test_an_entry_that_keeps_killing_its_reader_is_dead_lettered_on_restart(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
+async def test_an_entry_that_keeps_killing_its_reader_is_dead_lettered_on_restart(rig: Rig) -> None:
     """A restart re-reads the instance's own pending entries (`XREADGROUP ... 0`): a delivery.
     One already delivered MAX_DELIVERIES times (each read killed its reader) is dead-lettered."""
     documents = [fix("dev1", i) for i in range(5)]
-    ids = publish(redis_client, stream_key, documents)
-    redis_client.xgroup_create(stream_key, "processor", id="0")
-    redis_client.xreadgroup("processor", "one", {stream_key: ">"})
+    ids = rig.publish(documents)
+    rig.redis.xgroup_create(rig.stream_key, "processor", id="0")
+    rig.redis.xreadgroup("processor", "one", {rig.stream_key: ">"})
     poison = ids[2]
-    redis_client.xclaim(stream_key, "processor", "one", 0, [poison], retrycount=MAX_DELIVERIES)
+    rig.redis.xclaim(rig.stream_key, "processor", "one", 0, [poison], retrycount=MAX_DELIVERIES)
 
     with trio.fail_after(30):
-        async with running_service(env | RECLAIM | {"INSTANCE_ID": "one"}) as service:
-            await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
-    letters = redis_client.xrange(f"{stream_key}:dead")
+        async with running_service(rig.env | RECLAIM | {"INSTANCE_ID": "one"}) as service:
+            await wait_until(lambda: rig.pending() == 0)
+    letters = rig.redis.xrange(f"{rig.stream_key}:dead")
     assert [fields[b"source_id"].decode() for _, fields in letters] == [poison]
     assert letters[0][1][b"reason"] == b"max_deliveries"
     assert letters[0][1][b"error"] == b"delivered 4 times (MAX_DELIVERIES=3)"
     assert service.metrics.dead_letters.labels("max_deliveries")._value.get() == 1
-    assert stored_keys(database_url) == {key_of(d) for i, d in enumerate(documents) if i != 2}
+    assert stored_keys(rig.database_url) == {key_of(d) for i, d in enumerate(documents) if i != 2}

@@ -13,7 +13,6 @@ from functools import partial
 from typing import Any
 
 import pytest
-import redis
 import trio
 from trio import TaskStatus
 
@@ -24,9 +23,12 @@ from processor.observability.metrics import Metrics
 from processor.observability.probes import Probe
 from processor.observability.readiness import Readiness
 from processor.supervise import Supervisor
-from tests.support.directus import DirectusStandIn
-from tests.support.live import TOKEN, live_client
-from tests.support.liveness import assert_ingesting
+from tests.support.live import (
+    TOKEN,
+    LiveRig,
+    live_client,
+    live_rig_fixture,  # noqa: F401 - registers the fixture
+)
 from tests.support.scrape import get
 from tests.support.service import running_service, wait_until
 
@@ -231,31 +233,27 @@ def restarts(service: Service, name: str) -> float:
 async def test_breaking_a_side_service_never_stops_ingestion(
     name: str,
     monkeypatch: pytest.MonkeyPatch,
-    live_env: dict[str, str],
-    directus: DirectusStandIn,
-    redis_client: redis.Redis,
-    stream_key: str,
-    database_url: str,
+    live_rig: LiveRig,
 ) -> None:
-    directus.user(TOKEN)
+    live_rig.directus.user(TOKEN)
     fault = Fault()
     if name in BREAKERS:
         BREAKERS[name](monkeypatch, fault)
-    async with processor(live_env) as service:
+    async with processor(live_rig.env) as service:
         assert service.live is not None
         live = service.live
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
         if name == "live-server":
             for listener in live.listeners:
                 await listener.aclose()  # the accept loop's socket breaks under it
         else:
             fault.arm()
             if name == "live-broadcast":  # it fails on the next entry it reads
-                await assert_ingesting(redis_client, stream_key, database_url)
+                await live_rig.assert_ingesting()
         await wait_until(lambda: restarts(service, name) >= 1)
         assert name in service.supervisor.down() or restarts(service, name) >= 1
         # While it is broken (and being restarted), fixes are still stored.
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()
         if name not in ("http", "live-server", "live-broadcast"):
             response = await get(service.http_port, "/readyz")
             body = response.json()
@@ -270,4 +268,4 @@ async def test_breaking_a_side_service_never_stops_ingestion(
         if name == "live-server":
             async with live_client(live.port) as ws:
                 assert ws.closed is None
-        await assert_ingesting(redis_client, stream_key, database_url)
+        await live_rig.assert_ingesting()

@@ -1,13 +1,16 @@
-"""Live-broadcast test helpers: fixtures (Directus stand-in, live env) and a real WS client."""
+"""Live-broadcast test helpers: fixtures (Directus stand-in, live env, live rig) and a real WS
+client."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import orjson
 import pytest
+import redis
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -16,7 +19,9 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from tests.support.directus import COOKIE_NAME, DirectusStandIn, create_directus_tables
+from tests.support.directus import COOKIE_NAME, DirectusStandIn, add_event, create_directus_tables
+from tests.support.liveness import assert_ingesting
+from tests.support.service import Rig
 
 ORIGIN = "https://race.example"
 TOKEN = "token-alice"
@@ -42,6 +47,36 @@ def live_env(env: dict[str, str], directus: DirectusStandIn, database_url: str) 
         "LIVE_WS_ALLOWED_ORIGINS": f"{ORIGIN},https://other.example",
         "LIVE_DEVICE_EVENT_REFRESH_MS": "60000",
     }
+
+
+@attrs.frozen
+class LiveRig(Rig):
+    """A `Rig` whose environment has live broadcast on (`live_env`), with its Directus stand-in."""
+
+    directus: DirectusStandIn
+
+    async def assert_ingesting(self) -> None:
+        """The liveness probe every attack test ends with: a fix published now is stored."""
+        await assert_ingesting(self.redis, self.stream_key, self.database_url)
+
+    def event(self, imeis: list[str]) -> str:
+        """An event with one entry per device (`add_event`) that TOKEN's user may read, as well
+        as the events granted before (the user is (re)made an "ok" one)."""
+        event_id = add_event(self.database_url, imeis)
+        self.directus.user(TOKEN, events=self.directus.allowed.get(TOKEN, set()) | {event_id})
+        return event_id
+
+
+@pytest.fixture(name="live_rig")
+def live_rig_fixture(
+    live_env: dict[str, str],
+    directus: DirectusStandIn,
+    redis_client: redis.Redis,
+    stream_key: str,
+    database_url: str,
+) -> LiveRig:
+    """Imported by the test modules that use it (conftest.py does not list it)."""
+    return LiveRig(live_env, redis_client, stream_key, database_url, directus)
 
 
 def _headers(
@@ -124,3 +159,37 @@ async def no_message(ws: WebSocketConnection, seconds: float = 0.5) -> None:
     with trio.move_on_after(seconds):
         message = await ws.get_message()
         raise AssertionError(f"unexpected message {message!r}")
+
+
+class Frames:
+    """Everything one client receives, with the (trio) time it arrived."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.times: list[float] = []
+
+    async def collect(self, ws: WebSocketConnection) -> None:
+        while True:
+            message = await ws.get_message()
+            self.frames.append(orjson.loads(message))
+            self.times.append(trio.current_time())
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f["type"] == kind]
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 60) -> None:  # noqa: ASYNC109
+        with trio.fail_after(timeout):
+            while not predicate():  # noqa: ASYNC110 - frames arrive on another task
+                await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def watching(port: int | None, event_id: str) -> AsyncIterator[tuple[dict[str, Any], Frames]]:
+    """A client subscribed to `event_id`: its reply to the subscribe, and every frame after it,
+    collected in the background until the block ends (then the client leaves)."""
+    async with live_client(port) as ws, trio.open_nursery() as nursery:
+        reply = await subscribe(ws, event_id)
+        frames = Frames()
+        nursery.start_soon(frames.collect, ws)
+        yield reply, frames
+        nursery.cancel_scope.cancel()

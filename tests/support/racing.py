@@ -18,9 +18,14 @@ from typing import Any
 
 import attrs
 import psycopg
+import redis
+import trio
 
+from processor.app import Service
 from tests.support.directus import FIXTURE as DIRECTUS_FIXTURE
 from tests.support.fixes import BASE_TIME, fix
+from tests.support.live import TOKEN, LiveRig
+from tests.support.service import Rig, wait_until
 
 RACING_FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "racing_schema.sql"
 LAT0, LON0 = 41.3, 19.8
@@ -31,6 +36,12 @@ T0 = BASE_TIME.timestamp()
 START_X, WAYPOINT_X, CHECKPOINT_X, FINISH_X = 100.0, 1000.0, 2000.0, 3000.0
 WAYPOINT_RADIUS = 30.0
 WAYPOINT_PENALTY_S, CHECKPOINT_PENALTY_S = 300, 600
+# A speed zone's penalties by peak excess over its limit: the example of docs/racing-domain.md.
+BRACKETS = [
+    {"up_to_kmh": 20, "penalty_s": 60},
+    {"up_to_kmh": 40, "penalty_s": 120},
+    {"penalty_s": 180},
+]
 
 
 def to_latlon(x: float, y: float) -> tuple[float, float]:
@@ -114,6 +125,57 @@ def add_course(database_url: str, cars: Iterable[tuple[str, str | None]]) -> Cou
             )
             entries[name], devices[name] = entry_id, imei
     return Course(event_id, stage_id, controls, entries, devices)
+
+
+def setup_course(rig: Rig, cars: Iterable[tuple[str, str | None]]) -> Course:
+    """`add_course` in the rig's schema, the Directus and racing tables created first."""
+    create_tables(rig.database_url)
+    return add_course(rig.database_url, cars)
+
+
+def live_course(live_rig: LiveRig, cars: Iterable[tuple[str, str | None]]) -> Course:
+    """`add_course` in the rig's schema (racing tables created next to the Directus ones of
+    `live_env`), its event readable by TOKEN's user."""
+    create_racing_tables(live_rig.database_url)
+    course = add_course(live_rig.database_url, cars)
+    live_rig.directus.user(TOKEN, events={course.event_id})
+    return course
+
+
+# --- the domain engine on a running service ---------------------------------------------------
+
+
+def domain_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the domain engine refreshing and reclaiming fast enough for a test."""
+    return {**env, "DOMAIN_REFRESH_MS": "200", "RECLAIM_INTERVAL_S": "0.5"}
+
+
+def domain_done(client: redis.Redis, stream: str) -> bool:
+    """Both groups have delivered every entry and hold none pending."""
+    if not client.exists(stream):
+        return False
+    last = client.xinfo_stream(stream)["last-generated-id"]
+    groups = {g["name"]: g for g in client.xinfo_groups(stream)}
+    return all(
+        name in groups
+        and groups[name]["last-delivered-id"] == last
+        and int(groups[name]["pending"]) == 0
+        for name in (b"processor", b"domain")
+    )
+
+
+async def judging(*services: Service) -> None:
+    """Each service's domain engine has started judging (90 s each: start-up on a busy shared
+    machine is slow, and it is not what these tests measure)."""
+    for service in services:
+        assert service.domain is not None
+        with trio.fail_after(90):
+            await service.domain.enabled.wait()
+
+
+async def all_judged(rig: Rig) -> None:
+    """Wait until both groups have taken in everything published to the rig's stream."""
+    await wait_until(lambda: domain_done(rig.redis, rig.stream_key), timeout=120)
 
 
 Path2D = Callable[[float], tuple[float, float, float]]  # t (s) -> (x, y, speed m/s)
