@@ -32,7 +32,6 @@ from tests.support.racing import (
 )
 from tests.support.service import (
     Rig,
-    rig_fixture,  # noqa: F401 - registers the fixture
     running_service,
 )
 

@@ -12,7 +12,6 @@ from tests.support.racing import stored, to_latlon
 from tests.support.schema import migrate_and_forbid
 from tests.support.service import (
     Rig,
-    rig_fixture,  # noqa: F401 - registers the fixture
     running_service,
     wait_until,
 )

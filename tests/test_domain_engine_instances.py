@@ -12,7 +12,6 @@ from tests.support import racing
 from tests.support.racing import stored
 from tests.support.service import (
     Rig,
-    rig_fixture,  # noqa: F401 - registers the fixture
     running_service,
 )
 from tests.test_domain_engine import (

@@ -24,7 +24,6 @@ from tests.support.load import Publisher, distinct_keys, workload
 from tests.support.proxy import TcpProxy, tcp_proxy
 from tests.support.service import (
     Rig,
-    rig_fixture,  # noqa: F401 - registers the fixture
     wait_until,
 )
 

@@ -31,7 +31,6 @@ from tests.support.fixes import pending_count, row_count, stored_keys
 from tests.support.load import Publisher, distinct_keys, workload
 from tests.support.service import (
     Rig,
-    rig_fixture,  # noqa: F401 - registers the fixture
     wait_until,
 )
 

@@ -21,7 +21,6 @@ from tests.support.fixes import (
 from tests.support.load import Publisher, distinct_keys, workload
 from tests.support.service import (
     Rig,
-    rig_fixture,  # noqa: F401 - registers the fixture
     wait_until,
 )
 

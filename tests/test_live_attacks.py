@@ -24,7 +24,6 @@ from tests.support.live import (
     TOKEN,
     LiveRig,
     live_client,
-    live_rig_fixture,  # noqa: F401 - registers the fixture
     receive,
     rejection_status,
     send,

@@ -20,7 +20,6 @@ from tests.support.live import (
     LiveRig,
     close_code,
     live_client,
-    live_rig_fixture,  # noqa: F401 - registers the fixture
     subscribe,
 )
 from tests.support.scrape import scrape_sync

@@ -14,7 +14,6 @@ from tests.support.fixes import BASE_TIME, fix
 from tests.support.live import (
     LiveRig,
     live_client,
-    live_rig_fixture,  # noqa: F401 - registers the fixture
     no_message,
     receive,
     send,

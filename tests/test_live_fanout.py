@@ -24,7 +24,6 @@ from tests.support.fixes import fix, publish
 from tests.support.live import (
     TOKEN,
     LiveRig,
-    live_rig_fixture,  # noqa: F401 - registers the fixture
 )
 from tests.support.scrape import Scrape, scrape
 

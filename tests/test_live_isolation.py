@@ -21,7 +21,6 @@ from processor.live.connection import Connection
 from tests.support.live import (
     TOKEN,
     LiveRig,
-    live_rig_fixture,  # noqa: F401 - registers the fixture
 )
 from tests.support.raw import (
     TEXT,

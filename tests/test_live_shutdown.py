@@ -18,7 +18,6 @@ from tests.support.live import (
     LiveRig,
     close_code,
     live_client,
-    live_rig_fixture,  # noqa: F401 - registers the fixture
     receive,
     rejection_status,
     subscribe,

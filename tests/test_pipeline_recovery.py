@@ -19,7 +19,6 @@ from tests.support.fixes import (
 )
 from tests.support.service import (
     Rig,
-    rig_fixture,  # noqa: F401 - registers the fixture
     running_service,
     spawn_processor,
     wait_until,

@@ -19,7 +19,6 @@ from tests.support.fixes import BASE_TIME, fix
 from tests.support.live import (
     Frames,
     LiveRig,
-    live_rig_fixture,  # noqa: F401 - registers the fixture
     watching,
 )
 from tests.support.racing import to_latlon

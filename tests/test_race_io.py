@@ -11,7 +11,6 @@ from tests.support.fixes import fix
 from tests.support.live import (
     LiveRig,
     live_client,
-    live_rig_fixture,  # noqa: F401 - registers the fixture
     receive,
     subscribe,
 )

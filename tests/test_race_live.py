@@ -25,7 +25,6 @@ from tests.support.live import (
     Frames,
     LiveRig,
     live_client,
-    live_rig_fixture,  # noqa: F401 - registers the fixture
     subscribe,
     watching,
 )

@@ -26,7 +26,6 @@ from tests.support.live import (
     Frames,
     LiveRig,
     live_client,
-    live_rig_fixture,  # noqa: F401 - registers the fixture
     send,
 )
 from tests.support.racing import BRACKETS

@@ -26,7 +26,6 @@ from tests.support import racing
 from tests.support.fixes import fix
 from tests.support.live import (
     LiveRig,
-    live_rig_fixture,  # noqa: F401 - registers the fixture
     watching,
 )
 from tests.support.racing import BRACKETS

@@ -27,7 +27,6 @@ from tests.support.fixes import (
 from tests.support.proxy import tcp_proxy
 from tests.support.service import (
     Rig,
-    rig_fixture,  # noqa: F401 - registers the fixture
     running_service,
     wait_until,
 )

@@ -17,7 +17,6 @@ from tests.support.fixes import fix
 from tests.support.proxy import tcp_proxy
 from tests.support.service import (
     Rig,
-    rig_fixture,  # noqa: F401 - registers the fixture
     wait_until,
 )
 
@@ -31,13 +30,13 @@ async def stuck_daemon(
     async with tcp_proxy(rig.database_url) as proxy:
         daemon = Daemon(
             rig.env
-            | settings
             | {
                 "DATABASE_URL": proxy.url(rig.database_url),
                 "SHUTDOWN_TIMEOUT_S": "1.5",
                 "WRITE_RETRY_INITIAL_MS": "50",
                 "WRITE_RETRY_MAX_MS": "200",
-            },
+            }
+            | settings,  # the caller's settings win (e.g. a long deadline)
             log_path,
         )
         try:

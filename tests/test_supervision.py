@@ -27,7 +27,6 @@ from tests.support.live import (
     TOKEN,
     LiveRig,
     live_client,
-    live_rig_fixture,  # noqa: F401 - registers the fixture
 )
 from tests.support.scrape import get
 from tests.support.service import running_service, wait_until
