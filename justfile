@@ -31,7 +31,7 @@ bench *ARGS: install
 test *ARGS: install
     pdm run pytest {{ARGS}}
 
-# ruff (with the ASYNC rules), mypy strict on src/, and the layer contract
+# ruff (select = ALL), mypy strict on src/ and benchmarks/, and the import contracts
 lint: install
     pdm run ruff check src tests benchmarks
     pdm run ruff format --check src tests benchmarks

@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--linear", action="store_true", help="interpolate linearly only")
     args = parser.parse_args()
     if args.linear:
-        passes_module.accelerating = lambda *_: False  # type: ignore[assignment]
+        passes_module.accelerating = lambda *_: False  # type: ignore[attr-defined]
     rng = random.Random(args.seed)
     half = args.tracks // 2
     report("constant speed", [errors_of(scenario(rng, False)) for _ in range(half)])

@@ -63,7 +63,9 @@ Batch = tuple[list[bytes], list[tuple[Any, ...]]]
 def decode(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> Batch:
     """Entry ids and COPY rows; a key repeated inside the read goes to a later round (one
     `ON CONFLICT DO UPDATE` cannot touch a row twice). Undecodable entries are just acked."""
-    ids, rows, seen = [], [], {}
+    ids: list[bytes] = []
+    rows: list[tuple[Any, ...]] = []
+    seen: dict[tuple[Any, Any], int] = {}
     for entry_id, fields in entries:
         ids.append(entry_id)
         try:

@@ -654,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unknown phases: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     with (
-        servers() as (redis_url, database_url),
+        servers(os.environ) as (redis_url, database_url),
         bench(redis_url, database_url, sizes, settings) as runner,
     ):
         runner.keep = args.keep
