@@ -31,12 +31,15 @@ class Daemon:
     """One `processor run` subprocess (or another contender's, `module`) and what its log says."""
 
     def __init__(
-        self, env: Mapping[str, str], module: Sequence[str] = ("processor.cli", "run")
+        self,
+        env: Mapping[str, str],
+        module: Sequence[str] = ("processor.cli", "run"),
+        prefix: Sequence[str] = (),  # e.g. valgrind and its options (benchmarks/instructions.py)
     ) -> None:
         child_env = {k: v for k, v in os.environ.items() if k != "DIRECTUS_URL"}
         child_env.update(env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", *module],
+            [*prefix, sys.executable, "-m", *module],
             env=child_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

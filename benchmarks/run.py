@@ -185,6 +185,7 @@ class Bench:
         stream: str,
         extra: dict[str, str] | None = None,
         module: Sequence[str] = ("processor.cli", "run"),
+        prefix: Sequence[str] = (),
     ) -> Daemon:
         env = {
             "REDIS_URL": self.redis_url,
@@ -201,7 +202,7 @@ class Bench:
             **self.settings,
             **(extra or {}),
         }
-        return Daemon(env, module)
+        return Daemon(env, module, prefix)
 
     def caught_up(self, stream: str, group: str = "processor") -> bool:
         for info in self.redis.xinfo_groups(stream):

@@ -82,7 +82,11 @@ def cmd_run(_args: argparse.Namespace, config: Config) -> int:
 # batch in hand, and full collections then traversed every imported module again: 0.6 s of
 # collector time per 100,000 fixes, ~16 % of the daemon's CPU (gc.callbacks, issue 15). A batch's
 # objects are freed by reference counting; the collector is only needed for rare cycles.
-GC_YOUNG_THRESHOLD = 50_000
+# 200,000 rather than 50,000: the batches held in the pipeline (up to ~10,000 fixes, a few
+# containers each) no longer fill the young generation every few reads, which took the
+# collector from ~0.8k to ~0 instructions per fix (callgrind); RSS with 100,000 devices in state
+# is unchanged (155 MB).
+GC_YOUNG_THRESHOLD = 200_000
 
 
 def _tune_gc() -> None:

@@ -17,9 +17,14 @@ def entry_time(entry_id: str) -> float:
     return int(entry_id.split("-", 1)[0]) / 1000.0
 
 
-def entry_times_ms(entry_ids: list[str]) -> list[int]:
-    """`entry_time` of many IDs, in milliseconds (one comprehension per batch)."""
-    return [int(entry_id.partition("-")[0]) for entry_id in entry_ids]
+def latencies_s(entry_ids: list[str], at: float) -> list[float]:
+    """Seconds from each entry's own time to `at` (epoch seconds), never negative.
+
+    One comprehension per batch, parsing and subtracting in the same pass: the writer observes
+    one end-to-end latency per stored record, and a second list per batch showed (issue 15).
+    """
+    at_ms = at * 1000.0
+    return [max(0.0, at_ms - int(entry_id.partition("-")[0])) / 1000.0 for entry_id in entry_ids]
 
 
 @attrs.define(slots=True)

@@ -34,7 +34,7 @@ from trio import TaskStatus
 
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
-from processor.core.records import Delivery, Records, Rejected, entry_times_ms
+from processor.core.records import Delivery, Records, Rejected, latencies_s
 from processor.core.settle import DeadLetterUnwritable, StreamNames, settle_sync
 from processor.observability.metrics import Metrics, observe_many
 from processor.observability.stalls import Stalls
@@ -336,11 +336,7 @@ class Writer:
         for outcome, count in written.counts.items():
             if count:
                 m.position_writes.labels(outcome).inc(count)
-        committed_ms = committed_at * 1000.0
-        observe_many(
-            m.e2e_latency,
-            [max(0.0, committed_ms - sent) / 1000.0 for sent in entry_times_ms(stored)],
-        )
+        observe_many(m.e2e_latency, latencies_s(stored, committed_at))
         # Only an inserted row is stored with this verdict (a merge keeps the row's flag, a
         # duplicate stores nothing), so a redelivered faulty fix is not counted twice.
         for reason, count in written.faults.items():

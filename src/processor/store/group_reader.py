@@ -34,6 +34,35 @@ class _Stopped(Exception):
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
+def _raw_reply(reply: Any, **_options: Any) -> Any:
+    return reply
+
+
+def stream_entries(reply: Any) -> StreamEntries:
+    """A one-stream XREADGROUP reply, as it comes off the wire, as (id, fields) pairs.
+
+    redis-py's own reply callback builds the same pairs through two Python calls per entry
+    (`parse_stream_list`, `pairs_to_dict`): 0.27 µs per entry, against 0.09 µs here, where an
+    entry of one field (the upstream's `payload`) gets its dict without any call (issue 15).
+    Fields Redis reports as nil (an entry deleted while pending) become `{}`, as redis-py makes
+    them. Both protocols' shapes are read: RESP3's `{stream: entries}` (redis-py's default) and
+    RESP2's `[[stream, entries]]`.
+    """
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, dict) else [pair[1] for pair in reply]
+    return [
+        (entry_id, {flat[0]: flat[1]} if flat is not None and len(flat) == 2 else _pairs(flat))
+        for entries in streams
+        for entry_id, flat in entries
+    ]
+
+
+def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
+    """`[k1, v1, k2, v2, ...]` as a dict (None: {})."""
+    return {} if flat is None else dict(zip(flat[::2], flat[1::2], strict=False))
+
+
 @attrs.frozen
 class GroupRead:
     """Where and how to read: `recreate_at` is where a vanished group is created again."""
@@ -62,6 +91,9 @@ class GroupReader:
         self._connection = redis_store.make_client(
             redis_url, socket_timeout_s=read.block_ms / 1000 + 5
         )
+        # Replies are turned into entries by `stream_entries`, not by redis-py (see there).
+        # The connection is this reader's own, so no other command's replies change.
+        self._connection.set_response_callback("XREADGROUP", _raw_reply)
         self._client_id: int | None = None
         self._stopping = False
         self._stopped = trio.Event()
@@ -126,10 +158,7 @@ class GroupReader:
             block=spec.block_ms if start_id == ">" else None,
             noack=spec.noack,
         )
-        if not reply:
-            return []
-        entries: StreamEntries = reply[0][1]
-        return entries
+        return stream_entries(reply)
 
     async def stop(self) -> None:
         """No new read starts, and a read blocked in Redis returns at once."""
