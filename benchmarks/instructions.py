@@ -34,7 +34,7 @@ from pathlib import Path
 
 from benchmarks.run import FULL, SEED, START, STREAM_CONTENDERS, Bench
 from processor.position import decode_payload
-from processor.simulate import Scenario, Simulator
+from processor_dev.simulate import Scenario, Simulator
 
 QUIET = {
     "RECLAIM_INTERVAL_S": "3600",
