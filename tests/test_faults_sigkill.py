@@ -56,6 +56,7 @@ async def test_random_sigkills_during_a_50k_run_lose_and_duplicate_nothing(
         "WRITE_BATCH_SIZE": "2000",
         "WRITE_FLUSH_MS": "200",
         "INSTANCE_ID": "killed",
+        "WRITE_CONCURRENCY": "2",  # kills also hit two batches in flight at once
     }
     publisher = Publisher(rig.redis, rig.stream_key, documents, chunk=250, interval_s=0.12)
 

@@ -54,7 +54,8 @@ async def test_ten_thousand_messy_fixes_are_stored_exactly_once(
 ) -> None:
     documents = messy_telemetry()
     expected = expected_state(documents)
-    env = {**env, "READ_COUNT": "150", "WRITE_BATCH_SIZE": "200"}
+    # two writer lanes (the default is one): the lane split by device must keep exactly-once
+    env = {**env, "READ_COUNT": "150", "WRITE_BATCH_SIZE": "200", "WRITE_CONCURRENCY": "2"}
     async with running_service(env) as service:
         publish(redis_client, stream_key, documents)
         await wait_until(lambda: pending_count(redis_client, stream_key) == 0, timeout=60)

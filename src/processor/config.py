@@ -119,7 +119,7 @@ class Config:
     # --- writer ------------------------------------------------------------------------------
     write_batch_size: int = _int("WRITE_BATCH_SIZE", 2000, 1, 100_000)
     write_flush_ms: int = _int("WRITE_FLUSH_MS", 50, 1, 60_000)
-    write_concurrency: int = _int("WRITE_CONCURRENCY", 2, 1, 32)
+    write_concurrency: int = _int("WRITE_CONCURRENCY", 1, 1, 32)
     pipeline_buffer_batches: int = _int("PIPELINE_BUFFER_BATCHES", 4, 1, 1000)
     write_retry_initial_ms: int = _int("WRITE_RETRY_INITIAL_MS", 100, 1, 60_000)
     write_retry_max_ms: int = _int("WRITE_RETRY_MAX_MS", 5_000, 1, 600_000)
