@@ -55,7 +55,11 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=True,
+        # Not cached: a cached logger keeps the configuration of its first use for good, so a
+        # process that configures logging again (the test suite, a command run in-process)
+        # would log through a stale renderer. The daemon logs per batch, not per fix, so the
+        # lookup this saves would not show.
+        cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(_CurrentStderr())
     handler.setFormatter(
