@@ -96,6 +96,29 @@ async def test_entries_trimmed_while_pending_are_counted_and_cleared(rig: Rig) -
     assert rig.redis.xlen(f"{rig.stream_key}:dead") == 0
 
 
+async def test_own_entries_trimmed_while_pending_are_dead_lettered_as_trimmed(rig: Rig) -> None:
+    """A restarted instance re-reads its own pending entries first; Redis answers those deleted
+    meanwhile with nil fields. They are dead-lettered as `entry trimmed` (the ids of the lost
+    fixes, for the operator), not as an undecodable `payload missing`; the rest are stored."""
+    documents = [fix("dev1", i) for i in range(20)]
+    ids = rig.publish(documents)
+    own = rig.env["INSTANCE_ID"]
+    rig.redis.xgroup_create(rig.stream_key, GROUP, id="0", mkstream=True)
+    rig.redis.xreadgroup(GROUP, own, {rig.stream_key: ">"}, count=20)  # then it "crashed"
+    rig.redis.xdel(rig.stream_key, *ids[:5])
+
+    with trio.fail_after(30):
+        async with running_service(rig.env) as service:
+            await wait_until(lambda: rig.pending() == 0)
+            await wait_until(lambda: rig.rows() == 15)
+            assert service.metrics.dead_letters.labels("trimmed")._value.get() == 5
+            assert service.metrics.decode_errors.labels("missing_payload")._value.get() == 0
+    dead = rig.redis.xrange(f"{rig.stream_key}:dead")
+    assert [fields[b"source_id"].decode() for _, fields in dead] == ids[:5]
+    assert {fields[b"reason"] for _, fields in dead} == {b"entry trimmed"}
+    assert stored_keys(rig.database_url) == {key_of(d) for d in documents[5:]}
+
+
 async def test_own_fresh_entries_are_not_reclaimed(rig: Rig) -> None:
     """Entries a healthy instance is working on are never idle long enough to be claimed."""
     with trio.fail_after(30):

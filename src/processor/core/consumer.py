@@ -49,7 +49,7 @@ def decode_entries(entries: StreamEntries, metrics: Metrics) -> Delivery:
     rejected: list[Rejected] = []
     for raw_id, fields in entries:
         entry_id = raw_id.decode()
-        if fields is None:  # the entry was trimmed from the stream while pending
+        if not fields:  # deleted from the stream while pending: Redis answers nil, read as {}
             rejected.append(
                 Rejected(entry_id, {}, "entry trimmed", "stream data was deleted", "trimmed")
             )
