@@ -57,7 +57,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Literal, cast, get_args
+from typing import IO, Any, Literal, cast, get_args
 from urllib.parse import quote
 
 import attrs
@@ -446,16 +446,10 @@ def _spawn(
     stragglers. Output goes to a file, not a pipe: nobody reads a pipe while the server
     runs, and a full pipe would block the server.
     """
-    if run_as is None:
-        return subprocess.Popen(
-            [str(a) for a in argv],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
+    # as an unprivileged account when we are root; extra_groups=[] drops root's groups too
+    account: dict[str, Any] = (
+        {} if run_as is None else {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+    )
     return subprocess.Popen(
         [str(a) for a in argv],
         stdin=subprocess.DEVNULL,
@@ -464,9 +458,7 @@ def _spawn(
         cwd=cwd,
         env=env,
         start_new_session=True,
-        user=run_as.uid,
-        group=run_as.gid,
-        extra_groups=[],  # drop root's supplementary groups too
+        **account,
     )
 
 
