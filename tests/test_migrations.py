@@ -27,6 +27,7 @@ from processor.store.migrations import (
     timescaledb_schema,
 )
 from processor.store.postgres import with_search_path
+from tests.support.schema import positions_columns
 from tests.support.service import spawn_processor
 
 POSITIONS_COLUMNS = [
@@ -89,12 +90,7 @@ def test_positions_table_is_exactly_as_specified(database_url: str) -> None:
         # CI's service) the migration's create_hypertable adds a (ts DESC) index that the
         # storage policy drops; on plain PostgreSQL the policy changes nothing.
         apply_storage_policy(conn, chunk_interval="1 day", compress_after_days=0, retention_days=0)
-        columns = conn.execute(
-            """SELECT column_name, data_type, is_nullable, column_default
-               FROM information_schema.columns
-               WHERE table_schema = current_schema() AND table_name = 'positions'
-               ORDER BY ordinal_position"""
-        ).fetchall()
+        columns = positions_columns(conn)
         assert columns == POSITIONS_COLUMNS
 
         indexes = conn.execute(

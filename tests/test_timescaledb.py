@@ -24,6 +24,7 @@ from processor.store.migrations import (
     timescaledb_schema,
 )
 from tests.support.fixes import fix, pending_count, publish, row_count
+from tests.support.schema import positions_columns
 from tests.support.service import running_service, wait_until
 from tests.test_migrations import POSITIONS_COLUMNS, expected_records, recorded, run_migrate_pair
 
@@ -57,12 +58,7 @@ def test_migrations_make_positions_a_hypertable_with_the_specified_schema(
             "WHERE hypertable_name = 'positions'"
         ).fetchall()
         assert dimensions == [("ts",)]
-        columns = conn.execute(
-            """SELECT column_name, data_type, is_nullable, column_default
-               FROM information_schema.columns
-               WHERE table_schema = current_schema() AND table_name = 'positions'
-               ORDER BY ordinal_position"""
-        ).fetchall()
+        columns = positions_columns(conn)
         assert columns == POSITIONS_COLUMNS
         indexes = conn.execute(
             "SELECT indexname FROM pg_indexes WHERE tablename = 'positions' ORDER BY 1"

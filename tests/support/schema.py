@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 from psycopg import sql
 
@@ -21,3 +23,14 @@ def migrate_and_forbid(database_url: str, device_id: str) -> None:
                 "ALTER TABLE positions ADD CONSTRAINT no_poison CHECK (device_id <> {})"
             ).format(sql.Literal(device_id))
         )
+
+
+def positions_columns(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """(name, type, nullable, default) of `positions` in the connection's schema, in order:
+    what the migration tests compare, on plain PostgreSQL and on TimescaleDB alike."""
+    return conn.execute(
+        """SELECT column_name, data_type, is_nullable, column_default
+           FROM information_schema.columns
+           WHERE table_schema = current_schema() AND table_name = 'positions'
+           ORDER BY ordinal_position"""
+    ).fetchall()
