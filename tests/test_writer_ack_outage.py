@@ -1,0 +1,89 @@
+"""A batch committed while Redis is unreachable is acked later, and written only once.
+
+The writer acks a batch in the same worker thread right after its commit (issue 15). When that
+ack fails, the batch is committed but still pending: the writer must retry the ack alone, with
+backoff, until Redis answers -- not write the batch again, not drop it, not crash. Real
+PostgreSQL and Redis; the writer's Redis connection goes through a proxy that is cut for the
+commit and restored afterwards.
+"""
+
+from __future__ import annotations
+
+import redis
+import trio
+
+from processor.app import make_database, migrate
+from processor.config import load_config
+from processor.core.consumer import decode_entries
+from processor.core.device_state import DeviceStates
+from processor.core.inflight import InFlight
+from processor.core.records import Delivery
+from processor.core.settle import StreamNames
+from processor.core.writer import Writer, WriterSettings
+from processor.observability.metrics import Metrics
+from processor.store import redis as redis_store
+from processor.store.group_reader import stream_entries
+from tests.support.fixes import fix, pending_count, publish, row_count
+from tests.support.proxy import tcp_proxy
+from tests.support.service import wait_until
+
+FIXES = 50
+
+
+async def test_an_ack_refused_after_the_commit_is_retried_without_writing_again(
+    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
+) -> None:
+    config = load_config(env | {"WRITE_RETRY_INITIAL_MS": "20", "WRITE_RETRY_MAX_MS": "100"})
+    await redis_store.ensure_group(redis_client, stream_key, config.redis_group)
+    publish(redis_client, stream_key, [fix("dev1", second) for second in range(FIXES)])
+    reader = redis.Redis.from_url(config.redis_url, socket_timeout=5)
+    reader.set_response_callback("XREADGROUP", lambda reply, **_: reply)  # as the consumer reads
+    reply = reader.xreadgroup(config.redis_group, "test", {stream_key: ">"}, count=FIXES)
+    reader.close()
+    metrics = Metrics()
+    delivery = decode_entries(stream_entries(reply), metrics)
+    assert len(delivery.records) == FIXES
+    database = make_database(config)
+    with trio.fail_after(60):
+        await database.connect(deadline_s=10)
+        await migrate(config, database)
+        async with tcp_proxy(config.redis_url) as proxy:
+            writer_redis = redis.Redis.from_url(proxy.url(config.redis_url), socket_timeout=5)
+            writer = Writer(
+                database=database,
+                redis_client=writer_redis,
+                names=StreamNames(
+                    stream_key, config.redis_group, "test", f"{stream_key}:dead", 100
+                ),
+                settings=WriterSettings(
+                    batch_size=FIXES,
+                    flush_interval_s=0.02,
+                    concurrency=1,
+                    retry_initial_s=0.02,
+                    retry_max_s=0.1,
+                    rules=config.quality_rules,
+                ),
+                states=DeviceStates(10),
+                metrics=metrics,
+                in_flight=InFlight(),
+            )
+            await proxy.cut()
+            send, receive = trio.open_memory_channel[Delivery](1)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(writer.run, receive)
+                async with send:
+                    await send.send(delivery)
+                    await wait_until(lambda: row_count(database_url) == FIXES)
+                    await trio.sleep(0.3)  # several ack attempts: all refused, nothing lost
+                    assert pending_count(redis_client, stream_key) == FIXES
+                    assert metrics.write_retries._value.get() >= 2
+                    await proxy.restore()
+                    await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
+            writer_redis.close()
+    await database.aclose()
+
+    assert row_count(database_url) == FIXES
+    assert metrics.acks._value.get() == FIXES
+    writes = metrics.registry.get_sample_value
+    assert writes("processor_position_writes_total", {"status": "inserted"}) == FIXES
+    assert writes("processor_position_writes_total", {"status": "duplicate"}) in (None, 0)
