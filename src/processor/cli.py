@@ -70,7 +70,7 @@ def cmd_run(_args: argparse.Namespace, config: Config) -> int:
 
     from processor.app import run_until_signalled
 
-    _tune_interpreter()
+    _tune_gc()
     try:
         return trio.run(run_until_signalled, config)
     except ConfigError as exc:  # found only once running, e.g. the live group is in use
@@ -89,23 +89,12 @@ def cmd_run(_args: argparse.Namespace, config: Config) -> int:
 GC_YOUNG_THRESHOLD = 200_000
 
 
-# The worker thread that writes a batch needs the interpreter lock for a moment after each
-# database round trip (COPY chunks, the INSERT, the commit, the ack), while the Trio thread holds
-# it decoding the next reads; with CPython's default 5 ms switch interval each such moment could
-# wait up to 5 ms, several times per batch, and the database idled meanwhile. At 1 ms the write
-# lane got its turns sooner: 26.8k -> 30.1k fixes/s (medians of 5 interleaved drains of 200,000
-# fixes; 0.5 ms gave 28.0k), CPU per fix unchanged (20.8 -> 20.6 µs).
-GIL_SWITCH_INTERVAL_S = 0.001
-
-
-def _tune_interpreter() -> None:
+def _tune_gc() -> None:
     """Freeze what start-up imported (it lives as long as the process) and collect young
-    objects less often: per fix, the collector then costs next to nothing. Hand the
-    interpreter lock over sooner (GIL_SWITCH_INTERVAL_S)."""
+    objects less often: per fix, the collector then costs next to nothing."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
 
 def cmd_migrate(_args: argparse.Namespace, config: Config) -> int:
