@@ -4,16 +4,8 @@
 
 The batcher is the only task touching device state, so quality verdicts are deterministic in
 stream order. Each batch is split over the flusher lanes by device; lanes write concurrently
-(each on its own pooled connection) and ack exactly the entries whose rows were inserted, merged
-or proved duplicate.
-
-A lane's usual path is one thread hop for every batch waiting in it: each batch is written in its
-own transaction and acked right after its commit, in the same worker thread (`_store_and_settle`).
-The database is the bottleneck; between two batches it otherwise waited for the Trio thread to
-take the write's result, start the ack, take its result and start the next write, and that
-thread is busy decoding the next reads (issue 15). Any failure ends that path for the batch it
-met: it and the batches after it take the careful path (`_flush`), which retries, isolates
-refused records and reports stalls.
+(each on its own pooled connection, one thread hop per batch) and ack exactly the entries whose
+rows were inserted, merged or proved duplicate.
 
 A failure of the database or Redis is retried with capped exponential backoff and nothing is
 acked meanwhile (one that is not transient, e.g. a revoked privilege, is also reported on
@@ -48,7 +40,7 @@ from processor.observability.metrics import Metrics, observe_many
 from processor.observability.stalls import Stalls
 from processor.quality import QualityRules
 from processor.store import db_errors, retry
-from processor.store.positions import BatchOutcome, latest_good_positions, write_batch
+from processor.store.positions import latest_good_positions, write_batch
 from processor.store.postgres import Database
 
 T = TypeVar("T")
@@ -58,13 +50,6 @@ log = structlog.get_logger("processor.writer")
 # refuses copies, is reported as a stall (logged at error, /readyz fails naming it) once it
 # has failed this many attempts in a row. It is retried regardless: nothing is acked or lost.
 STALL_AFTER_ATTEMPTS = 3
-
-# At most this many waiting batches share a lane's thread hop (each is still its own
-# transaction, acked after its own commit). With a lane's channel holding one batch, a backlog
-# gives pairs; the cap keeps a hop, and so a drain, from growing with a longer queue.
-MAX_BATCHES_PER_HOP = 4
-
-NOTHING_WRITTEN = BatchOutcome({}, [])
 
 
 class DataRefused(Exception):
@@ -215,73 +200,9 @@ class Writer:
     async def _flusher(self, batches: trio.MemoryReceiveChannel[Batch]) -> None:
         async with batches:
             async for batch in batches:
-                group = [batch]
-                # the batches already waiting too (a closed lane ends the loop on its next turn)
-                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
-                    while len(group) < MAX_BATCHES_PER_HOP:
-                        group.append(batches.receive_nowait())
-                await self._flush_group(group)
-
-    async def _flush_group(self, group: list[Batch]) -> None:
-        """Write and ack `group` in order: one thread hop for all of it while nothing fails,
-        the careful path (`_flush`) for the batch that met a failure and every one after it."""
-        done = await trio.to_thread.run_sync(self._store_and_settle, group)
-        for batch, stored in zip(group, done, strict=False):
-            acked = stored.acked
-            if stored.unacked_ids or stored.unsettled:
-                acked += await self._settle(stored.unacked_ids, stored.unsettled)
-            outcome = stored.outcome
-            written = Written(
-                counts=Counter(outcome.counts),
-                faults=Counter(str(batch.faults[index]) for index in outcome.faulty_inserted),
-            )
-            self._finish(
-                batch,
-                stored=batch.records.ids,
-                written=written,
-                acked=acked,
-                committed_at=stored.committed_at,
-                write_s=stored.write_s,
-            )
-        for batch in group[len(done) :]:
-            await self._flush(batch)
-
-    def _store_and_settle(self, group: list[Batch]) -> list[Stored]:
-        """(Worker thread.) Each batch of `group` written in its own transaction and settled
-        right after its commit; stops at the first failure, returning what was done before it.
-
-        Only the failures the careful path handles end it (database errors, Redis unreachable,
-        dead-letter copies refused); anything else propagates, as it would from there.
-        """
-        done: list[Stored] = []
-        for batch in group:
-            records = batch.records
-            faulty = [fault is not None for fault in batch.faults]
-            started = time.perf_counter()
-            try:
-                outcome = (
-                    self.database.run_sync(
-                        lambda conn: write_batch(conn, records.rows, faulty)  # noqa: B023 - now
-                    )
-                    if records
-                    else NOTHING_WRITTEN  # a batch of only rejected entries
-                )
-            except db_errors.DATABASE_ERRORS:
-                break  # nothing of this batch is committed: `_flush` writes it again
-            committed_at, write_s = time.time(), time.perf_counter() - started
-            try:
-                acked = settle_sync(self.redis, self.names, records.ids, batch.rejected)
-            except DeadLetterUnwritable as exc:
-                done.append(Stored(outcome, committed_at, write_s, exc.acked, [], exc.unwritten))
-                break
-            except retry.REDIS_TRANSIENT_ERRORS:  # XACK is idempotent: settle it all again
-                done.append(Stored(outcome, committed_at, write_s, 0, records.ids, batch.rejected))
-                break
-            done.append(Stored(outcome, committed_at, write_s, acked, [], []))
-        return done
+                await self._flush(batch)
 
     async def _flush(self, batch: Batch) -> None:
-        """The careful path: write with retries (isolating refused records), then settle."""
         started = time.perf_counter()
         written = await self._store(batch.records, batch.faults, 0, len(batch.records))
         committed_at = time.time()
@@ -290,37 +211,19 @@ class Writer:
         if written.refused:
             refused_ids = {r.entry_id for r in written.refused}
             stored = [entry_id for entry_id in stored if entry_id not in refused_ids]
-        acked = await self._settle(list(stored), batch.rejected + written.refused)
-        self._finish(
-            batch,
-            stored=stored,
-            written=written,
-            acked=acked,
-            committed_at=committed_at,
-            write_s=write_s,
-        )
-
-    def _finish(
-        self,
-        batch: Batch,
-        *,
-        stored: list[str],
-        written: Written,
-        acked: int,
-        committed_at: float,
-        write_s: float,
-    ) -> None:
-        """A batch is settled: its entries leave the in-flight set, and it is counted."""
+        rejected = batch.rejected + written.refused
+        acked = await self._settle(list(stored), rejected)
         self.in_flight.settle(batch.records.ids)
         self.in_flight.settle(r.entry_id for r in batch.rejected)
         self._count(
             batch=batch,
             stored=stored,
             written=written,
-            rejected=batch.rejected + written.refused,
+            rejected=rejected,
             acked=acked,
             committed_at=committed_at,
             write_s=write_s,
+            started=started,
         )
 
     async def _store(
@@ -422,6 +325,7 @@ class Writer:
         acked: int,
         committed_at: float,
         write_s: float,
+        started: float,
     ) -> None:
         """Metrics for one flushed batch: each counter moves once per batch and label (a
         labelled `inc` costs a lock and a look-up: per record it showed in profiles)."""
@@ -447,7 +351,7 @@ class Writer:
             records=len(batch.records),
             rejected=len(rejected),
             acked=acked,
-            write_ms=round(write_s * 1000, 1),
+            ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
 
@@ -470,19 +374,6 @@ def _classify(exc: Exception) -> retry.Failure | None:
     if isinstance(exc, DeadLetterUnwritable):
         return retry.Failure(f"dead-letter stream refuses copies: {exc.error}", persistent=True)
     return retry.classify(exc)
-
-
-@attrs.frozen
-class Stored:
-    """What the usual path did for one batch in its worker thread: committed, and acked except
-    `unacked_ids` / `unsettled` (what a Redis failure left for `_settle`)."""
-
-    outcome: BatchOutcome
-    committed_at: float  # epoch seconds, for the end-to-end latencies
-    write_s: float
-    acked: int
-    unacked_ids: list[str]
-    unsettled: list[Rejected]
 
 
 @attrs.define
