@@ -1,8 +1,8 @@
 """A batch committed while Redis is unreachable is acked later, and written only once.
 
-The writer acks a batch in the same worker thread right after its commit (issue 15). When that
-ack fails, the batch is committed but still pending: the writer must retry the ack alone, with
-backoff, until Redis answers -- not write the batch again, not drop it, not crash. Real
+When the ack after a commit fails, the batch is committed but still pending: the writer must
+retry the ack alone, with backoff, until Redis answers -- not write the batch again (its
+records would be counted as duplicates, the inserted ones never), not drop it, not crash. Real
 PostgreSQL and Redis; the writer's Redis connection goes through a proxy that is cut for the
 commit and restored afterwards.
 """
