@@ -40,7 +40,7 @@ from processor.observability.metrics import Metrics, observe_many
 from processor.observability.stalls import Stalls
 from processor.quality import QualityRules
 from processor.store import db_errors, retry
-from processor.store.positions import latest_good_positions, write_batch
+from processor.store.positions import StagedRow, latest_good_positions, staged_rows, write_batch
 from processor.store.postgres import Database
 
 T = TypeVar("T")
@@ -71,6 +71,7 @@ class Batch:
     records: Records
     faults: list[str | None]  # each record's fix-quality verdict (None: good)
     rejected: list[Rejected]
+    staged: list[StagedRow]  # each record as COPY writes it (`positions.staged_rows`)
 
 
 class Writer:
@@ -123,8 +124,10 @@ class Writer:
                 await closing.enter_async_context(lane)
             while (collected := await self._collect(deliveries)) is not None:
                 for chunk in _chunks(collected, self.settings.batch_size):
-                    faults = await self._judge(chunk.records)
-                    await self._dispatch(lanes, Batch(chunk.records, faults, chunk.rejected))
+                    records = chunk.records
+                    faults = await self._judge(records)
+                    staged = staged_rows(records.rows, [fault is not None for fault in faults])
+                    await self._dispatch(lanes, Batch(records, faults, chunk.rejected, staged))
 
     async def _collect(self, deliveries: trio.MemoryReceiveChannel[Delivery]) -> Delivery | None:
         """Wait for a delivery, then add more until `batch_size` records or the flush interval.
@@ -158,17 +161,19 @@ class Writer:
         if len(lanes) == 1:
             await lanes[0].send(batch)
             return
-        parts = [Batch(Records(), [], []) for _ in lanes]
+        parts = [Batch(Records(), [], [], []) for _ in lanes]
         parts[0].rejected = batch.rejected
         records = batch.records
-        for entry_id, row, fields, fault in zip(
-            records.ids, records.rows, records.fields, batch.faults, strict=True
+        # Rounds stay valid in a part: every record of a key goes to the same part.
+        for entry_id, row, fields, fault, staged in zip(
+            records.ids, records.rows, records.fields, batch.faults, batch.staged, strict=True
         ):
             part = parts[hash(row[0]) % len(lanes)]
             part.records.ids.append(entry_id)
             part.records.rows.append(row)
             part.records.fields.append(fields)
             part.faults.append(fault)
+            part.staged.append(staged)
         for lane, part in zip(lanes, parts, strict=True):
             if part.records or part.rejected:
                 await lane.send(part)
@@ -204,7 +209,7 @@ class Writer:
 
     async def _flush(self, batch: Batch) -> None:
         started = time.perf_counter()
-        written = await self._store(batch.records, batch.faults, 0, len(batch.records))
+        written = await self._store(batch, 0, len(batch.records))
         committed_at = time.time()
         write_s = time.perf_counter() - started
         stored = batch.records.ids
@@ -226,18 +231,19 @@ class Writer:
             started=started,
         )
 
-    async def _store(
-        self, records: Records, faults: list[str | None], start: int, stop: int
-    ) -> Written:
-        """Write records[start:stop], isolating refused ones by halving the range."""
+    async def _store(self, batch: Batch, start: int, stop: int) -> Written:
+        """Write the batch's records[start:stop], isolating refused ones by halving the range.
+
+        A half keeps its rows' rounds: a key whose earlier twin is in the other half is then
+        inserted by a later round of this one, which is just as correct."""
         if start == stop:
             return Written()
-        rows = records.rows[start:stop]
-        faulty = [fault is not None for fault in faults[start:stop]]
+        records, faults = batch.records, batch.faults
+        staged = batch.staged[start:stop]
         try:
             outcome = await self._retrying(
                 "write",
-                lambda: self.database.run_sync(lambda conn: write_batch(conn, rows, faulty)),
+                lambda: self.database.run_sync(lambda conn: write_batch(conn, staged)),
             )
         except DataRefused as exc:
             if stop - start == 1:
@@ -245,7 +251,7 @@ class Writer:
                 log.error(
                     "record refused by the database",
                     entry_id=entry_id,
-                    device_id=rows[0][0],
+                    device_id=records.rows[start][0],
                     error=str(exc.__cause__)[:300],
                 )
                 refused = Rejected(
@@ -257,8 +263,8 @@ class Writer:
                 )
                 return Written(refused=[refused])
             middle = (start + stop) // 2
-            left = await self._store(records, faults, start, middle)
-            right = await self._store(records, faults, middle, stop)
+            left = await self._store(batch, start, middle)
+            right = await self._store(batch, middle, stop)
             return left.plus(right)
         return Written(
             counts=Counter(outcome.counts),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import attrs
 import psycopg
@@ -98,6 +98,9 @@ CROSS JOIN LATERAL (
 
 INSERTED, MERGED, DUPLICATE = "inserted", "merged", "duplicate"
 
+# A row as COPY writes it into the staging table: (round, *StoredRow, faulty).
+StagedRow: TypeAlias = tuple[Any, ...]
+
 
 @attrs.frozen(slots=True)
 class Row:
@@ -122,10 +125,12 @@ def write_rows(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> list[str]:
     values = [
         (*_stored_values(row.position), attributes_json(row.position.attributes)) for row in rows
     ]
+    staged = staged_rows(values, [row.faulty for row in rows])
+    rounds = [row[0] for row in staged]
     outcomes = [DUPLICATE] * len(rows)
     # binary results too: the returned keys are unpacked, not parsed from text
     with conn.transaction(), conn.cursor(binary=True) as cursor:
-        rounds = _stage(cursor, values, [row.faulty for row in rows])
+        _copy(cursor, staged)
         for round_number in range(max(rounds, default=-1) + 1):
             cursor.execute(INSERT_ROUND, (round_number,))
             # fetchall builds the rows in C (iterating the cursor costs a Python call per row)
@@ -147,10 +152,8 @@ class BatchOutcome:
     faulty_inserted: list[int]  # indexes of the faulty records stored as new rows
 
 
-def write_batch(
-    conn: psycopg.Connection[Any], rows: Sequence[StoredRow], faulty: Sequence[bool]
-) -> BatchOutcome:
-    """Write `rows` (COPY values, `faulty[i]` their verdicts) in one transaction.
+def write_batch(conn: psycopg.Connection[Any], staged: Sequence[StagedRow]) -> BatchOutcome:
+    """Write `staged` (`staged_rows`: the staging table's COPY values) in one transaction.
 
     The same statements as `write_rows`, but the server counts the outcomes: no result row per
     record travels back or is unpacked. Raises psycopg errors unchanged.
@@ -158,53 +161,54 @@ def write_batch(
     inserted = merged = 0
     faulty_keys: set[tuple[int, str, datetime]] = set()
     with conn.transaction(), conn.cursor(binary=True) as cursor:
-        rounds = _stage(cursor, rows, faulty)
-        for round_number in range(max(rounds, default=-1) + 1):
+        _copy(cursor, staged)
+        for round_number in range(max((row[0] for row in staged), default=-1) + 1):
             cursor.execute(INSERT_ROUND_COUNTED, (round_number,))
             found = cursor.fetchone()
             assert found is not None  # an aggregate always returns its row
             inserted += found[0]
             merged += found[1]
             faulty_keys.update((round_number, *key) for key in zip(found[2], found[3], strict=True))
-    counts = {INSERTED: inserted, MERGED: merged, DUPLICATE: len(rows) - inserted - merged}
+    counts = {INSERTED: inserted, MERGED: merged, DUPLICATE: len(staged) - inserted - merged}
     return BatchOutcome(
         counts,
-        [
-            index
-            for index, is_faulty in enumerate(faulty)
-            if is_faulty and (rounds[index], *_KEY(rows[index])) in faulty_keys
-        ]
+        [index for index, row in enumerate(staged) if row[-1] and _STAGED_KEY(row) in faulty_keys]
         if faulty_keys
         else [],
     )
 
 
 _KEY = operator.itemgetter(0, 1)  # (device_id, ts) of a StoredRow
+_STAGED_KEY = operator.itemgetter(0, 1, 2)  # (round, device_id, ts) of a StagedRow
 
 
-def _stage(
-    cursor: psycopg.Cursor[Any], rows: Sequence[StoredRow], faulty: Sequence[bool]
-) -> list[int]:
-    """COPY `rows` into the staging table; returns each row's round.
+def staged_rows(rows: Sequence[StoredRow], faulty: Sequence[bool]) -> list[StagedRow]:
+    """Each row as the staging table takes it: `(round, *row, faulty)`.
 
     A key seen earlier in the batch goes to a later round (a later INSERT from the same table):
-    one `ON CONFLICT DO UPDATE` cannot touch a row twice.
+    one `ON CONFLICT DO UPDATE` cannot touch a row twice. The writer builds these on the Trio
+    thread, not in the thread that writes: Python work per row in the writing thread waits for
+    the interpreter lock while the Trio thread decodes, and the database waits with it (issue
+    15: 6.5-9 % of the minimal pipeline's rate when it built them there).
     """
     keys = list(map(_KEY, rows))
     if len(set(keys)) == len(keys):  # the common case: no key twice in the batch
-        rounds = [0] * len(keys)
-    else:
-        seen: dict[tuple[str, datetime], int] = {}
-        rounds = []
-        for key in keys:
-            seen[key] = occurrence = seen.get(key, -1) + 1
-            rounds.append(occurrence)
+        return [(0, *row, is_faulty) for row, is_faulty in zip(rows, faulty, strict=True)]
+    seen: dict[tuple[str, datetime], int] = {}
+    staged: list[StagedRow] = []
+    for key, row, is_faulty in zip(keys, rows, faulty, strict=True):
+        seen[key] = occurrence = seen.get(key, -1) + 1
+        staged.append((occurrence, *row, is_faulty))
+    return staged
+
+
+def _copy(cursor: psycopg.Cursor[Any], staged: Sequence[StagedRow]) -> None:
+    """COPY `staged` into the staging table (binary)."""
     with cursor.copy(COPY_STAGING) as copy:
         copy.set_types(STAGING_TYPES)
         write = copy.write_row
-        for round_number, row, is_faulty in zip(rounds, rows, faulty, strict=True):
-            write((round_number, *row, is_faulty))
-    return rounds
+        for row in staged:
+            write(row)
 
 
 _stored_values = operator.attrgetter(
