@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import orjson
 import pytest
@@ -19,6 +20,7 @@ from processor.position import decode_payload
 from processor.quality import implied_speed_kmh
 from processor_dev.publisher import publish
 from processor_dev.simulate import Entry, Quirks, Scenario, Simulator
+from tests.support.proxy import tcp_proxy
 
 START = datetime(2026, 5, 12, 10, 0, tzinfo=UTC)
 QUIRKS = Quirks(late=0.05, duplicate=0.03, zero_satellites=0.02, event=0.04, sentinels=0.10)
@@ -202,3 +204,33 @@ def test_simulate_command_stops_cleanly_on_ctrl_c(
     assert b"Traceback" not in err
     published = int(err.decode().rsplit("published ", 1)[1].split(" ", 1)[0].replace(",", ""))
     assert published == redis_client.xlen(stream_key)
+
+
+async def test_a_chunk_whose_connection_was_refused_is_sent_again_exactly_once(
+    redis_server_url: str, redis_client: redis.Redis, stream_key: str
+) -> None:
+    """Upstream keeps publishing through a moment with no server (here refused; in the compose
+    test, DNS failing while a removed container's network is reconfigured): every entry
+    arrives, none twice, because only a chunk that cannot have been sent is sent again."""
+    scenario = Scenario(
+        devices=5,
+        rate=5.0,
+        seed=7,
+        start=START,
+        quirks=Quirks(late=0, duplicate=0, zero_satellites=0, event=0, sentinels=0),
+    )
+    count = 40
+    async with tcp_proxy(redis_server_url) as proxy:
+        client = redis.Redis.from_url(proxy.url(redis_server_url), socket_timeout=5)
+        await proxy.cut()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(publish, client, stream_key, Simulator(scenario), rate=None, count=count)
+            )
+            await trio.sleep(0.5)  # attempts refused meanwhile
+            assert redis_client.xlen(stream_key) == 0
+            await proxy.restore()
+        client.close()
+    payloads = [fields[b"payload"] for _, fields in redis_client.xrange(stream_key)]
+    expected = [entry.payload for entry in itertools.islice(Simulator(scenario), count)]
+    assert payloads == expected

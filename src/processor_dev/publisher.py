@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -33,6 +34,10 @@ from processor_dev.simulate import Entry, Quirks, Scenario, Simulator
 
 MAX_CHUNK = 1000
 MIN_TICK_S = 0.005  # at most 200 round trips per second however high the rate
+# A chunk whose connection could not even be set up was not sent: it is sent again, this many
+# times at most, 0.2 s apart and more (a container removed beside the publisher makes the
+# network's DNS fail for a moment while it is reconfigured).
+SEND_ATTEMPTS = 10
 PROGRESS_INTERVAL_S = 1.0
 
 
@@ -82,6 +87,26 @@ def xadd_chunk(client: redis.Redis, stream: str, payloads: Sequence[bytes]) -> l
     return list(pipe.execute())
 
 
+async def _send(client: redis.Redis, stream: str, payloads: Sequence[bytes]) -> None:
+    """`xadd_chunk` in a worker thread; sent again only when nothing can have been sent."""
+    for attempt in itertools.count(1):
+        try:
+            await trio.to_thread.run_sync(xadd_chunk, client, stream, payloads)
+        except redis.ConnectionError as exc:
+            if not _not_sent(exc) or attempt >= SEND_ATTEMPTS:
+                raise
+            await trio.sleep(0.2 * attempt)
+        else:
+            return
+
+
+def _not_sent(exc: redis.ConnectionError) -> bool:
+    """The connection failed while being set up (the name did not resolve, or the server
+    refused it): no command went out, so sending the chunk again cannot add it twice. Any other
+    connection error may have come after the entries were added, and is raised."""
+    return isinstance(exc.__context__, socket.gaierror | ConnectionRefusedError)
+
+
 async def publish(
     client: redis.Redis,
     stream: str,
@@ -111,7 +136,7 @@ async def publish(
                 continue
         payloads = [entry.payload for entry in itertools.islice(source, want)]
         if payloads:
-            await trio.to_thread.run_sync(xadd_chunk, client, stream, payloads)
+            await _send(client, stream, payloads)
             sent += len(payloads)
             on_progress(sent)
         if len(payloads) < want:
