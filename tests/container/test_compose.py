@@ -168,12 +168,16 @@ async def test_two_replicas_share_the_work_and_a_removed_replicas_entries_are_re
                 "processor", "simulate", "--count", str(FIXES), "--rate", str(RATE), *NO_QUIRKS,
             )  # fmt: skip
 
-            async def both_working() -> bool:
-                return min(await acks(first), await acks(second)) > 500
+            seen: list[float] = []  # the last acks of both replicas, for the failure message
 
-            with trio.fail_after(60):
+            async def both_working() -> bool:
+                seen[:] = [await acks(first), await acks(second)]
+                return min(seen) > 500
+
+            with trio.move_on_after(60):
                 while not await both_working():  # noqa: ASYNC110 - metrics cannot notify
                     await trio.sleep(0.3)
+            assert min(seen, default=0) > 500, f"acks of the two replicas after 60 s: {seen}"
             # Scale down by one, the hard way: SIGKILL while it holds read, un-acked entries.
             await podman("rm", "-f", "-t", "0", second.name)
             held = await stack.pending(gone)
