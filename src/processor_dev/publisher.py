@@ -12,6 +12,7 @@ exits 0.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import signal
 import socket
@@ -29,13 +30,14 @@ import trio
 from processor.config import Config
 from processor.redaction import redact
 from processor.store import redis as redis_store
+from processor.store import retry
 from processor_dev.rally_stage import RallyStage, StageSettings, StageSimulator, scenario_sql
 from processor_dev.simulate import Entry, Quirks, Scenario, Simulator
 
 MAX_CHUNK = 1000
 MIN_TICK_S = 0.005  # at most 200 round trips per second however high the rate
 # A chunk whose connection could not even be set up was not sent: it is sent again, this many
-# times at most, 0.2 s apart and more (a container removed beside the publisher makes the
+# times at most, with backoff from 0.2 s (a container removed beside the publisher makes the
 # network's DNS fail for a moment while it is reconfigured).
 SEND_ATTEMPTS = 10
 PROGRESS_INTERVAL_S = 1.0
@@ -88,16 +90,23 @@ def xadd_chunk(client: redis.Redis, stream: str, payloads: Sequence[bytes]) -> l
 
 
 async def _send(client: redis.Redis, stream: str, payloads: Sequence[bytes]) -> None:
-    """`xadd_chunk` in a worker thread; sent again only when nothing can have been sent."""
-    for attempt in itertools.count(1):
-        try:
-            await trio.to_thread.run_sync(xadd_chunk, client, stream, payloads)
-        except redis.ConnectionError as exc:
-            if not _not_sent(exc) or attempt >= SEND_ATTEMPTS:
-                raise
-            await trio.sleep(0.2 * attempt)
-        else:
-            return
+    """`xadd_chunk` in a worker thread (store/retry.py's helper), sent again only when nothing
+    can have been sent, at most SEND_ATTEMPTS times."""
+    attempts = 0
+
+    def retry_if_not_sent(exc: Exception) -> retry.Failure | None:
+        nonlocal attempts
+        attempts += 1
+        if isinstance(exc, redis.ConnectionError) and _not_sent(exc) and attempts < SEND_ATTEMPTS:
+            return retry.Failure(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        return None  # raised unchanged
+
+    await retry.retry_in_thread(
+        "publish",
+        functools.partial(xadd_chunk, client, stream, payloads),
+        backoff=retry.Backoff(initial_s=0.2, max_s=2.0),
+        classify_failure=retry_if_not_sent,
+    )
 
 
 def _not_sent(exc: redis.ConnectionError) -> bool:
