@@ -675,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "DB_POOL_SIZE": c.db_pool_size,
         }
         started = time.monotonic()
-        if phases & {"raw", "baseline", "processor"}:
+        if phases & set(CONTENDERS):
             runner.contenders(phases)
         if phases & {"latency", "memory", "drain"}:
             runner.daemon_phases(phases)
