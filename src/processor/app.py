@@ -86,8 +86,9 @@ EXIT_FORCED = 1
 def make_database(config: Config) -> Database:
     return Database(
         config.database_url,
-        # one connection per writer lane, plus rehydration (live has a pool of its own)
-        pool_size=max(config.db_pool_size, config.write_concurrency + 2),
+        # two connections per writer lane (one merging, one copying ahead), plus rehydration
+        # (live has a pool of its own)
+        pool_size=max(config.db_pool_size, 2 * config.write_concurrency + 2),
         statement_timeout_ms=config.db_statement_timeout_ms,
         configure=prepare_connection,
     )

@@ -4,8 +4,10 @@
 
 The batcher is the only task touching device state, so quality verdicts are deterministic in
 stream order. Each batch is split over the flusher lanes by device; lanes write concurrently
-(each on its own pooled connection, one thread hop per batch) and ack exactly the entries whose
-rows were inserted, merged or proved duplicate.
+and ack exactly the entries whose rows were inserted, merged or proved duplicate. A lane is a
+pipeline of two stages on two pooled connections: one batch is copied into a staging table
+while the one before it merges and commits (the client's COPY and the database's merge overlap;
+issue 15: +11 % of the drain rate). Merges and acks stay in stream order.
 
 A failure of the database or Redis is retried with capped exponential backoff and nothing is
 acked meanwhile (one that is not transient, e.g. a revoked privilege, is also reported on
@@ -24,9 +26,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
+import psycopg
 import redis
 import structlog
 import trio
@@ -40,7 +43,15 @@ from processor.observability.metrics import Metrics, observe_many
 from processor.observability.stalls import Stalls
 from processor.quality import QualityRules
 from processor.store import db_errors, retry
-from processor.store.positions import StagedRow, latest_good_positions, staged_rows, write_batch
+from processor.store.positions import (
+    BatchOutcome,
+    StagedRow,
+    copy_staged,
+    latest_good_positions,
+    merge_staged,
+    staged_rows,
+    write_batch,
+)
 from processor.store.postgres import Database
 
 T = TypeVar("T")
@@ -64,6 +75,20 @@ class WriterSettings:
     retry_initial_s: float
     retry_max_s: float
     rules: QualityRules
+
+
+@attrs.define
+class Copied:
+    """A batch between a lane's two stages: once copied, its rows wait in `conn`'s staging
+    table, the transaction open. Whoever holds it gives `conn` back exactly once (`take`)."""
+
+    batch: Batch
+    started: float  # when its write began (perf_counter), for the write-duration metric
+    conn: psycopg.Connection[Any] | None = None  # None: not copied, or already taken
+
+    def take(self) -> psycopg.Connection[Any] | None:
+        conn, self.conn = self.conn, None
+        return conn
 
 
 @attrs.define
@@ -203,13 +228,65 @@ class Writer:
     # --- flushing ----------------------------------------------------------------------------
 
     async def _flusher(self, batches: trio.MemoryReceiveChannel[Batch]) -> None:
-        async with batches:
-            async for batch in batches:
-                await self._flush(batch)
+        """One lane, a pipeline of two stages: while batch k merges and commits, batch k+1 is
+        copied into another connection's staging table (`_copy_ahead`), so the database's
+        merge and the client's COPY overlap instead of adding up. Merges stay one at a time,
+        in stream order; a copied batch waits, its transaction open, until its turn."""
+        copied_send, copied_receive = trio.open_memory_channel[Copied](0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._committer, copied_receive)
+            async with batches, copied_send:
+                async for batch in batches:
+                    copied = await self._copy_ahead(batch)
+                    try:
+                        await copied_send.send(copied)
+                    except BaseException:  # not handed over (a raising send delivered nothing)
+                        await self._give_back(copied)
+                        raise
 
-    async def _flush(self, batch: Batch) -> None:
-        started = time.perf_counter()
-        written = await self._store(batch, 0, len(batch.records))
+    async def _copy_ahead(self, batch: Batch) -> Copied:
+        """COPY the batch into a pooled connection's staging table, its transaction left open
+        for the committer. A failure is not retried here: the batch goes on uncopied, and the
+        committer writes it the careful way (`_store`: retries, isolation of refused records)."""
+        copied = Copied(batch, time.perf_counter())
+        if not batch.records:
+            return copied
+        staged = batch.staged
+
+        def copy() -> psycopg.Connection[Any]:
+            conn = self.database.checkout()
+            try:
+                copy_staged(conn, staged)
+            except BaseException:
+                _roll_back_and_check_in(self.database, conn)
+                raise
+            return conn
+
+        try:
+            copied.conn = await trio.to_thread.run_sync(copy)
+        except db_errors.DATABASE_ERRORS as exc:
+            log.debug("batch not copied ahead: written on its own", error=str(exc)[:300])
+        return copied
+
+    async def _committer(self, copied_batches: trio.MemoryReceiveChannel[Copied]) -> None:
+        async with copied_batches:
+            async for copied in copied_batches:
+                try:
+                    await self._flush(copied)
+                finally:
+                    await self._give_back(copied)
+
+    async def _give_back(self, copied: Copied) -> None:
+        """Return a copied batch's connection, if it still has one, rolled back (also when
+        cancelled: the thread is never abandoned, and a rollback is bounded like any statement)."""
+        conn = copied.take()
+        if conn is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_roll_back_and_check_in, self.database, conn)
+
+    async def _flush(self, copied: Copied) -> None:
+        batch, started = copied.batch, copied.started
+        written = await self._store(batch, 0, len(batch.records), copied)
         committed_at = time.time()
         write_s = time.perf_counter() - started
         stored = batch.records.ids
@@ -231,20 +308,33 @@ class Writer:
             started=started,
         )
 
-    async def _store(self, batch: Batch, start: int, stop: int) -> Written:
+    async def _store(
+        self, batch: Batch, start: int, stop: int, copied: Copied | None = None
+    ) -> Written:
         """Write the batch's records[start:stop], isolating refused ones by halving the range.
 
-        A half keeps its rows' rounds: a key whose earlier twin is in the other half is then
-        inserted by a later round of this one, which is just as correct."""
+        The first attempt merges what `copied` holds already (the whole batch) on its
+        connection; a retry, or a half, writes its rows anew. A half keeps its rows' rounds: a
+        key whose earlier twin is in the other half is then inserted by a later round of this
+        one, which is just as correct."""
         if start == stop:
             return Written()
         records, faults = batch.records, batch.faults
         staged = batch.staged[start:stop]
+
+        def write() -> BatchOutcome:
+            conn = copied.take() if copied is not None else None
+            if conn is None:
+                return self.database.run_sync(lambda conn: write_batch(conn, staged))
+            try:
+                outcome = merge_staged(conn, staged)
+                conn.commit()
+            finally:
+                _roll_back_and_check_in(self.database, conn)
+            return outcome
+
         try:
-            outcome = await self._retrying(
-                "write",
-                lambda: self.database.run_sync(lambda conn: write_batch(conn, staged)),
-            )
+            outcome = await self._retrying("write", write)
         except DataRefused as exc:
             if stop - start == 1:
                 entry_id = records.ids[start]
@@ -359,6 +449,17 @@ class Writer:
             acked=acked,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+
+def _roll_back_and_check_in(database: Database, conn: psycopg.Connection[Any]) -> None:
+    """Roll back whatever `conn` still has open and return it to the pool (a broken connection
+    is discarded by the pool)."""
+    try:
+        if not conn.closed:
+            conn.rollback()
+    except psycopg.Error:
+        log.debug("rollback before check-in failed: the pool discards the connection")
+    database.checkin(conn)
 
 
 def _chunks(delivery: Delivery, size: int) -> list[Delivery]:

@@ -158,10 +158,25 @@ def write_batch(conn: psycopg.Connection[Any], staged: Sequence[StagedRow]) -> B
     The same statements as `write_rows`, but the server counts the outcomes: no result row per
     record travels back or is unpacked. Raises psycopg errors unchanged.
     """
+    with conn.transaction():
+        copy_staged(conn, staged)
+        return merge_staged(conn, staged)
+
+
+def copy_staged(conn: psycopg.Connection[Any], staged: Sequence[StagedRow]) -> None:
+    """The first half of `write_batch`: COPY `staged` into the staging table, inside the
+    connection's transaction (opened by this COPY when none is), which stays open for
+    `merge_staged`. The writer's lane copies one batch while the previous one merges."""
+    with conn.cursor(binary=True) as cursor:
+        _copy(cursor, staged)
+
+
+def merge_staged(conn: psycopg.Connection[Any], staged: Sequence[StagedRow]) -> BatchOutcome:
+    """The second half of `write_batch`: merge the staged rows of `copy_staged` into
+    `positions`, in the same transaction (not committed here)."""
     inserted = merged = 0
     faulty_keys: set[tuple[int, str, datetime]] = set()
-    with conn.transaction(), conn.cursor(binary=True) as cursor:
-        _copy(cursor, staged)
+    with conn.cursor(binary=True) as cursor:
         for round_number in range(max((row[0] for row in staged), default=-1) + 1):
             cursor.execute(INSERT_ROUND_COUNTED, (round_number,))
             found = cursor.fetchone()

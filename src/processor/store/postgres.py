@@ -125,6 +125,15 @@ class Database:
         with self._pool.connection(timeout=POOL_WAIT_S) as conn:
             return work(conn)
 
+    def checkout(self) -> psycopg.Connection[Any]:
+        """A pooled connection held across thread hops (the writer's lane keeps a transaction
+        open from one hop to the next); give it back with `checkin`."""
+        return self._pool.getconn(timeout=POOL_WAIT_S)
+
+    def checkin(self, conn: psycopg.Connection[Any]) -> None:
+        """Return a `checkout` connection (rolled back by the pool if still in a transaction)."""
+        self._pool.putconn(conn)
+
     async def ping(self) -> None:
         """One cheap round trip; raises when the server does not answer."""
         await self.run(lambda conn: conn.execute("SELECT 1").fetchone())
