@@ -20,25 +20,30 @@ Each contender's CPU time per fix is reported too (the writing process: the benc
 for 1-2, the subprocess for 3-4, from /proc/<pid>/stat): on a shared machine it is far steadier
 than a rate.
 
-Then, on a second `processor run`:
+Then:
 
-5. latency:   the simulator publishes at a steady rate; p50/p95/p99 of stream entry -> commit,
+5. startup:   `processor run` started five times: seconds from the launch to its first log line
+              (before it connects), median; the imports a command pays for (issue 15).
+
+Then, on another `processor run`:
+
+6. latency:   the simulator publishes at a steady rate; p50/p95/p99 of stream entry -> commit,
               read from the daemon's `processor_e2e_latency_seconds` histogram on /metrics
               (observed at commit; percentiles interpolated within buckets, as Prometheus'
               `histogram_quantile` does). Exact percentiles of `ingested_at - entry time` from
               the table are reported too (`db_p*_e2e_ms`; `ingested_at` is the transaction's
               start, so those read a few ms low).
-6. memory:    fixes from N distinct devices (one each), then VmRSS of the daemon (N = 100,000:
+7. memory:    fixes from N distinct devices (one each), then VmRSS of the daemon (N = 100,000:
               the default DEVICE_STATE_CAP, so every device is in state).
-7. drain:     SIGTERM while the simulator keeps publishing at the steady rate: seconds until
+8. drain:     SIGTERM while the simulator keeps publishing at the steady rate: seconds until
               the process has exited (it must exit 0 with nothing pending).
 
-Then, on a third `processor run` with live broadcast on (`benchmarks/live.py`):
+Then, on yet another `processor run` with live broadcast on (`benchmarks/live.py`):
 
-8. live:      stream -> commit p99 under the steady load, alone and while 8 clients resubscribe
+9. live:      stream -> commit p99 under the steady load, alone and while 8 clients resubscribe
               in a loop to an event of 3,000 devices; `live_p99_ratio` = storm / quiet
               (`--phases live` runs it alone).
-9. domain:    the racing-domain engine on a 40-control stage: its evaluation rate, its lag
+10. domain:   the racing-domain engine on a 40-control stage: its evaluation rate, its lag
               behind ingestion at 2,000 fixes/s, and ingestion's rate with it on vs off
               (`benchmarks.domain`).
 
@@ -86,7 +91,8 @@ SEED = 20260512
 START = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
 NO_QUIRKS = Quirks(late=0, duplicate=0, zero_satellites=0, event=0, sentinels=0)
 CONTENDERS = ("raw", "baseline", "processor", "minimal")
-PHASES = (*CONTENDERS, "latency", "memory", "drain", "live", "domain")
+PHASES = (*CONTENDERS, "startup", "latency", "memory", "drain", "live", "domain")
+STARTUP_LAUNCHES = 5
 IN_PROCESS = {"raw": write_raw, "baseline": write_baseline}
 STREAM_CONTENDERS = {
     "processor": ("processor.cli", "run"),
@@ -97,6 +103,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "ratio_vs_minimal": (">=", 0.9),
     "cpu_vs_minimal": ("<=", 1.15),
     "ratio_vs_baseline": (">=", 1.5),
+    "startup_s": ("<=", 0.5),
     "p99_e2e_ms": ("<=", 250.0),
     "rss_mb_100k_devices": ("<=", 200.0),
     "drain_s": ("<=", 2.0),
@@ -300,6 +307,23 @@ class Bench:
             daemon.kill()
         self.check_rows(name, url, expected_rows)
         return finished - started, cpu
+
+    def startup(self) -> None:
+        """Seconds from starting `processor run` to its first log line, before it connects
+        (issue 15: a command imports only what it needs): median of STARTUP_LAUNCHES."""
+        url, stream = self.schema("startup"), self.stream("startup")
+        samples: list[float] = []
+        for _ in range(STARTUP_LAUNCHES):
+            launched = time.time()
+            daemon = self.daemon(url, stream)
+            try:
+                daemon.wait_ready()
+            finally:
+                daemon.kill()
+            samples.append(min(daemon.events.values()) - launched)
+        self.results["startup_s"] = round(statistics.median(samples), 3)
+        self.results["startup_s_samples"] = [round(sample, 3) for sample in samples]
+        say(f"startup: first log line after {self.results['startup_s']} s (median)")
 
     def daemon_phases(self, phases: set[str]) -> None:
         url, stream = self.schema("daemon"), self.stream("steady")
@@ -596,6 +620,7 @@ def table(results: dict[str, Any]) -> str:
         ("ratio_vs_minimal", "processor / minimal", ""),
         ("cpu_vs_minimal", "processor CPU / minimal CPU (per fix)", ""),
         ("ratio_vs_baseline", "processor / seed design", ""),
+        ("startup_s", f"start-up to first log line (median of {STARTUP_LAUNCHES})", " s"),
         ("p50_e2e_ms", "e2e latency p50", " ms"),
         ("p95_e2e_ms", "e2e latency p95", " ms"),
         ("p99_e2e_ms", "e2e latency p99", " ms"),
@@ -677,6 +702,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.monotonic()
         if phases & set(CONTENDERS):
             runner.contenders(phases)
+        if "startup" in phases:
+            runner.startup()
         if phases & {"latency", "memory", "drain"}:
             runner.daemon_phases(phases)
         if "live" in phases:
