@@ -15,17 +15,14 @@ import trio
 from processor.app import make_database, migrate
 from processor.config import load_config
 from processor.core.consumer import decode_entries
-from processor.core.device_state import DeviceStates
-from processor.core.inflight import InFlight
 from processor.core.records import Delivery
-from processor.core.settle import StreamNames
-from processor.core.writer import Writer, WriterSettings
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
 from processor.store.group_reader import stream_entries
 from tests.support.fixes import fix, pending_count, publish, row_count
 from tests.support.proxy import tcp_proxy
 from tests.support.service import wait_until
+from tests.support.writer import direct_writer
 
 FIXES = 50
 
@@ -49,23 +46,13 @@ async def test_an_ack_refused_after_the_commit_is_retried_without_writing_again(
         await migrate(config, database)
         async with tcp_proxy(config.redis_url) as proxy:
             writer_redis = redis.Redis.from_url(proxy.url(config.redis_url), socket_timeout=5)
-            writer = Writer(
+            writer = direct_writer(
+                config,
                 database=database,
                 redis_client=writer_redis,
-                names=StreamNames(
-                    stream_key, config.redis_group, "test", f"{stream_key}:dead", 100
-                ),
-                settings=WriterSettings(
-                    batch_size=FIXES,
-                    flush_interval_s=0.02,
-                    concurrency=1,
-                    retry_initial_s=0.02,
-                    retry_max_s=0.1,
-                    rules=config.quality_rules,
-                ),
-                states=DeviceStates(10),
+                stream=stream_key,
                 metrics=metrics,
-                in_flight=InFlight(),
+                batch_size=FIXES,
             )
             await proxy.cut()
             send, receive = trio.open_memory_channel[Delivery](1)

@@ -22,11 +22,8 @@ import trio
 from processor.app import migrate
 from processor.config import Config, load_config
 from processor.core.consumer import decode_entries
-from processor.core.device_state import DeviceStates
-from processor.core.inflight import InFlight
 from processor.core.records import Delivery
-from processor.core.settle import StreamNames
-from processor.core.writer import Writer, WriterSettings
+from processor.core.writer import Writer
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
 from processor.store.group_reader import stream_entries
@@ -34,6 +31,7 @@ from processor.store.positions import prepare_connection
 from processor.store.postgres import Database
 from tests.support.fixes import BASE_TIME, fix, pending_count, publish, row_count
 from tests.support.service import wait_until
+from tests.support.writer import direct_writer
 
 BATCH = 200
 BATCHES = 10
@@ -116,21 +114,13 @@ async def writer_rig(
     await migrate(config, database)
     metrics = Metrics()
     writer_redis = redis.Redis.from_url(config.redis_url, socket_timeout=5)
-    writer = Writer(
+    writer = direct_writer(
+        config,
         database=database,
         redis_client=writer_redis,
-        names=StreamNames(stream, config.redis_group, "test", f"{stream}:dead", 100),
-        settings=WriterSettings(
-            batch_size=BATCH,
-            flush_interval_s=0.02,
-            concurrency=1,
-            retry_initial_s=0.02,
-            retry_max_s=0.1,
-            rules=config.quality_rules,
-        ),
-        states=DeviceStates(10),
+        stream=stream,
         metrics=metrics,
-        in_flight=InFlight(),
+        batch_size=BATCH,
     )
     try:
         yield Rig(config, database, metrics, writer)
@@ -153,6 +143,22 @@ def key_locked(database_url: str, document: dict[str, Any]) -> Iterator[None]:
             yield
         finally:
             conn.rollback()
+
+
+@asynccontextmanager
+async def lane_held_up(
+    rig: Rig, nursery: trio.Nursery, database_url: str, stream: str, sent: list[dict[str, Any]]
+) -> AsyncIterator[None]:
+    """Run the writer on `sent` and hold its lane up: batch 1 merges behind a lock on its first
+    key, and batch 2 waits copied. The lock goes when the block ends."""
+    delivery = read_all(rig.config, stream, len(sent))
+    send, receive = trio.open_memory_channel[Delivery](1)
+    with key_locked(database_url, sent[0]):
+        await nursery.start(rig.writer.run, receive)
+        async with send:
+            await send.send(delivery)
+        await wait_until(lambda: merging_behind_a_lock_and_copied_waiting(database_url))
+        yield
 
 
 def copied_waiting(database_url: str) -> list[int]:
@@ -229,15 +235,9 @@ async def test_a_copied_batch_whose_connection_is_lost_is_written_again_once(
     publish(redis_client, stream_key, sent)
     with trio.fail_after(60):
         async with writer_rig(env, redis_client, stream_key) as rig:
-            delivery = read_all(rig.config, stream_key, len(sent))
-            send, receive = trio.open_memory_channel[Delivery](1)
             async with trio.open_nursery() as nursery:
-                with key_locked(database_url, sent[0]):  # batch 1 waits in its merge ...
-                    await nursery.start(rig.writer.run, receive)
-                    async with send:
-                        await send.send(delivery)
-                    await wait_until(lambda: merging_behind_a_lock_and_copied_waiting(database_url))
-                    (pid,) = copied_waiting(database_url)  # ... batch 2 waits copied
+                async with lane_held_up(rig, nursery, database_url, stream_key, sent):
+                    (pid,) = copied_waiting(database_url)  # batch 2's connection
                     await trio.to_thread.run_sync(terminate, database_url, pid)
                 await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
             assert rig.database.out == 0
@@ -263,15 +263,12 @@ async def test_a_cancelled_lane_gives_its_copied_batch_back_rolled_back(
     publish(redis_client, stream_key, sent)
     with trio.fail_after(60):
         async with writer_rig(env, redis_client, stream_key) as rig:
-            delivery = read_all(rig.config, stream_key, len(sent))
-            send, receive = trio.open_memory_channel[Delivery](1)
-            async with send, trio.open_nursery() as nursery:
-                with key_locked(database_url, sent[0]):
-                    await nursery.start(rig.writer.run, receive)
-                    await send.send(delivery)
-                    await wait_until(lambda: merging_behind_a_lock_and_copied_waiting(database_url))
-                    nursery.cancel_scope.cancel()
-                    # the merge waiting for the lock is not abandoned: the lock goes next
+            async with (
+                trio.open_nursery() as nursery,
+                lane_held_up(rig, nursery, database_url, stream_key, sent),
+            ):
+                nursery.cancel_scope.cancel()
+                # the merge waiting for the lock is not abandoned: the lock goes next
             assert rig.database.out == 0
             assert copied_waiting(database_url) == []
 

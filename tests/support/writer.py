@@ -1,0 +1,41 @@
+"""A Writer driven directly by a test (no consumer): deliveries go straight into its channel."""
+
+from __future__ import annotations
+
+import redis
+
+from processor.config import Config
+from processor.core.device_state import DeviceStates
+from processor.core.inflight import InFlight
+from processor.core.settle import StreamNames
+from processor.core.writer import Writer, WriterSettings
+from processor.observability.metrics import Metrics
+from processor.store.postgres import Database
+
+
+def direct_writer(
+    config: Config,
+    *,
+    database: Database,
+    redis_client: redis.Redis,
+    stream: str,
+    metrics: Metrics,
+    batch_size: int,
+) -> Writer:
+    """One lane, short retries (20-100 ms), consumer `test`."""
+    return Writer(
+        database=database,
+        redis_client=redis_client,
+        names=StreamNames(stream, config.redis_group, "test", f"{stream}:dead", 100),
+        settings=WriterSettings(
+            batch_size=batch_size,
+            flush_interval_s=0.02,
+            concurrency=1,
+            retry_initial_s=0.02,
+            retry_max_s=0.1,
+            rules=config.quality_rules,
+        ),
+        states=DeviceStates(10),
+        metrics=metrics,
+        in_flight=InFlight(),
+    )
