@@ -36,6 +36,7 @@ from tests.support.writer import direct_writer
 BATCH = 200
 BATCHES = 10
 REPEATED = 50  # keys of the batch before, again, in every batch but the first
+LOCK_HELD_S = 1.0
 
 
 class CountingDatabase(Database):
@@ -239,6 +240,7 @@ async def test_a_copied_batch_whose_connection_is_lost_is_written_again_once(
                 async with lane_held_up(rig, nursery, database_url, stream_key, sent):
                     (pid,) = copied_waiting(database_url)  # batch 2's connection
                     await trio.to_thread.run_sync(terminate, database_url, pid)
+                    await trio.sleep(LOCK_HELD_S)  # batch 1's merge is slow; the others wait
                 await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
             assert rig.database.out == 0
 
@@ -249,6 +251,11 @@ async def test_a_copied_batch_whose_connection_is_lost_is_written_again_once(
     assert writes(rig.metrics, "inserted") == keys
     assert writes(rig.metrics, "merged") == 2 * REPEATED
     assert writes(rig.metrics, "duplicate") == 0
+    # write durations: batch 1's merge waited for the lock; batches 2 and 3 waited for batch 1,
+    # which is not their write time (the metric tells a slow database, not a busy lane)
+    sample = rig.metrics.registry.get_sample_value
+    assert sample("processor_write_duration_seconds_count") == 3
+    assert sample("processor_write_duration_seconds_bucket", {"le": "1.0"}) == 2
 
 
 def terminate(database_url: str, pid: int) -> None:
