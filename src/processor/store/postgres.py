@@ -67,7 +67,8 @@ def connection_kwargs(url: str, statement_timeout_ms: int) -> dict[str, Any]:
 
 
 class Database:
-    """A pool of PostgreSQL connections, used one thread hop at a time."""
+    """A pool of PostgreSQL connections, used one thread hop at a time (or, for the writer's
+    copied batches, held from one hop to the next: `checkout`)."""
 
     def __init__(
         self,
