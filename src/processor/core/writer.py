@@ -238,11 +238,13 @@ class Writer:
             async with batches, copied_send:
                 async for batch in batches:
                     copied = await self._copy_ahead(batch)
+                    handed_over = False
                     try:
                         await copied_send.send(copied)
-                    except BaseException:  # not handed over (a raising send delivered nothing)
-                        await self._give_back(copied)
-                        raise
+                        handed_over = True
+                    finally:
+                        if not handed_over:  # a send that raises has delivered nothing
+                            await self._give_back(copied)
 
     async def _copy_ahead(self, batch: Batch) -> Copied:
         """COPY the batch into a pooled connection's staging table, its transaction left open
@@ -258,7 +260,7 @@ class Writer:
             conn = self.database.checkout()
             try:
                 copy_staged(conn, staged)
-            except BaseException:
+            except Exception:  # a worker thread: nothing else is raised here
                 _roll_back_and_check_in(self.database, conn)
                 raise
             return conn
