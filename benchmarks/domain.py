@@ -17,7 +17,8 @@ simulator's usual quirks (late bursts, duplicates, zero-satellite fixes).
 3. ingestion with the domain on vs off: `processor` throughput as in the main benchmark (time
    from "ready" until the durable group is caught up) on a schema without the racing tables
    (the engine stays off) and on one with the stage (the engine runs alongside); rounds
-   interleaved, medians; target on/off >= 0.9.
+   interleaved, off first in even rounds and on first in odd ones (`benchmarks.rounds`),
+   medians; target on/off >= 0.9.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import psycopg
 import redis
 import trio
 
+from benchmarks.rounds import round_order
 from processor_dev.publisher import MAX_CHUNK, publish, xadd_chunk
 from processor_dev.rally_stage import RallyStage, StageSettings, StageSimulator, scenario_sql
 from processor_dev.simulate import Scenario
@@ -199,7 +201,7 @@ def ingest_on_off(runner: Bench, seed: int, start: datetime) -> None:
     stage, payloads = corpus(runner, seed, start)
     rates: dict[str, list[float]] = {"off": [], "on": []}
     for attempt in range(runner.repeat):
-        for mode in ("off", "on"):
+        for mode in round_order(("off", "on"), attempt):
             url = runner.schema(f"ingest_{mode}{attempt}")
             stream = runner.stream(f"ingest_{mode}{attempt}")
             if mode == "on":

@@ -76,6 +76,7 @@ import trio
 from benchmarks import domain
 from benchmarks import live as live_bench
 from benchmarks.daemon import Daemon
+from benchmarks.rounds import round_order
 from benchmarks.writers import timed_write, write_baseline, write_raw
 from processor.config import load_config
 from processor.observability.logging import configure_logging
@@ -266,7 +267,7 @@ class Bench:
         # Rounds interleave the contenders, so a drift in the machine's background load touches
         # them alike; each figure is the median of its rounds (all kept in the JSON).
         for attempt in range(self.repeat):
-            for name in CONTENDERS:
+            for name in round_order(CONTENDERS, attempt):
                 if name not in phases:
                     continue
                 if name in IN_PROCESS:

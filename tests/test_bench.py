@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import psycopg
 import pytest
+from benchmarks.rounds import round_order
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = (
@@ -98,3 +99,10 @@ def test_quick_bench_writes_every_figure(
             "SELECT count(*) FROM pg_namespace WHERE nspname LIKE %s", (f"bench%{results['run']}",)
         ).fetchone()
     assert left == (0,)
+
+
+def test_rounds_alternate_the_order_of_the_contenders() -> None:
+    """A drift during a run must not always fall on the same contender (benchmarks/rounds.py)."""
+    names = ("raw", "processor", "minimal")
+    orders = [round_order(names, attempt) for attempt in range(3)]
+    assert orders == [list(names), list(reversed(names)), list(names)]
