@@ -14,15 +14,13 @@ import trio
 
 from processor.app import make_database, migrate
 from processor.config import load_config
-from processor.core.consumer import decode_entries
 from processor.core.records import Delivery
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
-from processor.store.group_reader import stream_entries
 from tests.support.fixes import fix, pending_count, publish, row_count
 from tests.support.proxy import tcp_proxy
 from tests.support.service import wait_until
-from tests.support.writer import direct_writer
+from tests.support.writer import direct_writer, read_delivery
 
 FIXES = 50
 
@@ -33,13 +31,8 @@ async def test_an_ack_refused_after_the_commit_is_retried_without_writing_again(
     config = load_config(env | {"WRITE_RETRY_INITIAL_MS": "20", "WRITE_RETRY_MAX_MS": "100"})
     await redis_store.ensure_group(redis_client, stream_key, config.redis_group)
     publish(redis_client, stream_key, [fix("dev1", second) for second in range(FIXES)])
-    reader = redis.Redis.from_url(config.redis_url, socket_timeout=5)
-    reader.set_response_callback("XREADGROUP", lambda reply, **_: reply)  # as the consumer reads
-    reply = reader.xreadgroup(config.redis_group, "test", {stream_key: ">"}, count=FIXES)
-    reader.close()
     metrics = Metrics()
-    delivery = decode_entries(stream_entries(reply), metrics)
-    assert len(delivery.records) == FIXES
+    delivery = read_delivery(config, stream_key, FIXES, metrics)
     database = make_database(config)
     with trio.fail_after(60):
         await database.connect(deadline_s=10)

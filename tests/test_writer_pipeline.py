@@ -16,22 +16,21 @@ from typing import Any
 
 import attrs
 import psycopg
+import pytest
 import redis
 import trio
 
 from processor.app import migrate
 from processor.config import Config, load_config
-from processor.core.consumer import decode_entries
 from processor.core.records import Delivery
 from processor.core.writer import Writer
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
-from processor.store.group_reader import stream_entries
 from processor.store.positions import prepare_connection
 from processor.store.postgres import Database
 from tests.support.fixes import BASE_TIME, fix, pending_count, publish, row_count
 from tests.support.service import wait_until
-from tests.support.writer import direct_writer
+from tests.support.writer import direct_writer, read_delivery
 
 BATCH = 200
 BATCHES = 10
@@ -94,16 +93,6 @@ def documents() -> list[dict[str, Any]]:
     return [document for batch in batches for document in batch]
 
 
-def read_all(config: Config, stream: str, count: int) -> Delivery:
-    reader = redis.Redis.from_url(config.redis_url, socket_timeout=5)
-    reader.set_response_callback("XREADGROUP", lambda reply, **_: reply)  # as the consumer reads
-    reply = reader.xreadgroup(config.redis_group, "test", {stream: ">"}, count=count)
-    reader.close()
-    delivery = decode_entries(stream_entries(reply), Metrics())
-    assert len(delivery.records) == count
-    return delivery
-
-
 @asynccontextmanager
 async def writer_rig(
     env: dict[str, str], redis_client: redis.Redis, stream: str
@@ -152,7 +141,7 @@ async def lane_held_up(
 ) -> AsyncIterator[None]:
     """Run the writer on `sent` and hold its lane up: batch 1 merges behind a lock on its first
     key, and batch 2 waits copied. The lock goes when the block ends."""
-    delivery = read_all(rig.config, stream, len(sent))
+    delivery = read_delivery(rig.config, stream, len(sent), Metrics())
     send, receive = trio.open_memory_channel[Delivery](1)
     with key_locked(database_url, sent[0]):
         await nursery.start(rig.writer.run, receive)
@@ -206,7 +195,7 @@ async def test_copied_batches_merge_in_stream_order_while_the_next_is_copied(
     publish(redis_client, stream_key, sent)
     with trio.fail_after(60):
         async with writer_rig(env, redis_client, stream_key) as rig:
-            delivery = read_all(rig.config, stream_key, len(sent))
+            delivery = read_delivery(rig.config, stream_key, len(sent), Metrics())
             send, receive = trio.open_memory_channel[Delivery](1)
             async with trio.open_nursery() as nursery:
                 await nursery.start(rig.writer.run, receive)
@@ -229,11 +218,22 @@ async def test_copied_batches_merge_in_stream_order_while_the_next_is_copied(
             assert stored[key] == {"1": b - 1, "2": b}, key
 
 
-async def test_a_copied_batch_whose_connection_is_lost_is_written_again_once(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
-) -> None:
+@pytest.fixture
+def three_batches(redis_client: redis.Redis, stream_key: str) -> list[dict[str, Any]]:
+    """The first three batches of `documents`, published (the held-up lane's input)."""
     sent = documents()[: 3 * BATCH]
     publish(redis_client, stream_key, sent)
+    return sent
+
+
+async def test_a_copied_batch_whose_connection_is_lost_is_written_again_once(
+    env: dict[str, str],
+    redis_client: redis.Redis,
+    stream_key: str,
+    database_url: str,
+    three_batches: list[dict[str, Any]],
+) -> None:
+    sent = three_batches
     with trio.fail_after(60):
         async with writer_rig(env, redis_client, stream_key) as rig:
             async with trio.open_nursery() as nursery:
@@ -264,10 +264,13 @@ def terminate(database_url: str, pid: int) -> None:
 
 
 async def test_a_cancelled_lane_gives_its_copied_batch_back_rolled_back(
-    env: dict[str, str], redis_client: redis.Redis, stream_key: str, database_url: str
+    env: dict[str, str],
+    redis_client: redis.Redis,
+    stream_key: str,
+    database_url: str,
+    three_batches: list[dict[str, Any]],
 ) -> None:
-    sent = documents()[: 3 * BATCH]
-    publish(redis_client, stream_key, sent)
+    sent = three_batches
     with trio.fail_after(60):
         async with writer_rig(env, redis_client, stream_key) as rig:
             async with (

@@ -5,11 +5,14 @@ from __future__ import annotations
 import redis
 
 from processor.config import Config
+from processor.core.consumer import decode_entries
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
+from processor.core.records import Delivery
 from processor.core.settle import StreamNames
 from processor.core.writer import Writer, WriterSettings
 from processor.observability.metrics import Metrics
+from processor.store.group_reader import stream_entries
 from processor.store.postgres import Database
 
 
@@ -39,3 +42,14 @@ def direct_writer(
         metrics=metrics,
         in_flight=InFlight(),
     )
+
+
+def read_delivery(config: Config, stream: str, count: int, metrics: Metrics) -> Delivery:
+    """The next `count` entries of the group, read and decoded as the consumer does it."""
+    reader = redis.Redis.from_url(config.redis_url, socket_timeout=5)
+    reader.set_response_callback("XREADGROUP", lambda reply, **_: reply)  # as the consumer reads
+    reply = reader.xreadgroup(config.redis_group, "test", {stream: ">"}, count=count)
+    reader.close()
+    delivery = decode_entries(stream_entries(reply), metrics)
+    assert len(delivery.records) == count
+    return delivery
