@@ -148,9 +148,9 @@ async def test_results_fallback_has_the_protocol_shape(
     entry = STAGE.entries[0]
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO stage_results (stage_id, entry_id, status, started_at, finished_at,"
+            "INSERT INTO stage_results (id, stage_id, entry_id, status, started_at, finished_at,"
             " elapsed_ms, penalty_ms, total_ms, controls_passed, controls_missed, position,"
-            " class_position, gap_ms) VALUES (%s, %s, 'finished', '2026-01-01T10:00:00Z',"
+            " class_position, gap_ms) VALUES (gen_random_uuid(), %s, %s, 'finished', '2026-01-01T10:00:00Z',"
             " '2026-01-01T10:02:00.5Z', 120500, 300000, 420500, 8, 1, 1, 1, 0)",
             (STAGE.stage_id, entry.id),
         )

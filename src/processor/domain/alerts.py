@@ -100,9 +100,9 @@ SELECT status, finished_at FROM stage_results WHERE stage_id = %s::uuid AND entr
 
 RAISE = f"""
 WITH a AS (
-    INSERT INTO alerts (event_id, stage_id, entry_id, kind, raised_at, latitude, longitude,
+    INSERT INTO alerts (id, event_id, stage_id, entry_id, kind, raised_at, latitude, longitude,
                         details)
-    VALUES (%(event)s::uuid, %(stage)s::uuid, %(entry)s::uuid, %(kind)s, %(raised)s,
+    VALUES (gen_random_uuid(), %(event)s::uuid, %(stage)s::uuid, %(entry)s::uuid, %(kind)s, %(raised)s,
             %(lat)s, %(lon)s, %(details)s)
     ON CONFLICT (entry_id, kind) WHERE cleared_at IS NULL DO NOTHING
     RETURNING *
@@ -238,9 +238,9 @@ WITH running AS (
     ) l
     WHERE l.ts < now() - make_interval(secs => %(silent_s)s)
 ), a AS (
-    INSERT INTO alerts (event_id, stage_id, entry_id, kind, raised_at, latitude, longitude,
+    INSERT INTO alerts (id, event_id, stage_id, entry_id, kind, raised_at, latitude, longitude,
                         details)
-    SELECT event_id, stage_id, entry_id, 'no_signal', now(), latitude, longitude,
+    SELECT gen_random_uuid(), event_id, stage_id, entry_id, 'no_signal', now(), latitude, longitude,
            jsonb_build_object('last_fix_at',
                               to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
     FROM latest

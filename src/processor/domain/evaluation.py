@@ -128,9 +128,9 @@ ORDER BY f.i, p.ts, p.device_id
 """
 
 UPSERT_RECORDS = """
-INSERT INTO timing_records AS tr (stage_id, entry_id, control_id, device_id, passed_at,
+INSERT INTO timing_records AS tr (id, stage_id, entry_id, control_id, device_id, passed_at,
                                   speed_kmh, distance_m, fix_before, fix_after)
-SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[],
+SELECT gen_random_uuid(), * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[],
                      %s::float8[], %s::float8[], %s::timestamptz[], %s::timestamptz[])
 ON CONFLICT (stage_id, entry_id, control_id) DO UPDATE SET
     device_id = EXCLUDED.device_id, passed_at = EXCLUDED.passed_at,
@@ -148,10 +148,10 @@ WHERE tr.stage_id = q.stage_id AND tr.entry_id = q.entry_id AND tr.control_id = 
 """
 
 UPSERT_RESULTS = """
-INSERT INTO stage_results AS sr (stage_id, entry_id, status, started_at, finished_at,
+INSERT INTO stage_results AS sr (id, stage_id, entry_id, status, started_at, finished_at,
                                  elapsed_ms, penalty_ms, total_ms, controls_passed,
                                  controls_missed)
-SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+SELECT gen_random_uuid(), * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[],
                      %s::int8[], %s::int8[], %s::int8[], %s::int4[], %s::int4[])
 ON CONFLICT (stage_id, entry_id) DO UPDATE SET
     status = EXCLUDED.status, started_at = EXCLUDED.started_at,

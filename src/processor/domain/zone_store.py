@@ -51,9 +51,9 @@ ORDER BY q.i, p.ts, p.device_id
 """
 
 UPSERT = """
-INSERT INTO speed_violations AS v (stage_id, entry_id, zone_id, started_at, ended_at,
+INSERT INTO speed_violations AS v (id, stage_id, entry_id, zone_id, started_at, ended_at,
                                    max_speed_kmh, excess_kmh, distance_m, penalty_s)
-SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::timestamptz[], %s::timestamptz[],
+SELECT gen_random_uuid(), * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::timestamptz[], %s::timestamptz[],
                      %s::float8[], %s::float8[], %s::float8[], %s::int4[])
 ON CONFLICT (stage_id, entry_id, zone_id, started_at) DO UPDATE SET
     ended_at = EXCLUDED.ended_at, max_speed_kmh = EXCLUDED.max_speed_kmh,
