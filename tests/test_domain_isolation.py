@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import psycopg
 import trio
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from processor.app import Service
@@ -119,9 +120,8 @@ async def test_a_stage_whose_rows_the_database_refuses_is_isolated_and_heals(rig
     y = course.stage_id
     x, _ = racing.add_twin_stage(rig.database_url, course)
     with psycopg.connect(rig.database_url) as conn:  # e.g. a constraint an admin added
-        conn.execute(
-            "ALTER TABLE stage_results ADD CONSTRAINT not_x CHECK (stage_id <> %s::uuid)" % f"'{x}'"
-        )
+        check = sql.SQL("ALTER TABLE stage_results ADD CONSTRAINT not_x CHECK (stage_id <> {})")
+        conn.execute(check.format(sql.Literal(x)))
     async with running_service(env_of(rig)) as service:
         await racing.judging(service)
         rig.publish(documents(course))
