@@ -44,8 +44,10 @@ SLIPS: dict[str, tuple[str, str, str, str]] = {
         "ALTER TABLE stages ALTER COLUMN opens_at TYPE timestamp",
         "timing",
         "table stages",
-        "column opens_at is timestamp without time zone, needs timestamp with time zone "
-        "(nothing is timed)",
+        (
+            "column opens_at is timestamp without time zone, needs timestamp with time zone "
+            "(nothing is timed)"
+        ),
     ),
     "an integer millisecond total": (
         "ALTER TABLE stage_results ALTER COLUMN total_ms TYPE integer",
@@ -54,25 +56,32 @@ SLIPS: dict[str, tuple[str, str, str, str]] = {
         "column total_ms is integer, needs bigint (nothing is timed)",
     ),
     "the natural key left out": (
-        "ALTER TABLE timing_records DROP CONSTRAINT timing_records_stage_id_entry_id_control_id_key",
+        "ALTER TABLE timing_records"
+        " DROP CONSTRAINT timing_records_stage_id_entry_id_control_id_key",
         "timing",
         "table timing_records",
-        "no unique constraint on (stage_id, entry_id, control_id) (its ON CONFLICT clause "
-        "needs one) (nothing is timed)",
+        (
+            "no unique constraint on (stage_id, entry_id, control_id) (its ON CONFLICT clause "
+            "needs one) (nothing is timed)"
+        ),
     ),
     "a column the processor does not write, NOT NULL without a default": (
         "ALTER TABLE speed_violations ADD COLUMN reviewed_by uuid NOT NULL",
         "zones",
         "table speed_violations",
-        "column reviewed_by is NOT NULL without a default, and the processor does not write "
-        "it (speed zones off)",
+        (
+            "column reviewed_by is NOT NULL without a default, and the processor does not write "
+            "it (speed zones off)"
+        ),
     ),
     "the partial index on open alerts left out": (
         "DROP INDEX alerts_one_open",
         "alerts",
         "table alerts",
-        "no partial unique index on (entry_id, kind) WHERE cleared_at IS NULL (its ON CONFLICT "
-        "clause needs one) (safety alerts off)",
+        (
+            "no partial unique index on (entry_id, kind) WHERE cleared_at IS NULL (its ON CONFLICT "
+            "clause needs one) (safety alerts off)"
+        ),
     ),
     "a column missing": (
         "ALTER TABLE io_mappings DROP COLUMN multiplier",
