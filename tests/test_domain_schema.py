@@ -56,8 +56,10 @@ SLIPS: dict[str, tuple[str, str, str, str]] = {
         "column total_ms is integer, needs bigint (nothing is timed)",
     ),
     "the natural key left out": (
-        "ALTER TABLE timing_records"
-        " DROP CONSTRAINT timing_records_stage_id_entry_id_control_id_key",
+        (
+            "ALTER TABLE timing_records"
+            " DROP CONSTRAINT timing_records_stage_id_entry_id_control_id_key"
+        ),
         "timing",
         "table timing_records",
         (
