@@ -247,7 +247,7 @@ class Bench:
             return
         if self.streams:
             derived = [k for s in self.streams for k in self.redis.scan_iter(match=f"{s}:*")]
-            self.redis.delete(*self.streams, *derived)  # e.g. the domain's stage fingerprints
+            self.redis.delete(*self.streams, *derived)  # e.g. the race feed
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             for schema in self.schemas:
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
