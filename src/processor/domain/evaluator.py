@@ -289,7 +289,7 @@ class Evaluator:
         wanted = {(k.device_id, k.ts): k for k in keys}
         found: dict[tuple[str, datetime], bool] = {}
         deadline = trio.current_time() + self._settings.visibility_timeout_s
-        delay = 0.05
+        backoff = Backoff(initial_s=0.05, max_s=1.0)
         while True:
             missing = [k for k in wanted if k not in found]
             found.update(await self._visible(missing))
@@ -310,8 +310,7 @@ class Evaluator:
             if trio.current_time() >= deadline:
                 self._skip([k for k in wanted if k not in found], "timeout")
                 return found
-            await self._stopper.pause_or_raise(delay)
-            delay = min(delay * 2, 1.0)
+            await self._stopper.pause_or_raise(backoff.next_delay())
 
     async def _visible(
         self, keys: Sequence[tuple[str, datetime]]
