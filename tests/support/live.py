@@ -19,7 +19,13 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from tests.support.directus import COOKIE_NAME, DirectusStandIn, add_event, create_directus_tables
+from tests.support.directus import (
+    COOKIE_NAME,
+    RACE_COLLECTIONS,
+    DirectusStandIn,
+    add_event,
+    create_directus_tables,
+)
 from tests.support.liveness import assert_ingesting
 from tests.support.service import Rig
 
@@ -63,7 +69,11 @@ class LiveRig(Rig):
         """An event with one entry per device (`add_event`) that TOKEN's user may read, as well
         as the events granted before (the user is (re)made an "ok" one)."""
         event_id = add_event(self.database_url, imeis)
-        self.directus.user(TOKEN, events=self.directus.allowed.get(TOKEN, set()) | {event_id})
+        self.directus.user(
+            TOKEN,
+            events=self.directus.allowed.get(TOKEN, set()) | {event_id},
+            collections=self.directus.readable.get(TOKEN, RACE_COLLECTIONS),
+        )
         return event_id
 
 
