@@ -22,7 +22,7 @@ from processor import race_feed
 from processor.app import Service
 from processor.race_feed import feed_key
 from tests.support import racing
-from tests.support.fixes import fix
+from tests.support.fixes import BASE_TIME, fix
 from tests.support.live import (
     Frames,
     LiveRig,
@@ -250,12 +250,35 @@ async def test_race_control_frames_follow_directus_permissions(live_rig: LiveRig
     directus.user("viewer", events={event_id}, collections=set())
     directus.user("timer", events={event_id}, collections={"timing_records"})
     env = {**live_rig.env, "LIVE_WS_REAUTH_S": "0.2"}
+    device, entry, control = course.devices["steady"], course.entries["steady"], course.controls
+    at = race_feed.timestamp(BASE_TIME)
+    record = race_feed.record_object(
+        entry_id=entry,
+        control_id=control["start"],
+        control_ordinal=1,
+        kind="start",
+        device_id=device,
+        passed_at=BASE_TIME,
+        speed_kmh=72.0,
+        distance_m=0.0,
+        fix_before=None,
+        fix_after=None,
+    )
+    alert = {
+        "id": entry, "event_id": event_id, "stage_id": stage_id, "entry_id": entry,
+        "number": "101", "kind": "stopped", "raised_at": at, "cleared_at": None,
+        "latitude": 41.3, "longitude": 19.8, "details": {"since": at, "last_fix_at": at},
+    }  # fmt: skip
+    violation = {
+        "stage_id": stage_id, "entry_id": entry, "number": "101", "zone_id": control["finish"],
+        "started_at": at, "ended_at": at, "max_speed_kmh": 100.0, "excess_kmh": 20.0,
+        "distance_m": 10.0, "penalty_s": 60,
+    }  # fmt: skip
     changes = [
-        race_feed.timing_change(event_id, stage_id, {"entry_id": "e", "control_id": "c"}),
-        race_feed.alert_change(event_id, {"id": "a", "kind": "stopped"}),
-        race_feed.violation_change(event_id, {"entry_id": "e", "zone_id": "z"}),
+        race_feed.timing_change(event_id, stage_id, record),
+        race_feed.alert_change(event_id, alert),
+        race_feed.violation_change(event_id, violation),
     ]
-    device = course.devices["steady"]
 
     async with (
         running_service(env) as service,

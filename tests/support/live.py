@@ -27,6 +27,7 @@ from tests.support.directus import (
     create_directus_tables,
 )
 from tests.support.liveness import assert_ingesting
+from tests.support.schema import server_frame
 from tests.support.service import Rig
 
 ORIGIN = "https://race.example"
@@ -135,9 +136,10 @@ async def rejection_status(port: int | None, **kwargs: Any) -> int:
 
 
 async def receive(ws: WebSocketConnection, within: float = 5) -> dict[str, Any]:
+    """The next frame, checked against docs/websocket.schema.json."""
     with trio.fail_after(within):
         message = await ws.get_message()
-    document: dict[str, Any] = orjson.loads(message)
+    document: dict[str, Any] = server_frame(orjson.loads(message))
     return document
 
 
@@ -158,7 +160,7 @@ async def close_code(ws: WebSocketConnection, within: float = 10) -> tuple[int, 
     with trio.fail_after(within):
         while True:
             try:
-                received.append(orjson.loads(await ws.get_message()))
+                received.append(server_frame(orjson.loads(await ws.get_message())))
             except ConnectionClosed as exc:
                 assert exc.reason is not None
                 return exc.reason.code, received
@@ -181,7 +183,7 @@ class Frames:
     async def collect(self, ws: WebSocketConnection) -> None:
         while True:
             message = await ws.get_message()
-            self.frames.append(orjson.loads(message))
+            self.frames.append(server_frame(orjson.loads(message)))
             self.times.append(trio.current_time())
 
     def of(self, kind: str) -> list[dict[str, Any]]:
