@@ -45,6 +45,20 @@ def test_the_recorded_session_matches() -> None:
         assert problems(frame) == [], frame
 
 
+def test_the_example_session_in_the_guide_matches() -> None:
+    """docs/websocket.md's example session: each `→` line is a client frame (but the one that
+    shows a bad_request), each `←` JSON line a server frame."""
+    lines = (ROOT / "docs" / "websocket.md").read_text().splitlines()
+    sent = [orjson.loads(line[2:]) for line in lines if line.startswith("→ {")]
+    received = [orjson.loads(line[2:]) for line in lines if line.startswith("← {")]
+    assert len(sent) == 3
+    assert len(received) == 4
+    for frame in sent:  # the example's malformed subscribe is refused by the schema too
+        assert bool(problems(frame, "clientFrame")) == ("not-a-uuid" in frame["topic"]), frame
+    for frame in received:
+        assert problems(frame) == [], frame
+
+
 def test_every_kind_the_server_sends_has_a_schema() -> None:
     kinds = {
         definition["properties"]["type"]["const"]
