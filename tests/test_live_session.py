@@ -5,6 +5,7 @@ re-check policy itself (jitter, coalescing, the grace rule) in-process on a mock
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ import trio
 import trio.testing
 
 from processor.app import Service
-from processor.live.auth import AuthOutcome, Credentials, Verdict
+from processor.live.auth import EVENTS_PER_CALL, AuthOutcome, Credentials, Directus, Verdict
 from processor.live.session import (
     GRACE_CHECKS,
     RACE_COLLECTIONS,
@@ -22,6 +23,7 @@ from processor.live.session import (
     Session,
 )
 from processor.observability.metrics import Metrics
+from tests.support.directus import DirectusStandIn
 from tests.support.fixes import fix
 from tests.support.live import (
     TOKEN,
@@ -311,3 +313,41 @@ async def test_expired_session_closes_every_connection_once(
         await trio.sleep(600)
         assert len(answers.calls) == calls  # an ended session checks no more
     assert count(metrics.live_reauth, "expired") == 1
+
+
+async def test_the_recheck_reads_map_every_directus_answer(directus: DirectusStandIn) -> None:
+    """The two re-check reads against the stand-in's every answer, and the events read split
+    into calls of EVENTS_PER_CALL ids."""
+    events = [str(uuid.uuid4()) for _ in range(EVENTS_PER_CALL * 2 + 50)]
+    directus.user("t", events=set(events[::2]), collections={"alerts"})
+    credentials = Credentials(bearer="t")
+    async with Directus.client(directus.url, 0.5) as http:
+        client = Directus(http, timeout_s=0.5, metrics=Metrics())
+        verdict, readable = await client.readable_events(credentials, events)
+        assert (verdict, readable) == (Verdict.ALLOWED, frozenset(events[::2]))
+        assert directus.calls("/items/events") == 3
+        access = await client.collection_access(credentials, ["alerts", "stage_results"])
+        assert access == {"alerts": Verdict.ALLOWED, "stage_results": Verdict.FORBIDDEN}
+        for mode, expected in (
+            ("401", Verdict.EXPIRED),
+            ("403", Verdict.FORBIDDEN),
+            ("404", Verdict.UNAVAILABLE),
+            ("500", Verdict.UNAVAILABLE),
+            ("nodata", Verdict.UNAVAILABLE),
+            ("null", Verdict.UNAVAILABLE),  # a list read never answers null: cannot tell
+            ("slow", Verdict.UNAVAILABLE),  # cut at the 0.5 s deadline
+        ):
+            directus.event_mode = directus.collection_mode = mode
+            directus.slow_s = 5.0
+            with trio.fail_after(3):
+                assert (await client.readable_events(credentials, events[:3]))[0] is expected
+                assert (await client.collection_access(credentials, ["alerts"])) == {
+                    "alerts": expected
+                }
+        directus.event_mode = directus.collection_mode = None
+        directus.users["t"] = "401"  # an expired session: 401 on every read
+        assert (await client.readable_events(credentials, events[:1]))[0] is Verdict.EXPIRED
+        assert await client.collection_access(credentials, ["alerts"]) == {
+            "alerts": Verdict.EXPIRED
+        }
+        assert await client.readable_events(credentials, []) == (Verdict.ALLOWED, frozenset())
