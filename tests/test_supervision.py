@@ -110,7 +110,7 @@ def test_readiness_503_for_critical_services_200_degraded_for_others() -> None:
     supervisor = Supervisor(metrics)
     started = trio.Event()
     started.set()
-    readiness = Readiness([], started, trio.Event(), supervisor)
+    readiness = Readiness([], started, trio.Event(), supervisor=supervisor)
     assert readiness.verdict().body["status"] == "ready"
     supervisor.services["lag-sampler"] = _state("lag-sampler", critical=False)
     verdict = readiness.verdict()
