@@ -14,9 +14,11 @@ The periodic re-check of a live session (`live/session.py`) adds two reads, each
 `Verdict` ALLOWED (200 with a list `data`), FORBIDDEN (403), EXPIRED (401) or UNAVAILABLE
 (anything else: timeout, 5xx, a body we cannot read):
 
-- `GET /items/events?filter={"id":{"_in":[...]}}&fields=id&limit=-1`: which of the session's
+- `GET /items/events?filter={"id":{"_in":[...]}}&fields=id&limit=<n>`: which of the session's
   subscribed events it may still read (one call per `EVENTS_PER_CALL` events, never per
-  subscription). Directus filters a list by the role's item permissions, the same rules as for
+  subscription; `limit` is the number of ids asked, not -1, which Directus caps at
+  `QUERY_LIMIT_MAX` when that is set; `EVENTS_PER_CALL` is Directus' default page size).
+  Directus filters a list by the role's item permissions, the same rules as for
   `/items/events/<id>`; a role with no read permission on `events` gets 403.
 - `GET /items/<collection>?limit=0` for each race-control collection: 200 when the role may read
   it (whatever item filter it has), 403 when it has no read permission at all. That 403 is what
@@ -199,7 +201,7 @@ class Directus:
                 credentials,
                 {
                     "fields": "id",
-                    "limit": "-1",
+                    "limit": str(len(chunk)),
                     "filter": orjson.dumps({"id": {"_in": chunk}}).decode(),
                 },
             )
