@@ -20,7 +20,7 @@ from processor import race_feed
 from processor.live import protocol
 from processor.live.connection import OUT_KINDS
 from processor.position import Position
-from tests.support.schema import problems, schema
+from tests.support.wire_schema import problems, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDING = ROOT / "docs" / "examples" / "race-control-session.jsonl"

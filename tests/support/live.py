@@ -27,7 +27,7 @@ from tests.support.directus import (
     create_directus_tables,
 )
 from tests.support.liveness import assert_ingesting
-from tests.support.schema import server_frame
+from tests.support.wire_schema import server_frame
 from tests.support.service import Rig
 
 ORIGIN = "https://race.example"

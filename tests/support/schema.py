@@ -1,42 +1,36 @@
-"""The live protocol's JSON Schema (docs/websocket.schema.json), compiled once for the tests.
-
-Every frame the live tests receive goes through `server_frame` (tests/support/live.py), so the
-schema is checked against what the server really sends, and a field added to a frame without
-being documented there fails the suite.
-"""
+"""Preparing a test schema before the processor starts."""
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import Any
 
-import orjson
-from jsonschema import Draft202012Validator
+import psycopg
+from psycopg import sql
 
-SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "websocket.schema.json"
-
-
-@functools.cache
-def schema() -> dict[str, Any]:
-    document: dict[str, Any] = orjson.loads(SCHEMA.read_bytes())
-    return document
+from processor.store.migrations import apply_migrations, default_directory, load_migrations
 
 
-@functools.cache
-def validator(definition: str) -> Draft202012Validator:
-    """A validator of one `$defs` entry (e.g. "serverFrame"), references resolved in the file."""
-    return Draft202012Validator({**schema(), "oneOf": [{"$ref": f"#/$defs/{definition}"}]})
+def migrate_and_forbid(database_url: str, device_id: str) -> None:
+    """Migrate, then make PostgreSQL refuse rows of `device_id` (CHECK constraint `no_poison`).
+
+    The codec accepts such a record; only the database refuses it, with SQLSTATE 23514, which
+    is how tests produce a "poison" record that reaches the writer.
+    """
+    with psycopg.connect(database_url) as conn:
+        apply_migrations(conn, load_migrations(default_directory()))
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE positions ADD CONSTRAINT no_poison CHECK (device_id <> {})"
+            ).format(sql.Literal(device_id))
+        )
 
 
-def problems(document: Any, definition: str = "serverFrame") -> list[str]:
-    return [error.message for error in validator(definition).iter_errors(document)]
-
-
-def server_frame(document: Any) -> Any:
-    """`document`, after checking it is a server frame of the schema (AssertionError if not)."""
-    found = problems(document)
-    assert not found, (
-        f"frame does not match docs/websocket.schema.json: {found[:3]} {document!r:.300}"
-    )
-    return document
+def positions_columns(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """(name, type, nullable, default) of `positions` in the connection's schema, in order:
+    what the migration tests compare, on plain PostgreSQL and on TimescaleDB alike."""
+    return conn.execute(
+        """SELECT column_name, data_type, is_nullable, column_default
+           FROM information_schema.columns
+           WHERE table_schema = current_schema() AND table_name = 'positions'
+           ORDER BY ordinal_position"""
+    ).fetchall()
