@@ -27,8 +27,8 @@ from tests.support.directus import (
     create_directus_tables,
 )
 from tests.support.liveness import assert_ingesting
-from tests.support.wire_schema import server_frame
 from tests.support.service import Rig
+from tests.support.wire_schema import server_frame
 
 ORIGIN = "https://race.example"
 TOKEN = "token-alice"
