@@ -215,7 +215,8 @@ BREAKERS: dict[str, Callable[[pytest.MonkeyPatch, Fault], None]] = {
 async def processor(env: dict[str, str]) -> AsyncIterator[Service]:
     fast_env = {
         **env,
-        "PROBE_INTERVAL_S": "0.1",
+        "PROBE_INTERVAL_S": "0.3",
+        "PROBE_TIMEOUT_S": "0.3",
         "LAG_SAMPLE_INTERVAL_S": "0.1",
         "LIVE_DEVICE_EVENT_REFRESH_MS": "100",
     }

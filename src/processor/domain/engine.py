@@ -116,7 +116,11 @@ class DomainEngine:
         """`open_database` makes the engine's own pool: one per life of `run`, which opens and
         closes it (a closed psycopg pool cannot be opened again)."""
         self.settings = settings
-        self.health = health if health is not None else domain_health(metrics)
+        self.health = (
+            health
+            if health is not None
+            else domain_health(metrics, retry_initial_s=settings.refresh_s)
+        )
         self.enabled = trio.Event()  # set once the racing tables exist and the group is ready
         self._startup_timeout_s = startup_timeout_s
         self._open_database = open_database
@@ -316,8 +320,15 @@ class DomainEngine:
             self._metrics.domain_lag.set(sample.lag)
 
 
-def domain_health(metrics: Metrics) -> DomainHealth:
-    return DomainHealth(metrics.domain_stage_errors, metrics.domain_problems)
+def domain_health(metrics: Metrics, *, retry_initial_s: float = 10.0) -> DomainHealth:
+    """The domain's problem registry; a failed stage or feature is tried again after
+    `retry_initial_s` (the refresh interval), doubling to 5 minutes."""
+    return DomainHealth(
+        metrics.domain_stage_errors,
+        metrics.domain_problems,
+        retry_initial_s=retry_initial_s,
+        retry_max_s=max(300.0, retry_initial_s),
+    )
 
 
 def claimed_batch(page: ClaimedPage, *, max_deliveries: int) -> Batch:

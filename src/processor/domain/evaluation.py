@@ -494,7 +494,7 @@ def database_problem(stage_id: str, exc: Exception) -> Problem | None:
         reason = "schema"
     else:
         reason = "database"
-    return stage_problem(stage_id, reason, db_errors.describe(exc))
+    return stage_problem(stage_id, reason, db_errors.describe_cause(exc))
 
 
 def evaluate_pairs(

@@ -362,11 +362,13 @@ class Evaluator:
         dead = {r.entry_id for r in rejected}
         ack_ids = [i for i in ids if i not in dead]
         pending = list(rejected)
-        for r in pending:
+        if pending:
             log.error(
-                "entry failed the domain evaluation too often, dead-lettering it",
-                entry_id=r.entry_id,
-                error=r.error[:300],
+                "entries failed the domain evaluation too often, dead-lettering them",
+                count=len(pending),
+                first=pending[0].entry_id,
+                last=pending[-1].entry_id,
+                error=pending[0].error[:300],
             )
         while True:
             try:
