@@ -110,8 +110,6 @@ class Observability:
                 interval_s=config.lag_sample_interval_s,
             ),
         )
-        # Imported here: the HTTP stack (quart, hypercorn) is most of the start-up import time,
-        # and `processor run` logs its first line before it gets this far.
         from processor.observability.http import HttpServer, make_app  # noqa: PLC0415
 
         self._http = HttpServer(
