@@ -21,6 +21,7 @@ import errno
 import itertools
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -290,7 +291,8 @@ class _Server:
         body = f"{status}\n".encode()
         headers = [("content-length", str(len(body))), ("connection", "close")]
         try:
-            data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+            response = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+            data = conn.send(response) or b""
             await self.send(stream, data + (conn.send(h11.Data(data=body)) or b""))
             await stream.send_eof()
             with trio.move_on_after(LINGER_S):
@@ -362,7 +364,16 @@ class _Exchange:
             headers.append((b"content-length", str(length).encode()))
         if self._server.closing:
             headers.append((b"connection", b"close"))
-        return self._conn.send(h11.Response(status_code=start["status"], headers=headers)) or b""
+        status = start["status"]
+        response = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+        return self._conn.send(response) or b""
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 def _scope(stream: trio.SocketStream, head: h11.Request) -> Scope:
