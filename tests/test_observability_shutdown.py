@@ -82,6 +82,7 @@ async def test_daemon_with_a_keep_alive_scraper_exits_on_sigterm(
     daemon = Daemon(env | {"SHUTDOWN_TIMEOUT_S": "10"}, tmp_path / "processor.log")
     try:
         port = await daemon.http_port()
+        await daemon.wait_for("ready")  # HTTP listens before the servers are reached
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             assert (await client.get("/readyz")).status_code == 200
             assert (await client.get("/metrics")).status_code == 200  # connection kept alive
