@@ -1,8 +1,10 @@
 """Start-up: HTTP answers from the first moment, `/readyz` turns 200 as the instance reports
-ready, and nothing that readiness does not need (the racing domain) is waited for."""
+ready, and nothing that readiness does not need (the racing domain, rich) is waited for."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -50,3 +52,19 @@ async def test_readyz_is_200_as_soon_as_the_service_reports_ready(env: dict[str,
         response = await get(service.http_port, "/readyz")
         assert response.status_code == 200, response.text
         assert service.domain is not None
+
+
+def test_processor_run_leaves_rich_out() -> None:
+    """rich is a development-only package (the lint tools bring it) that structlog imports
+    when it can: `processor run` must start as it would in production."""
+    code = (
+        "import sys\n"
+        "from processor import cli\n"
+        "cli.cmd_run = lambda args, config: print(sorted(name for name, module in"
+        " sys.modules.items() if name.split('.')[0] == 'rich' and module is not None))\n"
+        "cli.main(['run'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, check=True, timeout=60, text=True
+    )
+    assert out.stdout.strip() == "[]", out
