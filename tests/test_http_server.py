@@ -367,6 +367,8 @@ async def test_shutdown_closes_idle_connections_and_finishes_requests_in_flight(
             await entered.wait()
             shutdown.set()
             assert await closed_by_server(idle.stream) == b""  # at once
+            with pytest.raises(OSError, match="connect"):  # new clients are refused meanwhile
+                await trio.open_tcp_stream("127.0.0.1", port)
             release.set()
             reply = await closed_by_server(busy)
             assert reply.startswith(b"HTTP/1.1 404 "), reply  # answered, then closed

@@ -90,10 +90,16 @@ async def serve(
     try:
         async with trio.open_nursery() as connections:
             accepting = trio.CancelScope()
-            connections.start_soon(server.accept_all, listeners, connections, accepting)
+            stopped_accepting = trio.Event()
+            connections.start_soon(
+                server.accept_all, listeners, connections, accepting, stopped_accepting
+            )
             task_status.started([_address(listener) for listener in listeners])
             await (shutdown_trigger or trio.sleep_forever)()
             accepting.cancel()
+            await stopped_accepting.wait()
+            for listener in listeners:  # new clients are refused from now on
+                await trio.aclose_forcefully(listener)
             server.close_idle()
             connections.cancel_scope.deadline = trio.current_time() + settings.graceful_timeout_s
     finally:
@@ -122,11 +128,15 @@ class _Server:
         listeners: list[trio.SocketListener],
         connections: trio.Nursery,
         accepting: trio.CancelScope,
+        stopped: trio.Event,
     ) -> None:
-        with accepting:
-            async with trio.open_nursery() as nursery:
-                for listener in listeners:
-                    nursery.start_soon(self._accept, listener, connections)
+        try:
+            with accepting:
+                async with trio.open_nursery() as nursery:
+                    for listener in listeners:
+                        nursery.start_soon(self._accept, listener, connections)
+        finally:
+            stopped.set()
 
     async def _accept(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
         while True:
@@ -389,6 +399,14 @@ def _scope(stream: trio.SocketStream, head: h11.Request) -> Scope:
         "query_string": query,
         "root_path": "",
         "headers": list(head.headers),
-        "client": tuple(stream.socket.getpeername()[:2]),
-        "server": tuple(stream.socket.getsockname()[:2]),
+        "client": _address_of(stream.socket.getpeername),
+        "server": _address_of(stream.socket.getsockname),
     }
+
+
+def _address_of(get: Callable[[], Any]) -> tuple[str, int] | None:
+    """(host, port), or None for a socket the peer has already reset."""
+    try:
+        return tuple(get()[:2])
+    except OSError:
+        return None
