@@ -191,9 +191,9 @@ class Consumer(Generic[T]):
         counts = {row["message_id"].decode(): int(row["times_delivered"]) for row in rows}
         return split_worn_out(entries, counts, s.max_deliveries)
 
-    async def stop(self) -> None:
+    def request_stop(self) -> None:
         """Stop reading: no new read starts, and a read blocked in Redis returns at once."""
-        await self._reader.stop()
+        self._reader.request_stop()
 
 
 def durable_consumer(

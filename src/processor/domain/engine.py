@@ -272,8 +272,8 @@ class DomainEngine:
         """On a stop request: end the reads (a blocked XREADGROUP returns at once); the
         evaluator ends when both have closed their ends of the batch channel."""
         await self._stopper.wait()
-        await reclaimer.stop()
-        await consumer.stop()
+        reclaimer.request_stop()
+        consumer.request_stop()
 
     async def _yield_to_ingestion(self) -> None:
         """Pause while the durable pipeline has a backlog (more than DOMAIN_YIELD_BACKLOG
