@@ -56,7 +56,7 @@ from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
 from processor.core.reclaimer import Reclaimer, ReclaimSettings, durable_reclaimer
 from processor.core.records import Delivery
-from processor.core.settle import StreamNames
+from processor.core.stream_names import StreamNames
 from processor.core.writer import Writer, WriterSettings
 from processor.domain.alerts import AlertRules
 from processor.domain.engine import DomainEngine, EngineSettings, domain_health
@@ -270,7 +270,7 @@ class Service:
         )
         writer = Writer(
             database=database,
-            redis_client=control,
+            control=control,
             names=names,
             settings=WriterSettings(
                 batch_size=config.write_batch_size,
@@ -286,7 +286,7 @@ class Service:
             stalls=self.observability.stalls,
         )
         reclaimer = durable_reclaimer(
-            client=control,
+            control=control,
             names=names,
             settings=ReclaimSettings(
                 interval_s=config.reclaim_interval_s,

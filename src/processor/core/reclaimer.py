@@ -53,7 +53,7 @@ from processor.core.consumer import decode_entries
 from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery
-from processor.core.settle import StreamNames
+from processor.core.stream_names import StreamNames
 from processor.lifecycle import Stopper
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
@@ -173,7 +173,7 @@ def _text(value: Any) -> str:
 
 def durable_reclaimer(
     *,
-    client: redis.Redis,
+    control: redis.Redis,
     names: StreamNames,
     settings: ReclaimSettings,
     metrics: Metrics,
@@ -182,7 +182,7 @@ def durable_reclaimer(
 ) -> Reclaimer[Delivery]:
     """The durable pipeline's reclaimer: claimed pages become Deliveries for the writer."""
     return Reclaimer(
-        client=client,
+        control=control,
         names=names,
         settings=settings,
         in_flight=in_flight,
@@ -213,7 +213,7 @@ class Reclaimer(Generic[T]):
     def __init__(
         self,
         *,
-        client: redis.Redis,
+        control: redis.Redis,
         names: StreamNames,
         settings: ReclaimSettings,
         in_flight: InFlight,
@@ -223,7 +223,7 @@ class Reclaimer(Generic[T]):
         own_pending_done: trio.Event | None = None,
     ) -> None:
         self.in_flight = in_flight
-        self.client = client
+        self.control = control
         self.names = names
         self.settings = settings
         self._to_work = to_work
@@ -274,7 +274,7 @@ class Reclaimer(Generic[T]):
         if not held:
             return
         try:
-            await trio.to_thread.run_sync(renew_sync, self.client, self.names, held)
+            await trio.to_thread.run_sync(renew_sync, self.control, self.names, held)
         except redis_store.TRANSIENT_ERRORS as exc:
             log.warning("renewing held entries failed, retrying next tick", error=str(exc)[:200])
 
@@ -286,7 +286,7 @@ class Reclaimer(Generic[T]):
             try:
                 held = self.in_flight.ids()
                 page = await trio.to_thread.run_sync(
-                    claim_page, self.client, self.names, self.settings, cursor, held
+                    claim_page, self.control, self.names, self.settings, cursor, held
                 )
             except redis_store.TRANSIENT_ERRORS as exc:
                 log.warning("reclaim failed, retrying next interval", error=str(exc)[:200])

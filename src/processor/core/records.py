@@ -62,9 +62,10 @@ class Rejected:
     category: str  # metric label: decode_error:<kind>, db_rejected, max_deliveries
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Delivery:
-    """One read's worth of work: the unit sent through the consumer -> writer channel.
+    """One read's worth of work: the unit sent through the consumer -> writer channel, and the
+    batcher's accumulator of several (`extend`).
 
     Chunks (not single records) cross the channel so that a channel operation is per read, not
     per record; the channel's capacity in chunks bounds the memory held between the two.
@@ -76,12 +77,11 @@ class Delivery:
     def __len__(self) -> int:
         return len(self.records) + len(self.rejected)
 
-    def merged(self, other: Delivery) -> Delivery:
-        """This delivery with `other`'s records and rejects appended, in place: only for an
-        accumulator its caller owns (the batcher starts a fresh one per batch)."""
+    def extend(self, other: Delivery) -> None:
+        """Append `other`'s records and rejects (the batcher's own accumulator only: a
+        delivery handed over a channel belongs to its receiver)."""
         self.records.extend(other.records)
         self.rejected.extend(other.rejected)
-        return self
 
     def entry_ids(self) -> list[str]:
         return self.records.ids + [r.entry_id for r in self.rejected]

@@ -48,7 +48,7 @@ from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
 from processor.core.reclaimer import ClaimedPage, ReclaimCounters, Reclaimer, ReclaimSettings
 from processor.core.records import Rejected
-from processor.core.settle import StreamNames
+from processor.core.stream_names import StreamNames
 from processor.domain.alerts import AlertRules
 from processor.domain.evaluator import (
     Batch,
@@ -214,7 +214,7 @@ class DomainEngine:
             own_pending_done=own_pending_done,
         )
         reclaimer = Reclaimer(
-            client=self._control,
+            control=self._control,
             names=names,
             settings=ReclaimSettings(
                 interval_s=s.reclaim_interval_s,
