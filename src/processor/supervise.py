@@ -1,6 +1,6 @@
 """Supervision of side services: a failure at run time restarts the service, never the process.
 
-The rule (docs/pipeline.md, Isolation, issue 9): a side service of the root nursery (HTTP endpoints,
+The rule (docs/pipeline.md, Isolation): a side service of the root nursery (HTTP endpoints,
 probes, lag sampler, live server, broadcast consumer, device -> event map refresher, and any
 later addition such as a domain engine) must never take ingestion down with it. So each one
 runs under `Supervisor.run`:

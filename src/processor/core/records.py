@@ -2,7 +2,7 @@
 
 Decoded records travel as columns (entry ids, COPY values, original fields), not as one object
 per record: the writer works on whole batches, and per-record objects were a measurable share of
-the per-fix cost (issue 15) without being needed by anything but the batch they belong to.
+the per-fix cost without being needed by anything but the batch they belong to.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def latencies_s(entry_ids: list[str], at: float) -> list[float]:
     """Seconds from each entry's own time to `at` (epoch seconds), never negative.
 
     One comprehension per batch, parsing and subtracting in the same pass: the writer observes
-    one end-to-end latency per stored record, and a second list per batch showed (issue 15).
+    one end-to-end latency per stored record, and a second list per batch showed in profiles.
     """
     at_ms = at * 1000.0
     return [max(0.0, at_ms - int(entry_id.partition("-")[0])) / 1000.0 for entry_id in entry_ids]

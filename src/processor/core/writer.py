@@ -6,8 +6,8 @@ The batcher is the only task touching device state, so quality verdicts are dete
 stream order. Each batch is split over the flusher lanes by device; lanes write concurrently
 and ack exactly the entries whose rows were inserted, merged or proved duplicate. A lane is a
 pipeline of two stages on two pooled connections: one batch is copied into a staging table
-while the one before it merges and commits (the client's COPY and the database's merge overlap;
-issue 15: +11 % of the drain rate). Merges and acks stay in stream order.
+while the one before it merges and commits (the client's COPY and the database's merge overlap).
+Merges and acks stay in stream order.
 
 A failure of the database or Redis is retried with capped exponential backoff and nothing is
 acked meanwhile (one that is not transient, e.g. a revoked privilege, is also reported on

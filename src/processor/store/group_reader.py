@@ -39,8 +39,8 @@ def stream_entries(reply: Any) -> StreamEntries:
     """A one-stream XREADGROUP reply, as it comes off the wire, as (id, fields) pairs.
 
     redis-py's own reply callback builds the same pairs through two Python calls per entry
-    (`parse_stream_list`, `pairs_to_dict`): 0.27 µs per entry, against 0.09 µs here, where an
-    entry of one field (the upstream's `payload`) gets its dict without any call (issue 15).
+    (`parse_stream_list`, `pairs_to_dict`); here an entry of one field (the upstream's
+    `payload`) gets its dict without any call (benchmarks/README.md has the figures).
     Fields Redis reports as nil (an entry deleted while pending) become `{}`, as redis-py makes
     them. Both protocols' shapes are read: RESP3's `{stream: entries}` (redis-py's default) and
     RESP2's `[[stream, entries]]`.
