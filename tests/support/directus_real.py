@@ -41,7 +41,7 @@ RACING_SQL = DEPLOY / "racing.sql"
 # The processor's own tables in the Directus database: `directus schema apply` deletes every
 # table its snapshot lacks, so a deployment applies with `--ignoreRules` naming these
 # (docs/racing-domain.md).
-PROCESSOR_TABLES = ("positions", "schema_migrations")
+PROCESSOR_TABLES = ("positions", "schema_migrations", "domain_stages")
 # The role racing.sql creates (fixed id, so that a deployment and the tests can name it).
 RACE_CONTROL_ROLE = "7e16da81-d0d0-40c4-b37f-599d7fbe4b47"
 ADMIN_EMAIL = "admin@example.com"
