@@ -122,29 +122,39 @@ INCONSISTENT = [
     # (settings, the one line that refuses them)
     (
         {"DOMAIN_GROUP": "processor"},
-        "invalid DOMAIN_GROUP='processor': it is the durable group REDIS_GROUP='processor'; "
-        "expected a group of its own",
+        (
+            "invalid DOMAIN_GROUP='processor': it is the durable group REDIS_GROUP='processor'; "
+            "expected a group of its own"
+        ),
     ),
     (
         {"DOMAIN_GROUP": "ingest", "REDIS_GROUP": "ingest"},
-        "invalid DOMAIN_GROUP='ingest': it is the durable group REDIS_GROUP='ingest'; "
-        "expected a group of its own",
+        (
+            "invalid DOMAIN_GROUP='ingest': it is the durable group REDIS_GROUP='ingest'; "
+            "expected a group of its own"
+        ),
     ),
     (
         {"DOMAIN_GROUP": "live-a", "INSTANCE_ID": "b"},
-        "invalid DOMAIN_GROUP='live-a': it is named like the live groups "
-        "LIVE_GROUP_PREFIX-INSTANCE_ID (live-...); expected a name that no instance's live "
-        "group can have",
+        (
+            "invalid DOMAIN_GROUP='live-a': it is named like the live groups "
+            "LIVE_GROUP_PREFIX-INSTANCE_ID (live-...); expected a name that no instance's live "
+            "group can have"
+        ),
     ),
     (
         {"WRITE_RETRY_INITIAL_MS": "6000", "WRITE_RETRY_MAX_MS": "5000"},
-        "invalid WRITE_RETRY_INITIAL_MS=6000: it is above WRITE_RETRY_MAX_MS=5000; expected "
-        "at most WRITE_RETRY_MAX_MS",
+        (
+            "invalid WRITE_RETRY_INITIAL_MS=6000: it is above WRITE_RETRY_MAX_MS=5000; expected "
+            "at most WRITE_RETRY_MAX_MS"
+        ),
     ),
     (
         {"PROBE_TIMEOUT_S": "3", "PROBE_INTERVAL_S": "2"},
-        "invalid PROBE_TIMEOUT_S=3: it is above PROBE_INTERVAL_S=2; expected at most "
-        "PROBE_INTERVAL_S",
+        (
+            "invalid PROBE_TIMEOUT_S=3: it is above PROBE_INTERVAL_S=2; expected at most "
+            "PROBE_INTERVAL_S"
+        ),
     ),
 ]
 
