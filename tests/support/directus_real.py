@@ -186,14 +186,19 @@ def _database(server_url: str) -> Iterator[str]:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def _wait_until_serving(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+def _serving(process: subprocess.Popen[bytes], url: str, log: Path) -> bool:
+    """Wait until Directus answers (True), or exits because its port was taken meanwhile
+    (False: the caller tries another); any other end fails the test with Directus's log."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"directus start exited {process.returncode}:\n{log.read_text()[-4000:]}")
+            output = log.read_text(errors="replace")
+            if "is already in use" in output:  # Directus's words for EADDRINUSE
+                return False
+            pytest.fail(f"directus start exited {process.returncode}:\n{output[-4000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/server/ping", timeout=2).status_code == 200:
-                return
+                return True
         time.sleep(0.2)  # polling a starting server: nothing to wait on instead
     pytest.fail(f"directus did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
 
@@ -214,32 +219,40 @@ def real_directus(
 ) -> Iterator[RealDirectus]:
     home = install()
     workdir = tmp_path_factory.mktemp("directus")
-    log = workdir / "directus.log"
-    port = free_port()
+    for folder in ("uploads", "extensions"):
+        (workdir / folder).mkdir()
     with _database(postgres_server_url) as database:
-        env = directus_env(postgres_server_url, database, port, workdir)
+        env = directus_env(postgres_server_url, database, 0, workdir)
         directus = RealDirectus(
-            url=f"http://127.0.0.1:{port}",
+            url="",
             database_url=_database_url(postgres_server_url, database),
             admin_password=env["ADMIN_PASSWORD"],
             env=env,
             cli=("node", str(home / "node_modules/@directus/api/dist/cli/run.js")),
-            log=log,
+            log=workdir / "directus.log",
         )
         directus.run_cli("bootstrap")
         directus.run_cli("schema", "apply", "--yes", str(SNAPSHOT))
         with psycopg.connect(directus.database_url, autocommit=True) as conn:
             conn.execute(RACING_SQL.read_text())
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [*directus.cli, "start"],
-                env=env,
-                cwd=workdir,
-                stdout=output,
-                stderr=subprocess.STDOUT,
+        for _ in range(3):  # a free port can be taken before Directus binds it
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            directus = attrs.evolve(
+                directus, url=url, env={**env, "PORT": str(port), "PUBLIC_URL": url}
             )
-        try:
-            _wait_until_serving(process, directus.url, log)
-            yield directus
-        finally:
-            _stop(process)
+            with directus.log.open("wb") as output:
+                process = subprocess.Popen(
+                    [*directus.cli, "start"],
+                    env=directus.env,
+                    cwd=workdir,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                )
+            try:
+                if _serving(process, url, directus.log):
+                    yield directus
+                    return
+            finally:
+                _stop(process)
+        pytest.fail("directus start found its port taken three times")
