@@ -180,7 +180,9 @@ class Service:
         self.draining = trio.Event()
         self.supervisor = Supervisor(self.metrics)
         # the racing domain's problems, shown on /readyz (docs/racing-domain.md)
-        self.domain_health = domain_health(self.metrics)
+        self.domain_health = domain_health(
+            self.metrics, retry_initial_s=config.domain_refresh_ms / 1000
+        )
         self.observability = Observability(
             config, self.metrics, self.supervisor, self.domain_health
         )

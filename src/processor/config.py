@@ -186,6 +186,7 @@ class Config:
     live_ws_authorizations_per_s: float = _float("LIVE_WS_AUTHORIZATIONS_PER_S", 10.0, 0.1, 10_000)
     live_ws_max_pending_upgrades: int = _int("LIVE_WS_MAX_PENDING_UPGRADES", 256, 1, 100_000)
     live_ws_handshake_timeout_ms: int = _int("LIVE_WS_HANDSHAKE_TIMEOUT_MS", 10_000, 50, 600_000)
+    live_ws_reauth_s: float = _float("LIVE_WS_REAUTH_S", 60.0, 0.1, 86_400)
 
     # --- racing domain (docs/racing-domain.md) ----------------------------------------------------
     domain_group: str = _text("DOMAIN_GROUP", "domain")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +251,60 @@ def stored(database_url: str, stage_id: str) -> dict[str, Any]:
 
 def seconds_after_base(value: Any) -> float:
     return float(value.timestamp() - T0)
+
+
+def add_twin_stage(database_url: str, course: Course) -> tuple[str, dict[str, str]]:
+    """A second stage of the course's event with the same window and course (new ids): every
+    fix of the event's cars counts on both. Returns (stage id, kind -> control id)."""
+    stage_id = str(uuid.uuid4())
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO stages (id, event_id, name, ordinal, opens_at, closes_at) "
+            "SELECT %s, event_id, 'SS2', 2, opens_at, closes_at FROM stages WHERE id = %s",
+            (stage_id, course.stage_id),
+        )
+        controls: dict[str, str] = {}
+        for kind, old in course.controls.items():
+            controls[kind] = str(uuid.uuid4())
+            conn.execute(
+                "INSERT INTO controls (id, stage_id, ordinal, kind, lat1, lon1, lat2, lon2, "
+                "latitude, longitude, validate_radius_m, penalty_s) "
+                "SELECT %s, %s, ordinal, kind, lat1, lon1, lat2, lon2, latitude, longitude, "
+                "validate_radius_m, penalty_s FROM controls WHERE id = %s",
+                (controls[kind], stage_id, old),
+            )
+    return stage_id, controls
+
+
+def store_fixes(conn: psycopg.Connection[Any], documents: Iterable[dict[str, Any]]) -> None:
+    """Store fix documents as the durable pipeline would (faulty: no satellites or (0, 0)),
+    committed: for tests that drive the engine's database side directly."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO positions (device_id, ts, latitude, longitude, speed, satellites, faulty)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [
+                (
+                    d["device_id"],
+                    datetime.fromisoformat(d["timestamp"]),
+                    d["latitude"],
+                    d["longitude"],
+                    d["speed"],
+                    d["satellites"],
+                    d["satellites"] == 0 or (d["latitude"], d["longitude"]) == (0.0, 0.0),
+                )
+                for d in documents
+            ],
+        )
+    conn.commit()
+
+
+def migrated_course(database_url: str, cars: Iterable[tuple[str, str | None]]) -> Course:
+    """The processor's migrations, the Directus and racing tables, and `add_course`: the
+    engine's database side, ready to be driven directly."""
+    from processor.store.migrations import apply_migrations, default_directory, load_migrations
+
+    with psycopg.connect(database_url) as conn:
+        apply_migrations(conn, load_migrations(default_directory()))
+    create_tables(database_url)
+    return add_course(database_url, cars)

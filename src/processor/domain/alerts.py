@@ -177,7 +177,7 @@ def feature_problem(feature: str, exc: Exception) -> Problem | None:
     return Problem(
         subject=f"feature {feature}",
         reason=reason,
-        detail=db_errors.describe(exc),
+        detail=db_errors.describe_cause(exc),
         fix="see docs/racing-domain.md for the table this feature needs",
     )
 

@@ -67,7 +67,7 @@ from processor.race_feed import RaceChange
 from processor.store import redis as redis_store
 from processor.store.group_reader import StreamEntries
 from processor.store.postgres import Database
-from processor.store.retry import Unavailable
+from processor.store.retry import Backoff, Unavailable
 
 log = structlog.get_logger("processor.domain.engine")
 
@@ -116,7 +116,11 @@ class DomainEngine:
         """`open_database` makes the engine's own pool: one per life of `run`, which opens and
         closes it (a closed psycopg pool cannot be opened again)."""
         self.settings = settings
-        self.health = health if health is not None else domain_health(metrics)
+        self.health = (
+            health
+            if health is not None
+            else domain_health(metrics, retry_initial_s=settings.refresh_s)
+        )
         self.enabled = trio.Event()  # set once the racing tables exist and the group is ready
         self._startup_timeout_s = startup_timeout_s
         self._open_database = open_database
@@ -280,7 +284,7 @@ class DomainEngine:
         s = self.settings
         if s.yield_backlog <= 0:
             return
-        delay = 0.05
+        backoff = Backoff(initial_s=0.05, max_s=1.0)
         while not self._stopper.requested:
             try:
                 sample = await trio.to_thread.run_sync(
@@ -291,8 +295,7 @@ class DomainEngine:
             if not sample.exact or sample.lag + sample.pending <= s.yield_backlog:
                 return  # (an inexact lag is XLEN: an upper bound that could hold us for good)
             self._metrics.domain_yields.inc()
-            await self._stopper.pause(delay)
-            delay = min(delay * 2, 1.0)
+            await self._stopper.pause(backoff.next_delay())
 
     async def _sample_lag(
         self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -316,8 +319,15 @@ class DomainEngine:
             self._metrics.domain_lag.set(sample.lag)
 
 
-def domain_health(metrics: Metrics) -> DomainHealth:
-    return DomainHealth(metrics.domain_stage_errors, metrics.domain_problems)
+def domain_health(metrics: Metrics, *, retry_initial_s: float = 10.0) -> DomainHealth:
+    """The domain's problem registry; a failed stage or feature is tried again after
+    `retry_initial_s` (the refresh interval), doubling to 5 minutes."""
+    return DomainHealth(
+        metrics.domain_stage_errors,
+        metrics.domain_problems,
+        retry_initial_s=retry_initial_s,
+        retry_max_s=max(300.0, retry_initial_s),
+    )
 
 
 def claimed_batch(page: ClaimedPage, *, max_deliveries: int) -> Batch:

@@ -289,7 +289,7 @@ class Evaluator:
         wanted = {(k.device_id, k.ts): k for k in keys}
         found: dict[tuple[str, datetime], bool] = {}
         deadline = trio.current_time() + self._settings.visibility_timeout_s
-        delay = 0.05
+        backoff = Backoff(initial_s=0.05, max_s=1.0)
         while True:
             missing = [k for k in wanted if k not in found]
             found.update(await self._visible(missing))
@@ -310,8 +310,7 @@ class Evaluator:
             if trio.current_time() >= deadline:
                 self._skip([k for k in wanted if k not in found], "timeout")
                 return found
-            await self._stopper.pause_or_raise(delay)
-            delay = min(delay * 2, 1.0)
+            await self._stopper.pause_or_raise(backoff.next_delay())
 
     async def _visible(
         self, keys: Sequence[tuple[str, datetime]]
@@ -362,11 +361,13 @@ class Evaluator:
         dead = {r.entry_id for r in rejected}
         ack_ids = [i for i in ids if i not in dead]
         pending = list(rejected)
-        for r in pending:
+        if pending:
             log.error(
-                "entry failed the domain evaluation too often, dead-lettering it",
-                entry_id=r.entry_id,
-                error=r.error[:300],
+                "entries failed the domain evaluation too often, dead-lettering them",
+                count=len(pending),
+                first=pending[0].entry_id,
+                last=pending[-1].entry_id,
+                error=pending[0].error[:300],
             )
         while True:
             try:
