@@ -11,8 +11,9 @@
   Directus; a simulated stage is published (a speeder, a car that stops); a race-control user
   (the role of racing.sql) reads results, timing records, violations and alerts back through
   the REST API, exactly as the SPA does (READS below), and watches the event on the live
-  WebSocket with its Directus session cookie. A user without that role can do neither; race
-  control cannot write what the processor owns.
+  WebSocket with its Directus session cookie. A user without that role can do neither; one
+  whose role reads events only gets positions and no race-control frames; race control cannot
+  write what the processor owns.
 """
 
 from __future__ import annotations
@@ -330,6 +331,26 @@ async def build_stage(admin: httpx.AsyncClient) -> racing.Course:
     return racing.Course(event["id"], stage["id"], controls, entries, devices)
 
 
+async def spectator_role(admin: httpx.AsyncClient) -> str:
+    """A role made in the Data Studio that may read events only (a public map, say)."""
+    policy = await request(
+        admin,
+        "POST",
+        "/policies",
+        json={"name": f"Spectator {uuid.uuid4().hex[:6]}", "app_access": False,
+              "permissions": [{"collection": "events", "action": "read", "fields": ["*"],
+                               "permissions": {}}]},
+    )  # fmt: skip
+    role = await request(
+        admin,
+        "POST",
+        "/roles",
+        json={"name": f"Spectator {uuid.uuid4().hex[:6]}", "policies": [{"policy": policy["id"]}]},
+    )
+    role_id: str = role["id"]
+    return role_id
+
+
 async def add_user(admin: httpx.AsyncClient, role: str | None) -> tuple[str, str]:
     email, password = f"user-{uuid.uuid4().hex[:8]}@example.com", secrets.token_urlsafe(12)
     await request(
@@ -376,10 +397,12 @@ async def test_a_stage_set_up_run_and_read_through_directus(
         course = await build_stage(admin)
         race_control = await add_user(admin, RACE_CONTROL_ROLE)
         outsider = await add_user(admin, None)
+        spectator = await add_user(admin, await spectator_role(admin))
     token = await login(directus, *race_control)
     cookie = await session_cookie(directus, *race_control)
     outsider_token = await login(directus, *outsider)
     outsider_cookie = await session_cookie(directus, *outsider)
+    spectator_cookie = await session_cookie(directus, *spectator)
 
     rig = Rig(env, redis_client, stream_key, directus.database_url)
     processor_env = {
@@ -409,12 +432,19 @@ async def test_a_stage_set_up_run_and_read_through_directus(
 
         async with (
             live_client(service.live_port, token=None, cookie=cookie, origin=ORIGIN) as ws,
+            live_client(
+                service.live_port, token=None, cookie=spectator_cookie, origin=ORIGIN
+            ) as spectator_ws,
             trio.open_nursery() as nursery,
         ):
             reply = await subscribe(ws, course.event_id)
             assert reply["type"] == "subscribed" and reply["snapshot"] == [], reply
-            frames = Frames()
+            spectator_reply = await subscribe(spectator_ws, course.event_id)
+            assert spectator_reply["type"] == "subscribed", spectator_reply
+            assert spectator_reply["results"] == spectator_reply["alerts"] == []
+            frames, seen_by_spectator = Frames(), Frames()
             nursery.start_soon(frames.collect, ws)
+            nursery.start_soon(seen_by_spectator.collect, spectator_ws)
 
             rig.publish(first)
             [raised] = await poll(spa, "open alerts", course, lambda rows: len(rows) == 1)
@@ -430,6 +460,9 @@ async def test_a_stage_set_up_run_and_read_through_directus(
                 lambda rows: [r["status"] for r in rows] == ["finished"] * 3,
             )
             await frames.until(lambda: set(course.devices.values()) <= moved(frames), timeout=30)
+            await seen_by_spectator.until(
+                lambda: set(course.devices.values()) <= moved(seen_by_spectator), timeout=30
+            )
             nursery.cancel_scope.cancel()
 
         timing = await read(spa, "passes", course)
@@ -502,6 +535,9 @@ async def test_a_stage_set_up_run_and_read_through_directus(
     assert {"position", "timing", "results", "violation", "alert"} <= {
         f["type"] for f in frames.frames
     }
+    # a role that reads events but none of the race-control collections: positions only
+    # (Directus answers 403 to its GET /items/<collection>?limit=0)
+    assert {f["type"] for f in seen_by_spectator.frames} == {"position"}
 
 
 def moved(frames: Frames) -> set[str]:
