@@ -93,7 +93,8 @@ GC_YOUNG_THRESHOLD = 200_000
 def _tune_gc() -> None:
     """Freeze what start-up imported (it lives as long as the process) and collect young
     objects less often: per fix, the collector then costs next to nothing. No collection
-    first: it found ~160 objects to free among ~60,000 and took ~40 ms of start-up."""
+    first: it finds next to nothing to free among the imported objects, yet takes a sizeable
+    part of start-up (benchmarks/README.md)."""
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
     gc.enable()
@@ -101,8 +102,8 @@ def _tune_gc() -> None:
 
 def _without_rich() -> None:
     """structlog imports rich when it can, to draw console tracebacks. rich is no runtime
-    dependency (the lint tools bring it into a development environment) and costs ~0.1 s, as
-    much as a fifth of the imports the daemon cannot avoid; so `processor run` starts the same
+    dependency (the lint tools bring it into a development environment) and its import is a
+    large share of start-up (benchmarks/README.md); so `processor run` starts the same
     everywhere, as in production, with plain tracebacks."""
     sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
