@@ -42,7 +42,7 @@ from __future__ import annotations
 import signal
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import attrs
 import redis
@@ -78,6 +78,8 @@ if TYPE_CHECKING:
     from processor.live.server import LiveServer
 
 log = structlog.get_logger("processor.app")
+
+_E = TypeVar("_E", bound=BaseException)
 
 EXIT_OK = 0
 EXIT_FORCED = 1
@@ -330,6 +332,10 @@ class Service:
 async def run_until_signalled(config: Config, service: Service | None = None) -> int:
     """Run the service until SIGTERM/SIGINT; returns the process exit code."""
     service = service if service is not None else Service(config)
+    # The one-line failures are raised after the `except*` blocks, never inside them: before
+    # CPython 3.11.4 (Debian bookworm ships 3.11.2) an exception raised in an `except*` block
+    # comes out wrapped in an ExceptionGroup, which the CLI would print as a traceback (exit 1).
+    failure: Unavailable | ConfigError | None = None
     with (
         trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
         trio.CancelScope() as service_scope,
@@ -342,18 +348,20 @@ async def run_until_signalled(config: Config, service: Service | None = None) ->
                 await service.run()
                 root.cancel_scope.cancel()
         except* Unavailable as group:  # start-up gave up: the CLI reports it in one line
-            raise group.exceptions[0] from None
+            failure = _first_leaf(group)
         except* ConfigError as group:  # found at start (e.g. a group in use): one line, exit 2
-            raise _first_leaf(group) from None
+            failure = _first_leaf(group)
+    if failure is not None:
+        raise failure from None
     if service_scope.cancelled_caught and service.ready.is_set():
         log.error("drain deadline exceeded or forced stop: un-acked entries stay pending")
         return EXIT_FORCED
     return EXIT_OK
 
 
-def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+def _first_leaf(group: BaseExceptionGroup[_E]) -> _E:
     """The first exception inside (possibly nested) exception groups."""
-    first: ConfigError | BaseExceptionGroup[ConfigError] = group
+    first: _E | BaseExceptionGroup[_E] = group
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
