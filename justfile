@@ -11,6 +11,10 @@ default:
 install:
     pdm sync -G :all --clean -q
 
+# regenerate docs/configuration.md and the metrics table of docs/metrics.md from the code
+docs: install
+    pdm run python -m processor_dev.reference_docs
+
 # run the daemon against REDIS_URL / DATABASE_URL
 run: install
     pdm run processor run

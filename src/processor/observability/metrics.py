@@ -124,7 +124,8 @@ class Metrics:
         )
         self.write_duration = Histogram(
             p + "write_duration_seconds",
-            "Time to store one batch, first attempt to commit (retries and splits included).",
+            "Time to store one batch, first attempt to commit (retries and splits included); for a "
+            "batch copied ahead, its copy plus its merge, not its wait for the batch before it.",
             buckets=WRITE_BUCKETS,
             registry=r,
         )
