@@ -119,7 +119,7 @@ def build_parser(extras: Sequence[str] | None = None) -> argparse.ArgumentParser
     parser = argparse.ArgumentParser(
         prog="processor",
         description="Telemetry processor: Redis Stream -> PostgreSQL, live WebSocket, metrics. "
-        "Configured by environment variables (see README).",
+        "Configured by environment variables (docs/configuration.md; `processor config`).",
     )
     parser.set_defaults(env_defaults={})
     from processor.version import VERSION
