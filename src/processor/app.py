@@ -12,6 +12,7 @@
         │   ├── supervised "live-server"       listener + accept loop (critical for /readyz)
         │   └── one task per socket, each under its own failure boundary (live/server.py)
         ├── supervised "domain-engine"     racing domain: own consumer group, own DB pool
+        ├── supervised "consumer-cleanup"  removes dead consumers from the groups
         └── pipeline nursery (not supervised: it *is* the process's job)
             ├── consumer  --Delivery channel-->  writer (batcher + flushers)
             └── reclaimer (same channel)
@@ -52,6 +53,7 @@ from trio import TaskStatus
 
 from processor.config import Config, ConfigError
 from processor.core.consumer import Consumer, ConsumerSettings
+from processor.core.consumer_cleanup import CleanupSettings, run_consumer_cleanup
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
 from processor.core.reclaimer import Reclaimer, ReclaimSettings
@@ -317,6 +319,20 @@ class Service:
         # --- racing domain (runs once the racing tables exist; logs once while they do not) ---
         self.domain = make_domain_engine(self.config, control, self.metrics)
         await services.start(self.supervisor.run, "domain-engine", self.domain.run)
+        # --- dead consumers of gone instances (core/consumer_cleanup.py) ---
+        config = self.config
+        cleanup = CleanupSettings(
+            stream=config.redis_stream,
+            groups=(config.redis_group, config.domain_group),
+            own=config.consumer_name,
+            max_idle_s=config.consumer_max_idle_s,
+            interval_s=config.consumer_cleanup_interval_s,
+        )
+        await services.start(
+            self.supervisor.run,
+            "consumer-cleanup",
+            partial(run_consumer_cleanup, control, settings=cleanup, metrics=self.metrics),
+        )
 
     async def _stop_services(self) -> None:
         """Graceful part of stopping the side services (e.g. close live clients with 1001),

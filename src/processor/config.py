@@ -214,6 +214,23 @@ class Config:
         1000,
         doc="deliveries before an entry is dead-lettered as `max_deliveries`",
     )
+    consumer_max_idle_s: float = _float(
+        "CONSUMER_MAX_IDLE_S",
+        3600.0,
+        0,
+        86_400 * 365,
+        doc=(
+            "a consumer of the groups that holds no entry and was idle this long is removed "
+            "(gone instances); 0 = never (OPERATIONS.md section 3)"
+        ),
+    )
+    consumer_cleanup_interval_s: float = _float(
+        "CONSUMER_CLEANUP_INTERVAL_S",
+        300.0,
+        0.05,
+        86_400,
+        doc="how often each instance looks for dead consumers to remove",
+    )
     dlq_stream: str = _setting(
         "DLQ_STREAM", "", "a stream key (default <REDIS_STREAM>:dead)", doc="the dead-letter stream"
     )

@@ -146,6 +146,12 @@ class Metrics:
         self.reclaimed = Counter(
             p + "reclaimed", "Entries claimed from idle consumers (XAUTOCLAIM).", registry=r
         )
+        self.consumers_removed = Counter(
+            p + "consumers_removed",
+            "Dead consumers removed from the groups (nothing pending, idle past "
+            "CONSUMER_MAX_IDLE_S).",
+            registry=r,
+        )
         self.reclaim_trimmed = Counter(
             p + "reclaim_trimmed",
             "Pending entries whose stream data was trimmed before they were stored (lost).",
