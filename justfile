@@ -75,12 +75,13 @@ fresh-machine-test *ARGS:
     podman run --rm --network host -v "$src:/src" -w /src "$image" \
         bash -euo pipefail -c "pip install -q --root-user-action=ignore 'pdm[locked]' rust-just && just test {{ARGS}}"
 
-# ruff (select = ALL), mypy strict on src/ and benchmarks/, and the import contracts
+# ruff (select = ALL), mypy strict, the import contracts, actionlint on the Gitea workflow
 lint: install
     pdm run ruff check src tests benchmarks
     pdm run ruff format --check src tests benchmarks
     pdm run mypy
     pdm run lint-imports
+    pdm run actionlint .gitea/workflows/*.yml
 
 # the image run by podman, compose, Quadlet (root, after ../shared/podman/setup.sh)
 container-test *ARGS: install
