@@ -115,7 +115,57 @@ BAD_VALUES = [
     ("REDIS_URL", "http://x", "a redis:// or rediss:// URL"),
     ("REDIS_URL", "localhost:6379", "a redis:// or rediss:// URL"),
     ("DIRECTUS_URL", "ftp://cms", "an http:// or https:// URL (empty: live broadcast off)"),
+    ("RECLAIM_MIN_IDLE_MS", "10", "an integer from 100 to 86400000"),
 ]
+
+INCONSISTENT = [
+    # (settings, the one line that refuses them)
+    (
+        {"DOMAIN_GROUP": "processor"},
+        (
+            "invalid DOMAIN_GROUP='processor': it is the durable group REDIS_GROUP='processor'; "
+            "expected a group of its own"
+        ),
+    ),
+    (
+        {"DOMAIN_GROUP": "ingest", "REDIS_GROUP": "ingest"},
+        (
+            "invalid DOMAIN_GROUP='ingest': it is the durable group REDIS_GROUP='ingest'; "
+            "expected a group of its own"
+        ),
+    ),
+    (
+        {"DOMAIN_GROUP": "live-a", "INSTANCE_ID": "b"},
+        (
+            "invalid DOMAIN_GROUP='live-a': it is named like the live groups "
+            "LIVE_GROUP_PREFIX-INSTANCE_ID (live-...); expected a name that no instance's live "
+            "group can have"
+        ),
+    ),
+    (
+        {"WRITE_RETRY_INITIAL_MS": "6000", "WRITE_RETRY_MAX_MS": "5000"},
+        (
+            "invalid WRITE_RETRY_INITIAL_MS=6000: it is above WRITE_RETRY_MAX_MS=5000; expected "
+            "at most WRITE_RETRY_MAX_MS"
+        ),
+    ),
+    (
+        {"PROBE_TIMEOUT_S": "3", "PROBE_INTERVAL_S": "2"},
+        (
+            "invalid PROBE_TIMEOUT_S=3: it is above PROBE_INTERVAL_S=2; expected at most "
+            "PROBE_INTERVAL_S"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("settings", "message"), INCONSISTENT)
+def test_settings_that_cannot_work_together_are_refused(
+    settings: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(settings)
+    assert str(caught.value) == message
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,24 @@ def test_describe_names_the_sqlstate() -> None:
     assert text == "InsufficientPrivilege [42501]: permission denied for table positions"
 
 
+def test_describe_cause_leaves_out_the_failing_row(database_url: str) -> None:
+    """Two rows refused for one reason read the same: the problem is said once."""
+    import psycopg
+
+    texts = set()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (v int CHECK (v < 0))")
+        for value in (1, 2):
+            try:
+                conn.execute("INSERT INTO t VALUES (%s)", (value,))
+            except psycopg.errors.CheckViolation as exc:
+                assert "Failing row contains" in db_errors.describe(exc)
+                texts.add(db_errors.describe_cause(exc))
+    assert texts == {
+        'CheckViolation [23514]: new row for relation "t" violates check constraint "t_v_check"'
+    }
+
+
 REFUSE_INSERTS = """
 CREATE FUNCTION refuse_positions() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

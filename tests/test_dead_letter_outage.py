@@ -22,7 +22,8 @@ from tests.support.service import running_service, wait_until
 FAST_RETRY = {
     "WRITE_RETRY_INITIAL_MS": "20",
     "WRITE_RETRY_MAX_MS": "200",
-    "PROBE_INTERVAL_S": "0.1",
+    "PROBE_INTERVAL_S": "0.5",
+    "PROBE_TIMEOUT_S": "0.5",
 }
 
 

@@ -150,8 +150,9 @@ async def test_results_fallback_has_the_protocol_shape(
         conn.execute(
             "INSERT INTO stage_results (id, stage_id, entry_id, status, started_at, finished_at,"
             " elapsed_ms, penalty_ms, total_ms, controls_passed, controls_missed, position,"
-            " class_position, gap_ms) VALUES (gen_random_uuid(), %s, %s, 'finished', '2026-01-01T10:00:00Z',"
-            " '2026-01-01T10:02:00.5Z', 120500, 300000, 420500, 8, 1, 1, 1, 0)",
+            " class_position, gap_ms) VALUES (gen_random_uuid(), %s, %s, 'finished',"
+            " '2026-01-01T10:00:00Z', '2026-01-01T10:02:00.5Z', 120500, 300000, 420500, 8, 1, 1,"
+            " 1, 0)",
             (STAGE.stage_id, entry.id),
         )
     session = await signed_in(page)

@@ -177,3 +177,39 @@ def test_replay_needs_ids_or_all() -> None:
     assert exited.value.code == 2
     with pytest.raises(SystemExit):
         main(["dlq", "replay", "--all", "1-1"])
+
+
+async def test_replay_all_replays_what_existed_when_it_started(
+    cli_env: dict[str, str],
+    redis_client: redis.Redis,
+    stream_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While `replay --all` pages through the dead letters, a running pipeline dead-letters the
+    replayed entries again (they still fail): those new letters are not replayed again, and the
+    summary says how many were."""
+    from processor.core import dead_letters
+
+    dead = f"{stream_key}:dead"
+    existing = 1200  # several pages
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(existing):
+        pipe.xadd(dead, {"payload": b"{not json", "reason": "invalid JSON", "source_id": f"{i}-0"})
+    pipe.execute()
+    replay = dead_letters.replay
+
+    def replay_and_fail_again(
+        client: redis.Redis, stream: str, dead_stream: str, letters: list[dead_letters.DeadLetter]
+    ) -> dead_letters.ReplayReport:
+        report = replay(client, stream, dead_stream, letters)
+        for letter in letters:  # what the pipeline does with a replayed entry that still fails
+            client.xadd(dead_stream, {**letter.fields, "source_id": "again"})
+        return report
+
+    monkeypatch.setattr(dead_letters, "replay", replay_and_fail_again)
+    code, _out, err = await trio.to_thread.run_sync(run_cli, ["dlq", "replay", "--all"])
+    assert code == 0, err
+    assert "the newest when the replay started" in err
+    assert f"replayed={existing} skipped=0 failed=0 not_found=0" in err
+    assert redis_client.xlen(stream_key) == existing
+    assert redis_client.xlen(dead) == existing  # the letters that failed again, for next time

@@ -3,8 +3,12 @@ moved in Directus, and a fix the durable pipeline dead-lettered (never stored)."
 
 from __future__ import annotations
 
-import psycopg
+from typing import Any
 
+import psycopg
+import pytest
+
+from processor.domain import evaluator
 from processor.store.migrations import apply_migrations, default_directory, load_migrations
 from tests.support import racing
 from tests.support.fixes import fix
@@ -106,10 +110,15 @@ async def test_an_incomplete_stage_waits_until_it_is_fixed_and_errors_never_end_
         await racing.all_judged(rig)
         assert stored(rig.database_url, course.stage_id) == {"records": {}, "results": {}}
 
-        # a table Directus renamed under us: logged and counted, the service goes on
+        # a table Directus renamed under us: reported (named, with its fix), the service goes on
         with psycopg.connect(rig.database_url) as conn:
             conn.execute("ALTER TABLE controls RENAME TO controls_moved")
-        await wait_until(lambda: service.metrics.domain_errors._value.get() >= 1, timeout=120)
+        schema_errors = service.metrics.domain_stage_errors.labels("schema")
+        await wait_until(lambda: schema_errors._value.get() >= 1, timeout=120)
+        problems = service.domain_health.problems()
+        assert [(p.subject, p.detail) for p in problems if p.reason == "schema"] == [
+            ("table controls", "missing (nothing is timed)")
+        ]
         with psycopg.connect(rig.database_url) as conn:
             conn.execute("ALTER TABLE controls_moved RENAME TO controls")
             conn.execute("UPDATE controls SET validate_radius_m = 30 WHERE id = %s", (waypoint,))
@@ -134,27 +143,67 @@ async def test_domain_lag_counts_entries_not_yet_delivered_to_the_domain_group(r
     assert metrics.domain_lag._value.get() == 4
 
 
-async def test_an_engine_failure_is_restarted_by_the_supervisor_and_skips_nothing(rig: Rig) -> None:
-    """An exception escaping the engine ends one life of it: the service's supervisor counts
-    the restart and starts a new life, which re-reads the batch it had not acked."""
+async def test_an_engine_failure_is_restarted_by_the_supervisor_and_skips_nothing(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception in a batch (a bug) is not acked away: it ends one life of the
+    engine, the service's supervisor counts the restart and starts a new life, which re-reads
+    the batch it had not acked and evaluates it."""
     course = racing.setup_course(rig, CARS)
+    real = evaluator.evaluate_batch
+    failures: list[str] = []
+
+    def fail_first(conn: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append("once")
+            raise TypeError("injected bug")
+        return real(conn, **kwargs)
+
+    monkeypatch.setattr(evaluator, "evaluate_batch", fail_first)
     async with running_service(racing.domain_env(rig.env)) as service:
-        engine = service.domain
-        assert engine is not None
-        handle = engine._handle
-        failures: list[int] = []
-
-        async def fail_first_batch(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-            if not failures:
-                failures.append(len(entries))
-                raise RuntimeError("injected engine failure")
-            await handle(entries)
-
-        engine._handle = fail_first_batch  # type: ignore[method-assign]
         rig.publish(racing.track(course.devices["steady"], racing.constant(20), 160))
         await racing.all_judged(rig)
         restarts = service.metrics.service_restarts.labels("domain-engine")._value.get()
         assert failures and restarts == 1
+        assert service.metrics.domain_errors._value.get() == 1
         results = stored(rig.database_url, course.stage_id)["results"]
         assert results[course.entries["steady"]][0] == "finished"
         assert service.ready.is_set() and not service.draining.is_set()
+        assert service.metrics.domain_dead_letters._value.get() == 0
+
+
+async def test_a_batch_that_keeps_failing_is_dead_lettered_for_the_domain_only(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose evaluation raises every time stays pending (restart after restart) until
+    it was delivered MAX_DELIVERIES times; then it is dead-lettered with the error it raised,
+    for the domain group only: ingestion stored every fix and never saw a dead letter."""
+    course = racing.setup_course(rig, CARS)
+    poison = course.devices["cutter"]
+    real = evaluator.evaluate_batch
+
+    def fail_for_the_cutter(conn: Any, **kwargs: Any) -> Any:
+        if any(entry == course.entries["cutter"] for e in kwargs["work"].values() for entry in e):
+            raise KeyError("injected bug for the cutter")
+        return real(conn, **kwargs)
+
+    monkeypatch.setattr(evaluator, "evaluate_batch", fail_for_the_cutter)
+    env = {**racing.domain_env(rig.env), "MAX_DELIVERIES": "2", "DOMAIN_READ_COUNT": "10"}
+    async with running_service(env) as service:
+        await racing.judging(service)
+        rig.publish(racing.track(course.devices["steady"], racing.constant(20), 160))
+        await racing.all_judged(rig)
+        ids = rig.publish(racing.track(poison, racing.constant(25), 3))
+        await racing.all_judged(rig)
+        assert rig.rows() == 163  # ingestion: every fix stored
+        assert service.metrics.dead_letters.labels("max_deliveries")._value.get() == 0
+        dead = rig.redis.xrange(f"{rig.stream_key}:dead")
+        assert sorted(d[b"source_id"].decode() for _, d in dead) == sorted(ids)
+        for _, letter in dead:
+            assert letter[b"reason"] == b"domain_failed"
+            assert b"KeyError: 'injected bug for the cutter'" in letter[b"error"]
+            assert b"payload" in letter
+        assert service.metrics.domain_dead_letters._value.get() == 3
+        assert service.metrics.service_restarts.labels("domain-engine")._value.get() >= 2
+        results = stored(rig.database_url, course.stage_id)["results"]
+        assert results[course.entries["steady"]][0] == "finished"

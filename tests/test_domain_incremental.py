@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from processor.domain import definitions
-from processor.domain.evaluation import evaluate_pairs
+from processor.domain.evaluation import evaluate_pairs, rebuild_stage
 from processor.store.migrations import apply_migrations, default_directory, load_migrations
 from processor.timing_commands import rebuild
 from tests.support import racing
@@ -58,7 +58,10 @@ def test_any_batching_ends_equal_to_a_rebuild(database_url: str, seed: int) -> N
     arrivals += gap  # the late car's buffered fixes come last, as a burst
     entry_of = {course.devices[name]: course.entries[name] for name, _ in CARS}
     with psycopg.connect(database_url) as conn:
-        snapshot = definitions.read_course(conn)
+        # the engine's first sight of the stage: rebuilt (nothing stored yet), its version kept
+        assert rebuild_stage(conn, definitions.read_current(conn), course.stage_id) is not None
+        snapshot = definitions.read_current(conn)
+        assert snapshot.current(course.stage_id)
         position = 0
         while position < len(arrivals):
             chunk = arrivals[position : position + rng.randint(1, 60)]
@@ -69,7 +72,9 @@ def test_any_batching_ends_equal_to_a_rebuild(database_url: str, seed: int) -> N
                 t = datetime.fromisoformat(d["timestamp"]).timestamp()
                 pair = (course.stage_id, entry_of[d["device_id"]])
                 triggers[pair] = min(t, triggers.get(pair) or t)
-            evaluate_pairs(conn, snapshot, triggers)
+            result = evaluate_pairs(conn, snapshot, triggers)
+            assert not result.stale and not result.failures
+            assert result.outcome.skipped == 0
         incremental = stored(database_url, course.stage_id)
         assert rebuild(conn, course.stage_id) == []
     assert stored(database_url, course.stage_id) == incremental

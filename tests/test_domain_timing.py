@@ -352,7 +352,12 @@ MALFORMED: dict[str, tuple[tuple[Control, ...], str]] = {
     "waypoint without radius": (_replace(_good(), 1, validate_radius_m=None), "validate_radius_m"),
     "waypoint radius 0": (_replace(_good(), 1, validate_radius_m=0.0), "validate_radius_m"),
     "waypoint without centre": (_replace(_good(), 1, latitude=None), "has no latitude"),
-    "negative penalty": (_replace(_good(), 1, penalty_s=-5), "negative penalty"),
+    "negative penalty": (_replace(_good(), 1, penalty_s=-5), "penalty_s -5; expected 0 to"),
+    # beyond the integer columns penalties are stored in: could never be written
+    "penalty beyond its column": (
+        _replace(_good(), 1, penalty_s=3_000_000_000),
+        "penalty_s 3000000000; expected 0 to 2147483647",
+    ),
     "unknown kind": (_replace(_good(), 1, kind="gate"), "unknown kind"),
 }
 

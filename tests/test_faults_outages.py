@@ -29,8 +29,8 @@ from tests.support.service import (
 
 OUTAGE_S = 10.0
 FAST_PROBES = {
-    "PROBE_INTERVAL_S": "0.2",
-    "PROBE_TIMEOUT_S": "1",
+    "PROBE_INTERVAL_S": "0.5",
+    "PROBE_TIMEOUT_S": "0.5",
     "WRITE_RETRY_INITIAL_MS": "50",
     "WRITE_RETRY_MAX_MS": "1000",
     "READ_COUNT": "200",

@@ -34,7 +34,7 @@ def test_every_car_is_timed_on_the_generated_stage(database_url: str) -> None:
     racing.create_tables(database_url)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(scenario_sql(stage))
-        course = definitions.read_course(conn)
+        course = definitions.read_current(conn)
     assert not course.invalid and stage.stage_id in course.stages
     timed = course.stages[stage.stage_id].stage
     assert [c.kind.value for c in timed.controls] == [

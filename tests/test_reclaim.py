@@ -146,7 +146,7 @@ async def test_own_entries_waiting_through_an_outage_are_not_reclaimed_or_dead_l
         env = rig.env | {
             "DATABASE_URL": proxy.url(rig.database_url),
             "RECLAIM_INTERVAL_S": "0.05",
-            "RECLAIM_MIN_IDLE_MS": "50",
+            "RECLAIM_MIN_IDLE_MS": "100",
             "MAX_DELIVERIES": "1",
             "WRITE_RETRY_INITIAL_MS": "20",
             "WRITE_RETRY_MAX_MS": "100",

@@ -110,7 +110,7 @@ def test_readiness_503_for_critical_services_200_degraded_for_others() -> None:
     supervisor = Supervisor(metrics)
     started = trio.Event()
     started.set()
-    readiness = Readiness([], started, trio.Event(), supervisor)
+    readiness = Readiness([], started, trio.Event(), supervisor=supervisor)
     assert readiness.verdict().body["status"] == "ready"
     supervisor.services["lag-sampler"] = _state("lag-sampler", critical=False)
     verdict = readiness.verdict()
@@ -215,7 +215,8 @@ BREAKERS: dict[str, Callable[[pytest.MonkeyPatch, Fault], None]] = {
 async def processor(env: dict[str, str]) -> AsyncIterator[Service]:
     fast_env = {
         **env,
-        "PROBE_INTERVAL_S": "0.1",
+        "PROBE_INTERVAL_S": "0.3",
+        "PROBE_TIMEOUT_S": "0.3",
         "LAG_SAMPLE_INTERVAL_S": "0.1",
         "LIVE_DEVICE_EVENT_REFRESH_MS": "100",
     }

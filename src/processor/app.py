@@ -52,16 +52,17 @@ import trio
 from trio import TaskStatus
 
 from processor.config import Config, ConfigError
-from processor.core.consumer import Consumer, ConsumerSettings
+from processor.core.consumer import Consumer, ConsumerSettings, durable_consumer
 from processor.core.consumer_cleanup import CleanupSettings, run_consumer_cleanup
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
-from processor.core.reclaimer import Reclaimer, ReclaimSettings
+from processor.core.reclaimer import Reclaimer, ReclaimSettings, durable_reclaimer
 from processor.core.records import Delivery
 from processor.core.settle import StreamNames
 from processor.core.writer import Writer, WriterSettings
 from processor.domain.alerts import AlertRules
-from processor.domain.engine import DomainEngine, EngineSettings
+from processor.domain.engine import DomainEngine, EngineSettings, domain_health
+from processor.domain.health import DomainHealth
 from processor.observability.metrics import Metrics
 from processor.observability.services import Observability
 from processor.store import redis as redis_store
@@ -98,9 +99,14 @@ def make_database(config: Config) -> Database:
     )
 
 
-def make_domain_engine(config: Config, control: redis.Redis, metrics: Metrics) -> DomainEngine:
-    """The engine, with its own two-connection pool: it never takes the writer's connections,
-    and its statements may run longer (a rebuild reads a whole stage's fixes)."""
+DOMAIN_POOL_SIZE = 3  # the refresher, the evaluator and the silence check, one each
+
+
+def make_domain_engine(
+    config: Config, control: redis.Redis, metrics: Metrics, health: DomainHealth | None = None
+) -> DomainEngine:
+    """The engine, with its own small pool: it never takes the writer's connections, and its
+    statements may run longer (a rebuild reads a whole stage's fixes)."""
     return DomainEngine(
         settings=EngineSettings(
             stream=config.redis_stream,
@@ -119,15 +125,19 @@ def make_domain_engine(config: Config, control: redis.Redis, metrics: Metrics) -
             ),
             reclaim_interval_s=config.reclaim_interval_s,
             reclaim_min_idle_ms=config.reclaim_min_idle_ms,
+            max_deliveries=config.max_deliveries,
+            dead_letter_stream=config.dead_letter_stream,
+            dead_letter_maxlen=config.dlq_maxlen,
         ),
         open_database=lambda: Database(
             config.database_url,
-            pool_size=2,
+            pool_size=DOMAIN_POOL_SIZE,
             statement_timeout_ms=max(config.db_statement_timeout_ms, 120_000),
         ),
         redis_url=config.redis_url,
         control=control,
         metrics=metrics,
+        health=health,
         startup_timeout_s=config.startup_timeout_s,
     )
 
@@ -159,9 +169,9 @@ async def migrate(config: Config, database: Database) -> list[str]:
 class Pipeline:
     """The daemon's job: consumer and reclaimer feed the writer through one channel."""
 
-    consumer: Consumer
+    consumer: Consumer[Delivery]
     writer: Writer
-    reclaimer: Reclaimer
+    reclaimer: Reclaimer[Delivery]
 
 
 class Service:
@@ -173,7 +183,13 @@ class Service:
         self.ready = trio.Event()
         self.draining = trio.Event()
         self.supervisor = Supervisor(self.metrics)
-        self.observability = Observability(config, self.metrics, self.supervisor)
+        # the racing domain's problems, shown on /readyz (docs/racing-domain.md)
+        self.domain_health = domain_health(
+            self.metrics, retry_initial_s=config.domain_refresh_ms / 1000
+        )
+        self.observability = Observability(
+            config, self.metrics, self.supervisor, self.domain_health
+        )
         self.http_port: int | None = None  # the bound HTTP port (HTTP_PORT=0 picks one)
         self.live: LiveServer | None = None  # the live broadcast, when DIRECTUS_URL is set
         self.live_port: int | None = None  # its bound port (LIVE_WS_PORT=0 picks one)
@@ -243,7 +259,7 @@ class Service:
             dead_letter_stream=config.dead_letter_stream,
             dead_letter_maxlen=config.dlq_maxlen,
         )
-        consumer = Consumer(
+        consumer = durable_consumer(
             redis_url=config.redis_url,
             control=control,
             names=names,
@@ -273,7 +289,7 @@ class Service:
             in_flight=in_flight,
             stalls=self.observability.stalls,
         )
-        reclaimer = Reclaimer(
+        reclaimer = durable_reclaimer(
             client=control,
             names=names,
             settings=ReclaimSettings(
@@ -317,7 +333,7 @@ class Service:
         else:
             log.info("live broadcast off: DIRECTUS_URL is not set")
         # --- racing domain (runs once the racing tables exist; logs once while they do not) ---
-        self.domain = make_domain_engine(self.config, control, self.metrics)
+        self.domain = make_domain_engine(self.config, control, self.metrics, self.domain_health)
         await services.start(self.supervisor.run, "domain-engine", self.domain.run)
         # --- dead consumers of gone instances (core/consumer_cleanup.py) ---
         config = self.config
@@ -341,7 +357,7 @@ class Service:
         if self.live is not None:
             await self.live.stop()
         if self.domain is not None:
-            await self.domain.stop()
+            self.domain.request_stop()
         await self.observability.stop()
 
 

@@ -204,8 +204,10 @@ class Config:
         86_400,
         doc="how often idle entries of dead consumers are claimed",
     )
+    # an entry idle this long is taken from its consumer; held entries are renewed every third
+    # of it: far below a second that is a storm of renewals and of needless claims
     reclaim_min_idle_ms: int = _int(
-        "RECLAIM_MIN_IDLE_MS", 60_000, 10, 86_400_000, doc="idle time before an entry is claimed"
+        "RECLAIM_MIN_IDLE_MS", 60_000, 100, 86_400_000, doc="idle time before an entry is claimed"
     )
     max_deliveries: int = _int(
         "MAX_DELIVERIES",
@@ -564,18 +566,50 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         field = attrs.fields_dict(Config)[str(exc.args[0])]
         raise ConfigError(_message(field, env.get(field.metadata[ENV], ""))) from exc
     _check_groups(config)
+    _check_consistency(config)
     return config
 
 
 def _check_groups(config: Config) -> None:
-    """The live broadcaster reads its group with NOACK, resets it to `$` on start and destroys
-    it on stop: pointed at the durable group, it would lose records. Refuse that at start."""
+    """Three kinds of consumer group read the input stream, and none may be another's:
+    - the live broadcaster reads its group with NOACK, resets it to `$` on start and destroys
+      it on stop: pointed at the durable group, it would lose records;
+    - the domain engine acks what it evaluated: sharing the durable group, it would take and
+      ack entries meant for the writer (fixes never stored, no dead letter); sharing a live
+      group, the broadcaster would reset and destroy it under the engine.
+    Refused at start, naming the setting to change."""
     if config.live_enabled and config.live_group == config.redis_group:
         raise ConfigError(
             f"invalid LIVE_GROUP_PREFIX={config.live_group_prefix!r}: the live group "
             f"LIVE_GROUP_PREFIX-INSTANCE_ID={config.live_group!r} is the durable group "
             f"REDIS_GROUP={config.redis_group!r}; expected a prefix that makes them differ"
         )
+    if config.domain_group == config.redis_group:
+        raise ConfigError(
+            f"invalid DOMAIN_GROUP={config.domain_group!r}: it is the durable group "
+            f"REDIS_GROUP={config.redis_group!r}; expected a group of its own"
+        )
+    if config.domain_group.startswith(f"{config.live_group_prefix}-"):
+        raise ConfigError(
+            f"invalid DOMAIN_GROUP={config.domain_group!r}: it is named like the live groups "
+            f"LIVE_GROUP_PREFIX-INSTANCE_ID ({config.live_group_prefix}-...); expected a name "
+            "that no instance's live group can have"
+        )
+
+
+def _check_consistency(config: Config) -> None:
+    """Settings each valid on its own that cannot work together."""
+    pairs = [
+        ("WRITE_RETRY_INITIAL_MS", config.write_retry_initial_ms,
+         "WRITE_RETRY_MAX_MS", config.write_retry_max_ms),
+        ("PROBE_TIMEOUT_S", config.probe_timeout_s, "PROBE_INTERVAL_S", config.probe_interval_s),
+    ]  # fmt: skip
+    for name, value, bound_name, bound in pairs:
+        if value > bound:
+            raise ConfigError(
+                f"invalid {name}={value:g}: it is above {bound_name}={bound:g}; expected at "
+                f"most {bound_name}"
+            )
 
 
 def _message(field: attrs.Attribute[Any], value: str) -> str:

@@ -106,8 +106,18 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     missing: list[str] = []
     try:
         if args.all:
-            for page in dead_letters.oldest_first(client, dead, reason=args.reason):
-                _merge(total, dead_letters.replay(client, stream, dead, page))
+            # what exists now, not what the running pipeline dead-letters meanwhile (a
+            # replayed entry that fails again would otherwise be replayed again, and so on)
+            until = dead_letters.newest_id(client, dead)
+            if until is not None:
+                print(
+                    f"replaying the dead letters up to {until}, the newest when the replay started",
+                    file=sys.stderr,
+                )
+                for page in dead_letters.oldest_first(
+                    client, dead, reason=args.reason, until=until
+                ):
+                    _merge(total, dead_letters.replay(client, stream, dead, page))
         else:
             found = dead_letters.by_ids(client, dead, args.ids)
             found_ids = {d.id for d in found}

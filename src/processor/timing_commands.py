@@ -5,9 +5,12 @@
 
 `rebuild` is what an operator runs after moving a control, relinking a device, or when a fix was
 skipped (see docs/racing-domain.md): it evaluates every entry of the stage from scratch, under
-the same per-(stage, entry) locks as the running engine (safe while it runs), and prints each
-timing record that changed (control, entry, old -> new time), or "no change". Exit code 1 when
-the stage does not exist or the racing tables are missing.
+the same per-(stage, entry) locks as the running engine (safe while it runs), records the
+definitions it used (so the engine does not rebuild again), and prints each timing record that
+changed (control, entry, old -> new time), or "no change". Exit codes: 1 when the stage does
+not exist or the racing tables are missing or not as the engine needs them (each problem and
+its fix printed); 3 when the stage cannot be evaluated as defined, or the database refused its
+rows (the reason printed; its stored rows are left as they were).
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import psycopg
 import redis
 
 from processor.config import Config
-from processor.domain import definitions
-from processor.domain.evaluation import Change, rebuild_stage
+from processor.domain import schema
+from processor.domain.definitions import read_definitions
+from processor.domain.evaluation import Change, database_problem, rebuild_stage
 from processor.race_feed import RACE_FEED_MAXLEN, RaceChange, feed_key
+from processor.store import db_errors
 from processor.store.postgres import connection_kwargs
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
+EXIT_NOT_EVALUATED = 3
 
 RESULTS = """
 SELECT sr.position, en.number, en.class, sr.status, sr.elapsed_ms, sr.penalty_ms, sr.total_ms,
@@ -66,24 +72,47 @@ def _connect(config: Config) -> psycopg.Connection[Any]:
 
 def _check(conn: psycopg.Connection[Any], stage_id: str) -> str | None:
     """An error message, or None when the stage can be worked on."""
-    if not definitions.tables_exist(conn):
+    report = schema.check(schema.read_catalog(conn))
+    if report.timing_absent:
         return "the racing tables (stages, controls, ...) do not exist"
+    if not report.usable("timing"):
+        lines = [f"{p.detail}; fix: {p.fix}" for p in report.problems["timing"]]
+        return "the racing tables are not as the engine needs them:\n  " + "\n  ".join(lines)
     try:
-        row = conn.execute("SELECT 1 FROM stages WHERE id = %s::uuid", (stage_id,)).fetchone()
+        with conn.transaction():
+            row = conn.execute("SELECT 1 FROM stages WHERE id = %s::uuid", (stage_id,)).fetchone()
     except psycopg.errors.InvalidTextRepresentation:
-        conn.rollback()
         return f"not a stage id: {stage_id!r}"
     if row is None:
         return f"no stage {stage_id}"
     return None
 
 
+class NotEvaluated(Exception):
+    """The stage cannot be rebuilt: the message says why (one line an operator reads)."""
+
+
 def rebuild(
     conn: psycopg.Connection[Any], stage_id: str, feed: list[RaceChange] | None = None
 ) -> list[Change]:
-    """Rebuild; the changes to announce on the race feed are appended to `feed`."""
-    course = definitions.read_course(conn)
-    outcome = rebuild_stage(conn, course, stage_id)
+    """Rebuild (forced: even when the engine has already); the changes to announce on the
+    race feed are appended to `feed`. NotEvaluated when the stage is invalid as defined or the
+    database refuses its rows."""
+    report = schema.check(schema.read_catalog(conn))
+    definitions = read_definitions(conn, report)
+    if stage_id in definitions.invalid:
+        problem = definitions.invalid[stage_id][1]
+        raise NotEvaluated(f"stage {stage_id} is not evaluated: {problem.detail}")
+    if stage_id not in definitions.stages:
+        raise NotEvaluated(f"no stage {stage_id}")
+    try:
+        outcome = rebuild_stage(conn, definitions, stage_id, force=True)
+    except db_errors.DATABASE_ERRORS as exc:
+        refused = database_problem(stage_id, exc)
+        if refused is None:
+            raise
+        raise NotEvaluated(f"the database refused stage {stage_id}: {refused.detail}") from exc
+    assert outcome is not None  # forced
     if feed is not None:
         feed.extend(outcome.feed)
     return outcome.changes
@@ -118,7 +147,11 @@ def cmd_rebuild(args: argparse.Namespace, config: Config) -> int:
             print(f"processor: {error}", file=sys.stderr)
             return EXIT_NOT_FOUND
         feed: list[RaceChange] = []
-        changes = rebuild(conn, args.stage_id, feed)
+        try:
+            changes = rebuild(conn, args.stage_id, feed)
+        except NotEvaluated as exc:
+            print(f"processor: {exc} (its stored rows are left as they were)", file=sys.stderr)
+            return EXIT_NOT_EVALUATED
         labels = {
             (kind, key): label for kind, key, label in conn.execute(LABELS, {"s": args.stage_id})
         }

@@ -250,3 +250,26 @@ def stored(database_url: str, stage_id: str) -> dict[str, Any]:
 
 def seconds_after_base(value: Any) -> float:
     return float(value.timestamp() - T0)
+
+
+def add_twin_stage(database_url: str, course: Course) -> tuple[str, dict[str, str]]:
+    """A second stage of the course's event with the same window and course (new ids): every
+    fix of the event's cars counts on both. Returns (stage id, kind -> control id)."""
+    stage_id = str(uuid.uuid4())
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO stages (id, event_id, name, ordinal, opens_at, closes_at) "
+            "SELECT %s, event_id, 'SS2', 2, opens_at, closes_at FROM stages WHERE id = %s",
+            (stage_id, course.stage_id),
+        )
+        controls: dict[str, str] = {}
+        for kind, old in course.controls.items():
+            controls[kind] = str(uuid.uuid4())
+            conn.execute(
+                "INSERT INTO controls (id, stage_id, ordinal, kind, lat1, lon1, lat2, lon2, "
+                "latitude, longitude, validate_radius_m, penalty_s) "
+                "SELECT %s, %s, ordinal, kind, lat1, lon1, lat2, lon2, latitude, longitude, "
+                "validate_radius_m, penalty_s FROM controls WHERE id = %s",
+                (controls[kind], stage_id, old),
+            )
+    return stage_id, controls

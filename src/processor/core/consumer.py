@@ -1,9 +1,12 @@
-"""The consumer: reads the stream through the consumer group and feeds the writer.
+"""The consumer: reads the stream through a consumer group and feeds the group's worker.
 
 It first re-reads this consumer's own pending entries (`XREADGROUP ... 0`), so a restarted
 instance finishes what it had read before it died, then reads new entries (`>`). Each read is
-decoded into a Delivery and sent into a bounded channel: when the writer is behind (or the
-database is down), `send` blocks and the consumer stops reading.
+turned into the owner's unit of work by `to_work` (the durable pipeline: decoded into a
+Delivery for the writer; the racing domain: a batch for its evaluator) and sent into a bounded
+channel: when the worker is behind (or the database is down), `send` blocks and the consumer
+stops reading. Entries re-read from the own pending list more than `MAX_DELIVERIES` times are
+handed over separately (deliveries.py), for the owner to dead-letter.
 
 Stopping: `stop()` sets a flag and unblocks a pending `BLOCK` read with `CLIENT UNBLOCK` from
 another connection, so the drain does not wait out `READ_BLOCK_MS`. Whatever the last read
@@ -13,7 +16,8 @@ learns that the input is over.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 import attrs
 import redis
@@ -31,6 +35,8 @@ from processor.store import redis as redis_store
 from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
 
 log = structlog.get_logger("processor.consumer")
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -70,7 +76,20 @@ def decode_entries(entries: StreamEntries, metrics: Metrics) -> Delivery:
     return Delivery(records, rejected)
 
 
-class Consumer:
+@attrs.frozen
+class ReadCounters:
+    """What a consumer counts: each read by result (`entries`, `empty`, `error`) and the
+    entries read."""
+
+    on_read: Callable[[str], None] = lambda _result: None
+    on_entries: Callable[[int], None] = lambda _count: None
+
+
+async def _nothing_first() -> None:
+    await trio.lowlevel.checkpoint()
+
+
+class Consumer(Generic[T]):
     def __init__(
         self,
         *,
@@ -78,19 +97,25 @@ class Consumer:
         control: redis.Redis,
         names: StreamNames,
         settings: ConsumerSettings,
-        metrics: Metrics,
         in_flight: InFlight,
+        to_work: Callable[[StreamEntries, list[Rejected]], T],
+        work_ids: Callable[[T], list[str]],
+        counters: ReadCounters | None = None,
+        before_read: Callable[[], Awaitable[None]] = _nothing_first,
         own_pending_done: trio.Event | None = None,
     ) -> None:
         self.names = names
         self.settings = settings
-        self.metrics = metrics
         self.in_flight = in_flight
         self._control = control
+        self._to_work = to_work
+        self._work_ids = work_ids
+        self._counters = counters if counters is not None else ReadCounters()
+        self._before_read = before_read
         # Set once this consumer's own pending entries have been re-read (the reclaimer waits).
         self.own_pending_done = own_pending_done if own_pending_done is not None else trio.Event()
         # A vanished group is recreated from the start of the stream: re-reading is idempotent,
-        # skipping would lose whatever was not yet stored.
+        # skipping would lose whatever was not yet processed.
         self._reader = GroupReader(
             redis_url,
             control,
@@ -102,12 +127,12 @@ class Consumer:
                 block_ms=settings.read_block_ms,
                 recreate_at="0",
             ),
-            on_error=metrics.consumer_reads.labels("error").inc,
+            on_error=lambda: self._counters.on_read("error"),
         )
 
     async def run(
         self,
-        deliveries: trio.MemorySendChannel[Delivery],
+        deliveries: trio.MemorySendChannel[T],
         *,
         task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -115,32 +140,33 @@ class Consumer:
         log.info("consumer started", stream=n.stream, group=n.group, consumer=n.consumer)
         task_status.started()
         start_id = "0"  # own pending entries first, paged by id; then ">" for new entries
+        counters = self._counters
         try:
             async with deliveries:
                 while not self._reader.stopping:
+                    await self._before_read()
                     entries = await self._reader.read(start_id)
                     if not entries:
                         if self._reader.stopping:
                             break
-                        self.metrics.consumer_reads.labels("empty").inc()
+                        counters.on_read("empty")
                         if start_id != ">":
                             start_id = ">"
                             self.own_pending_done.set()
-                            log.info("own pending entries done, reading new entries")
+                            log.info("own pending entries done, reading new entries", group=n.group)
                         continue
-                    self.metrics.consumer_reads.labels("entries").inc()
-                    self.metrics.consumer_records.inc(len(entries))
+                    counters.on_read("entries")
+                    counters.on_entries(len(entries))
                     worn_out: list[Rejected] = []
                     if start_id != ">":
                         start_id = entries[-1][0].decode()
                         entries, worn_out = await self._without_worn_out(entries)
-                    delivery = decode_entries(entries, self.metrics)
-                    delivery.rejected.extend(worn_out)
-                    self.in_flight.add(delivery.entry_ids())
-                    await deliveries.send(delivery)
+                    work = self._to_work(entries, worn_out)
+                    self.in_flight.add(self._work_ids(work))
+                    await deliveries.send(work)
         finally:
             self._reader.close()
-            log.info("consumer stopped")
+            log.info("consumer stopped", group=n.group)
 
     async def _without_worn_out(
         self, entries: StreamEntries
@@ -168,3 +194,36 @@ class Consumer:
     async def stop(self) -> None:
         """Stop reading: no new read starts, and a read blocked in Redis returns at once."""
         await self._reader.stop()
+
+
+def durable_consumer(
+    *,
+    redis_url: str,
+    control: redis.Redis,
+    names: StreamNames,
+    settings: ConsumerSettings,
+    metrics: Metrics,
+    in_flight: InFlight,
+    own_pending_done: trio.Event | None = None,
+) -> Consumer[Delivery]:
+    """The durable pipeline's consumer: each read decoded into a Delivery for the writer."""
+
+    def to_delivery(entries: StreamEntries, worn_out: list[Rejected]) -> Delivery:
+        delivery = decode_entries(entries, metrics)
+        delivery.rejected.extend(worn_out)
+        return delivery
+
+    return Consumer(
+        redis_url=redis_url,
+        control=control,
+        names=names,
+        settings=settings,
+        in_flight=in_flight,
+        to_work=to_delivery,
+        work_ids=Delivery.entry_ids,
+        counters=ReadCounters(
+            on_read=lambda result: metrics.consumer_reads.labels(result).inc(),
+            on_entries=metrics.consumer_records.inc,
+        ),
+        own_pending_done=own_pending_done,
+    )

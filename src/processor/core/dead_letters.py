@@ -115,17 +115,28 @@ def count(client: redis.Redis, dead_letter_stream: str) -> int:
     return int(client.xlen(dead_letter_stream))
 
 
+def newest_id(client: redis.Redis, dead_letter_stream: str) -> str | None:
+    """The id of the newest dead letter (None: the stream is empty or missing)."""
+    page: Any = client.xrevrange(dead_letter_stream, max="+", min="-", count=1)
+    return page[0][0].decode() if page else None
+
+
 def oldest_first(
-    client: redis.Redis, dead_letter_stream: str, reason: str | None = None
+    client: redis.Redis,
+    dead_letter_stream: str,
+    reason: str | None = None,
+    until: str = "+",
 ) -> Iterator[list[DeadLetter]]:
-    """Every dead letter (optionally only those with `reason`), a page at a time, oldest first.
+    """Every dead letter up to `until` (an id, inclusive; optionally only those with
+    `reason`), a page at a time, oldest first.
 
     Pages are read with an exclusive start after the previous page, so deleting the entries of
-    a page while iterating is safe.
+    a page while iterating is safe. `until` keeps a walk from chasing letters appended while
+    it runs (a replayed entry that fails again comes back as a new letter).
     """
     start = "-"
     while True:
-        page: Any = client.xrange(dead_letter_stream, min=start, max="+", count=PAGE_SIZE)
+        page: Any = client.xrange(dead_letter_stream, min=start, max=until, count=PAGE_SIZE)
         if not page:
             return
         letters = [_dead_letter(raw_id, raw_fields) for raw_id, raw_fields in page]

@@ -2,8 +2,10 @@
 
 Every `RECLAIM_INTERVAL_S` it walks the group's pending list with `XAUTOCLAIM` (cursor by
 cursor, a page at a time) and claims, for this instance's consumer, every entry idle longer than
-`RECLAIM_MIN_IDLE_MS`. Claimed entries are decoded exactly like fresh reads and sent into the
-same channel as the consumer's, so the writer stores and acks them on the usual path.
+`RECLAIM_MIN_IDLE_MS`. Each claimed page is turned into its group's unit of work by the owner's
+`to_work` (the durable pipeline: decoded exactly like fresh reads; the racing domain: its
+batches) and sent into the same channel as the owner's fresh reads, so claimed entries take the
+usual path. Both groups use this one reclaimer, renewal and delivery counts included.
 
 Per page, one MULTI/EXEC (one thread hop) runs
 
@@ -38,8 +40,8 @@ the rest of the walk and the wait for the next tick, then closes this task's cha
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 import redis
@@ -57,6 +59,22 @@ from processor.store import redis as redis_store
 from processor.store.group_reader import StreamEntries
 
 log = structlog.get_logger("processor.reclaimer")
+
+T = TypeVar("T")
+
+
+class _Count(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+@attrs.frozen
+class ReclaimCounters:
+    """The metrics a reclaimer counts into (its group's own)."""
+
+    reclaimed: _Count
+    trimmed: _Count
+    records: _Count | None = None  # entries read, when the group counts reads and claims together
+
 
 # XAUTOCLAIM examines at most this many pending entries per claimed one (Redis'
 # `attempts = count * 10`); the XPENDING window is sized from it.
@@ -152,6 +170,30 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def durable_reclaimer(
+    *,
+    client: redis.Redis,
+    names: StreamNames,
+    settings: ReclaimSettings,
+    metrics: Metrics,
+    in_flight: InFlight,
+    own_pending_done: trio.Event | None = None,
+) -> Reclaimer[Delivery]:
+    """The durable pipeline's reclaimer: claimed pages become Deliveries for the writer."""
+    return Reclaimer(
+        client=client,
+        names=names,
+        settings=settings,
+        in_flight=in_flight,
+        to_work=lambda page: split_page(page, settings.max_deliveries, metrics),
+        work_ids=Delivery.entry_ids,
+        counters=ReclaimCounters(
+            metrics.reclaimed, metrics.reclaim_trimmed, metrics.consumer_records
+        ),
+        own_pending_done=own_pending_done,
+    )
+
+
 def split_page(page: ClaimedPage, max_deliveries: int, metrics: Metrics) -> Delivery:
     """Decode the claimed entries; those delivered too often become `max_deliveries` rejects.
 
@@ -163,22 +205,29 @@ def split_page(page: ClaimedPage, max_deliveries: int, metrics: Metrics) -> Deli
     return Delivery(decoded.records, decoded.rejected + worn_out)
 
 
-class Reclaimer:
+class Reclaimer(Generic[T]):
+    """Claims idle entries of a group for one consumer; `to_work` turns a claimed page into
+    the owner's unit of work (e.g. `durable_work`)."""
+
     def __init__(
         self,
         *,
         client: redis.Redis,
         names: StreamNames,
         settings: ReclaimSettings,
-        metrics: Metrics,
         in_flight: InFlight,
+        to_work: Callable[[ClaimedPage], T],
+        work_ids: Callable[[T], list[str]],
+        counters: ReclaimCounters,
         own_pending_done: trio.Event | None = None,
     ) -> None:
         self.in_flight = in_flight
         self.client = client
         self.names = names
         self.settings = settings
-        self.metrics = metrics
+        self._to_work = to_work
+        self._work_ids = work_ids
+        self._counters = counters
         # Set by the consumer once it has re-read this consumer's own pending entries.
         self.own_pending_done = own_pending_done if own_pending_done is not None else trio.Event()
         if own_pending_done is None:
@@ -188,13 +237,14 @@ class Reclaimer:
 
     async def run(
         self,
-        deliveries: trio.MemorySendChannel[Delivery],
+        deliveries: trio.MemorySendChannel[T],
         *,
         task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         s = self.settings
         log.info(
             "reclaimer started",
+            group=self.names.group,
             interval_s=s.interval_s,
             min_idle_ms=s.min_idle_ms,
             max_deliveries=s.max_deliveries,
@@ -230,7 +280,7 @@ class Reclaimer:
         except redis_store.TRANSIENT_ERRORS as exc:
             log.warning("renewing held entries failed, retrying next tick", error=str(exc)[:200])
 
-    async def reclaim_once(self, deliveries: trio.MemorySendChannel[Delivery]) -> int:
+    async def reclaim_once(self, deliveries: trio.MemorySendChannel[T]) -> int:
         """Walk the whole pending list once; returns how many entries were claimed."""
         claimed = 0
         cursor = SCAN_DONE
@@ -252,9 +302,9 @@ class Reclaimer:
             self._account(page)
             if page.entries:
                 claimed += len(page.entries)
-                delivery = split_page(page, self.settings.max_deliveries, self.metrics)
-                self.in_flight.add(delivery.entry_ids())
-                await deliveries.send(delivery)
+                work = self._to_work(page)
+                self.in_flight.add(self._work_ids(work))
+                await deliveries.send(work)
             cursor = page.next_cursor
             if cursor == SCAN_DONE:
                 break
@@ -271,7 +321,7 @@ class Reclaimer:
 
     def _account(self, page: ClaimedPage) -> None:
         if page.trimmed:
-            self.metrics.reclaim_trimmed.inc(len(page.trimmed))
+            self._counters.trimmed.inc(len(page.trimmed))
             log.warning(
                 "pending entries were trimmed from the stream before being stored; "
                 "their data is lost upstream",
@@ -280,12 +330,18 @@ class Reclaimer:
                 last=page.trimmed[-1],
             )
         if page.entries:
-            self.metrics.reclaimed.inc(len(page.entries))
-            self.metrics.consumer_records.inc(len(page.entries))
+            self._counters.reclaimed.inc(len(page.entries))
+            if self._counters.records is not None:
+                self._counters.records.inc(len(page.entries))
             owners = Counter(
                 page.previous_owners.get(_text(raw_id), "?") for raw_id, _ in page.entries
             )
-            log.info("reclaimed idle entries", count=len(page.entries), from_consumers=dict(owners))
+            log.info(
+                "reclaimed idle entries",
+                group=self.names.group,
+                count=len(page.entries),
+                from_consumers=dict(owners),
+            )
 
     async def stop(self) -> None:
         """Stop after the page in hand (if any) has been handed to the writer."""

@@ -1,4 +1,4 @@
-"""Safety alerts (issue 12): a car stopped on a running stage, a device gone silent.
+"""Safety alerts: a car stopped on a running stage, a device gone silent.
 
 Two kinds, one open alert per (entry, kind) at most:
 
@@ -12,17 +12,20 @@ Two kinds, one open alert per (entry, kind) at most:
   Judged for the pairs a batch evaluated, right after their evaluation committed.
 - `no_signal`: a running entry (started, not finished, stage not closed) whose newest stored
   fix is older than `ALERT_NO_SIGNAL_S` on the wall clock. Judged by a periodic check (every
-  `DOMAIN_REFRESH_MS`); `raised_at` and `cleared_at` are the wall-clock instants the check saw
-  the silence begin to count and end (fix timestamps of a buffered backlog say nothing about
-  when the link came back).
+  `DOMAIN_REFRESH_MS`); `raised_at` is the wall-clock instant the check saw the silence. It is
+  cleared only when the silence has really ended — a fix dated within `ALERT_NO_SIGNAL_S` of
+  now is stored — or the entry no longer runs: buffered fixes uploaded late (dated inside the
+  silence) do not end it, so a catch-up never clears and re-raises the alert: one alert per
+  silence episode.
 
 A stop that began and ended entirely between two evaluations (its fixes all arrived in one
 late burst) raises nothing: the alert is for race control *now*, and a past stop is visible in
 the track. A restarted or second instance never duplicates an alert: the `alerts` table has a
-partial unique index on (entry_id, kind) WHERE cleared_at IS NULL, alerts are raised with
-`INSERT ... ON CONFLICT DO NOTHING RETURNING` and cleared with `UPDATE ... WHERE cleared_at IS
-NULL RETURNING`, and only the instance that got the row back announces it on the race feed.
-Stop judgements of one pair also hold the pair's advisory lock (the one its evaluation takes).
+partial unique index on (entry_id, kind) WHERE cleared_at IS NULL (checked by `schema`), alerts
+are raised with `INSERT ... ON CONFLICT DO NOTHING RETURNING` and cleared with `UPDATE ...
+WHERE cleared_at IS NULL RETURNING`, and only the instance that got the row back announces it
+on the race feed. Stop judgements of one pair also hold the pair's advisory lock (the one its
+evaluation takes). The processor supplies each alert's id itself.
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from processor import io_map
-from processor.domain.definitions import Course
-from processor.domain.evaluation import LOCK, Pair, lock_key, to_datetime
+from processor.domain.definitions import Definitions
+from processor.domain.health import Problem
+from processor.domain.instants import to_datetime_or_none
+from processor.domain.timing_store import Pair, lock, pair_lock
 from processor.race_feed import RaceChange, alert_change, timestamp
-from processor.store.race import alert_object, tables_exist
+from processor.store import db_errors
+from processor.store.race import alert_object
 
 STOPPED, NO_SIGNAL = "stopped", "no_signal"
 
@@ -102,8 +108,8 @@ RAISE = f"""
 WITH a AS (
     INSERT INTO alerts (id, event_id, stage_id, entry_id, kind, raised_at, latitude, longitude,
                         details)
-    VALUES (gen_random_uuid(), %(event)s::uuid, %(stage)s::uuid, %(entry)s::uuid, %(kind)s, %(raised)s,
-            %(lat)s, %(lon)s, %(details)s)
+    VALUES (gen_random_uuid(), %(event)s::uuid, %(stage)s::uuid, %(entry)s::uuid, %(kind)s,
+            %(raised)s, %(lat)s, %(lon)s, %(details)s)
     ON CONFLICT (entry_id, kind) WHERE cleared_at IS NULL DO NOTHING
     RETURNING *
 )
@@ -139,15 +145,9 @@ LIMIT 1
 
 def ignition_at(conn: psycopg.Connection[Any], entry_id: str, ts: datetime) -> Any:
     """The entry's ignition at its fix `ts` through its device model's IO mapping (None when
-    the model maps no `ignition`, or the racing schema has no IO mappings): a stopped car with
-    the ignition off is a different call for race control than one idling at the roadside."""
-    if not tables_exist(conn, "io_mappings"):
-        return None
-    try:
-        with conn.transaction():  # a savepoint: a schema without devices.model costs nothing
-            row = conn.execute(IGNITION, {"entry": entry_id, "ts": ts}).fetchone()
-    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
-        return None
+    the model maps no `ignition`): a stopped car with the ignition off is a different call for
+    race control than one idling at the roadside."""
+    row = conn.execute(IGNITION, {"entry": entry_id, "ts": ts}).fetchone()
     if row is None:
         return None
     model, io_id, name, multiplier, unit, attributes = row
@@ -155,71 +155,130 @@ def ignition_at(conn: psycopg.Connection[Any], entry_id: str, ts: datetime) -> A
     return io_map.value_of(attributes or {}, mapping, "ignition")
 
 
-def enabled(conn: psycopg.Connection[Any]) -> bool:
-    return tables_exist(conn, "alerts")
+@attrs.define
+class Judgement:
+    """What alert judgements announce, and the problem of a feature that failed (`alerts`,
+    or `io` for the ignition lookup) with the error the database gave."""
+
+    feed: list[RaceChange] = attrs.field(factory=list)
+    failed: dict[str, Problem] = attrs.field(factory=dict)
+    io_used: bool = False  # an ignition was looked up (so the io feature works)
+
+
+def feature_problem(feature: str, exc: Exception) -> Problem | None:
+    """A feature's problem for a database refusal; None for a lost connection (retry)."""
+    kind = db_errors.classify(exc)
+    if kind is db_errors.Kind.TRANSIENT:
+        return None
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    reason = (
+        "data" if kind is db_errors.Kind.DATA else "schema" if sqlstate[:2] == "42" else "database"
+    )
+    return Problem(
+        subject=f"feature {feature}",
+        reason=reason,
+        detail=db_errors.describe_cause(exc),
+        fix="see docs/racing-domain.md for the table this feature needs",
+    )
 
 
 def judge_stops(
-    conn: psycopg.Connection[Any], course: Course, pairs: Iterable[Pair], rules: AlertRules
-) -> list[RaceChange]:
-    """Raise or clear the `stopped` alert of each pair; the changes to announce."""
-    feed: list[RaceChange] = []
+    conn: psycopg.Connection[Any],
+    definitions: Definitions,
+    pairs: Iterable[Pair],
+    rules: AlertRules,
+    *,
+    io: bool = False,
+) -> Judgement:
+    """Raise or clear the `stopped` alert of each pair (one transaction each). A database
+    refusal ends the judgement and is reported as the `alerts` feature's problem; a failing
+    ignition lookup (`io`) is the `io` feature's, and the alert is raised without it."""
+    judgement = Judgement()
     for stage_id, entry_id in sorted(set(pairs)):
-        definition = course.stages.get(stage_id)
+        definition = definitions.stages.get(stage_id)
         if definition is None or definition.event_id is None:
             continue
-        stage = definition.stage
-        with conn.transaction():
-            conn.execute(LOCK, ([lock_key(stage_id, entry_id)],))
-            status = conn.execute(STATUS, (stage_id, entry_id)).fetchone()
-            since: datetime | None = None
-            row: Any = None
-            if status is not None and status[0] == "running":
-                row = conn.execute(
-                    STOP_WINDOW,
-                    {
-                        "entry": entry_id,
-                        "opens": _at(stage.opens_at),
-                        "closes": _at(stage.closes_at),
-                        "kmh": rules.stopped_kmh,
-                    },
-                ).fetchone()
-                if row is not None:
-                    since = stopped_since(StopWindow(row[0], row[1], row[2]), rules)
-            if since is not None:
-                details: dict[str, Any] = {
-                    "since": timestamp(since),
-                    "last_fix_at": timestamp(row[2]),
-                }
-                ignition = ignition_at(conn, entry_id, row[2])
-                if ignition is not None:
-                    details["ignition"] = ignition
-                rows = conn.execute(
-                    RAISE,
-                    {
-                        "event": definition.event_id,
-                        "stage": stage_id,
-                        "entry": entry_id,
-                        "kind": STOPPED,
-                        "raised": since + timedelta(seconds=rules.stopped_s),
-                        "lat": row[3],
-                        "lon": row[4],
-                        "details": Jsonb(details),
-                    },
-                ).fetchall()
-            else:
-                fallback = status[1] if status is not None else None
-                rows = conn.execute(
-                    CLEAR_STOPPED,
-                    {
-                        "entry": entry_id,
-                        "stage": stage_id,
-                        "kmh": rules.stopped_kmh,
-                        "fallback": fallback,
-                    },
-                ).fetchall()
-        feed.extend(_announce(rows))
-    return feed
+        try:
+            rows = _judge_stop(
+                conn,
+                definition=definition,
+                entry_id=entry_id,
+                rules=rules,
+                io=io,
+                judgement=judgement,
+            )
+        except db_errors.DATABASE_ERRORS as exc:
+            problem = feature_problem("alerts", exc)
+            if problem is None:
+                raise
+            judgement.failed["alerts"] = problem
+            return judgement
+        judgement.feed.extend(_announce(rows))
+    return judgement
+
+
+def _judge_stop(
+    conn: psycopg.Connection[Any],
+    *,
+    definition: Any,
+    entry_id: str,
+    rules: AlertRules,
+    io: bool,
+    judgement: Judgement,
+) -> list[Any]:
+    stage = definition.stage
+    stage_id = stage.id
+    with conn.transaction():
+        lock(conn, [pair_lock(stage_id, entry_id)])
+        status = conn.execute(STATUS, (stage_id, entry_id)).fetchone()
+        since: datetime | None = None
+        row: Any = None
+        if status is not None and status[0] == "running":
+            row = conn.execute(
+                STOP_WINDOW,
+                {
+                    "entry": entry_id,
+                    "opens": to_datetime_or_none(stage.opens_at),
+                    "closes": to_datetime_or_none(stage.closes_at),
+                    "kmh": rules.stopped_kmh,
+                },
+            ).fetchone()
+            if row is not None:
+                since = stopped_since(StopWindow(row[0], row[1], row[2]), rules)
+        if since is None:
+            fallback = status[1] if status is not None else None
+            return conn.execute(
+                CLEAR_STOPPED,
+                {"entry": entry_id, "stage": stage_id, "kmh": rules.stopped_kmh,
+                 "fallback": fallback},
+            ).fetchall()  # fmt: skip
+        details: dict[str, Any] = {"since": timestamp(since), "last_fix_at": timestamp(row[2])}
+        if io and "io" not in judgement.failed:
+            try:
+                with conn.transaction():  # a savepoint: a broken mapping costs the ignition only
+                    ignition = ignition_at(conn, entry_id, row[2])
+                judgement.io_used = True
+            except db_errors.DATABASE_ERRORS as exc:
+                problem = feature_problem("io", exc)
+                if problem is None:
+                    raise
+                judgement.failed["io"] = problem
+                ignition = None
+            if ignition is not None:
+                details["ignition"] = ignition
+        return conn.execute(
+            RAISE,
+            {
+                "event": definition.event_id,
+                "stage": stage_id,
+                "entry": entry_id,
+                "kind": STOPPED,
+                "raised": since + timedelta(seconds=rules.stopped_s),
+                "lat": row[3],
+                "lon": row[4],
+                "details": Jsonb(details),
+            },
+        ).fetchall()
 
 
 RAISE_SILENT = f"""
@@ -257,7 +316,7 @@ WITH a AS (
         EXISTS (SELECT 1 FROM entry_devices ed JOIN devices d ON d.id = ed.device_id
                 JOIN positions p ON p.device_id = d.imei
                 WHERE ed.entry_id = alerts.entry_id AND NOT p.faulty
-                  AND p.ts > (alerts.details->>'last_fix_at')::timestamptz)
+                  AND p.ts >= now() - make_interval(secs => %(silent_s)s))
         OR NOT EXISTS (SELECT 1 FROM stage_results sr JOIN stages s ON s.id = sr.stage_id
                        WHERE sr.stage_id = alerts.stage_id AND sr.entry_id = alerts.entry_id
                          AND sr.status = 'running'
@@ -272,7 +331,7 @@ def judge_silence(conn: psycopg.Connection[Any], rules: AlertRules) -> list[Race
     """Clear the `no_signal` alerts whose condition ended, raise the new ones (one
     transaction); the changes to announce."""
     with conn.transaction():
-        cleared = conn.execute(CLEAR_SILENT).fetchall()
+        cleared = conn.execute(CLEAR_SILENT, {"silent_s": rules.no_signal_s}).fetchall()
         raised = conn.execute(RAISE_SILENT, {"silent_s": rules.no_signal_s}).fetchall()
     return _announce([*cleared, *raised])
 
@@ -284,10 +343,6 @@ def _announce(rows: Sequence[Any]) -> list[RaceChange]:
         if alert["event_id"] is not None:
             feed.append(alert_change(alert["event_id"], alert))
     return feed
-
-
-def _at(t: float | None) -> datetime | None:
-    return None if t is None else to_datetime(t)
 
 
 OPEN_COUNTS = "SELECT kind, count(*) FROM alerts WHERE cleared_at IS NULL GROUP BY kind"

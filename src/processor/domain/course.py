@@ -17,7 +17,7 @@ import weakref
 import attrs
 
 from processor.domain.geometry import LocalFrame, midpoint
-from processor.domain.model import Control, ControlKind, Stage
+from processor.domain.model import MAX_PENALTY_S, Control, ControlKind, Stage
 
 MIN_LINE_M = 0.01
 _BOX_PAD_DEG = 1e-9  # ~0.1 mm: rounding between degrees and metres never loses a pass
@@ -155,8 +155,11 @@ def _check_order(stage: Stage, controls: list[Control]) -> None:
     if controls[-1].kind is not ControlKind.FINISH:
         raise StageError(f"stage {stage.id}: the finish must have the highest ordinal")
     for c in controls:
-        if c.penalty_s < 0:
-            raise StageError(f"stage {stage.id}: control {c.id} has a negative penalty_s")
+        if not 0 <= c.penalty_s <= MAX_PENALTY_S:
+            raise StageError(
+                f"stage {stage.id}: control {c.id} has penalty_s {c.penalty_s}; "
+                f"expected 0 to {MAX_PENALTY_S}"
+            )
     if (
         stage.opens_at is not None
         and stage.closes_at is not None

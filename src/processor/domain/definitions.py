@@ -1,20 +1,20 @@
-"""What the racing domain reads from the Directus tables: stages, controls, and who drives what.
+"""What the racing domain reads from the Directus tables: stages, controls, zones, who drives what.
 
 The engine needs, for every incoming fix, the (stage, entry) pairs it can change: device ->
 entry_devices -> entries -> event -> stages whose window holds the fix. Looking that up per fix
 in the database would cost a round trip per batch for data that changes a few times a day, so
-the whole mapping is read into one immutable `Course` snapshot, replaced every
+the whole mapping is read into one immutable `Definitions` snapshot, replaced every
 `DOMAIN_REFRESH_MS` (like the live broadcast's device map).
 
-Each stage also gets a *fingerprint*: a digest of its window, its controls, and the devices
-and classes of its event's entries. When a fingerprint changes (a control moved, a device
-re-linked, a class changed), the engine rebuilds that stage from the stored fixes;
-fingerprints are remembered in Redis so a change made while no instance ran is still noticed
-at the next start.
+Each stage gets a *fingerprint*: a digest of its window, its controls, its speed zones (or that
+zones are unavailable) and the devices and classes of its event's entries. Its stored rows were
+last rebuilt from the definitions whose fingerprint `domain_stages` holds (`evaluation`); when
+the two differ, the stage is rebuilt from the stored fixes.
 
-A stage the core refuses (`StageError`: a half-typed control, no finish, two starts...) is left
-out of the snapshot and logged once per version: its stored rows stay as they were until it is
-fixed in Directus; then its fingerprint is new and the stage is rebuilt. Other stages go on.
+A stage the core refuses (a half-typed control, no finish, a penalty no column can hold, a zone
+with a NaN tolerance...) is left out of the snapshot and reported as a problem of that stage
+alone: its stored rows stay as they were until it is fixed in Directus; then its fingerprint is
+new and the stage is rebuilt. Other stages go on.
 """
 
 from __future__ import annotations
@@ -26,15 +26,13 @@ from typing import Any
 
 import attrs
 import psycopg
-import structlog
 
 from processor.domain.course import StageError, check_stage
+from processor.domain.health import Problem
 from processor.domain.model import Control, ControlKind, Stage
+from processor.domain.schema import SchemaReport, check, read_catalog
+from processor.domain.timing_store import StageVersion, stage_versions
 from processor.domain.zones import Zone, ZoneError, check_zone, parse_brackets
-
-log = structlog.get_logger("processor.domain.definitions")
-
-TABLES = ("stages", "controls", "timing_records", "stage_results")
 
 STAGES = "SELECT id::text, event_id::text, opens_at, closes_at FROM stages"
 CONTROLS = """
@@ -44,8 +42,8 @@ FROM controls WHERE stage_id IS NOT NULL
 ORDER BY stage_id, ordinal, id
 """
 ZONES = """
-SELECT id::text, stage_id::text, start_control_id::text, end_control_id::text, limit_kmh,
-       tolerance_kmh, min_duration_s, penalties
+SELECT id::text, stage_id::text, start_control_id::text, end_control_id::text,
+       limit_kmh::float8, tolerance_kmh::float8, min_duration_s::float8, penalties
 FROM speed_zones WHERE stage_id IS NOT NULL ORDER BY stage_id, id
 """
 ENTRY_DEVICES = """
@@ -57,17 +55,11 @@ WHERE d.imei IS NOT NULL AND en.event_id IS NOT NULL
 ORDER BY 1, 2
 """
 
+ZONES_UNAVAILABLE = "zones unavailable"
+
 
 def epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
-
-
-def tables_exist(conn: psycopg.Connection[Any]) -> bool:
-    """True when every racing table is visible on the connection's search_path."""
-    row = conn.execute(
-        "SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest(%s::text[]) t", (list(TABLES),)
-    ).fetchone()
-    return bool(row and row[0])
 
 
 @attrs.frozen
@@ -79,7 +71,7 @@ class StageDef:
 
 
 @attrs.frozen
-class Course:
+class Definitions:
     """One consistent snapshot of the definitions (immutable; replaced whole on refresh)."""
 
     stages: Mapping[str, StageDef] = attrs.field(factory=dict)
@@ -88,9 +80,11 @@ class Course:
     stages_by_event: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     # event_id -> its entries that have at least one device
     event_entries: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
-    # stages the core refuses (StageError): stage_id -> (fingerprint, why); not evaluated
-    invalid: Mapping[str, tuple[str, str]] = attrs.field(factory=dict)
-    zones_enabled: bool = False  # the speed_zones/speed_violations tables exist
+    # stages the core refuses: stage_id -> (fingerprint, the problem); not evaluated
+    invalid: Mapping[str, tuple[str, Problem]] = attrs.field(factory=dict)
+    # what `domain_stages` held when this snapshot was read (stage_id -> version)
+    versions: Mapping[str, StageVersion] = attrs.field(factory=dict)
+    zones_enabled: bool = False  # the zone tables exist and are as the engine needs them
 
     def pairs_for(self, device_id: str, t: float) -> list[tuple[str, str]]:
         """(stage_id, entry_id) pairs a fix of `device_id` at `t` can change."""
@@ -110,6 +104,16 @@ class Course:
         if definition is None or definition.event_id is None:
             return ()
         return self.event_entries.get(definition.event_id, ())
+
+    def current(self, stage_id: str) -> bool:
+        """The stage's stored rows were rebuilt from these very definitions (as of the read)."""
+        definition = self.stages.get(stage_id)
+        version = self.versions.get(stage_id)
+        return (
+            definition is not None
+            and version is not None
+            and (version.fingerprint == definition.fingerprint)
+        )
 
 
 def _control(stage_id: str, row: tuple[Any, ...]) -> Control:
@@ -133,28 +137,40 @@ def _control(stage_id: str, row: tuple[Any, ...]) -> Control:
     )
 
 
-def build_course(
+def _zone(row: tuple[Any, ...]) -> Zone:
+    zid, _stage, start, end, limit, tolerance, min_duration, penalties = row
+    if limit is None:
+        raise ZoneError(f"zone {zid}: limit_kmh is missing")
+    return Zone(
+        id=zid,
+        start_control_id=start or "",
+        end_control_id=end or "",
+        limit_kmh=float(limit),
+        tolerance_kmh=float(0.0 if tolerance is None else tolerance),
+        min_duration_s=float(0.0 if min_duration is None else min_duration),
+        brackets=parse_brackets(penalties),
+    )
+
+
+def build_definitions(
     stage_rows: Iterable[tuple[Any, ...]],
     control_rows: Iterable[tuple[Any, ...]],
     device_rows: Iterable[tuple[Any, ...]],
     zone_rows: Iterable[tuple[Any, ...]] = (),
-) -> Course:
+    versions: Mapping[str, StageVersion] | None = None,
+    *,
+    zones_state: str = "usable",
+) -> Definitions:
+    """The snapshot from the tables' rows. `zones_state`: `usable` (zone rows given),
+    `absent` (no zone tables: no zones) or `unavailable` (their tables exist but are not as
+    the engine needs them), which is part of every stage's fingerprint, so stages are rebuilt
+    with their zones once the tables are fixed."""
     zones: dict[str, list[Zone | str]] = {}  # stage -> zones, or why one is refused
-    for zid, zstage, start, end, limit, tolerance, min_duration, penalties in zone_rows:
+    for row in zone_rows if zones_state == "usable" else ():
         try:
-            zones.setdefault(zstage, []).append(
-                Zone(
-                    id=zid,
-                    start_control_id=start or "",
-                    end_control_id=end or "",
-                    limit_kmh=float(limit),
-                    tolerance_kmh=float(tolerance or 0.0),
-                    min_duration_s=float(min_duration or 0.0),
-                    brackets=parse_brackets(penalties),
-                )
-            )
-        except (ZoneError, TypeError, ValueError) as exc:
-            zones.setdefault(zstage, []).append(f"zone {zid}: {exc}")
+            zones.setdefault(row[1], []).append(_zone(row))
+        except (ZoneError, TypeError, ValueError, OverflowError) as exc:
+            zones.setdefault(row[1], []).append(f"zone {row[0]}: {exc}")
     controls: dict[str, list[Control]] = {}
     broken: dict[str, str] = {}
     for row in control_rows:
@@ -172,7 +188,7 @@ def build_course(
         event_entries.setdefault(event_id, set()).add(entry_id)
         links.setdefault(event_id, []).append((entry_id, imei, klass or ""))
     stages: dict[str, StageDef] = {}
-    invalid: dict[str, tuple[str, str]] = {}
+    invalid: dict[str, tuple[str, Problem]] = {}
     by_event: dict[str, list[str]] = {}
     for stage_id, event_id, opens_at, closes_at in stage_rows:
         stage = Stage(
@@ -181,50 +197,76 @@ def build_course(
             opens_at=epoch(opens_at),
             closes_at=epoch(closes_at),
         )
-        stage_zones = zones.get(stage_id, [])
+        stage_zones: list[Zone | str] | str = (
+            ZONES_UNAVAILABLE if zones_state == "unavailable" else zones.get(stage_id, [])
+        )
         digest = hashlib.sha256(
             repr((stage, event_id, sorted(links.get(event_id or "", ())), stage_zones)).encode()
         ).hexdigest()[:32]
         try:
-            if stage_id in broken:
-                raise StageError(broken[stage_id])
-            check_stage(stage)
-            ordinals = {c.id: c.ordinal for c in stage.controls}
-            for zone in stage_zones:
-                if isinstance(zone, str):
-                    raise StageError(zone)
-                try:
-                    check_zone(zone, ordinals)
-                except ZoneError as exc:
-                    raise StageError(str(exc)) from None
+            _check(stage, broken.get(stage_id), stage_zones)
         except StageError as exc:
-            invalid[stage_id] = (digest, str(exc))
+            invalid[stage_id] = (digest, stage_problem(stage_id, "definition", str(exc)))
             continue
         valid = tuple(z for z in stage_zones if isinstance(z, Zone))
         stages[stage_id] = StageDef(stage, event_id, digest, valid)
         if event_id is not None:
             by_event.setdefault(event_id, []).append(stage_id)
-    return Course(
+    return Definitions(
         stages=stages,
         device_entries={k: tuple(v) for k, v in device_entries.items()},
         stages_by_event={k: tuple(sorted(v)) for k, v in by_event.items()},
         event_entries={k: tuple(sorted(v)) for k, v in event_entries.items()},
         invalid=invalid,
+        versions=dict(versions or {}),
+        zones_enabled=zones_state == "usable",
     )
 
 
-def read_course(conn: psycopg.Connection[Any]) -> Course:
-    """The whole snapshot, read in one transaction so its parts agree."""
+def _check(stage: Stage, broken: str | None, stage_zones: list[Zone | str] | str) -> None:
+    if broken is not None:
+        raise StageError(broken)
+    check_stage(stage)
+    ordinals = {c.id: c.ordinal for c in stage.controls}
+    for zone in stage_zones if isinstance(stage_zones, list) else ():
+        if isinstance(zone, str):
+            raise StageError(zone)
+        try:
+            check_zone(zone, ordinals)
+        except ZoneError as exc:
+            raise StageError(str(exc)) from None
+
+
+def stage_problem(stage_id: str, reason: str, detail: str) -> Problem:
+    fix = {
+        "definition": "correct the stage, its controls or its speed zones in Directus",
+        "data": "the database refused a value derived from this stage's data",
+    }.get(reason, "see the error; the stage is retried with backoff and rebuilt when fixed")
+    return Problem(subject=f"stage {stage_id}", reason=reason, detail=detail, fix=fix)
+
+
+def read_definitions(conn: psycopg.Connection[Any], report: SchemaReport) -> Definitions:
+    """The whole snapshot and the stage versions, read in one transaction so its parts agree.
+    Zones are read only when the schema report says their tables are usable."""
+    zones_state = zones_state_of(report)
     with conn.transaction():
         stage_rows = conn.execute(STAGES).fetchall()
         control_rows = conn.execute(CONTROLS).fetchall()
         device_rows = conn.execute(ENTRY_DEVICES).fetchall()
-        zone_rows: list[Any] = []
-        enabled = conn.execute(
-            "SELECT to_regclass('speed_zones') IS NOT NULL "
-            "AND to_regclass('speed_violations') IS NOT NULL"
-        ).fetchone() == (True,)
-        if enabled:
-            zone_rows = conn.execute(ZONES).fetchall()
-    course = build_course(stage_rows, control_rows, device_rows, zone_rows)
-    return attrs.evolve(course, zones_enabled=enabled)
+        zone_rows = conn.execute(ZONES).fetchall() if zones_state == "usable" else []
+        versions = stage_versions(conn)
+    return build_definitions(
+        stage_rows, control_rows, device_rows, zone_rows, versions, zones_state=zones_state
+    )
+
+
+def zones_state_of(report: SchemaReport) -> str:
+    if "zones" in report.absent:
+        return "absent"
+    return "usable" if report.usable("zones") else "unavailable"
+
+
+def read_current(conn: psycopg.Connection[Any]) -> Definitions:
+    """The definitions as the engine would read them now (the schema checked first): for
+    commands and tests."""
+    return read_definitions(conn, check(read_catalog(conn)))

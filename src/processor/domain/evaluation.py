@@ -1,253 +1,78 @@
-"""Evaluate (stage, entry) pairs from the stored fixes and write what changed, in one transaction.
+"""Evaluate one stage's (stage, entry) pairs from the stored fixes and write what changed.
 
-This is the engine's whole database side; the stream side only decides *which* pairs to
-evaluate and from *when*. Everything here runs in a worker thread on one connection.
+This is the engine's database side; the stream side only decides *which* pairs to evaluate and
+from *when*. Everything here runs in a worker thread on one connection, one transaction per
+stage: a stage whose data the database refuses rolls back alone (`evaluate_stages` reports it
+and goes on with the next one).
 
-Concurrency (several instances, or two batches of one): each pair is serialised with a
-transaction-scoped advisory lock taken before anything is read, and everything — stored passes,
-fixes, results — is read *inside* the lock, from committed data. So whichever evaluation of a
-pair runs last sees every fix whose own evaluation has started, and writes the from-scratch
-answer for it. Locks are taken in one global order (pair keys sorted, then stage keys sorted,
-pairs always before stages), so two transactions never wait on each other in a cycle.
+**Locks.** Each pair is serialised with a transaction-scoped advisory lock taken before
+anything is read, and everything — the stage's version, stored passes, fixes, results — is read
+*inside* the lock, from committed data. So whichever evaluation of a pair runs last sees every
+fix whose own evaluation has started, and writes the from-scratch answer for it. The one lock
+order: a transaction locks the pairs of *one* stage, sorted, then (to rank) that stage's
+ranking key; a rebuild locks every pair of its stage the same way. No transaction ever holds
+locks of two stages, so no two can wait on each other in a cycle (the alert judgements take a
+single pair lock).
 
-Resuming: a pair triggered by new fixes whose earliest time is `t0` keeps the stored passes that
-are *settled* for `t0` — in course order, the prefix of passes whose `fix_after` is known and
-earlier than `t0` (`Pass` docstring) — and loads fixes only from the last kept pass's
-`fix_before` on. A pair with `t0 = None` is evaluated from scratch (rebuild, changed controls).
-All pairs of a batch load their fixes with one query.
+**Versions.** `domain_stages` holds, per stage, the fingerprint of the definitions its stored
+rows were last rebuilt from (`definitions`) and a version counter. An evaluation compares it,
+under the pair locks, with the fingerprint of the definitions it was given:
+- equal: evaluate;
+- unchanged since the engine last read it (and different): a rebuild of the stage is due and
+  will run after this transaction releases the locks, reading every fix stored by then —
+  including this batch's, which are visible already: skip;
+- changed since: a rebuild with *other* definitions has committed, and evaluating with these
+  would overwrite it with stale passes: `Stale`, the engine re-reads the definitions.
 
-Idempotence: rows are compared with what is stored and only differing rows are written; the
-upserts also carry `IS DISTINCT FROM` guards, so `updated_at` moves only when a value changed.
-Values are normalised before comparing: times to the microsecond the database stores, speeds to
-0.01 km/h and distances to 1 mm (finer digits are floating-point noise, not evidence); the core
-computes `elapsed_ms` from the microsecond-rounded times, so an incremental evaluation (whose
-kept passes come back from the database) and a from-scratch one agree to the last digit.
+**Resuming.** A pair triggered by new fixes whose earliest time is `t0` keeps the stored passes
+that are *settled* for `t0` (`timing.settled_prefix`) and loads fixes only from the last kept
+pass's `fix_before` on; a pair whose settled passes reach the finish needs nothing at all (a
+finished entry's later fixes change nothing, however long it keeps reporting). A pair with
+`t0 = None` is evaluated from scratch (rebuild).
 
-Ownership: the processor owns the rows of `timing_records` and `stage_results` it derives. A
-record that an evaluation no longer produces (the pass moved to another control or vanished) is
-deleted, and an entry without a start pass has no `stage_results` row. Hand edits to these rows
-are overwritten at the next evaluation of the pair.
+**Idempotence.** Rows are compared with what is stored and only differing rows are written;
+the upserts also carry `IS DISTINCT FROM` guards, so `updated_at` moves only when a value
+changed. Values are normalised before comparing (`timing_store`).
+
+**Ownership.** The processor owns the rows of `timing_records`, `stage_results` and
+`speed_violations` it derives. A record that an evaluation no longer produces is deleted, and
+an entry without a start pass has no `stage_results` row. Hand edits are overwritten at the
+next evaluation of the pair.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import attrs
 import psycopg
 
-from processor.domain.definitions import Course
-from processor.domain.model import (
-    ControlKind,
-    EntryResult,
-    Fix,
-    Pass,
-    Ranking,
-    Stage,
-    Status,
-)
+from processor.domain import timing_store as store
+from processor.domain.definitions import Definitions, StageDef, stage_problem
+from processor.domain.health import Problem
+from processor.domain.instants import to_datetime, to_datetime_or_none
+from processor.domain.model import ControlKind, EntryResult, Pass, Ranking, Stage, Status
 from processor.domain.ranking import rank
 from processor.domain.timing import evaluate_entry, settled_prefix
+from processor.domain.timing_store import Pair, Record, Result
 from processor.domain.zone_store import judge_zones
-from processor.race_feed import (
-    RaceChange,
-    record_object,
-    removed_change,
-    results_change,
-    timing_change,
-)
+from processor.race_feed import RaceChange, record_object, removed_change, timing_change
+from processor.race_feed import results_change as results_feed
+from processor.store import db_errors
 
-Pair = tuple[str, str]  # (stage_id, entry_id)
 Evaluate = Callable[..., EntryResult]
 Rank = Callable[..., Mapping[str, Ranking]]
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# Keys are hashed in the server together with the schema: advisory locks are per database, and
-# two schemas of one database (tests, benchmarks, staging next to production) may hold the same
-# ids. Taken in the order given (a FunctionScan keeps array order).
-LOCK = """
-SELECT count(pg_advisory_xact_lock(hashtextextended(current_schema() || ':' || k, 0)))
-FROM unnest(%s::text[]) AS k
-"""
-
-STORED_RECORDS = """
-SELECT tr.stage_id::text, tr.entry_id::text, tr.control_id::text, tr.device_id, tr.passed_at,
-       tr.speed_kmh, tr.distance_m, tr.fix_before, tr.fix_after
-FROM unnest(%s::uuid[], %s::uuid[]) AS q(stage_id, entry_id)
-JOIN timing_records tr ON tr.stage_id = q.stage_id AND tr.entry_id = q.entry_id
-"""
-
-STORED_RESULTS = """
-SELECT sr.stage_id::text, sr.entry_id::text, sr.status, sr.started_at, sr.finished_at,
-       sr.elapsed_ms, sr.penalty_ms, sr.total_ms, sr.controls_passed, sr.controls_missed
-FROM unnest(%s::uuid[], %s::uuid[]) AS q(stage_id, entry_id)
-JOIN stage_results sr ON sr.stage_id = q.stage_id AND sr.entry_id = q.entry_id
-"""
-
-# One query for every pair of a batch. Two devices of one entry reporting the same instant
-# are one fix (the lowest device id wins, deterministically).
-# A pair that had no pass at all before (nothing stored: not started) and gets new fixes from
-# `before_ts` on needs the track only from the last fix before `before_ts` (per device: a
-# longer suffix is as good): every earlier segment was evaluated already and crossed no start
-# line forward (else a pass would be stored). Without this, a car waiting at the start would
-# re-read its whole wait every batch. Bounds are plain ranges on (device_id, ts), so every
-# read is a range scan of the positions key.
-FIXES = """
-WITH q AS (
-    SELECT * FROM unnest(%s::int[], %s::uuid[], %s::timestamptz[], %s::timestamptz[],
-                         %s::timestamptz[], %s::timestamptz[])
-        AS q(i, entry_id, from_ts, opens_at, closes_at, before_ts)
-), dev AS (
-    SELECT q.i, d.imei, q.before_ts,
-           coalesce(greatest(q.from_ts, q.opens_at), '-infinity'::timestamptz) AS lo,
-           coalesce(q.closes_at, 'infinity'::timestamptz) AS hi
-    FROM q
-    JOIN entry_devices ed ON ed.entry_id = q.entry_id
-    JOIN devices d ON d.id = ed.device_id
-    WHERE d.imei IS NOT NULL
-), floors AS (
-    SELECT dev.i, dev.imei, coalesce(last.ts, dev.lo) AS lo, dev.hi
-    FROM dev
-    LEFT JOIN LATERAL (
-        SELECT p0.ts FROM positions p0
-        WHERE dev.before_ts IS NOT NULL AND p0.device_id = dev.imei AND NOT p0.faulty
-          AND p0.ts < dev.before_ts AND p0.ts >= dev.lo
-        ORDER BY p0.ts DESC LIMIT 1
-    ) AS last ON true
-)
-SELECT DISTINCT ON (f.i, p.ts) f.i, (extract(epoch FROM p.ts) * 1000000)::int8,
-       p.latitude, p.longitude, p.speed, p.device_id
-FROM floors f
-JOIN positions p ON p.device_id = f.imei AND p.ts >= f.lo AND p.ts < f.hi
-WHERE NOT p.faulty
-ORDER BY f.i, p.ts, p.device_id
-"""
-
-UPSERT_RECORDS = """
-INSERT INTO timing_records AS tr (id, stage_id, entry_id, control_id, device_id, passed_at,
-                                  speed_kmh, distance_m, fix_before, fix_after)
-SELECT gen_random_uuid(), * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[],
-                     %s::float8[], %s::float8[], %s::timestamptz[], %s::timestamptz[])
-ON CONFLICT (stage_id, entry_id, control_id) DO UPDATE SET
-    device_id = EXCLUDED.device_id, passed_at = EXCLUDED.passed_at,
-    speed_kmh = EXCLUDED.speed_kmh, distance_m = EXCLUDED.distance_m,
-    fix_before = EXCLUDED.fix_before, fix_after = EXCLUDED.fix_after, updated_at = now()
-WHERE (tr.device_id, tr.passed_at, tr.speed_kmh, tr.distance_m, tr.fix_before, tr.fix_after)
-      IS DISTINCT FROM (EXCLUDED.device_id, EXCLUDED.passed_at, EXCLUDED.speed_kmh,
-                        EXCLUDED.distance_m, EXCLUDED.fix_before, EXCLUDED.fix_after)
-"""
-
-DELETE_RECORDS = """
-DELETE FROM timing_records tr
-USING unnest(%s::uuid[], %s::uuid[], %s::uuid[]) AS q(stage_id, entry_id, control_id)
-WHERE tr.stage_id = q.stage_id AND tr.entry_id = q.entry_id AND tr.control_id = q.control_id
-"""
-
-UPSERT_RESULTS = """
-INSERT INTO stage_results AS sr (id, stage_id, entry_id, status, started_at, finished_at,
-                                 elapsed_ms, penalty_ms, total_ms, controls_passed,
-                                 controls_missed)
-SELECT gen_random_uuid(), * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[],
-                     %s::int8[], %s::int8[], %s::int8[], %s::int4[], %s::int4[])
-ON CONFLICT (stage_id, entry_id) DO UPDATE SET
-    status = EXCLUDED.status, started_at = EXCLUDED.started_at,
-    finished_at = EXCLUDED.finished_at, elapsed_ms = EXCLUDED.elapsed_ms,
-    penalty_ms = EXCLUDED.penalty_ms, total_ms = EXCLUDED.total_ms,
-    controls_passed = EXCLUDED.controls_passed, controls_missed = EXCLUDED.controls_missed,
-    updated_at = now()
-WHERE (sr.status, sr.started_at, sr.finished_at, sr.elapsed_ms, sr.penalty_ms, sr.total_ms,
-       sr.controls_passed, sr.controls_missed)
-      IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.started_at, EXCLUDED.finished_at,
-                        EXCLUDED.elapsed_ms, EXCLUDED.penalty_ms, EXCLUDED.total_ms,
-                        EXCLUDED.controls_passed, EXCLUDED.controls_missed)
-"""
-
-DELETE_RESULTS = """
-DELETE FROM stage_results sr
-USING unnest(%s::uuid[], %s::uuid[]) AS q(stage_id, entry_id)
-WHERE sr.stage_id = q.stage_id AND sr.entry_id = q.entry_id
-"""
-
-STAGE_STANDINGS = """
-SELECT sr.entry_id::text, sr.status, sr.started_at, sr.finished_at, sr.elapsed_ms,
-       sr.penalty_ms, sr.total_ms, sr.controls_passed, sr.controls_missed, en.class,
-       sr.position, sr.class_position, sr.gap_ms
-FROM stage_results sr LEFT JOIN entries en ON en.id = sr.entry_id
-WHERE sr.stage_id = %s::uuid
-"""
-
-UPDATE_RANKING = """
-UPDATE stage_results sr SET position = q.position, class_position = q.class_position,
-       gap_ms = q.gap_ms, updated_at = now()
-FROM unnest(%s::uuid[], %s::int4[], %s::int4[], %s::int8[])
-     AS q(entry_id, position, class_position, gap_ms)
-WHERE sr.stage_id = %s::uuid AND sr.entry_id = q.entry_id
-  AND (sr.position, sr.class_position, sr.gap_ms)
-      IS DISTINCT FROM (q.position, q.class_position, q.gap_ms)
-"""
+class Stale(Exception):
+    """The definitions an evaluation was given are older than the stage's stored rows."""
 
 
-def lock_key(*parts: str) -> str:
-    """The text of an advisory-lock key; every transaction takes its keys sorted by it (pair
-    keys before stage keys), so no two wait on each other in a cycle."""
-    return ":".join(("processor.domain", *parts))
-
-
-def to_datetime(t: float) -> datetime:
-    """Seconds since the epoch -> the microsecond the database stores (halves up, as the
-    core rounds before computing `elapsed_ms`)."""
-    return EPOCH + timedelta(microseconds=math.floor(t * 1_000_000.0 + 0.5))
-
-
-def micros(value: datetime) -> int:
-    delta = value - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return round(value, digits)
-
-
-@attrs.frozen
-class Record:
-    """One timing_records row's values (normalised), keyed elsewhere by (pair, control)."""
-
-    device_id: str | None
-    passed_at: datetime
-    speed_kmh: float | None
-    distance_m: float | None
-    fix_before: datetime | None
-    fix_after: datetime | None
-
-    def as_pass(self, control_id: str) -> Pass:
-        return Pass(
-            control_id=control_id,
-            passed_at=self.passed_at.timestamp(),
-            speed_kmh=self.speed_kmh,
-            distance_m=self.distance_m or 0.0,
-            fix_before=(self.fix_before or self.passed_at).timestamp(),
-            fix_after=None if self.fix_after is None else self.fix_after.timestamp(),
-        )
-
-
-@attrs.frozen
-class Result:
-    """One stage_results row's evaluated values (ranking aside)."""
-
-    status: str
-    started_at: datetime | None
-    finished_at: datetime | None
-    elapsed_ms: int | None
-    penalty_ms: int
-    total_ms: int | None
-    controls_passed: int
-    controls_missed: int
+class RebuildRace(Exception):
+    """Rows of an entry appeared on the stage while its rebuild took its locks: try again."""
 
 
 @attrs.frozen
@@ -263,23 +88,51 @@ class Change:
 
 @attrs.define
 class Outcome:
+    """What evaluations did (summed over stages by `add`)."""
+
     pairs: int = 0
-    fixes: int = 0
+    fixes: int = 0  # fixes loaded
     late: int = 0  # pairs that had to recompute an already stored pass (a late fix)
+    settled: int = 0  # pairs whose settled passes reach the finish: nothing to evaluate
+    skipped: int = 0  # pairs of a stage whose rebuild is due (it will include their fixes)
     changes: list[Change] = attrs.field(factory=list)
     passes_by_kind: dict[str, int] = attrs.field(factory=dict)
     results_changed: int = 0
     stages_ranked: int = 0
+    evaluated: list[Pair] = attrs.field(factory=list)  # pairs actually evaluated
     # what the race feed announces once this outcome is committed (`race_feed`)
     feed: list[RaceChange] = attrs.field(factory=list)
 
-    def announce_results(self, course: Course, stage_id: str) -> None:
-        definition = course.stages.get(stage_id)
-        if definition is None or definition.event_id is None:
-            return
-        change = results_change(definition.event_id, stage_id)
-        if change not in self.feed:
-            self.feed.append(change)
+    def add(self, other: Outcome) -> None:
+        self.pairs += other.pairs
+        self.fixes += other.fixes
+        self.late += other.late
+        self.settled += other.settled
+        self.skipped += other.skipped
+        self.changes += other.changes
+        for kind, count in other.passes_by_kind.items():
+            self.passes_by_kind[kind] = self.passes_by_kind.get(kind, 0) + count
+        self.results_changed += other.results_changed
+        self.stages_ranked += other.stages_ranked
+        self.evaluated += other.evaluated
+        self.feed += other.feed
+
+
+@attrs.frozen
+class StageFailure:
+    stage_id: str
+    problem: Problem
+
+
+@attrs.define
+class StagesOutcome:
+    """`evaluate_stages`: the summed outcome, the stages whose definitions were stale, and
+    the stages the database refused (rolled back; their version forgotten)."""
+
+    outcome: Outcome = attrs.field(factory=Outcome)
+    stale: list[str] = attrs.field(factory=list)
+    failures: list[StageFailure] = attrs.field(factory=list)
+    fixes_per_stage: list[int] = attrs.field(factory=list)
 
 
 def kept_passes(stage: Stage, stored: Mapping[str, Record], t0: float | None) -> list[Pass]:
@@ -298,7 +151,7 @@ def result_of(evaluated: EntryResult) -> Result | None:
     return Result(
         status=str(Status(evaluated.status)),
         started_at=to_datetime(evaluated.started_at),
-        finished_at=None if evaluated.finished_at is None else to_datetime(evaluated.finished_at),
+        finished_at=to_datetime_or_none(evaluated.finished_at),
         elapsed_ms=evaluated.elapsed_ms,
         penalty_ms=int(evaluated.penalty_ms),
         total_ms=evaluated.total_ms,
@@ -307,137 +160,237 @@ def result_of(evaluated: EntryResult) -> Result | None:
     )
 
 
-def _record_of(found: Pass, device_id: str | None) -> Record:
+def _rounded(value: float | None, digits: int) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, digits)
+
+
+def record_of(found: Pass, device_id: str | None) -> Record:
     return Record(
         device_id=device_id,
         passed_at=to_datetime(found.passed_at),
-        speed_kmh=_round(found.speed_kmh, 2),
-        distance_m=_round(found.distance_m, 3),
+        speed_kmh=_rounded(found.speed_kmh, 2),
+        distance_m=_rounded(found.distance_m, 3),
         fix_before=to_datetime(found.fix_before),
-        fix_after=None if found.fix_after is None else to_datetime(found.fix_after),
+        fix_after=to_datetime_or_none(found.fix_after),
     )
 
 
-def evaluate_pairs(
+def evaluate_stage(
     conn: psycopg.Connection[Any],
-    course: Course,
-    triggers: Mapping[Pair, float | None],
+    definitions: Definitions,
+    stage_id: str,
+    triggers: Mapping[str, float | None],
     *,
     evaluate: Evaluate = evaluate_entry,
     ranker: Rank = rank,
 ) -> Outcome:
-    """Evaluate every pair of `triggers` (pair -> earliest new fix time, None = from scratch)
-    and commit what changed, in one transaction. Pairs of unknown stages are skipped."""
-    pairs = sorted(p for p in triggers if p[0] in course.stages)
-    outcome = Outcome(pairs=len(pairs))
-    if not pairs:
-        return outcome
+    """Evaluate the stage's entries in `triggers` (entry -> earliest new fix time) and commit
+    what changed, in one transaction; `Stale` when the definitions are outdated (module
+    docstring)."""
+    definition = definitions.stages[stage_id]
+    entries = sorted(triggers)
     with conn.transaction():
-        conn.execute(LOCK, (sorted(lock_key(s, e) for s, e in pairs),))
-        stage_ids = [s for s, _ in pairs]
-        entry_ids = [e for _, e in pairs]
-        stored: dict[Pair, dict[str, Record]] = {p: {} for p in pairs}
-        for row in conn.execute(STORED_RECORDS, (stage_ids, entry_ids)):
-            stage_id, entry_id, control_id, device, *values = row
-            stored[(stage_id, entry_id)][control_id] = Record(device, *values)
-        stored_results: dict[Pair, Result] = {}
-        for row in conn.execute(STORED_RESULTS, (stage_ids, entry_ids)):
-            stored_results[(row[0], row[1])] = Result(*row[2:])
+        store.lock(conn, [store.pair_lock(stage_id, e) for e in entries])
+        version = store.stage_version(conn, stage_id)
+        if version is None or version.fingerprint != definition.fingerprint:
+            if version == definitions.versions.get(stage_id):
+                return Outcome(pairs=len(entries), skipped=len(entries))
+            raise Stale(stage_id)
+        return _evaluate(
+            conn,
+            definitions=definitions,
+            definition=definition,
+            triggers=triggers,
+            evaluate=evaluate,
+            ranker=ranker,
+        )
 
-        kept: dict[Pair, list[Pass]] = {}
-        for pair in pairs:
-            stage = course.stages[pair[0]].stage
-            kept[pair] = kept_passes(stage, stored[pair], triggers[pair])
-            if len(kept[pair]) < len(stored[pair]) and triggers[pair] is not None:
-                outcome.late += 1
 
-        fresh = {p for p in pairs if triggers[p] is not None and not stored[p]}
-        fixes, devices = _load_fixes(conn, course, pairs, kept, {p: triggers[p] for p in fresh})
-        outcome.fixes = sum(len(f) for f in fixes)
-
-        upserts: list[tuple[Pair, str, Record]] = []
-        deletes: list[tuple[Pair, str]] = []
-        result_upserts: list[tuple[Pair, Result]] = []
-        result_deletes: list[Pair] = []
-        kinds = {c.id: c.kind for sd in course.stages.values() for c in sd.stage.controls}
-        evaluations: dict[Pair, EntryResult] = {}
-        for index, pair in enumerate(pairs):
-            stage = course.stages[pair[0]].stage
-            evaluated = evaluate(stage, fixes[index], kept=tuple(kept[pair]))
-            old = stored[pair]
-            new: dict[str, Record] = {}
-            for found in evaluated.passes:
-                previous = old.get(found.control_id)
-                device = devices[index].get(found.fix_before)
-                if device is None and previous is not None:
-                    device = previous.device_id
-                new[found.control_id] = _record_of(found, device)
-            for control_id, record in new.items():
-                if old.get(control_id) != record:
-                    upserts.append((pair, control_id, record))
-                    kind = str(kinds.get(control_id, ControlKind.CHECKPOINT))
-                    outcome.passes_by_kind[kind] = outcome.passes_by_kind.get(kind, 0) + 1
-                    before = old.get(control_id)
-                    outcome.changes.append(
-                        Change(
-                            *pair,
-                            control_id,
-                            None if before is None else before.passed_at,
-                            record.passed_at,
-                        )
-                    )
-            for control_id, record in old.items():
-                if control_id not in new:
-                    deletes.append((pair, control_id))
-                    outcome.changes.append(Change(*pair, control_id, record.passed_at, None))
-            evaluations[pair] = evaluated
-
-        zone_penalty_ms: Mapping[Pair, int] = {}
-        zone_feed: list[RaceChange] = []  # announced after the passes that led to them
-        if course.zones_enabled:
-            zone_penalty_ms = judge_zones(conn, course, evaluations, zone_feed)
-        for pair, evaluated in evaluations.items():
-            result = result_of(evaluated)
-            if result is not None and zone_penalty_ms.get(pair):
-                extra = zone_penalty_ms[pair]
-                result = attrs.evolve(
-                    result,
-                    penalty_ms=result.penalty_ms + extra,
-                    total_ms=None if result.total_ms is None else result.total_ms + extra,
+def rebuild_stage(
+    conn: psycopg.Connection[Any],
+    definitions: Definitions,
+    stage_id: str,
+    *,
+    force: bool = False,
+    evaluate: Evaluate = evaluate_entry,
+    ranker: Rank = rank,
+) -> Outcome | None:
+    """Evaluate every entry of the stage from scratch — the event's entries, and any entry
+    that still has rows on the stage (unlinked since: its rows go) — rank it, and record the
+    definitions' fingerprint as the stage's version, in one transaction. None when the stage's
+    version is this fingerprint already (another instance rebuilt it) unless `force`."""
+    definition = definitions.stages[stage_id]
+    for _attempt in range(5):
+        with conn.transaction():
+            known = set(store.stored_stage_entries(conn, stage_id))
+        entries = sorted(set(definitions.entries_of_stage(stage_id)) | known)
+        try:
+            with conn.transaction():
+                store.lock(conn, [store.pair_lock(stage_id, e) for e in entries])
+                version = store.stage_version(conn, stage_id)
+                current = version is not None and version.fingerprint == definition.fingerprint
+                if current and not force:
+                    return None
+                if not set(store.stored_stage_entries(conn, stage_id)) <= set(entries):
+                    raise RebuildRace(stage_id)
+                triggers: dict[str, float | None] = dict.fromkeys(entries)
+                outcome = _evaluate(
+                    conn,
+                    definitions=definitions,
+                    definition=definition,
+                    triggers=triggers,
+                    evaluate=evaluate,
+                    ranker=ranker,
+                    rank_always=True,
                 )
-            if result is None:
-                if pair in stored_results:
-                    result_deletes.append(pair)
-            elif stored_results.get(pair) != result:
-                result_upserts.append((pair, result))
+                store.store_stage_version(conn, stage_id, definition.fingerprint)
+                return outcome
+        except RebuildRace:
+            continue
+    raise RebuildRace(stage_id)
 
-        _write_records(conn, upserts, deletes)
-        _write_results(conn, result_upserts, result_deletes)
-        outcome.feed.extend(_timing_feed(course, upserts, deletes))
-        outcome.feed.extend(zone_feed)
-        outcome.results_changed = len(result_upserts) + len(result_deletes)
-        changed_stages = sorted({p[0] for p, _ in result_upserts} | {p[0] for p in result_deletes})
-        if changed_stages:
-            conn.execute(LOCK, (sorted(lock_key("stage", s) for s in changed_stages),))
-            for stage_id in changed_stages:
-                rank_stage(conn, stage_id, ranker=ranker)
-                outcome.announce_results(course, stage_id)
-            outcome.stages_ranked = len(changed_stages)
+
+def _evaluate(
+    conn: psycopg.Connection[Any],
+    *,
+    definitions: Definitions,
+    definition: StageDef,
+    triggers: Mapping[str, float | None],
+    evaluate: Evaluate,
+    ranker: Rank,
+    rank_always: bool = False,
+) -> Outcome:
+    """The body of one stage's transaction (the pair locks are held)."""
+    stage = definition.stage
+    stage_id = stage.id
+    entries = sorted(triggers)
+    outcome = Outcome(pairs=len(entries))
+    stored = store.stored_records(conn, stage_id, entries)
+    stored_results = store.stored_results(conn, stage_id, entries)
+    finish_id = stage.controls[-1].id
+
+    kept: dict[str, list[Pass]] = {}
+    for entry_id in entries:
+        t0 = triggers[entry_id]
+        kept[entry_id] = kept_passes(stage, stored[entry_id], t0)
+        if t0 is None:
+            continue
+        if kept[entry_id] and kept[entry_id][-1].control_id == finish_id:
+            outcome.settled += 1  # finished before t0: nothing after the finish counts
+        elif len(kept[entry_id]) < len(stored[entry_id]):
+            outcome.late += 1
+    work = [
+        e
+        for e in entries
+        if triggers[e] is None or not kept[e] or kept[e][-1].control_id != finish_id
+    ]
+    requests = [
+        store.FixRequest(
+            entry_id=e,
+            from_ts=to_datetime(kept[e][-1].fix_before) if kept[e] else None,
+            before_ts=to_datetime_or_none(triggers[e]) if not stored[e] else None,
+        )
+        for e in work
+    ]
+    fixes, devices = store.load_fixes(
+        conn,
+        requests,
+        to_datetime_or_none(stage.opens_at),
+        to_datetime_or_none(stage.closes_at),
+        store.fix_of,
+    )
+    outcome.fixes = sum(len(f) for f in fixes)
+    outcome.evaluated = [(stage_id, e) for e in work]
+
+    upserts: list[tuple[str, str, Record]] = []
+    deletes: list[tuple[str, str]] = []
+    kinds = {c.id: c.kind for c in stage.controls}
+    evaluations: dict[str, EntryResult] = {}
+    for index, entry_id in enumerate(work):
+        evaluated = evaluate(stage, fixes[index], kept=tuple(kept[entry_id]))
+        old = stored[entry_id]
+        new: dict[str, Record] = {}
+        for found in evaluated.passes:
+            device = devices[index].get(found.fix_before)
+            previous = old.get(found.control_id)
+            if device is None and previous is not None:
+                device = previous.device_id
+            new[found.control_id] = record_of(found, device)
+        for control_id, record in new.items():
+            before = old.get(control_id)
+            if before != record:
+                upserts.append((entry_id, control_id, record))
+                kind = str(kinds.get(control_id, ControlKind.CHECKPOINT))
+                outcome.passes_by_kind[kind] = outcome.passes_by_kind.get(kind, 0) + 1
+                outcome.changes.append(
+                    Change(
+                        stage_id,
+                        entry_id,
+                        control_id,
+                        None if before is None else before.passed_at,
+                        record.passed_at,
+                    )
+                )
+        for control_id, record in old.items():
+            if control_id not in new:
+                deletes.append((entry_id, control_id))
+                outcome.changes.append(
+                    Change(stage_id, entry_id, control_id, record.passed_at, None)
+                )
+        evaluations[entry_id] = evaluated
+
+    zone_penalty_ms: Mapping[str, int] = {}
+    zone_feed: list[RaceChange] = []  # announced after the passes that led to them
+    if definitions.zones_enabled:
+        zone_penalty_ms = judge_zones(conn, definition, evaluations, zone_feed)
+    result_upserts: list[tuple[str, Result]] = []
+    result_deletes: list[str] = []
+    for entry_id, evaluated in evaluations.items():
+        result = result_of(evaluated)
+        extra = zone_penalty_ms.get(entry_id, 0)
+        if result is not None and extra:
+            result = attrs.evolve(
+                result,
+                penalty_ms=result.penalty_ms + extra,
+                total_ms=None if result.total_ms is None else result.total_ms + extra,
+            )
+        if result is None:
+            if entry_id in stored_results:
+                result_deletes.append(entry_id)
+        elif stored_results.get(entry_id) != result:
+            result_upserts.append((entry_id, result))
+
+    store.write_records(conn, stage_id, upserts, deletes)
+    store.write_results(conn, stage_id, result_upserts, result_deletes)
+    outcome.feed.extend(_timing_feed(definition, upserts, deletes))
+    outcome.feed.extend(zone_feed)
+    outcome.results_changed = len(result_upserts) + len(result_deletes)
+    if outcome.results_changed or rank_always:
+        store.lock(conn, [store.stage_lock(stage_id)])
+        changed = rank_stage(conn, stage_id, ranker=ranker)
+        if (outcome.results_changed or changed) and definition.event_id is not None:
+            outcome.feed.append(results_feed(definition.event_id, stage_id))
+        outcome.stages_ranked = 1
     return outcome
 
 
 def _timing_feed(
-    course: Course,
-    upserts: Sequence[tuple[Pair, str, Record]],
-    deletes: Sequence[tuple[Pair, str]],
+    definition: StageDef,
+    upserts: Sequence[tuple[str, str, Record]],
+    deletes: Sequence[tuple[str, str]],
 ) -> list[RaceChange]:
-    """One `timing` change per written or deleted record (stages of no event: none)."""
+    """One `timing` change per written or deleted record (a stage of no event: none)."""
+    event_id = definition.event_id
+    if event_id is None:
+        return []
+    stage_id = definition.stage.id
+    controls = {c.id: c for c in definition.stage.controls}
     feed: list[RaceChange] = []
-    controls = {c.id: c for definition in course.stages.values() for c in definition.stage.controls}
-    for (stage_id, entry_id), control_id, record in upserts:
-        event_id = course.stages[stage_id].event_id
+    for entry_id, control_id, record in upserts:
         control = controls.get(control_id)
-        if event_id is None or control is None:
+        if control is None:
             continue
         body = record_object(
             entry_id=entry_id,
@@ -452,192 +405,108 @@ def _timing_feed(
             fix_after=record.fix_after,
         )
         feed.append(timing_change(event_id, stage_id, body))
-    for (stage_id, entry_id), control_id in deletes:
-        event_id = course.stages[stage_id].event_id
-        if event_id is not None:
-            feed.append(removed_change(event_id, stage_id, entry_id, control_id))
-    return feed
-
-
-def _load_fixes(
-    conn: psycopg.Connection[Any],
-    course: Course,
-    pairs: Sequence[Pair],
-    kept: Mapping[Pair, list[Pass]],
-    not_started: Mapping[Pair, float | None],
-) -> tuple[list[list[Fix]], list[dict[float, str]]]:
-    """Every pair's fixes in one query: from its last kept pass's `fix_before` on, or for a
-    pair in `not_started` (nothing stored) from its last fix before the new fixes' time."""
-    before_col: list[datetime | None] = []
-    index_col: list[int] = []
-    entry_col: list[str] = []
-    from_col: list[datetime | None] = []
-    opens_col: list[datetime | None] = []
-    closes_col: list[datetime | None] = []
-    for index, pair in enumerate(pairs):
-        stage = course.stages[pair[0]].stage
-        index_col.append(index)
-        entry_col.append(pair[1])
-        resume = kept[pair][-1].fix_before if kept[pair] else None
-        from_col.append(None if resume is None else to_datetime(resume))
-        opens_col.append(None if stage.opens_at is None else to_datetime(stage.opens_at))
-        closes_col.append(None if stage.closes_at is None else to_datetime(stage.closes_at))
-        before = not_started.get(pair)
-        before_col.append(None if before is None else to_datetime(before))
-    fixes: list[list[Fix]] = [[] for _ in pairs]
-    devices: list[dict[float, str]] = [{} for _ in pairs]
-    # binary rows and integer microseconds: no datetime per fix (t = us / 1e6 is exactly
-    # what `datetime.timestamp()` gives for the same instant, so kept passes still match)
-    cursor = conn.cursor(binary=True)
-    rows = cursor.execute(
-        FIXES, (index_col, entry_col, from_col, opens_col, closes_col, before_col)
+    feed.extend(
+        removed_change(event_id, stage_id, entry_id, control_id) for entry_id, control_id in deletes
     )
-    for index, us, latitude, longitude, speed, device_id in rows:
-        t = us / 1_000_000
-        fixes[index].append(Fix(t=t, latitude=latitude, longitude=longitude, speed_kmh=speed))
-        devices[index][t] = device_id
-    return fixes, devices
-
-
-def _write_records(
-    conn: psycopg.Connection[Any],
-    upserts: Sequence[tuple[Pair, str, Record]],
-    deletes: Sequence[tuple[Pair, str]],
-) -> None:
-    if upserts:
-        conn.execute(
-            UPSERT_RECORDS,
-            (
-                [p[0] for p, _, _ in upserts],
-                [p[1] for p, _, _ in upserts],
-                [c for _, c, _ in upserts],
-                [r.device_id for _, _, r in upserts],
-                [r.passed_at for _, _, r in upserts],
-                [r.speed_kmh for _, _, r in upserts],
-                [r.distance_m for _, _, r in upserts],
-                [r.fix_before for _, _, r in upserts],
-                [r.fix_after for _, _, r in upserts],
-            ),
-        )
-    if deletes:
-        conn.execute(
-            DELETE_RECORDS,
-            ([p[0] for p, _ in deletes], [p[1] for p, _ in deletes], [c for _, c in deletes]),
-        )
-
-
-def _write_results(
-    conn: psycopg.Connection[Any],
-    upserts: Sequence[tuple[Pair, Result]],
-    deletes: Sequence[Pair],
-) -> None:
-    if upserts:
-        conn.execute(
-            UPSERT_RESULTS,
-            (
-                [p[0] for p, _ in upserts],
-                [p[1] for p, _ in upserts],
-                [r.status for _, r in upserts],
-                [r.started_at for _, r in upserts],
-                [r.finished_at for _, r in upserts],
-                [r.elapsed_ms for _, r in upserts],
-                [r.penalty_ms for _, r in upserts],
-                [r.total_ms for _, r in upserts],
-                [r.controls_passed for _, r in upserts],
-                [r.controls_missed for _, r in upserts],
-            ),
-        )
-    if deletes:
-        conn.execute(DELETE_RESULTS, ([p[0] for p in deletes], [p[1] for p in deletes]))
+    return feed
 
 
 def rank_stage(conn: psycopg.Connection[Any], stage_id: str, *, ranker: Rank = rank) -> int:
     """Recompute position, class_position and gap of every result of the stage (the caller
     holds the stage's ranking lock). Returns the number of rows whose ranking changed."""
-    rows = conn.execute(STAGE_STANDINGS, (stage_id,)).fetchall()
-    results: dict[str, tuple[EntryResult, str | None]] = {}
-    current: dict[str, tuple[int | None, int | None, int | None]] = {}
-    for (
-        entry_id,
-        status,
-        started,
-        finished,
-        elapsed,
-        penalty,
-        total,
-        passed,
-        missed,
-        klass,
-        *r,
-    ) in rows:
-        results[entry_id] = (
+    standings = store.standings(conn, stage_id)
+    results = {
+        entry_id: (
             EntryResult(
-                status=Status(status),
-                started_at=None if started is None else started.timestamp(),
-                finished_at=None if finished is None else finished.timestamp(),
-                elapsed_ms=elapsed,
-                penalty_ms=penalty or 0,
-                total_ms=total,
-                controls_passed=passed or 0,
-                controls_missed=missed or 0,
+                status=Status(s.result.status),
+                started_at=None if s.result.started_at is None else s.result.started_at.timestamp(),
+                finished_at=(
+                    None if s.result.finished_at is None else s.result.finished_at.timestamp()
+                ),
+                elapsed_ms=s.result.elapsed_ms,
+                penalty_ms=s.result.penalty_ms or 0,
+                total_ms=s.result.total_ms,
+                controls_passed=s.result.controls_passed or 0,
+                controls_missed=s.result.controls_missed or 0,
                 passes=(),
             ),
-            klass,
+            s.klass,
         )
-        current[entry_id] = (r[0], r[1], r[2])
-    rankings = call_rank(ranker, results)
-    changed = [
-        (entry_id, ranking)
-        for entry_id, ranking in rankings.items()
-        if current.get(entry_id) != (ranking.position, ranking.class_position, ranking.gap_ms)
-    ]
-    if changed:
-        conn.execute(
-            UPDATE_RANKING,
-            (
-                [e for e, _ in changed],
-                [r.position for _, r in changed],
-                [r.class_position for _, r in changed],
-                [r.gap_ms for _, r in changed],
-                stage_id,
-            ),
-        )
+        for entry_id, s in standings.items()
+    }
+    rankings = ranker(results)
+    changed = {
+        entry_id: (r.position, r.class_position, r.gap_ms)
+        for entry_id, r in rankings.items()
+        if standings[entry_id].ranking != (r.position, r.class_position, r.gap_ms)
+    }
+    store.write_ranking(conn, stage_id, changed)
     return len(changed)
 
 
-def call_rank(
-    ranker: Rank, results: Mapping[str, tuple[EntryResult, str | None]]
-) -> Mapping[str, Ranking]:
-    """Adapter to the pure core's `rank` (entry_id -> (result, class))."""
-    return ranker(results)
-
-
-STORED_STAGE_ENTRIES = """
-SELECT entry_id::text FROM stage_results WHERE stage_id = %(stage)s::uuid
-UNION
-SELECT entry_id::text FROM timing_records WHERE stage_id = %(stage)s::uuid
-"""
-
-
-def rebuild_stage(
+def evaluate_stages(
     conn: psycopg.Connection[Any],
-    course: Course,
-    stage_id: str,
+    definitions: Definitions,
+    work: Mapping[str, Mapping[str, float | None]],
     *,
     evaluate: Evaluate = evaluate_entry,
     ranker: Rank = rank,
-) -> Outcome:
-    """Evaluate every entry of the stage from scratch: the event's entries, and any entry that
-    still has rows on the stage (unlinked since: its rows go). Ranked even when nothing
-    changed, so a rebuild also repairs a hand-edited ranking."""
-    with conn.transaction():
-        stored = [e for (e,) in conn.execute(STORED_STAGE_ENTRIES, {"stage": stage_id})]
-    entries = set(course.entries_of_stage(stage_id)) | set(stored)
-    triggers: dict[Pair, float | None] = {(stage_id, e): None for e in entries}
-    outcome = evaluate_pairs(conn, course, triggers, evaluate=evaluate, ranker=ranker)
-    if stage_id in course.stages:
-        with conn.transaction():
-            conn.execute(LOCK, ([lock_key("stage", stage_id)],))
-            if rank_stage(conn, stage_id, ranker=ranker):
-                outcome.announce_results(course, stage_id)
-    return outcome
+) -> StagesOutcome:
+    """Evaluate each stage of `work` (stage -> entry -> earliest new fix time) in its own
+    transaction. A stage the database refuses (any error but a lost connection) is rolled
+    back, reported in `failures` and its version forgotten, so that every instance skips it
+    until a rebuild succeeds; the other stages go on. A lost connection propagates (the batch
+    is retried whole: what committed is re-evaluated idempotently), and so does anything that
+    is not a database error (a bug: the engine restarts, the batch stays pending)."""
+    result = StagesOutcome()
+    for stage_id in sorted(work):
+        if stage_id not in definitions.stages:
+            continue
+        try:
+            outcome = evaluate_stage(
+                conn, definitions, stage_id, work[stage_id], evaluate=evaluate, ranker=ranker
+            )
+        except Stale:
+            result.stale.append(stage_id)
+            continue
+        except db_errors.DATABASE_ERRORS as exc:
+            problem = database_problem(stage_id, exc)
+            if problem is None:
+                raise
+            result.failures.append(StageFailure(stage_id, problem))
+            with conn.transaction():
+                store.forget_stage_version(conn, stage_id)
+            continue
+        result.outcome.add(outcome)
+        result.fixes_per_stage.append(outcome.fixes)
+    return result
+
+
+def database_problem(stage_id: str, exc: Exception) -> Problem | None:
+    """The stage's problem for a database refusal; None for a lost connection (retry)."""
+    kind = db_errors.classify(exc)
+    if kind is db_errors.Kind.TRANSIENT:
+        return None
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if kind is db_errors.Kind.DATA:
+        reason = "data"
+    elif sqlstate.startswith("42"):
+        reason = "schema"
+    else:
+        reason = "database"
+    return stage_problem(stage_id, reason, db_errors.describe_cause(exc))
+
+
+def evaluate_pairs(
+    conn: psycopg.Connection[Any],
+    definitions: Definitions,
+    triggers: Mapping[Pair, float | None],
+    *,
+    evaluate: Evaluate = evaluate_entry,
+    ranker: Rank = rank,
+) -> StagesOutcome:
+    """`evaluate_stages` for (stage, entry) -> t0 triggers."""
+    work: dict[str, dict[str, float | None]] = {}
+    for (stage_id, entry_id), t0 in triggers.items():
+        work.setdefault(stage_id, {})[entry_id] = t0
+    return evaluate_stages(conn, definitions, work, evaluate=evaluate, ranker=ranker)

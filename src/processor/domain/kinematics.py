@@ -84,9 +84,3 @@ def fraction_at(tau: float, dt: float, v0: float | None, v1: float | None, accel
     covered = v0 * tau + 0.5 * a * tau * tau
     total = (v0 + v1) * 0.5 * dt
     return min(1.0, max(0.0, covered / total))
-
-
-def to_microsecond(t: float) -> float:
-    """`t` rounded to the microsecond: the nearest double to k/10⁶, as the database stores it
-    and as `datetime.timestamp()` gives it back (both divide an integer of microseconds)."""
-    return round(t * 1_000_000.0) / 1_000_000.0

@@ -11,6 +11,10 @@ import enum
 
 import attrs
 
+# Penalties are stored in `integer` columns (controls.penalty_s, speed_violations.penalty_s): a
+# definition beyond it could never be written, so it is refused when the stage is read.
+MAX_PENALTY_S = 2_147_483_647
+
 
 class ControlKind(enum.StrEnum):
     START = "start"

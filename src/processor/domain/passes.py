@@ -36,12 +36,12 @@ from __future__ import annotations
 import math
 
 from processor.domain.course import Circle, Line
+from processor.domain.instants import on_microsecond
 from processor.domain.kinematics import (
     accelerating,
     fraction_at,
     speed_at,
     time_at,
-    to_microsecond,
 )
 from processor.domain.model import Pass
 from processor.domain.track import BLOCK, Track
@@ -98,7 +98,7 @@ def first_crossing(track: Track, line: Line, after: float, before: float) -> Pas
                 dt = t1 - t0
                 v0, v1 = speeds[k], speeds[k + 1]
                 accel = accelerating(dt, math.hypot(bx - ax, by - ay), v0, v1)
-                when = t1 if f >= 1.0 else to_microsecond(t0 + time_at(f, dt, v0, v1, accel))
+                when = t1 if f >= 1.0 else on_microsecond(t0 + time_at(f, dt, v0, v1, accel))
                 if when > after:
                     if when >= before:
                         return None
@@ -140,7 +140,7 @@ def first_visit(track: Track, circle: Circle, after: float, before: float) -> Pa
             when = t1
         else:  # within [after, before], also by rounding
             when = min(
-                before, max(after, to_microsecond(t0 + time_at(best_g, t1 - t0, v0, v1, accel)))
+                before, max(after, on_microsecond(t0 + time_at(best_g, t1 - t0, v0, v1, accel)))
             )
         speed = speed_at(best_g, v0, v1, accel)
         return Pass(circle.control.id, when, speed, math.sqrt(best_d2), fix_before, fix_after)

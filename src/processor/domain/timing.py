@@ -35,6 +35,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 from processor.domain.course import Line, StageError, course_of
+from processor.domain.instants import to_ms
 from processor.domain.model import EntryResult, Fix, Pass, Stage, Status
 from processor.domain.passes import first_crossing, first_visit
 from processor.domain.track import build_track
@@ -54,15 +55,6 @@ NOT_STARTED = EntryResult(
     controls_missed=0,
     passes=(),
 )
-
-
-def _us(t: float) -> int:
-    return math.floor(t * 1_000_000.0 + 0.5)
-
-
-def to_ms(started_at: float, finished_at: float) -> int:
-    """Elapsed milliseconds between two instants, as documented in the module docstring."""
-    return (_us(finished_at) - _us(started_at) + 500) // 1000
 
 
 def evaluate_entry(stage: Stage, fixes: Iterable[Fix], kept: Sequence[Pass] = ()) -> EntryResult:

@@ -1,11 +1,12 @@
-"""Speed-zone violations of evaluated pairs: read the zone's fixes, compare, write, announce.
+"""Speed-zone violations of evaluated entries: read the zone's fixes, compare, write, announce.
 
-Runs inside `evaluate_pairs`' transaction (the pairs' advisory locks are held), after the
-pairs' passes were evaluated and before their results are, because a violation's penalty is
+Runs inside a stage's evaluation transaction (the pairs' advisory locks are held), after the
+entries' passes were evaluated and before their results are, because a violation's penalty is
 part of the result. Each zone's fixes are read from the database for the whole window in force
-(the entry's start-control pass to its end-control pass, or to its newest fix while the end is
-not passed), independently of how much of the track the pass evaluation resumed from: so the
-violations never depend on arrival order or batching, and equal a rebuild's.
+(`zone_windows`: the entry's start-control pass to its end-control pass, or while the end is not
+passed to the finish, the stage's close or the newest fix), independently of how much of the
+track the pass evaluation resumed from: so the violations never depend on arrival order or
+batching, and equal a rebuild's.
 
 Rows are compared after the same normalisation as timing records (times to the microsecond,
 speeds to 0.01 km/h, distances to 1 mm): only differing rows are written (`updated_at` moves
@@ -17,25 +18,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import attrs
 import psycopg
 
-from processor.domain.definitions import Course
+from processor.domain.definitions import StageDef
+from processor.domain.instants import to_datetime
 from processor.domain.model import EntryResult, Fix
 from processor.domain.zones import Violation, violations
 from processor.race_feed import RaceChange, timestamp, violation_change
 
-Pair = tuple[str, str]
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 STORED = """
-SELECT v.stage_id::text, v.entry_id::text, v.zone_id::text, v.started_at, v.ended_at,
+SELECT v.entry_id::text, v.zone_id::text, v.started_at, v.ended_at,
        v.max_speed_kmh, v.excess_kmh, v.distance_m, v.penalty_s
-FROM unnest(%s::uuid[], %s::uuid[]) AS q(stage_id, entry_id)
-JOIN speed_violations v ON v.stage_id = q.stage_id AND v.entry_id = q.entry_id
+FROM speed_violations v
+WHERE v.stage_id = %s::uuid AND v.entry_id = ANY(%s::uuid[])
 """
 
 ZONE_FIXES = """
@@ -53,8 +52,8 @@ ORDER BY q.i, p.ts, p.device_id
 UPSERT = """
 INSERT INTO speed_violations AS v (id, stage_id, entry_id, zone_id, started_at, ended_at,
                                    max_speed_kmh, excess_kmh, distance_m, penalty_s)
-SELECT gen_random_uuid(), * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::timestamptz[], %s::timestamptz[],
-                     %s::float8[], %s::float8[], %s::float8[], %s::int4[])
+SELECT gen_random_uuid(), %s::uuid, * FROM unnest(%s::uuid[], %s::uuid[], %s::timestamptz[],
+                     %s::timestamptz[], %s::float8[], %s::float8[], %s::float8[], %s::int4[])
 ON CONFLICT (stage_id, entry_id, zone_id, started_at) DO UPDATE SET
     ended_at = EXCLUDED.ended_at, max_speed_kmh = EXCLUDED.max_speed_kmh,
     excess_kmh = EXCLUDED.excess_kmh, distance_m = EXCLUDED.distance_m,
@@ -66,9 +65,8 @@ WHERE (v.ended_at, v.max_speed_kmh, v.excess_kmh, v.distance_m, v.penalty_s)
 
 DELETE = """
 DELETE FROM speed_violations v
-USING unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::timestamptz[])
-      AS q(stage_id, entry_id, zone_id, started_at)
-WHERE v.stage_id = q.stage_id AND v.entry_id = q.entry_id AND v.zone_id = q.zone_id
+USING unnest(%s::uuid[], %s::uuid[], %s::timestamptz[]) AS q(entry_id, zone_id, started_at)
+WHERE v.stage_id = %s::uuid AND v.entry_id = q.entry_id AND v.zone_id = q.zone_id
   AND v.started_at = q.started_at
 """
 
@@ -86,17 +84,12 @@ class Row:
     penalty_s: int
 
 
-Key = tuple[str, str, str, datetime]  # stage, entry, zone, started_at
-
-
-def instant(t: float) -> datetime:
-    """As `evaluation.to_datetime`: the microsecond the database stores (halves up)."""
-    return EPOCH + timedelta(microseconds=math.floor(t * 1_000_000.0 + 0.5))
+Key = tuple[str, str, datetime]  # entry, zone, started_at
 
 
 def row_of(found: Violation) -> Row:
     return Row(
-        ended_at=instant(found.ended_at),
+        ended_at=to_datetime(found.ended_at),
         max_speed_kmh=round(found.max_speed_kmh, 2),
         excess_kmh=round(found.excess_kmh, 2),
         distance_m=round(found.distance_m, 3),
@@ -104,59 +97,74 @@ def row_of(found: Violation) -> Row:
     )
 
 
+def zone_windows(
+    definition: StageDef, evaluated: EntryResult
+) -> list[tuple[Any, float, float | None]]:
+    """(zone, entered, left) of each zone the entry entered: from its pass of the start
+    control to its pass of the end control; while the end is not passed, to the finish pass if
+    the entry finished (nothing after the finish counts), else to the stage's close (None:
+    open-ended, up to the newest fix)."""
+    passed = {p.control_id: p.passed_at for p in evaluated.passes}
+    windows: list[tuple[Any, float, float | None]] = []
+    for zone in definition.zones:
+        entered = passed.get(zone.start_control_id)
+        if entered is None:
+            continue
+        left = passed.get(zone.end_control_id)
+        if left is None:
+            left = evaluated.finished_at
+        if left is None:
+            left = definition.stage.closes_at
+        windows.append((zone, entered, left))
+    return windows
+
+
 def judge_zones(
     conn: psycopg.Connection[Any],
-    course: Course,
-    evaluations: Mapping[Pair, EntryResult],
+    definition: StageDef,
+    evaluations: Mapping[str, EntryResult],
     feed: list[RaceChange],
-) -> dict[Pair, int]:
-    """Write the pairs' violations; their zone penalties (ms) by pair."""
-    pairs = sorted(evaluations)
+) -> dict[str, int]:
+    """Write the entries' violations on the stage; their zone penalties (ms) by entry."""
+    stage_id = definition.stage.id
+    entries = sorted(evaluations)
     stored: dict[Key, Row] = {}
-    for row in conn.execute(STORED, ([p[0] for p in pairs], [p[1] for p in pairs])):
-        stage_id, entry_id, zone_id, started, *values = row
-        stored[(stage_id, entry_id, zone_id, started)] = Row(*values)
-    windows: list[tuple[Pair, Any, float, float | None]] = []
-    for pair in pairs:
-        definition = course.stages[pair[0]]
-        passed = {p.control_id: p.passed_at for p in evaluations[pair].passes}
-        for zone in definition.zones:
-            entered = passed.get(zone.start_control_id)
-            if entered is None:
-                continue
-            left = passed.get(zone.end_control_id)
-            if left is None and definition.stage.closes_at is not None:
-                left = definition.stage.closes_at
-            windows.append((pair, zone, entered, left))
+    for entry_id, zone_id, started, *values in conn.execute(STORED, (stage_id, entries)):
+        stored[(entry_id, zone_id, started)] = Row(*values)
+    windows = [
+        (entry_id, zone, entered, left)
+        for entry_id in entries
+        for zone, entered, left in zone_windows(definition, evaluations[entry_id])
+    ]
     tracks: list[list[Fix]] = [[] for _ in windows]
     if windows:
         rows = conn.cursor(binary=True).execute(
             ZONE_FIXES,
             (
                 list(range(len(windows))),
-                [w[0][1] for w in windows],
-                [instant(w[2]) for w in windows],
-                [None if w[3] is None else instant(w[3]) for w in windows],
+                [w[0] for w in windows],
+                [to_datetime(w[2]) for w in windows],
+                [None if w[3] is None else to_datetime(w[3]) for w in windows],
             ),
         )
         for index, us, latitude, longitude, speed in rows:
             tracks[index].append(Fix(us / 1_000_000, latitude, longitude, speed))
     new: dict[Key, Row] = {}
-    penalty_ms: dict[Pair, int] = {}
-    for (pair, zone, entered, left), track in zip(windows, tracks, strict=True):
+    penalty_ms: dict[str, int] = {}
+    for (entry_id, zone, entered, left), track in zip(windows, tracks, strict=True):
         for found in violations(zone, track, entered, math.inf if left is None else left):
-            new[(pair[0], pair[1], zone.id, instant(found.started_at))] = row_of(found)
-            penalty_ms[pair] = penalty_ms.get(pair, 0) + found.penalty_s * 1000
+            new[(entry_id, zone.id, to_datetime(found.started_at))] = row_of(found)
+            penalty_ms[entry_id] = penalty_ms.get(entry_id, 0) + found.penalty_s * 1000
     upserts = [(k, r) for k, r in new.items() if stored.get(k) != r]
     deletes = [k for k in stored if k not in new]
     if upserts:
         conn.execute(
             UPSERT,
             (
+                stage_id,
                 [k[0] for k, _ in upserts],
                 [k[1] for k, _ in upserts],
                 [k[2] for k, _ in upserts],
-                [k[3] for k, _ in upserts],
                 [r.ended_at for _, r in upserts],
                 [r.max_speed_kmh for _, r in upserts],
                 [r.excess_kmh for _, r in upserts],
@@ -164,26 +172,24 @@ def judge_zones(
                 [r.penalty_s for _, r in upserts],
             ),
         )
-        numbers = dict(conn.execute(NUMBERS, (sorted({k[1] for k, _ in upserts}),)).fetchall())
-        for key, row in upserts:
-            event_id = course.stages[key[0]].event_id
-            if event_id is not None:
-                feed.append(violation_change(event_id, violation_object(key, row, numbers)))
+        numbers = dict(conn.execute(NUMBERS, (sorted({k[0] for k, _ in upserts}),)).fetchall())
+        if definition.event_id is not None:
+            feed.extend(
+                violation_change(definition.event_id, violation_object(stage_id, key, row, numbers))
+                for key, row in upserts
+            )
     if deletes:
         conn.execute(
             DELETE,
-            (
-                [k[0] for k in deletes],
-                [k[1] for k in deletes],
-                [k[2] for k in deletes],
-                [k[3] for k in deletes],
-            ),
+            ([k[0] for k in deletes], [k[1] for k in deletes], [k[2] for k in deletes], stage_id),
         )
     return penalty_ms
 
 
-def violation_object(key: Key, row: Row, numbers: Mapping[str, str | None]) -> dict[str, Any]:
-    stage_id, entry_id, zone_id, started = key
+def violation_object(
+    stage_id: str, key: Key, row: Row, numbers: Mapping[str, str | None]
+) -> dict[str, Any]:
+    entry_id, zone_id, started = key
     return {
         "stage_id": stage_id,
         "entry_id": entry_id,

@@ -20,12 +20,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 
 from processor.domain.geometry import haversine_m
-from processor.domain.model import Fix
+from processor.domain.model import MAX_PENALTY_S, Fix
 
 
 class ZoneError(ValueError):
@@ -77,18 +77,26 @@ def parse_brackets(value: Any) -> tuple[Bracket, ...]:
         if not isinstance(item, dict):
             raise ZoneError(f"penalty bracket {i} is not an object")
         penalty = item.get("penalty_s")
-        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or penalty < 0:
-            raise ZoneError(f"penalty bracket {i}: penalty_s must be a number >= 0")
+        if not _number(penalty) or not 0 <= round(penalty) <= MAX_PENALTY_S:
+            raise ZoneError(
+                f"penalty bracket {i}: penalty_s must be a number from 0 to {MAX_PENALTY_S}, "
+                f"is {penalty!r}"
+            )
         up_to = item.get("up_to_kmh")
         if up_to is None:
             if i != len(value) - 1:
                 raise ZoneError(f"penalty bracket {i}: only the last may omit up_to_kmh")
-        elif isinstance(up_to, bool) or not isinstance(up_to, (int, float)) or up_to <= 0:
-            raise ZoneError(f"penalty bracket {i}: up_to_kmh must be a number > 0")
+        elif not _number(up_to) or up_to <= 0:
+            raise ZoneError(f"penalty bracket {i}: up_to_kmh must be a finite number > 0")
         elif brackets and (brackets[-1].up_to_kmh or 0) >= up_to:
             raise ZoneError(f"penalty bracket {i}: up_to_kmh must increase")
         brackets.append(Bracket(None if up_to is None else float(up_to), round(penalty)))
     return tuple(brackets)
+
+
+def _number(value: Any) -> TypeGuard[float]:
+    """A finite JSON number (a boolean is not one)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def check_zone(zone: Zone, control_ordinals: dict[str, int]) -> None:
@@ -101,8 +109,12 @@ def check_zone(zone: Zone, control_ordinals: dict[str, int]) -> None:
         raise ZoneError(f"zone {zone.id}: the start control must come before the end control")
     if not math.isfinite(zone.limit_kmh) or zone.limit_kmh <= 0:
         raise ZoneError(f"zone {zone.id}: limit_kmh must be > 0")
-    if zone.tolerance_kmh < 0 or zone.min_duration_s < 0:
-        raise ZoneError(f"zone {zone.id}: tolerance and min_duration_s must be >= 0")
+    for name, value in (
+        ("tolerance_kmh", zone.tolerance_kmh),
+        ("min_duration_s", zone.min_duration_s),
+    ):
+        if not (math.isfinite(value) and value >= 0):
+            raise ZoneError(f"zone {zone.id}: {name} must be a finite number >= 0, is {value!r}")
 
 
 def violations(zone: Zone, fixes: Sequence[Fix], entered: float, left: float) -> list[Violation]:

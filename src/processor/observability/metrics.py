@@ -322,7 +322,36 @@ class Metrics:
         )
         self.domain_errors = Counter(
             p + "domain_errors",
-            "Domain batches that failed for a reason other than an unavailable server (skipped).",
+            "Unexpected failures that ended a life of the domain engine (restarted by its "
+            "supervisor; the batch in hand stays pending).",
+            registry=r,
+        )
+        self.domain_stage_errors = Counter(
+            p + "domain_stage_errors",
+            "Problems that disable one stage or one feature of the racing domain (definition, "
+            "schema, data, database), counted when first seen; /readyz lists the current ones.",
+            ["reason"],
+            registry=r,
+        )
+        self.domain_problems = Gauge(
+            p + "domain_problems",
+            "Current problems of the racing domain (stages or features disabled).",
+            registry=r,
+        )
+        self.domain_fixes_loaded = Histogram(
+            p + "domain_fixes_loaded",
+            "Fixes read from positions by one stage evaluation of a batch.",
+            buckets=(0, 10, 100, 1_000, 10_000, 100_000, 1_000_000),
+            registry=r,
+        )
+        self.domain_reclaimed = Counter(
+            p + "domain_reclaimed",
+            "Entries the domain group claimed from consumers that went away.",
+            registry=r,
+        )
+        self.domain_dead_letters = Counter(
+            p + "domain_dead_letters",
+            "Entries the domain engine dead-lettered after failing MAX_DELIVERIES times.",
             registry=r,
         )
 
@@ -336,7 +365,7 @@ class Metrics:
             self.consumer_reads.labels(result)
         for kind in ("start", "waypoint", "checkpoint", "finish"):
             self.domain_passes.labels(kind)
-        for reason in ("dead_lettered", "timeout"):
+        for reason in ("dead_lettered", "timeout", "trimmed"):
             self.domain_skipped_fixes.labels(reason)
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason)

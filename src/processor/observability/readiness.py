@@ -18,6 +18,10 @@ depend on readiness at all). So:
   everything routed to it, a bit staler, so `/readyz` stays **200** with `"status": "degraded"`
   and the services listed in `degraded`; removing it from the balancer would only move clients
   for no gain. Operators alert on `processor_service_up == 0` and on restarts instead.
+- **the racing domain's problems** (`processor.domain.health`: a stage or a feature switched
+  off by its own data, definition or table): everything else is timed and served, so `/readyz`
+  stays **200** with `"status": "degraded"`, `domain` in `degraded`, and the problems (subject,
+  reason, what is wrong, what to change) under `domain_problems`.
 - The HTTP endpoints themselves: while they are down `/readyz` cannot answer at all, which a
   balancer treats as not ready, the right answer for a gap of one backoff.
 """
@@ -25,7 +29,7 @@ depend on readiness at all). So:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -34,6 +38,23 @@ from processor.observability.probes import Probe
 from processor.observability.stalls import Stalls
 from processor.redaction import redact
 from processor.supervise import Supervisor
+
+MAX_PROBLEMS = 50  # listed on /readyz; the count says how many more
+
+
+class Reported(Protocol):
+    def as_json(self) -> dict[str, str]: ...
+
+
+class ProblemSource(Protocol):
+    """What is wrong in a part that keeps serving (the racing domain's health). A protocol,
+    not an import: the domain reports to observability, never the other way round."""
+
+    def problems(self) -> Sequence[Reported]: ...
+
+
+def redact_problem(problem: Reported) -> dict[str, str]:
+    return {k: redact(v) for k, v in problem.as_json().items()}
 
 
 @attrs.frozen
@@ -48,9 +69,12 @@ class Readiness:
         probes: Sequence[Probe],
         started: trio.Event,
         draining: trio.Event,
+        *,
         supervisor: Supervisor | None = None,
         stalls: Stalls | None = None,
+        domain: ProblemSource | None = None,
     ) -> None:
+        self._domain = domain
         self._probes = tuple(probes)
         self._stalls = stalls if stalls is not None else Stalls()
         self._started = started
@@ -77,10 +101,17 @@ class Readiness:
         if self._supervisor is not None:
             failing.extend(self._supervisor.down(critical=True))
             degraded = self._supervisor.down(critical=False)
+        problems = self._domain.problems() if self._domain is not None else []
+        if problems:
+            degraded = [*degraded, "domain"]
         status = "unavailable" if failing else "degraded" if degraded else "ready"
-        body = {"status": status, "failing": failing, "checks": checks}
+        body: dict[str, Any] = {"status": status, "failing": failing, "checks": checks}
         if degraded:
             body["degraded"] = degraded
+        if problems:
+            body["domain_problems"] = [redact_problem(p) for p in problems[:MAX_PROBLEMS]]
+            if len(problems) > MAX_PROBLEMS:
+                body["domain_problems_omitted"] = len(problems) - MAX_PROBLEMS
         return Verdict(not failing, body)
 
     def gauge_value(self) -> float:

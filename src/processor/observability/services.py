@@ -25,7 +25,7 @@ from processor.config import Config
 from processor.observability.lag import run_lag_sampler
 from processor.observability.metrics import Metrics
 from processor.observability.probes import postgres_probe, redis_probe, run_probes
-from processor.observability.readiness import Readiness
+from processor.observability.readiness import ProblemSource, Readiness
 from processor.observability.stalls import Stalls
 from processor.store.postgres import Database
 from processor.supervise import Supervisor
@@ -35,8 +35,15 @@ if TYPE_CHECKING:
 
 
 class Observability:
-    def __init__(self, config: Config, metrics: Metrics, supervisor: Supervisor) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        supervisor: Supervisor,
+        domain_health: ProblemSource | None = None,
+    ) -> None:
         self.config = config
+        self.domain_health = domain_health
         self.metrics = metrics
         self.supervisor = supervisor
         # Reported by the pipeline (see stalls.py), read by /readyz.
@@ -71,7 +78,14 @@ class Observability:
     ) -> int:
         config = self.config
         probes = [redis_probe(config.redis_url, config.probe_timeout_s), postgres_probe(database)]
-        readiness = Readiness(probes, started, draining, self.supervisor, self.stalls)
+        readiness = Readiness(
+            probes,
+            started,
+            draining,
+            supervisor=self.supervisor,
+            stalls=self.stalls,
+            domain=self.domain_health,
+        )
         self.metrics.ready.set_function(readiness.gauge_value)
         supervised = self.supervisor.run
         await nursery.start(

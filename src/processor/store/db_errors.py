@@ -81,6 +81,16 @@ def classify(exc: BaseException) -> Kind:
     return Kind.PERSISTENT
 
 
+def describe_cause(exc: BaseException) -> str:
+    """`describe` without the row-specific parts (the DETAIL with the failing row's values):
+    the same cause reads the same whichever row met it, so a problem is said once."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    state = f" [{sqlstate}]" if sqlstate else ""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) or str(exc).split("\n", 1)[0]
+    return f"{type(exc).__name__}{state}: {' '.join(primary.split())[:300]}"
+
+
 def describe(exc: BaseException) -> str:
     """One line for logs and `/readyz`: the type, the SQLSTATE when there is one, the message."""
     sqlstate = getattr(exc, "sqlstate", None)
