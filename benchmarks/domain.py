@@ -14,7 +14,14 @@ simulator's usual quirks (late bursts, duplicates, zero-satellite fixes).
 2. domain lag: the simulator publishes at 2,000 fixes/s for the steady duration; the domain
    group's entries behind (lag + pending) are sampled every 0.25 s: median, p99, max, and the
    seconds it needs to catch up once publishing stops.
-3. ingestion with the domain on vs off: `processor` throughput as in the main benchmark (time
+3. a finished entry that keeps reporting: one car drives the stage, then its device reports at
+   1 Hz for an hour after the finish (a car parked at the finish with its tracker on), stored
+   in batches of 60 and each batch evaluated as the engine does (`evaluate_pairs`, no
+   `closes_at`). Reported: fixes read per evaluation in the first and the last twenty minutes
+   (target: none at all in the last, flat; the previous engine re-read the whole tail since the
+   finish, ~4,000 -> ~7,000 fixes) and the evaluation time per batch, first and last twenty
+   minutes (medians; about a millisecond, so on a shared machine mostly noise: no target).
+4. ingestion with the domain on vs off: `processor` throughput as in the main benchmark (time
    from "ready" until the durable group is caught up) on a schema without the racing tables
    (the engine stays off) and on one with the stage (the engine runs alongside); rounds
    interleaved, off first in even rounds and on first in odd ones (`benchmarks.rounds`),
@@ -27,15 +34,18 @@ import itertools
 import statistics
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import redis
 import trio
 
 from benchmarks.rounds import round_order
+from processor.domain.definitions import read_current
+from processor.domain.evaluation import evaluate_pairs, rebuild_stage
 from processor_dev.publisher import MAX_CHUNK, publish, xadd_chunk
 from processor_dev.rally_stage import RallyStage, StageSettings, StageSimulator, scenario_sql
 from processor_dev.simulate import Scenario
@@ -102,7 +112,77 @@ def behind(client: redis.Redis, stream: str, group: str) -> int:
 def run(runner: Bench, seed: int, start: datetime) -> None:
     domain_rate(runner, seed, start)
     domain_lag(runner, seed + 1)
+    finished_cost(runner, seed + 2, start)
     ingest_on_off(runner, seed, start)
+
+
+def finished_cost(runner: Bench, seed: int, start: datetime) -> None:
+    scenario = Scenario(devices=1, rate=1.0, seed=seed, start=start)
+    stage = RallyStage.generate(scenario, StageSettings(length_km=2, controls=6))
+    car = stage.entries[0]
+    url = runner.schema("domain_finished")
+    load_stage(url, stage)
+    drive = [e.position for e in itertools.islice(StageSimulator(scenario, stage), 3600)]
+    with psycopg.connect(url) as conn:
+        _store(conn, [(p.ts, p.latitude, p.longitude, p.speed) for p in drive], car.imei)
+        definitions = read_current(conn)
+        rebuild_stage(conn, definitions, stage.stage_id)
+        definitions = read_current(conn)
+        row = conn.execute(
+            "SELECT finished_at FROM stage_results WHERE stage_id = %s", (stage.stage_id,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            raise RuntimeError("the bench car did not finish the stage")
+        finished: datetime = row[0]
+        last = drive[-1]
+        parked = [
+            (
+                datetime.fromtimestamp(max(finished.timestamp(), last.ts.timestamp()) + 1 + k, UTC),
+                last.latitude,
+                last.longitude,
+                0.0,
+            )
+            for k in range(3600)
+        ]
+        seconds: list[float] = []
+        loaded: list[int] = []
+        pair = (stage.stage_id, car.id)
+        for offset in range(0, len(parked), 60):
+            batch = parked[offset : offset + 60]
+            _store(conn, batch, car.imei)
+            started = time.perf_counter()
+            result = evaluate_pairs(conn, definitions, {pair: batch[0][0].timestamp()})
+            seconds.append(time.perf_counter() - started)
+            loaded.append(result.outcome.fixes)
+    first, last_ten = statistics.median(seconds[:20]), statistics.median(seconds[-20:])
+    runner.results.update(
+        domain_finished_fixes_loaded_first=max(loaded[:20]),
+        domain_finished_fixes_loaded_last=max(loaded[-20:]),
+        domain_finished_batch_ms_first=round(first * 1000, 2),
+        domain_finished_batch_ms_last=round(last_ten * 1000, 2),
+        domain_finished_cost_ratio=round(last_ten / first, 3),
+    )
+    say(
+        "a finished entry reporting for an hour: {domain_finished_fixes_loaded_first} -> "
+        "{domain_finished_fixes_loaded_last} fixes read per evaluation, "
+        "{domain_finished_batch_ms_first} -> {domain_finished_batch_ms_last} ms per batch".format(
+            **runner.results
+        )
+    )
+
+
+def _store(
+    conn: psycopg.Connection[Any],
+    fixes: Sequence[tuple[datetime, float, float, float | None]],
+    imei: str,
+) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO positions (device_id, ts, latitude, longitude, speed, satellites)"
+            " VALUES (%s, %s, %s, %s, %s, 10) ON CONFLICT DO NOTHING",
+            [(imei, ts, lat, lon, speed) for ts, lat, lon, speed in fixes],
+        )
+    conn.commit()
 
 
 def domain_rate(runner: Bench, seed: int, start: datetime) -> None:

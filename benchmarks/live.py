@@ -25,6 +25,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 import psycopg
@@ -38,7 +39,14 @@ EVENT_DEVICES = 3000
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = orjson.dumps({"data": {"id": "bench-user"}})
+        path, _, query = self.path.partition("?")
+        data: Any = {"id": "bench-user"}  # /users/me, /items/events/<id>
+        if path == "/items/events":  # a session re-check: every requested event is readable
+            wanted = orjson.loads(parse_qs(query)["filter"][0])["id"]["_in"]
+            data = [{"id": event_id} for event_id in wanted]
+        elif path.startswith("/items/") and path.count("/") == 2:  # a collection: readable
+            data = []
+        body = orjson.dumps({"data": data})
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

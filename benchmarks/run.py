@@ -110,6 +110,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "drain_s": ("<=", 2.0),
     "live_p99_ratio": ("<=", 1.5),
     "domain_ingest_ratio": (">=", 0.9),
+    "domain_finished_fixes_loaded_last": ("<=", 0),
 }
 
 
@@ -246,7 +247,7 @@ class Bench:
             return
         if self.streams:
             derived = [k for s in self.streams for k in self.redis.scan_iter(match=f"{s}:*")]
-            self.redis.delete(*self.streams, *derived)  # e.g. the domain's stage fingerprints
+            self.redis.delete(*self.streams, *derived)  # e.g. the race feed
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             for schema in self.schemas:
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -633,6 +634,8 @@ def table(results: dict[str, Any]) -> str:
         ("domain_rate", f"domain, {r.get('domain_controls', 0)} controls (fixes/s)", ""),
         ("domain_lag_median", "domain lag at 2,000 fixes/s, median (entries)", ""),
         ("domain_lag_max", "domain lag at 2,000 fixes/s, max (entries)", ""),
+        ("domain_finished_fixes_loaded_last", "domain, finished entry after 1 h: fixes read", ""),
+        ("domain_finished_batch_ms_last", "domain, finished entry after 1 h: ms per batch", " ms"),
         ("ingest_domain_off_rate", "ingestion, domain off (fixes/s)", ""),
         ("ingest_domain_on_rate", "ingestion, domain on (fixes/s)", ""),
         ("domain_ingest_ratio", "ingestion domain on / off", ""),

@@ -86,12 +86,15 @@ def test_quick_bench_writes_every_figure(
         "drain_s",
         "live_p99_ratio",
         "domain_ingest_ratio",
+        "domain_finished_fixes_loaded_last",
     }
     # resubscribes to one event share snapshot reads (at most one per event and second)
     assert results["live_snapshot_reads"] < results["live_resubscribes"]
     assert results["domain_controls"] == 40
     assert results["domain_lag_median"] <= results["domain_lag_max"]
     assert results["domain_timing_records"] > 0  # the cars really were timed
+    # a finished entry's later fixes are never read again
+    assert results["domain_finished_fixes_loaded_last"] == 0
     assert "ratio_vs_raw" in proc.stdout.decode() or "processor / raw" in proc.stdout.decode()
     # nothing left behind: this run's schemas were dropped
     with psycopg.connect(postgres_server_url) as conn:

@@ -39,6 +39,7 @@ def test_defaults() -> None:
     assert config.live_ws_max_message_bytes == 4096
     assert config.live_ws_allowed_origins == ()
     assert config.directus_url == ""
+    assert config.live_ws_reauth_s == 60.0
     assert not config.live_enabled
 
 
@@ -115,6 +116,9 @@ BAD_VALUES = [
     ("REDIS_URL", "http://x", "a redis:// or rediss:// URL"),
     ("REDIS_URL", "localhost:6379", "a redis:// or rediss:// URL"),
     ("DIRECTUS_URL", "ftp://cms", "an http:// or https:// URL (empty: live broadcast off)"),
+    ("LIVE_WS_REAUTH_S", "0.05", "a number from 0.1 to 86400"),
+    ("LIVE_WS_REAUTH_S", "86401", "a number from 0.1 to 86400"),
+    ("LIVE_WS_REAUTH_S", "-1", "a number from 0.1 to 86400"),
     ("RECLAIM_MIN_IDLE_MS", "10", "an integer from 100 to 86400000"),
 ]
 

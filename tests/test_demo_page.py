@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import psycopg
 import pytest
 import trio
@@ -96,6 +97,19 @@ async def test_standin_answers_like_directus(page: RaceControlPage) -> None:
         anonymous = await http.get(f"/items/events/{STAGE.event_id}")
         assert anonymous.status_code == 401
         assert "errors" in anonymous.json()
+        # the re-check's reads: the events list (by filter) and the race-control collections
+        both = orjson.dumps({"id": {"_in": [STAGE.event_id, OTHER_EVENT]}}).decode()
+        listed = await http.get("/items/events", params={"filter": both}, headers=cookie)
+        assert listed.json() == {"data": [{"id": STAGE.event_id}]}
+        assert (
+            await http.get("/items/events", params={"filter": "[]"}, headers=cookie)
+        ).status_code == 400
+        assert (await http.get("/items/events", params={"filter": both})).status_code == 401
+        for collection in ("timing_records", "stage_results", "speed_violations", "alerts"):
+            read = await http.get(f"/items/{collection}", params={"limit": "0"}, headers=cookie)
+            assert read.json() == {"data": []}
+            assert (await http.get(f"/items/{collection}")).status_code == 401
+        assert (await http.get("/items/directus_users", headers=cookie)).status_code == 403
 
 
 async def test_page_requires_a_session_and_serves_only_its_files(

@@ -10,47 +10,21 @@ from __future__ import annotations
 
 import random
 from datetime import datetime
-from typing import Any
 
 import psycopg
 import pytest
 
 from processor.domain import definitions
 from processor.domain.evaluation import evaluate_pairs, rebuild_stage
-from processor.store.migrations import apply_migrations, default_directory, load_migrations
 from processor.timing_commands import rebuild
 from tests.support import racing
 from tests.support.racing import stored
 from tests.test_domain_engine import CARS, tracks
 
 
-def insert(conn: psycopg.Connection[Any], documents: list[dict[str, Any]]) -> None:
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO positions (device_id, ts, latitude, longitude, speed, satellites, faulty)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            [
-                (
-                    d["device_id"],
-                    datetime.fromisoformat(d["timestamp"]),
-                    d["latitude"],
-                    d["longitude"],
-                    d["speed"],
-                    d["satellites"],
-                    d["satellites"] == 0 or (d["latitude"], d["longitude"]) == (0.0, 0.0),
-                )
-                for d in documents
-            ],
-        )
-    conn.commit()
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_any_batching_ends_equal_to_a_rebuild(database_url: str, seed: int) -> None:
-    with psycopg.connect(database_url) as conn:
-        apply_migrations(conn, load_migrations(default_directory()))
-    racing.create_tables(database_url)
-    course = racing.add_course(database_url, CARS)
+    course = racing.migrated_course(database_url, CARS)
     documents, gap = tracks(course)
     rng = random.Random(seed)
     arrivals = documents + documents[: len(documents) // 3]
@@ -66,7 +40,7 @@ def test_any_batching_ends_equal_to_a_rebuild(database_url: str, seed: int) -> N
         while position < len(arrivals):
             chunk = arrivals[position : position + rng.randint(1, 60)]
             position += len(chunk)
-            insert(conn, chunk)
+            racing.store_fixes(conn, chunk)
             triggers: dict[tuple[str, str], float | None] = {}
             for d in chunk:
                 t = datetime.fromisoformat(d["timestamp"]).timestamp()

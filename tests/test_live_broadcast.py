@@ -213,3 +213,33 @@ async def test_device_event_map_refreshes(live_rig: LiveRig) -> None:
         await wait_until(lambda: service.metrics.live_device_event_map_size._value.get() == 2)
         live_rig.publish([fix("a2", 1)])
         assert (await receive(ws))["position"] == wire("a2", 1)
+
+
+async def test_a_fix_dated_ahead_of_the_clock_does_not_freeze_the_device(
+    live_rig: LiveRig,
+) -> None:
+    """One fix dated 200 s ahead (inside FUTURE_TOLERANCE_S, so not faulty) is shown, and the
+    correctly dated fixes after it still reach subscribers and later snapshots."""
+    event_a = live_rig.event(["a1"])
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def dated(seconds: float) -> dict[str, Any]:
+        stamp = (now + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+        return fix("a1", 0, timestamp=stamp)
+
+    def shown(seconds: float) -> str:
+        return (now + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    async with live_rig.service() as service, live_client(service.live_port) as ws:
+        assert (await subscribe(ws, event_a))["snapshot"] == []
+        live_rig.publish([dated(-10), dated(200), dated(-9), dated(-8), dated(-8.5)])
+        received = [(await receive(ws))["position"]["ts"] for _ in range(4)]
+        assert received == [shown(-10), shown(200), shown(-9), shown(-8)]
+        await no_message(ws)  # -8.5 is late (older than -8): stored, not broadcast
+        await wait_until(lambda: live_rig.rows() == 5)
+        async with live_client(service.live_port) as second:
+            reply = await subscribe(second, event_a)
+            assert [p["ts"] for p in reply["snapshot"]] == [shown(-8)]
+            live_rig.publish([dated(-7)])
+            assert (await receive(second))["position"]["ts"] == shown(-7)
+            assert (await receive(ws))["position"]["ts"] == shown(-7)

@@ -213,13 +213,13 @@ def test_positions_held_during_a_snapshot_count_bytes_not_frames() -> None:
     activation, and only what is newer than the snapshot is sent."""
     from datetime import UTC, datetime, timedelta
 
-    from processor.live.registry import Registry
+    from processor.live.registry import Grants, Registry
     from processor.observability.metrics import Metrics
 
     registry = Registry(Metrics())
     outlet = FakeOutlet(budget=1_000_000)
     topic = "event:x"
-    subscription = registry.subscribe(outlet, topic)
+    subscription = registry.subscribe(outlet, topic, Grants())
     base = datetime(2026, 5, 12, tzinfo=UTC)
     for i in range(3000):
         subscription.offer(f"d{i}", base + timedelta(seconds=i % 2), f"frame-{i}", None)
@@ -230,7 +230,7 @@ def test_positions_held_during_a_snapshot_count_bytes_not_frames() -> None:
     assert len(outlet.sent) == 1500
     # over the byte budget: the connection is closed as a slow consumer
     small = FakeOutlet(budget=10_000)
-    pending = registry.subscribe(small, topic)
+    pending = registry.subscribe(small, topic, Grants())
     for i in range(1000):
         pending.offer(f"d{i}", base, "x" * 100, None)
     assert small.overflowed

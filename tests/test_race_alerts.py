@@ -157,3 +157,41 @@ def _at(second: float) -> str:
 
 def _iso(second: float) -> str:
     return _at(second)
+
+
+def test_no_signal_does_not_flap_while_late_fixes_catch_up(database_url: str) -> None:
+    """A car silent for 5 minutes uploads its buffered fixes late: they are dated inside the
+    silence, so the silence has not ended and the alert stays open (no clear and re-raise per
+    check: one alert per silence episode). A fix dated within ALERT_NO_SIGNAL_S of now ends it."""
+    from processor.domain.alerts import AlertRules, judge_silence
+    from processor.domain.definitions import read_current
+    from processor.domain.evaluation import evaluate_pairs, rebuild_stage
+
+    course = racing.migrated_course(database_url, [("quiet", None)])
+    now = datetime.now(UTC)
+    offset = (now - BASE_TIME).total_seconds()
+    device, entry = course.devices["quiet"], course.entries["quiet"]
+    rules = AlertRules(no_signal_s=120)
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "UPDATE stages SET opens_at = %s WHERE id = %s",
+            (now - timedelta(hours=1), course.stage_id),
+        )
+        conn.commit()
+        racing.store_fixes(conn, _fixes(device, offset - 600, 30))  # crossed the start line
+        assert rebuild_stage(conn, read_current(conn), course.stage_id) is not None
+        definitions = read_current(conn)
+        changes = []
+        for check in range(4):
+            late = _fixes(device, offset - 560 + 60 * check, 30)  # still 240 s old or more
+            racing.store_fixes(conn, late)
+            pair = (course.stage_id, entry)
+            evaluate_pairs(conn, definitions, {pair: BASE_TIME.timestamp() + offset - 560})
+            changes += judge_silence(conn, rules)
+        assert [c.body["alert"]["cleared_at"] is None for c in changes] == [True]  # raised once
+        racing.store_fixes(conn, _fixes(device, offset - 5, 1))  # the link is back
+        cleared = judge_silence(conn, rules)
+    assert [c.body["alert"]["id"] for c in cleared] == [changes[0].body["alert"]["id"]]
+    assert cleared[0].body["alert"]["cleared_at"] is not None
+    rows = alert_rows(database_url, "no_signal")
+    assert len(rows) == 1 and rows[0][2] is not None

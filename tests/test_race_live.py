@@ -18,13 +18,17 @@ import orjson
 import redis
 import trio
 
+from processor import race_feed
 from processor.app import Service
 from processor.race_feed import feed_key
 from tests.support import racing
+from tests.support.fixes import BASE_TIME, fix
 from tests.support.live import (
     Frames,
     LiveRig,
     live_client,
+    no_message,
+    receive,
     subscribe,
     watching,
 )
@@ -182,7 +186,7 @@ async def test_results_pump_survives_notices_while_it_waits() -> None:
     """Notices for a stage arriving while its window runs (and while it is being read) are
     coalesced into one more frame; an empty wake-up is harmless."""
     from processor.live.race import RaceFeed
-    from processor.live.registry import Registry
+    from processor.live.registry import Grants, Registry
     from processor.observability.metrics import Metrics
     from processor.race_feed import results_change
 
@@ -208,7 +212,7 @@ async def test_results_pump_survives_notices_while_it_waits() -> None:
 
     metrics = Metrics()
     registry = Registry(metrics)
-    registry.subscribe(Outlet(), "event:e").activate([])
+    registry.subscribe(Outlet(), "event:e", Grants(frozenset({"results"}))).activate([])
     feed = RaceFeed(
         redis_url="redis://unused",
         control=None,  # type: ignore[arg-type]
@@ -234,3 +238,91 @@ async def test_results_pump_survives_notices_while_it_waits() -> None:
         nursery.cancel_scope.cancel()
     assert 1 <= len(sent) <= 5  # ~0.6 s of notices, one frame per 0.2 s window at most
     assert set(sent) == {"results"}
+
+
+async def test_race_control_frames_follow_directus_permissions(live_rig: LiveRig) -> None:
+    """Each subscriber gets timing/results/violation/alert frames (and results/alerts in
+    `subscribed`) only for the collections its Directus role can read, checked at subscribe
+    and again at each re-check; positions only need the event."""
+    course = racing.live_course(live_rig, CARS)
+    directus = live_rig.directus
+    event_id, stage_id = course.event_id, course.stage_id
+    directus.user("viewer", events={event_id}, collections=set())
+    directus.user("timer", events={event_id}, collections={"timing_records"})
+    env = {**live_rig.env, "LIVE_WS_REAUTH_S": "0.2"}
+    device, entry, control = course.devices["steady"], course.entries["steady"], course.controls
+    at = race_feed.timestamp(BASE_TIME)
+    record = race_feed.record_object(
+        entry_id=entry,
+        control_id=control["start"],
+        control_ordinal=1,
+        kind="start",
+        device_id=device,
+        passed_at=BASE_TIME,
+        speed_kmh=72.0,
+        distance_m=0.0,
+        fix_before=None,
+        fix_after=None,
+    )
+    alert = {
+        "id": entry, "event_id": event_id, "stage_id": stage_id, "entry_id": entry,
+        "number": "101", "kind": "stopped", "raised_at": at, "cleared_at": None,
+        "latitude": 41.3, "longitude": 19.8, "details": {"since": at, "last_fix_at": at},
+    }  # fmt: skip
+    violation = {
+        "stage_id": stage_id, "entry_id": entry, "number": "101", "zone_id": control["finish"],
+        "started_at": at, "ended_at": at, "max_speed_kmh": 100.0, "excess_kmh": 20.0,
+        "distance_m": 10.0, "penalty_s": 60,
+    }  # fmt: skip
+    changes = [
+        race_feed.timing_change(event_id, stage_id, record),
+        race_feed.alert_change(event_id, alert),
+        race_feed.violation_change(event_id, violation),
+    ]
+
+    async with (
+        running_service(env) as service,
+        live_client(service.live_port) as everything,
+        live_client(service.live_port, token="viewer") as viewer,
+        live_client(service.live_port, token="timer") as timer,
+    ):
+        feed = service.live.race if service.live is not None else None
+        assert feed is not None
+        replies = [await subscribe(ws, event_id) for ws in (everything, viewer, timer)]
+        assert replies[0]["results"] == [{"stage_id": stage_id, "results": []}]
+        assert [reply["results"] for reply in replies[1:]] == [[], []]
+
+        async def announce(*fixes_at: float) -> None:
+            before = feed.changes
+            for change in changes:
+                live_rig.redis.xadd(feed_key(live_rig.stream_key), change.fields())
+            await wait_until(lambda: feed.changes == before + len(changes))
+            # dispatched (queued to every client) before this position is read
+            live_rig.publish([fix(device, t) for t in fixes_at])
+
+        await announce(1)
+        assert [(await receive(everything))["type"] for _ in range(4)] == [
+            "timing", "alert", "violation", "position",
+        ]  # fmt: skip
+        assert (await receive(viewer))["type"] == "position"
+        assert [(await receive(timer))["type"] for _ in range(2)] == ["timing", "position"]
+
+        # the timer's role loses timing_records: the next re-check stops those frames
+        directus.readable["timer"] = set()
+        await wait_until(lambda: sessions_of(service, "timer") == [frozenset()])
+        await announce(2)
+        for ws in (viewer, timer):
+            assert (await receive(ws))["type"] == "position"
+        assert [(await receive(everything))["type"] for _ in range(4)][-1] == "position"
+        for ws in (viewer, timer):
+            await no_message(ws, 0.3)
+
+
+def sessions_of(service: Service, token: str) -> list[frozenset[str]]:
+    """The race-control kinds granted to the live sessions of `token`."""
+    assert service.live is not None
+    return [
+        session.grants.kinds
+        for credentials, session in service.live._sessions.items()
+        if credentials.bearer == token
+    ]

@@ -414,6 +414,17 @@ class Config:
             "socket is dropped"
         ),
     )
+    live_ws_reauth_s: float = _float(
+        "LIVE_WS_REAUTH_S",
+        60.0,
+        0.1,
+        86_400,
+        doc=(
+            "period of each live session's re-check against Directus (credentials, subscribed "
+            "events, race-control collections), jittered to 75-100 % of it; an expired session "
+            "is closed with 4001 (docs/websocket.md)"
+        ),
+    )
 
     # --- racing domain (docs/racing-domain.md) ----------------------------------------------------
     domain_group: str = _text(

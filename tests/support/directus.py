@@ -1,12 +1,18 @@
 """A Directus stand-in (a real HTTP/1.1 server on a real socket) and the Directus tables.
 
-The stand-in answers the two calls the processor makes, per credential:
+The stand-in answers the calls the processor makes, per credential:
 - `GET /users/me`: by `users[token]`: "ok" (200 user), "401", "403", "null" (200 `data: null`),
   "500", "nodata" (200 without `data`), "slow" (answers after `slow_s`); unknown token -> 401.
 - `GET /items/events/<id>`: 401 unless the user is "ok"; `event_mode` "500"/"slow" overrides;
   200 when the id is in `allowed[token]`, else 403 (what Directus answers for no permission).
+- `GET /items/events?filter={"id":{"_in":[...]}}` (the re-check's list read): 401 unless "ok";
+  `event_mode` overrides; 200 with the requested ids that are in `allowed[token]` (Directus
+  filters a list by the role's item permissions; it does not refuse it).
+- `GET /items/<collection>?limit=0` for the race-control collections: 401 unless "ok";
+  `collection_mode` "500"/"slow" overrides; 200 `data: []` when the collection is in
+  `readable[token]` (all four by default), else 403 with Directus 11's FORBIDDEN error body.
 A credential is a Bearer token or the `directus_session_token` cookie. Every request is recorded
-(path and which kind of credential came) so tests can check what was forwarded.
+(path, query and which kind of credential came) so tests can check what was forwarded.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import attrs
 import orjson
@@ -22,6 +29,7 @@ import trio
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "directus_schema.sql"
 COOKIE_NAME = "directus_session_token"
+RACE_COLLECTIONS = frozenset({"timing_records", "stage_results", "speed_violations", "alerts"})
 
 
 @attrs.define
@@ -29,13 +37,16 @@ class Seen:
     path: str
     credential: str | None  # "bearer", "cookie" or None
     token: str | None
+    query: dict[str, list[str]] = attrs.field(factory=dict)
 
 
 @attrs.define
 class DirectusStandIn:
     users: dict[str, str] = attrs.field(factory=dict)
     allowed: dict[str, set[str]] = attrs.field(factory=dict)
+    readable: dict[str, set[str]] = attrs.field(factory=dict)
     event_mode: str | None = None
+    collection_mode: str | None = None
     slow_s: float = 10.0
     port: int = 0
     seen: list[Seen] = attrs.field(factory=list)
@@ -44,10 +55,21 @@ class DirectusStandIn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def user(self, token: str, mode: str = "ok", events: set[str] | None = None) -> str:
+    def user(
+        self,
+        token: str,
+        mode: str = "ok",
+        events: set[str] | None = None,
+        collections: set[str] | frozenset[str] = RACE_COLLECTIONS,
+    ) -> str:
         self.users[token] = mode
         self.allowed[token] = set(events or ())
+        self.readable[token] = set(collections)
         return token
+
+    def calls(self, path: str, token: str | None = None) -> int:
+        """How many requests for `path` came (with `token`, when given)."""
+        return sum(1 for s in self.seen if s.path == path and token in (None, s.token))
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -69,22 +91,42 @@ class DirectusStandIn:
             for line in head[1:]:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
-            path = target.split("?", 1)[0]
+            path, _, query_text = target.partition("?")
+            query = parse_qs(query_text)
             credential, token = _credential(headers)
-            self.seen.append(Seen(path, credential, token))
-            status, body = await self._answer(path, token)
+            self.seen.append(Seen(path, credential, token, query))
+            status, body = await self._answer(path, token, query)
             await stream.send_all(
                 f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body
             )
 
-    async def _answer(self, path: str, token: str | None) -> tuple[int, bytes]:
+    async def _answer(
+        self, path: str, token: str | None, query: dict[str, list[str]]
+    ) -> tuple[int, bytes]:
         mode = self.users.get(token or "", "401")
         if path == "/users/me":
             return await self._by_mode(
                 mode, {"id": str(uuid.uuid5(uuid.NAMESPACE_DNS, token or ""))}
             )
+        if path == "/items/events":
+            if mode != "ok":
+                return 401, _errors("unauthenticated")
+            if self.event_mode is not None:
+                return await self._by_mode(self.event_mode, [])
+            wanted = orjson.loads(query["filter"][0])["id"]["_in"]
+            allowed = self.allowed.get(token or "", set())
+            return 200, orjson.dumps({"data": [{"id": i} for i in wanted if i in allowed]})
+        if path.removeprefix("/items/") in RACE_COLLECTIONS:
+            collection = path.removeprefix("/items/")
+            if mode != "ok":
+                return 401, _errors("unauthenticated")
+            if self.collection_mode is not None:
+                return await self._by_mode(self.collection_mode, [])
+            if collection in self.readable.get(token or "", set()):
+                return 200, orjson.dumps({"data": []})
+            return 403, _forbidden(collection)
         if path.startswith("/items/events/"):
             if mode != "ok":
                 return 401, _errors("unauthenticated")
@@ -122,6 +164,21 @@ def _credential(headers: dict[str, str]) -> tuple[str | None, str | None]:
 
 def _errors(message: str) -> bytes:
     return orjson.dumps({"errors": [{"message": message}]})
+
+
+def _forbidden(collection: str) -> bytes:
+    """Directus 11's answer to a read of a collection the role has no read permission on."""
+    return orjson.dumps(
+        {
+            "errors": [
+                {
+                    "message": f'You don\'t have permission to "read" from collection '
+                    f'"{collection}" or it does not exist.',
+                    "extensions": {"code": "FORBIDDEN"},
+                }
+            ]
+        }
+    )
 
 
 # --- the Directus tables ----------------------------------------------------------------------

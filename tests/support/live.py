@@ -19,9 +19,16 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from tests.support.directus import COOKIE_NAME, DirectusStandIn, add_event, create_directus_tables
+from tests.support.directus import (
+    COOKIE_NAME,
+    RACE_COLLECTIONS,
+    DirectusStandIn,
+    add_event,
+    create_directus_tables,
+)
 from tests.support.liveness import assert_ingesting
 from tests.support.service import Rig
+from tests.support.wire_schema import server_frame
 
 ORIGIN = "https://race.example"
 TOKEN = "token-alice"
@@ -63,7 +70,11 @@ class LiveRig(Rig):
         """An event with one entry per device (`add_event`) that TOKEN's user may read, as well
         as the events granted before (the user is (re)made an "ok" one)."""
         event_id = add_event(self.database_url, imeis)
-        self.directus.user(TOKEN, events=self.directus.allowed.get(TOKEN, set()) | {event_id})
+        self.directus.user(
+            TOKEN,
+            events=self.directus.allowed.get(TOKEN, set()) | {event_id},
+            collections=self.directus.readable.get(TOKEN, RACE_COLLECTIONS),
+        )
         return event_id
 
 
@@ -125,9 +136,10 @@ async def rejection_status(port: int | None, **kwargs: Any) -> int:
 
 
 async def receive(ws: WebSocketConnection, within: float = 5) -> dict[str, Any]:
+    """The next frame, checked against docs/websocket.schema.json."""
     with trio.fail_after(within):
         message = await ws.get_message()
-    document: dict[str, Any] = orjson.loads(message)
+    document: dict[str, Any] = server_frame(orjson.loads(message))
     return document
 
 
@@ -148,7 +160,7 @@ async def close_code(ws: WebSocketConnection, within: float = 10) -> tuple[int, 
     with trio.fail_after(within):
         while True:
             try:
-                received.append(orjson.loads(await ws.get_message()))
+                received.append(server_frame(orjson.loads(await ws.get_message())))
             except ConnectionClosed as exc:
                 assert exc.reason is not None
                 return exc.reason.code, received
@@ -171,7 +183,7 @@ class Frames:
     async def collect(self, ws: WebSocketConnection) -> None:
         while True:
             message = await ws.get_message()
-            self.frames.append(orjson.loads(message))
+            self.frames.append(server_frame(orjson.loads(message)))
             self.times.append(trio.current_time())
 
     def of(self, kind: str) -> list[dict[str, Any]]:

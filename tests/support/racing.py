@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +274,37 @@ def add_twin_stage(database_url: str, course: Course) -> tuple[str, dict[str, st
                 (controls[kind], stage_id, old),
             )
     return stage_id, controls
+
+
+def store_fixes(conn: psycopg.Connection[Any], documents: Iterable[dict[str, Any]]) -> None:
+    """Store fix documents as the durable pipeline would (faulty: no satellites or (0, 0)),
+    committed: for tests that drive the engine's database side directly."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO positions (device_id, ts, latitude, longitude, speed, satellites, faulty)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [
+                (
+                    d["device_id"],
+                    datetime.fromisoformat(d["timestamp"]),
+                    d["latitude"],
+                    d["longitude"],
+                    d["speed"],
+                    d["satellites"],
+                    d["satellites"] == 0 or (d["latitude"], d["longitude"]) == (0.0, 0.0),
+                )
+                for d in documents
+            ],
+        )
+    conn.commit()
+
+
+def migrated_course(database_url: str, cars: Iterable[tuple[str, str | None]]) -> Course:
+    """The processor's migrations, the Directus and racing tables, and `add_course`: the
+    engine's database side, ready to be driven directly."""
+    from processor.store.migrations import apply_migrations, default_directory, load_migrations
+
+    with psycopg.connect(database_url) as conn:
+        apply_migrations(conn, load_migrations(default_directory()))
+    create_tables(database_url)
+    return add_course(database_url, cars)

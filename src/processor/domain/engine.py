@@ -48,7 +48,7 @@ from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
 from processor.core.reclaimer import ClaimedPage, ReclaimCounters, Reclaimer, ReclaimSettings
 from processor.core.records import Rejected
-from processor.core.settle import StreamNames
+from processor.core.stream_names import StreamNames
 from processor.domain.alerts import AlertRules
 from processor.domain.evaluator import (
     Batch,
@@ -67,7 +67,7 @@ from processor.race_feed import RaceChange
 from processor.store import redis as redis_store
 from processor.store.group_reader import StreamEntries
 from processor.store.postgres import Database
-from processor.store.retry import Unavailable
+from processor.store.retry import Backoff, Unavailable
 
 log = structlog.get_logger("processor.domain.engine")
 
@@ -214,7 +214,7 @@ class DomainEngine:
             own_pending_done=own_pending_done,
         )
         reclaimer = Reclaimer(
-            client=self._control,
+            control=self._control,
             names=names,
             settings=ReclaimSettings(
                 interval_s=s.reclaim_interval_s,
@@ -272,8 +272,8 @@ class DomainEngine:
         """On a stop request: end the reads (a blocked XREADGROUP returns at once); the
         evaluator ends when both have closed their ends of the batch channel."""
         await self._stopper.wait()
-        await reclaimer.stop()
-        await consumer.stop()
+        reclaimer.request_stop()
+        consumer.request_stop()
 
     async def _yield_to_ingestion(self) -> None:
         """Pause while the durable pipeline has a backlog (more than DOMAIN_YIELD_BACKLOG
@@ -284,7 +284,7 @@ class DomainEngine:
         s = self.settings
         if s.yield_backlog <= 0:
             return
-        delay = 0.05
+        backoff = Backoff(initial_s=0.05, max_s=1.0)
         while not self._stopper.requested:
             try:
                 sample = await trio.to_thread.run_sync(
@@ -295,8 +295,7 @@ class DomainEngine:
             if not sample.exact or sample.lag + sample.pending <= s.yield_backlog:
                 return  # (an inexact lag is XLEN: an upper bound that could hold us for good)
             self._metrics.domain_yields.inc()
-            await self._stopper.pause(delay)
-            delay = min(delay * 2, 1.0)
+            await self._stopper.pause(backoff.next_delay())
 
     async def _sample_lag(
         self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -43,7 +43,7 @@ next evaluation of the pair.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -54,7 +54,7 @@ from processor.domain import timing_store as store
 from processor.domain.definitions import Definitions, StageDef, stage_problem
 from processor.domain.health import Problem
 from processor.domain.instants import to_datetime, to_datetime_or_none
-from processor.domain.model import ControlKind, EntryResult, Pass, Ranking, Stage, Status
+from processor.domain.model import ControlKind, EntryResult, Pass, Stage, Status
 from processor.domain.ranking import rank
 from processor.domain.timing import evaluate_entry, settled_prefix
 from processor.domain.timing_store import Pair, Record, Result
@@ -62,9 +62,6 @@ from processor.domain.zone_store import judge_zones
 from processor.race_feed import RaceChange, record_object, removed_change, timing_change
 from processor.race_feed import results_change as results_feed
 from processor.store import db_errors
-
-Evaluate = Callable[..., EntryResult]
-Rank = Callable[..., Mapping[str, Ranking]]
 
 
 class Stale(Exception):
@@ -98,7 +95,6 @@ class Outcome:
     changes: list[Change] = attrs.field(factory=list)
     passes_by_kind: dict[str, int] = attrs.field(factory=dict)
     results_changed: int = 0
-    stages_ranked: int = 0
     evaluated: list[Pair] = attrs.field(factory=list)  # pairs actually evaluated
     # what the race feed announces once this outcome is committed (`race_feed`)
     feed: list[RaceChange] = attrs.field(factory=list)
@@ -113,7 +109,6 @@ class Outcome:
         for kind, count in other.passes_by_kind.items():
             self.passes_by_kind[kind] = self.passes_by_kind.get(kind, 0) + count
         self.results_changed += other.results_changed
-        self.stages_ranked += other.stages_ranked
         self.evaluated += other.evaluated
         self.feed += other.feed
 
@@ -182,9 +177,6 @@ def evaluate_stage(
     definitions: Definitions,
     stage_id: str,
     triggers: Mapping[str, float | None],
-    *,
-    evaluate: Evaluate = evaluate_entry,
-    ranker: Rank = rank,
 ) -> Outcome:
     """Evaluate the stage's entries in `triggers` (entry -> earliest new fix time) and commit
     what changed, in one transaction; `Stale` when the definitions are outdated (module
@@ -203,8 +195,6 @@ def evaluate_stage(
             definitions=definitions,
             definition=definition,
             triggers=triggers,
-            evaluate=evaluate,
-            ranker=ranker,
         )
 
 
@@ -214,8 +204,6 @@ def rebuild_stage(
     stage_id: str,
     *,
     force: bool = False,
-    evaluate: Evaluate = evaluate_entry,
-    ranker: Rank = rank,
 ) -> Outcome | None:
     """Evaluate every entry of the stage from scratch — the event's entries, and any entry
     that still has rows on the stage (unlinked since: its rows go) — rank it, and record the
@@ -241,8 +229,6 @@ def rebuild_stage(
                     definitions=definitions,
                     definition=definition,
                     triggers=triggers,
-                    evaluate=evaluate,
-                    ranker=ranker,
                     rank_always=True,
                 )
                 store.store_stage_version(conn, stage_id, definition.fingerprint)
@@ -258,8 +244,6 @@ def _evaluate(
     definitions: Definitions,
     definition: StageDef,
     triggers: Mapping[str, float | None],
-    evaluate: Evaluate,
-    ranker: Rank,
     rank_always: bool = False,
 ) -> Outcome:
     """The body of one stage's transaction (the pair locks are held)."""
@@ -309,7 +293,7 @@ def _evaluate(
     kinds = {c.id: c.kind for c in stage.controls}
     evaluations: dict[str, EntryResult] = {}
     for index, entry_id in enumerate(work):
-        evaluated = evaluate(stage, fixes[index], kept=tuple(kept[entry_id]))
+        evaluated = evaluate_entry(stage, fixes[index], kept=tuple(kept[entry_id]))
         old = stored[entry_id]
         new: dict[str, Record] = {}
         for found in evaluated.passes:
@@ -369,10 +353,9 @@ def _evaluate(
     outcome.results_changed = len(result_upserts) + len(result_deletes)
     if outcome.results_changed or rank_always:
         store.lock(conn, [store.stage_lock(stage_id)])
-        changed = rank_stage(conn, stage_id, ranker=ranker)
+        changed = rank_stage(conn, stage_id)
         if (outcome.results_changed or changed) and definition.event_id is not None:
             outcome.feed.append(results_feed(definition.event_id, stage_id))
-        outcome.stages_ranked = 1
     return outcome
 
 
@@ -411,7 +394,7 @@ def _timing_feed(
     return feed
 
 
-def rank_stage(conn: psycopg.Connection[Any], stage_id: str, *, ranker: Rank = rank) -> int:
+def rank_stage(conn: psycopg.Connection[Any], stage_id: str) -> int:
     """Recompute position, class_position and gap of every result of the stage (the caller
     holds the stage's ranking lock). Returns the number of rows whose ranking changed."""
     standings = store.standings(conn, stage_id)
@@ -434,7 +417,7 @@ def rank_stage(conn: psycopg.Connection[Any], stage_id: str, *, ranker: Rank = r
         )
         for entry_id, s in standings.items()
     }
-    rankings = ranker(results)
+    rankings = rank(results)
     changed = {
         entry_id: (r.position, r.class_position, r.gap_ms)
         for entry_id, r in rankings.items()
@@ -448,9 +431,6 @@ def evaluate_stages(
     conn: psycopg.Connection[Any],
     definitions: Definitions,
     work: Mapping[str, Mapping[str, float | None]],
-    *,
-    evaluate: Evaluate = evaluate_entry,
-    ranker: Rank = rank,
 ) -> StagesOutcome:
     """Evaluate each stage of `work` (stage -> entry -> earliest new fix time) in its own
     transaction. A stage the database refuses (any error but a lost connection) is rolled
@@ -463,9 +443,7 @@ def evaluate_stages(
         if stage_id not in definitions.stages:
             continue
         try:
-            outcome = evaluate_stage(
-                conn, definitions, stage_id, work[stage_id], evaluate=evaluate, ranker=ranker
-            )
+            outcome = evaluate_stage(conn, definitions, stage_id, work[stage_id])
         except Stale:
             result.stale.append(stage_id)
             continue
@@ -501,12 +479,9 @@ def evaluate_pairs(
     conn: psycopg.Connection[Any],
     definitions: Definitions,
     triggers: Mapping[Pair, float | None],
-    *,
-    evaluate: Evaluate = evaluate_entry,
-    ranker: Rank = rank,
 ) -> StagesOutcome:
     """`evaluate_stages` for (stage, entry) -> t0 triggers."""
     work: dict[str, dict[str, float | None]] = {}
     for (stage_id, entry_id), t0 in triggers.items():
         work.setdefault(stage_id, {})[entry_id] = t0
-    return evaluate_stages(conn, definitions, work, evaluate=evaluate, ranker=ranker)
+    return evaluate_stages(conn, definitions, work)

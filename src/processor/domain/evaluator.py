@@ -33,7 +33,8 @@ import trio
 from trio import TaskStatus
 
 from processor.core.records import Rejected
-from processor.core.settle import DeadLetterUnwritable, StreamNames, settle_sync
+from processor.core.settle import DeadLetterUnwritable, settle_sync
+from processor.core.stream_names import StreamNames
 from processor.domain import visibility
 from processor.domain.alerts import AlertRules, Judgement, judge_stops
 from processor.domain.definitions import Definitions
@@ -55,7 +56,7 @@ MAX_STALE_ROUNDS = 10
 
 
 @attrs.frozen
-class Key:
+class FixKey:
     entry_id: str
     device_id: str
     ts: datetime
@@ -73,16 +74,16 @@ class Batch:
         return [raw.decode() for raw, _ in self.entries] + [r.entry_id for r in self.worn_out]
 
 
-def decode_keys(entries: StreamEntries) -> list[Key]:
+def decode_keys(entries: StreamEntries) -> list[FixKey]:
     """Keys of the decodable entries. The durable pipeline dead-letters the undecodable ones;
     here they are merely irrelevant (acked with the batch)."""
-    keys: list[Key] = []
+    keys: list[FixKey] = []
     for raw_id, fields in entries:
         try:
             position = decode_payload((fields or {}).get(b"payload"))
         except CodecError:
             continue
-        keys.append(Key(raw_id.decode(), position.device_id, position.ts))
+        keys.append(FixKey(raw_id.decode(), position.device_id, position.ts))
     return keys
 
 
@@ -216,7 +217,7 @@ class Evaluator:
     # --- evaluation ------------------------------------------------------------------------
 
     async def _evaluate(
-        self, keys: Sequence[Key], stored: Mapping[tuple[str, datetime], bool]
+        self, keys: Sequence[FixKey], stored: Mapping[tuple[str, datetime], bool]
     ) -> Outcome:
         """Evaluate the pairs the stored, non-faulty keys affect; re-read the definitions and
         evaluate again the stages whose definitions were stale (evaluation.py: versions)."""
@@ -283,13 +284,13 @@ class Evaluator:
 
     # --- waiting for the durable pipeline ----------------------------------------------------
 
-    async def _wait_visible(self, keys: Sequence[Key]) -> dict[tuple[str, datetime], bool]:
+    async def _wait_visible(self, keys: Sequence[FixKey]) -> dict[tuple[str, datetime], bool]:
         """Poll `positions` with backoff (50 ms doubling to 1 s) until every key is visible,
         a missing key's entry was dead-lettered, or DOMAIN_VISIBILITY_TIMEOUT_MS passed."""
         wanted = {(k.device_id, k.ts): k for k in keys}
         found: dict[tuple[str, datetime], bool] = {}
         deadline = trio.current_time() + self._settings.visibility_timeout_s
-        delay = 0.05
+        backoff = Backoff(initial_s=0.05, max_s=1.0)
         while True:
             missing = [k for k in wanted if k not in found]
             found.update(await self._visible(missing))
@@ -310,8 +311,7 @@ class Evaluator:
             if trio.current_time() >= deadline:
                 self._skip([k for k in wanted if k not in found], "timeout")
                 return found
-            await self._stopper.pause_or_raise(delay)
-            delay = min(delay * 2, 1.0)
+            await self._stopper.pause_or_raise(backoff.next_delay())
 
     async def _visible(
         self, keys: Sequence[tuple[str, datetime]]
@@ -362,11 +362,13 @@ class Evaluator:
         dead = {r.entry_id for r in rejected}
         ack_ids = [i for i in ids if i not in dead]
         pending = list(rejected)
-        for r in pending:
+        if pending:
             log.error(
-                "entry failed the domain evaluation too often, dead-lettering it",
-                entry_id=r.entry_id,
-                error=r.error[:300],
+                "entries failed the domain evaluation too often, dead-lettering them",
+                count=len(pending),
+                first=pending[0].entry_id,
+                last=pending[-1].entry_id,
+                error=pending[0].error[:300],
             )
         while True:
             try:
@@ -394,7 +396,7 @@ def _unless_unwritable(exc: Exception) -> Failure | None:
 
 def triggers(
     definitions: Definitions,
-    keys: Sequence[Key],
+    keys: Sequence[FixKey],
     stored: Mapping[tuple[str, datetime], bool],
     only: set[str] | None = None,
 ) -> dict[str, dict[str, float | None]]:

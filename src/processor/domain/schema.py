@@ -216,7 +216,6 @@ PARTS: Mapping[str, tuple[Table, ...]] = {
     "alerts": ALERTS,
     "io": IO,
 }
-FEATURES = ("zones", "alerts", "io")
 
 COLUMNS = """
 SELECT c.relname, a.attname, a.atttypid::regtype::text, a.attnotnull,

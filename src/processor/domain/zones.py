@@ -1,4 +1,4 @@
-"""Speed zones (issue 12): violations from an entry's track between two controls (pure code).
+"""Speed zones: violations from an entry's track between two controls (pure code).
 
 A zone is in force from the entry's pass of its start control to its pass of its end control
 ("regardless of the route taken": only the passes matter, not where the car drove). While the

@@ -10,6 +10,21 @@ verdict. Outcomes, exactly as docs/websocket.md lists them:
 - `GET /items/events/<id>?fields=id`: 200 with non-null `data` -> ALLOWED; 401/403/404 or
   `data: null` -> FORBIDDEN; anything else (timeout, 5xx, bad body) -> UNAVAILABLE (fail closed).
 
+The periodic re-check of a live session (`live/session.py`) adds two reads, each answered
+`Verdict` ALLOWED (200 with a list `data`), FORBIDDEN (403), EXPIRED (401) or UNAVAILABLE
+(anything else: timeout, 5xx, a body we cannot read):
+
+- `GET /items/events?filter={"id":{"_in":[...]}}&fields=id&limit=<n>`: which of the session's
+  subscribed events it may still read (one call per `EVENTS_PER_CALL` events, never per
+  subscription; `limit` is the number of ids asked, not -1, which Directus caps at
+  `QUERY_LIMIT_MAX` when that is set; `EVENTS_PER_CALL` is Directus' default page size).
+  Directus filters a list by the role's item permissions, the same rules as for
+  `/items/events/<id>`; a role with no read permission on `events` gets 403.
+- `GET /items/<collection>?limit=0` for each race-control collection: 200 when the role may read
+  it (whatever item filter it has), 403 when it has no read permission at all. That 403 is what
+  Directus 11 answers (`ForbiddenError`, code FORBIDDEN, "You don't have permission to "read"
+  from collection ... or it does not exist."), also for a collection Directus does not know.
+
 Every call is bounded by `DIRECTUS_AUTH_TIMEOUT_MS` as a *total* deadline (a trio cancel scope
 around the whole request, not only httpx's per-read timeouts, so a slowly dripping server cannot
 hold an upgrade open).
@@ -28,7 +43,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -52,6 +67,18 @@ class Access(enum.Enum):
     ALLOWED = "allowed"
     FORBIDDEN = "forbidden"
     UNAVAILABLE = "unavailable"
+
+
+class Verdict(enum.Enum):
+    """A re-check read's answer (module docstring)."""
+
+    ALLOWED = "allowed"
+    FORBIDDEN = "forbidden"
+    EXPIRED = "expired"
+    UNAVAILABLE = "unavailable"
+
+
+EVENTS_PER_CALL = 100  # ids per events read: ~4 KB of query string, far below header limits
 
 
 @attrs.frozen(slots=True)
@@ -160,12 +187,58 @@ class Directus:
             return Access.FORBIDDEN
         return Access.UNAVAILABLE
 
-    async def _get(self, path: str, credentials: Credentials) -> tuple[int | None, Any]:
+    async def readable_events(
+        self, credentials: Credentials, event_ids: Collection[str]
+    ) -> tuple[Verdict, frozenset[str]]:
+        """Which of `event_ids` (lowercase uuids) the credentials may read; the set is only
+        meaningful with ALLOWED (FORBIDDEN: the role cannot read `events` at all)."""
+        wanted = sorted(event_ids)
+        readable: set[str] = set()
+        for start in range(0, len(wanted), EVENTS_PER_CALL):
+            chunk = wanted[start : start + EVENTS_PER_CALL]
+            status, data = await self._get(
+                "/items/events",
+                credentials,
+                {
+                    "fields": "id",
+                    "limit": str(len(chunk)),
+                    "filter": orjson.dumps({"id": {"_in": chunk}}).decode(),
+                },
+            )
+            verdict = _list_verdict(status, data)
+            if verdict is not Verdict.ALLOWED:
+                return verdict, frozenset()
+            readable.update(
+                str(item["id"]).lower() for item in data if isinstance(item, dict) and "id" in item
+            )
+        return Verdict.ALLOWED, frozenset(readable.intersection(wanted))
+
+    async def collection_access(
+        self, credentials: Credentials, collections: Iterable[str]
+    ) -> Mapping[str, Verdict]:
+        """May the credentials read each collection at all (`GET /items/<c>?limit=0`, the
+        reads running concurrently)."""
+        verdicts: dict[str, Verdict] = {}
+
+        async def probe(collection: str) -> None:
+            status, data = await self._get(f"/items/{collection}", credentials, {"limit": "0"})
+            verdicts[collection] = _list_verdict(status, data)
+
+        async with trio.open_nursery() as nursery:
+            for collection in collections:
+                nursery.start_soon(probe, collection)
+        return verdicts
+
+    async def _get(
+        self, path: str, credentials: Credentials, params: Mapping[str, str] | None = None
+    ) -> tuple[int | None, Any]:
         """(status, data) of one GET; status None on timeout or a transport error."""
         with trio.move_on_after(self._timeout_s):
             try:
                 response = await self._client.get(
-                    path, params={"fields": "id"}, headers=credentials.headers()
+                    path,
+                    params=dict(params) if params is not None else {"fields": "id"},
+                    headers=credentials.headers(),
                 )
             except httpx.HTTPError as exc:
                 log.warning("directus request failed", path=_route(path), error=type(exc).__name__)
@@ -176,6 +249,16 @@ class Directus:
 
 
 _MISSING: Any = object()
+
+
+def _list_verdict(status: int | None, data: Any) -> Verdict:
+    if status == 200:
+        return Verdict.ALLOWED if isinstance(data, list) else Verdict.UNAVAILABLE
+    if status == 401:
+        return Verdict.EXPIRED
+    if status == 403:
+        return Verdict.FORBIDDEN
+    return Verdict.UNAVAILABLE
 
 
 def _data(body: bytes) -> Any:

@@ -13,18 +13,25 @@ of dead instances accumulate in `XINFO GROUPS` when INSTANCE_ID changes on every
 names): `XGROUP DESTROY <stream> live-<old id>` removes one (see OPERATIONS.md).
 
 Per position (in the trio thread, no I/O): skip devices in no event; skip fixes not newer than the
-device's last broadcast one (devices send buffered fixes late); skip faulty fixes by the same pure
+device's *floor* (devices send buffered fixes late) or with the very timestamp last broadcast (a
+repeat); skip faulty fixes by the same pure
 rules the writer applies (`processor.quality`), the implied-speed rule judged against the last
 broadcast fix (a device's first fix after a start has no predecessor, so only the other rules
 apply to it). Then the `position` object is encoded once, wrapped once per event topic, and the
 same frame string is handed to every subscriber of that topic (`Subscription.offer`, never
 blocking: a full client queue closes that client with 4008).
+
+The floor is the time of the device's last broadcast fix that was not dated ahead of the
+processor's clock (by more than `AHEAD_SKEW_S`). A fix dated ahead (a device clock running fast,
+inside FUTURE_TOLERANCE_S, so not faulty) is still shown, but it does not move the floor: the
+correctly dated fixes after it are not held back until the clock catches up with its date. The
+snapshot applies the same rule (`live/snapshot.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import redis
 import structlog
@@ -45,6 +52,8 @@ from processor.store.live_group import GroupInUse, take_live_group
 log = structlog.get_logger("processor.live.broadcast")
 
 PAYLOAD = b"payload"
+AHEAD_SKEW_S = 5.0  # a fix dated later than the clock plus this does not move the floor
+AHEAD_SKEW = timedelta(seconds=AHEAD_SKEW_S)
 _DESTROY_ERRORS: tuple[type[Exception], ...] = (*redis_store.TRANSIENT_ERRORS, redis.ResponseError)
 
 
@@ -90,6 +99,7 @@ class Broadcaster:
         self._stopping = False
         self.stopped = trio.Event()
         self.last: dict[str, Position] = {}  # device -> last broadcast fix
+        self.floor: dict[str, datetime] = {}  # device -> ts of its last broadcast fix not ahead
         self.entries_seen = 0
         self.broadcast = 0
 
@@ -139,11 +149,16 @@ class Broadcaster:
         if not events:
             return
         previous = self.last.get(position.device_id)
-        if previous is not None and position.ts <= previous.ts:
+        floor = self.floor.get(position.device_id)
+        if (floor is not None and position.ts <= floor) or (
+            previous is not None and position.ts == previous.ts
+        ):
             return  # late (buffered) or repeated fix: stored, never broadcast
         if faulty_reason(position, previous, now, self._rules) is not None:
             return
         self.last[position.device_id] = position
+        if position.ts <= now + AHEAD_SKEW:
+            self.floor[position.device_id] = position.ts
         self.broadcast += 1
         position_json: str | None = None
         for event_id in events:
@@ -162,12 +177,13 @@ class Broadcaster:
         """After a map refresh: drop last-broadcast fixes of devices no longer in any event."""
         for device_id in [d for d in self.last if d not in mapping]:
             del self.last[device_id]
+            self.floor.pop(device_id, None)
 
     async def stop(self) -> None:
         """Stop reading: no new read starts, and a read blocked in Redis returns at once."""
         self._stopping = True
         if self._reader is not None:
-            await self._reader.stop()
+            self._reader.request_stop()
         else:
             self.stopped.set()
 

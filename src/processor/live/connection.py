@@ -22,6 +22,12 @@ token bucket with a burst of one second's worth): a client that subscribes faste
 its further frames wait in the socket (TCP back-pressure), and nobody else notices.
 - ping: a WebSocket ping every `LIVE_WS_PING_INTERVAL_MS`; no pong within one interval -> 1011.
 
+Its session (`live/session.py`: every connection that presented the same credential) re-checks
+them with Directus every `LIVE_WS_REAUTH_S` and may `revoke` a subscription or `stop` the
+connection (4001 session expired, 4002 authorization unavailable). A subscribe is authorized for
+its event (`/items/events/<id>`) and reads which race-control frames the session may receive
+(`Session.race_kinds`); the `subscribed` reply leaves out results and alerts it may not read.
+
 Closing (any cause) is one path: `close(code)` records the first reason and wakes `serve`, which
 lets the sender finish the frame it is writing (never cut a frame in half), then sends the close
 frame, all within `CLOSE_TIMEOUT_S`; a peer that does not read at all is then simply cut off.
@@ -39,8 +45,9 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from processor.live import protocol
-from processor.live.auth import Access, Credentials, Directus
+from processor.live.auth import Access, Directus
 from processor.live.registry import Registry
+from processor.live.session import Session
 from processor.live.snapshot import SnapshotError, Snapshots
 from processor.live.wire import send_texts
 from processor.observability.metrics import Metrics, observe_many
@@ -101,7 +108,7 @@ class Connection:
     def __init__(
         self,
         ws: WebSocketConnection,
-        credentials: Credentials,
+        session: Session,
         *,
         name: str,
         budgets: Budgets,
@@ -112,7 +119,7 @@ class Connection:
     ) -> None:
         self.name = name
         self._ws = ws
-        self._credentials = credentials
+        self._session = session
         self._budgets = budgets
         self._max_queue = budgets.max_queue
         self._max_message_bytes = budgets.max_message_bytes
@@ -174,6 +181,18 @@ class Connection:
         self._begin_close(SLOW_CONSUMER, "slow consumer")
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    def topics(self) -> list[str]:
+        return self._registry.topics_of(self)
+
+    def revoke(self, topic: str) -> bool:
+        """A re-check found the event no longer readable: drop the subscription, say why."""
+        if not self._registry.unsubscribe(self, topic):
+            return False
+        self._reply(
+            protocol.error_frame(protocol.FORBIDDEN, "no longer allowed to read this event", topic)
+        )
+        return True
 
     async def stop(self, code: int, reason: str) -> None:
         """Ask the client to go: the close handshake with `code` (`serve` finishes it, bounded).
@@ -306,13 +325,14 @@ class Connection:
             )
             return
         await self._authorizations.take()
-        access = await self._directus.event_access(self._credentials, request.event_id)
+        session = self._session
+        access = await self._directus.event_access(session.credentials, request.event_id)
         if access is Access.FORBIDDEN:
             self._reply(
                 protocol.error_frame(protocol.FORBIDDEN, "not allowed to read this event", topic)
             )
             return
-        if access is Access.UNAVAILABLE:
+        if access is Access.UNAVAILABLE or await session.race_kinds() is None:
             self._reply(
                 protocol.error_frame(
                     protocol.UNAVAILABLE, "authorization unavailable, retry later", topic
@@ -320,14 +340,14 @@ class Connection:
             )
             return
         # Registered before the snapshot is read: positions arriving meanwhile are held, not lost.
-        subscription = self._registry.subscribe(self, topic)
+        subscription = self._registry.subscribe(self, topic, session.grants)
         try:
             snapshot = await self._snapshots.read(request.event_id)
         except SnapshotError as exc:
             self._registry.unsubscribe(self, topic)
             self._reply(protocol.error_frame(exc.code, exc.message, topic))
             return
-        self.enqueue(snapshot.frame, "subscribed", None)
+        self.enqueue(snapshot.frame_for(session.grants.kinds), "subscribed", None)
         subscription.activate_floors(snapshot.floor)
 
     def _reply(self, frame: str) -> None:

@@ -12,7 +12,7 @@ map and every reply use that one spelling.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -120,24 +120,17 @@ def topic_json(topic: str) -> str:
 
 
 def subscribed_frame(
-    topic: str,
-    snapshot: Iterable[Position],
-    results: Sequence[Mapping[str, Any]] = (),
-    alerts: Sequence[Mapping[str, Any]] = (),
-    io_of: Callable[[Position], Mapping[str, Any] | None] = lambda _position: None,
+    topic_json_text: str, snapshot_json: str, results_json: str = "[]", alerts_json: str = "[]"
 ) -> str:
-    """`results`: [{"stage_id", "results": [...]}] per stage of the event; `alerts`: its open
-    alerts (both empty when the racing tables do not exist; docs/websocket.md); `io_of`: a
-    snapshot position's derived IO values, like those of live `position` frames."""
-    return orjson.dumps(
-        {
-            "type": "subscribed",
-            "topic": topic,
-            "snapshot": [position_object(p, io_of(p)) for p in snapshot],
-            "results": list(results),
-            "alerts": list(alerts),
-        }
-    ).decode()
+    """The `subscribed` frame from pre-encoded parts (`live/snapshot.py` encodes them once per
+    read, in a worker thread; each variant for a session's permissions is then one string
+    concatenation). `snapshot_json`: the positions array; `results_json`: [{"stage_id",
+    "results": [...]}] per stage of the event; `alerts_json`: its open alerts (both `[]` when
+    the racing tables do not exist or the session may not read them; docs/websocket.md)."""
+    return (
+        f'{{"type":"subscribed","topic":{topic_json_text},"snapshot":{snapshot_json},'
+        f'"results":{results_json},"alerts":{alerts_json}}}'
+    )
 
 
 def unsubscribed_frame(topic: str) -> str:

@@ -47,6 +47,16 @@ class Outlet(Protocol):
         """Give back bytes reserved by `hold`."""
 
 
+@attrs.define(eq=False, slots=True)
+class Grants:
+    """The race-control frame kinds (`timing`, `results`, `alert`, `violation`) a session's
+    subscriptions may receive: one object per session, shared by its subscriptions and replaced
+    in place by its re-checks (`live/session.py`), so a change applies at once to all of them."""
+
+    kinds: frozenset[str] = frozenset()
+    read_at: float = float("-inf")  # trio time of the Directus read behind `kinds`
+
+
 HELD_OVERHEAD = 64  # bytes per held position besides its (shared) frame string
 
 
@@ -59,6 +69,7 @@ Held = tuple[str | None, datetime | None, str, int | None, str]
 class Subscription:
     outlet: Outlet
     topic: str
+    grants: Grants
     held: list[Held] | None = attrs.field(factory=list)  # None once active
     held_bytes: int = 0
     # device -> snapshot ts. Shared, read-only: one dict per snapshot read, built in the
@@ -78,8 +89,11 @@ class Subscription:
         self.outlet.enqueue(frame, POSITION, entry_ms)
 
     def offer_frame(self, frame: str, kind: str) -> None:
-        """A race-control frame (timing, results, alert, violation): no device floor; held
-        like positions while the snapshot is read, so it follows the `subscribed` reply."""
+        """A race-control frame (timing, results, alert, violation): only when the session may
+        read its collection (`grants`); no device floor; held like positions while the snapshot
+        is read, so it follows the `subscribed` reply."""
+        if kind not in self.grants.kinds:
+            return
         if self.held is not None:
             size = len(frame) + HELD_OVERHEAD
             if self.outlet.hold(size):
@@ -120,9 +134,9 @@ class Registry:
     def __len__(self) -> int:
         return self._count
 
-    def subscribe(self, outlet: Outlet, topic: str) -> Subscription:
+    def subscribe(self, outlet: Outlet, topic: str, grants: Grants) -> Subscription:
         """Register a (new, pending) subscription; a repeated subscribe starts over."""
-        subscription = Subscription(outlet, topic)
+        subscription = Subscription(outlet, topic, grants)
         topics = self._by_outlet.setdefault(outlet, {})
         previous = topics.get(topic)
         if previous is None:
@@ -159,6 +173,9 @@ class Registry:
 
     def subscription_count(self, outlet: Outlet) -> int:
         return len(self._by_outlet.get(outlet, ()))
+
+    def topics_of(self, outlet: Outlet) -> list[str]:
+        return list(self._by_outlet.get(outlet, ()))
 
     def is_subscribed(self, outlet: Outlet, topic: str) -> bool:
         return topic in self._by_outlet.get(outlet, ())

@@ -7,6 +7,7 @@ shutdown.
     ├── supervised "live-server"       TCP listener + accept loop on LIVE_WS_HOST:LIVE_WS_PORT
     ├── supervised "live-race"         race feed (timing, results, alerts, violations; `race.py`)
     ├── snapshot reads (coalesced per event, `snapshot.py`)
+    ├── one re-check task per session (credential) with open connections (`session.py`)
     └── one task per accepted socket, under `_socket`'s failure boundary:
         request -> admission (Directus) -> reject | accept -> Connection.serve -> close
 
@@ -75,6 +76,7 @@ from processor.live.connection import CLOSE_TIMEOUT_S, GOING_AWAY, Budgets, Conn
 from processor.live.device_events import DeviceEventMap
 from processor.live.race import RaceFeed
 from processor.live.registry import Registry
+from processor.live.session import RECHECKS_AT_ONCE, Session
 from processor.live.snapshot import Snapshots
 from processor.observability.metrics import Metrics
 from processor.store.postgres import Database
@@ -161,7 +163,10 @@ class LiveServer:
             ping_interval_s=config.live_ws_ping_interval_ms / 1000,
         )
         self._directus: Directus | None = None
+        self._nursery: trio.Nursery | None = None
         self._connections: set[Connection] = set()
+        self._sessions: dict[Credentials, Session] = {}
+        self._rechecks = trio.CapacityLimiter(RECHECKS_AT_ONCE)
         self._per_user: Counter[str] = Counter()
         self._pending_upgrades = 0
         self._ids = itertools.count(1)
@@ -191,6 +196,7 @@ class LiveServer:
                 trio.open_nursery() as nursery,
             ):
                 self._directus = Directus(http, timeout_s=timeout_s, metrics=self.metrics)
+                self._nursery = nursery
                 self.snapshots.attach(nursery)
                 supervised = self.supervisor.run
                 critical = partial(self.supervisor.run, critical=True)  # /readyz 503 while down
@@ -323,11 +329,35 @@ class LiveServer:
                 self._release(verdict.user_id)
         return verdict
 
+    def _session(self, credentials: Credentials) -> Session:
+        """The session of these credentials, started (its re-check task) when new or ended."""
+        assert self._directus is not None
+        assert self._nursery is not None
+        session = self._sessions.get(credentials)
+        if session is None or session.ended:
+            session = self._sessions[credentials] = Session(
+                credentials,
+                directus=self._directus,
+                metrics=self.metrics,
+                period_s=self.config.live_ws_reauth_s,
+                limiter=self._rechecks,
+            )
+            self._nursery.start_soon(session.run)
+        return session
+
+    def _leave(self, session: Session, connection: Connection) -> None:
+        session.members.discard(connection)
+        if not session.members:
+            session.close()
+            if self._sessions.get(session.credentials) is session:
+                del self._sessions[session.credentials]
+
     async def _serve(self, ws: WebSocketConnection, admission: Admission) -> None:
         assert self._directus is not None
+        session = self._session(admission.credentials)
         connection = Connection(
             ws,
-            admission.credentials,
+            session,
             name=f"live-{next(self._ids)}",
             budgets=self.budgets,
             registry=self.registry,
@@ -336,9 +366,11 @@ class LiveServer:
             metrics=self.metrics,
         )
         self._connections.add(connection)
+        session.members.add(connection)
         try:
             await connection.serve()
         finally:
+            self._leave(session, connection)
             self._connections.discard(connection)
             if self._closing and not self._connections:
                 self._all_closed.set()

@@ -2,9 +2,15 @@
 
 One worker-thread hop: the event's devices straight from the Directus tables (not the refreshed
 map, so a device linked a moment ago is included), then each device's latest good fix through the
-`positions` primary key (`store.positions.latest_good_positions`), then the whole `subscribed`
-frame encoded, all in that thread, so a large snapshot (3,000 devices: ~0.5 MB of JSON) is never
+`positions` primary key (`store.positions.latest_shown_positions`), then the `subscribed` frame's
+parts encoded, all in that thread, so a large snapshot (3,000 devices: ~0.5 MB of JSON) is never
 built on the Trio thread.
+
+Fixes dated ahead of the processor's clock (a device clock running fast, yet inside
+FUTURE_TOLERANCE_S, so not faulty) must not freeze a device: the fix shown is the latest one
+dated at most `AHEAD_SKEW_S` after the read (a device with only later fixes shows its latest),
+and only such a fix sets the floor a subscription starts from: the broadcaster's rule
+(`live/broadcast.py`; docs/websocket.md, Order).
 
 Snapshots cost ingestion nothing (docs/pipeline.md, Isolation), and a resubscribe storm costs
 little:
@@ -24,22 +30,32 @@ little:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
 import attrs
+import orjson
 import psycopg
 import structlog
 import trio
 
 from processor.io_map import ModelMap, derive
+from processor.live.broadcast import AHEAD_SKEW
 from processor.live.device_events import event_devices
-from processor.live.protocol import INTERNAL, UNAVAILABLE, subscribed_frame, topic_of
+from processor.live.protocol import (
+    INTERNAL,
+    UNAVAILABLE,
+    position_object,
+    subscribed_frame,
+    topic_json,
+    topic_of,
+)
 from processor.observability.metrics import Metrics
 from processor.position import Position
-from processor.store.positions import latest_good_positions
+from processor.race_feed import ALERT, RESULTS
+from processor.store.positions import latest_shown_positions
 from processor.store.postgres import TRANSIENT_ERRORS, Database
 from processor.store.race import event_results, open_alerts
 
@@ -58,11 +74,32 @@ class SnapshotError(Exception):
         self.message = message
 
 
-@attrs.frozen(slots=True)
+@attrs.define(eq=False, slots=True)
 class Snapshot:
+    """One read, shared by every subscriber that joined it. The `subscribed` frame exists in
+    up to four variants (results and alerts each included or not, by the subscriber's
+    permissions), each built once on first use and then shared."""
+
     positions: tuple[Position, ...]
-    frame: str  # the whole `subscribed` frame, shared by every subscriber of this read
+    topic_json: str
+    snapshot_json: str
+    results_json: str
+    alerts_json: str
     floor: Mapping[str, datetime]  # device -> ts, shared (read-only) by those subscriptions
+    _frames: dict[tuple[bool, bool], str] = attrs.field(factory=dict)
+
+    def frame_for(self, kinds: Collection[str]) -> str:
+        """The `subscribed` frame for a session allowed the race-control frame `kinds`."""
+        key = (RESULTS in kinds, ALERT in kinds)
+        frame = self._frames.get(key)
+        if frame is None:
+            frame = self._frames[key] = subscribed_frame(
+                self.topic_json,
+                self.snapshot_json,
+                self.results_json if key[0] else "[]",
+                self.alerts_json if key[1] else "[]",
+            )
+        return frame
 
 
 @attrs.define(eq=False)
@@ -169,9 +206,10 @@ def _read(
     conn: psycopg.Connection[Any], event_id: str, io_of: Callable[[str], ModelMap | None]
 ) -> Snapshot:
     """In the worker thread: query, then encode the frame (no Trio-thread time for either)."""
-    latest = latest_good_positions(conn, event_devices(conn, event_id), attributes=True)
+    bound = datetime.now(UTC) + AHEAD_SKEW
+    latest = latest_shown_positions(conn, event_devices(conn, event_id), bound)
     positions = tuple(latest[device_id] for device_id in sorted(latest))
-    floor = MappingProxyType({p.device_id: p.ts for p in positions})
+    floor = MappingProxyType({p.device_id: p.ts for p in positions if p.ts <= bound})
     # read after the subscription was registered, like the positions: a change committed
     # meanwhile is in the table or arrives as a frame after this reply (or both)
     results = event_results(conn, event_id)
@@ -181,5 +219,11 @@ def _read(
         mapping = io_of(position.device_id)
         return None if mapping is None else derive(position.attributes, mapping)
 
-    frame = subscribed_frame(topic_of(event_id), positions, results, alerts, io)
-    return Snapshot(positions, frame, floor)
+    return Snapshot(
+        positions,
+        topic_json(topic_of(event_id)),
+        orjson.dumps([position_object(p, io(p)) for p in positions]).decode(),
+        orjson.dumps(results).decode(),
+        orjson.dumps(alerts).decode(),
+        floor,
+    )

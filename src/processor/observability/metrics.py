@@ -246,6 +246,20 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.live_reauth = Counter(
+            p + "live_reauth",
+            "Periodic live session re-checks against Directus, by result (ok, expired,"
+            " unavailable, error).",
+            ["result"],
+            registry=r,
+        )
+        self.live_revocations = Counter(
+            p + "live_revocations",
+            "Live access ended by a re-check: connections closed (session_expired,"
+            " reauth_unavailable) and subscriptions removed (event_forbidden).",
+            ["reason"],
+            registry=r,
+        )
         # --- supervision of the side services ------------------------------------------------
         self.service_restarts = Counter(
             p + "service_restarts",
@@ -361,6 +375,10 @@ class Metrics:
             self.live_connection_errors.labels(stage)
         for reason in ("pending_limit", "handshake_timeout"):
             self.live_upgrades_dropped.labels(reason)
+        for result in ("ok", "expired", "unavailable", "error"):
+            self.live_reauth.labels(result)
+        for reason in ("session_expired", "reauth_unavailable", "event_forbidden"):
+            self.live_revocations.labels(reason)
         for result in ("entries", "empty", "error"):
             self.consumer_reads.labels(result)
         for kind in ("start", "waypoint", "checkpoint", "finish"):

@@ -96,6 +96,29 @@ CROSS JOIN LATERAL (
 ) AS p
 """
 
+# The live snapshot's form: the latest good fix not dated after %(bound)s (the processor's clock
+# plus a small skew), so one fix dated ahead of the clock does not stand in for the device's
+# newer, correctly dated ones; a device with only such fixes still shows its latest one.
+LATEST_SHOWN = """
+SELECT d.device_id, p.ts, p.latitude, p.longitude, p.altitude, p.angle, p.speed, p.satellites,
+       p.priority, p.attributes
+FROM unnest(%(devices)s::text[]) AS d(device_id)
+CROSS JOIN LATERAL (
+    (SELECT ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes
+     FROM positions
+     WHERE positions.device_id = d.device_id AND NOT faulty AND ts <= %(bound)s
+     ORDER BY ts DESC
+     LIMIT 1)
+    UNION ALL
+    (SELECT ts, latitude, longitude, altitude, angle, speed, satellites, priority, attributes
+     FROM positions
+     WHERE positions.device_id = d.device_id AND NOT faulty AND ts > %(bound)s
+     ORDER BY ts DESC
+     LIMIT 1)
+    LIMIT 1
+) AS p
+"""
+
 INSERTED, MERGED, DUPLICATE = "inserted", "merged", "duplicate"
 
 # A row as COPY writes it into the staging table: (round, *StoredRow, faulty).
@@ -203,8 +226,7 @@ def staged_rows(rows: Sequence[StoredRow], faulty: Sequence[bool]) -> list[Stage
     A key seen earlier in the batch goes to a later round (a later INSERT from the same table):
     one `ON CONFLICT DO UPDATE` cannot touch a row twice. The writer builds these on the Trio
     thread, not in the thread that writes: Python work per row in the writing thread waits for
-    the interpreter lock while the Trio thread decodes, and the database waits with it (issue
-    15: 6.5-9 % of the minimal pipeline's rate when it built them there).
+    the interpreter lock while the Trio thread decodes, and the database waits with it.
     """
     keys = list(map(_KEY, rows))
     if len(set(keys)) == len(keys):  # the common case: no key twice in the batch
@@ -249,4 +271,18 @@ def latest_good_positions(
             found[device_id] = Position(
                 device_id, ts, lat, lon, alt, angle, speed, sats, priority, raw_io
             )
+    return found
+
+
+def latest_shown_positions(
+    conn: psycopg.Connection[Any], device_ids: Sequence[str], bound: datetime
+) -> dict[str, Position]:
+    """Each device's latest stored non-faulty fix dated at most `bound`, else (a device whose
+    every good fix is later) its latest one; raw IO included (the live snapshot's read)."""
+    if not device_ids:
+        return {}
+    found: dict[str, Position] = {}
+    with conn.transaction():
+        for row in conn.execute(LATEST_SHOWN, {"devices": list(device_ids), "bound": bound}):
+            found[row[0]] = Position(*row)
     return found

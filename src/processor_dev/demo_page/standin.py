@@ -1,15 +1,20 @@
 """A development-only Directus stand-in: just enough of Directus for the live server's auth.
 
-The live server asks Directus two questions (`processor.live.auth`): `GET /users/me` (who is
-this credential?) and `GET /items/events/<id>` (may they read this event?). The demo answers
-them here instead of running Directus, with the same shapes and status codes:
+The live server asks Directus (`processor.live.auth`): `GET /users/me` (who is this
+credential?), `GET /items/events/<id>` and, at its periodic re-checks, `GET /items/events?filter=`
+(may they read these events?), and `GET /items/<collection>?limit=0` (may they read the
+race-control collections?). The demo answers them here instead of running Directus, with the same
+shapes and status codes:
 
 - a **one-time demo token** (printed in the page's URL) is redeemed once, by the page server,
   for a **session**; the session travels as the `directus_session_token` cookie (the name real
   Directus uses), or as a Bearer token for non-browser clients;
 - `/users/me` answers 200 `{"data": {"id": ...}}` for a live session, 401 otherwise;
 - `/items/events/<id>` answers 200 for the demo's events, 403 for any other id, 401 without a
-  session.
+  session; `/items/events?filter={"id":{"_in":[...]}}` lists the requested ids that are the
+  demo's events;
+- the race-control collections (`timing_records`, `stage_results`, `speed_violations`,
+  `alerts`) answer 200 `{"data": []}` to a session (demo users are race control), 401 without.
 
 Why a cookie: a browser cannot set `Authorization` on a WebSocket upgrade, and the live server
 accepts a cookie or a Bearer header only. Cookies are scoped to the host, not the port, so the
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import secrets
 from http.cookies import CookieError, SimpleCookie
+from typing import Any
 
 import orjson
 from quart import Response, request
@@ -37,6 +43,7 @@ COOKIE = "directus_session_token"
 JSON = "application/json"
 MAX_TOKENS = 64  # outstanding one-time tokens (the demo prints one; tests may ask for a few)
 MAX_SESSIONS = 1024  # redeemed sessions kept; the oldest is forgotten beyond that
+RACE_COLLECTIONS = frozenset({"timing_records", "stage_results", "speed_violations", "alerts"})
 
 
 class DirectusStandIn:
@@ -78,7 +85,7 @@ class DirectusStandIn:
         return session_cookie(cookie_header)
 
     def app(self) -> KeepAliveSafeQuartTrio:
-        """The stand-in's HTTP surface (only the two routes the live server calls)."""
+        """The stand-in's HTTP surface (only the routes the live server calls)."""
         app = KeepAliveSafeQuartTrio("directus-stand-in")
 
         def caller() -> str | None:
@@ -102,7 +109,36 @@ class DirectusStandIn:
                 return _errors(403, "You don't have permission to access this.")
             return _json(200, {"data": {"id": event_id.lower()}})
 
+        @app.get("/items/events")
+        async def events() -> Response:
+            if caller() is None:
+                return _errors(401, "Invalid user credentials.")
+            wanted = _filter_ids(request.args.get("filter"))
+            if wanted is None:
+                return _errors(400, "Invalid query.")
+            return _json(200, {"data": [{"id": i} for i in wanted if i in self.event_ids]})
+
+        @app.get("/items/<collection>")
+        async def collection(collection: str) -> Response:
+            if caller() is None:
+                return _errors(401, "Invalid user credentials.")
+            if collection not in RACE_COLLECTIONS:
+                return _errors(403, "You don't have permission to access this.")
+            return _json(200, {"data": []})
+
         return app
+
+
+def _filter_ids(text: str | None) -> list[str] | None:
+    """The ids of a `{"id": {"_in": [...]}}` filter (None when it is not one)."""
+    try:
+        document: Any = orjson.loads(text or "")
+        ids = document["id"]["_in"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not isinstance(ids, list):
+        return None
+    return [str(i).lower() for i in ids]
 
 
 def session_cookie(cookie_header: str | None) -> str | None:

@@ -1,0 +1,195 @@
+"""Live access with a lifetime: each session's periodic re-check against Directus.
+
+A credential checked once at the upgrade would be good for as long as the socket lives: a
+revoked user or an expired session would keep watching. So every *session* is checked again
+every `LIVE_WS_REAUTH_S` (docs/websocket.md, Session lifetime).
+
+A session is one Directus credential (the session cookie or Bearer token, exactly as presented)
+and every open connection that presented it: a user with three tabs open is one session. Its
+re-check is coalesced: one task per session, whatever the number of its connections and
+subscriptions, and per period Directus sees
+
+1. `GET /users/me?fields=id` (is the session still valid);
+2. when the session has subscriptions: one `GET /items/events?filter=...` for all the events its
+   connections subscribed to (which may it still read), and one `GET /items/<collection>?limit=0`
+   per race-control collection (may it read timing, results, violations, alerts).
+
+Verdicts:
+
+- Directus says 401/403 (or `data: null`) at any of these: the session has expired or was
+  revoked. Each of its connections is closed with 4001 "session expired".
+- An event it may no longer read: that subscription gets `error forbidden` and is removed; the
+  connection and its other subscriptions stay.
+- A race-control collection it may no longer read: those frames stop (and come back when the
+  permission does); positions stay gated by the event only.
+- Directus unreachable (timeout, 5xx, a body we cannot read): nothing changes, the last good
+  verdict stands and the next period tries again. Only after `GRACE_CHECKS` such re-checks in a
+  row (about three periods) are the session's connections closed, with 4002 "authorization
+  unavailable". A Directus outage therefore drops nobody for three periods, and then not everyone
+  at once: each session's period is jittered (75-100 % of `LIVE_WS_REAUTH_S`, drawn anew each
+  time), and re-checks run at most `RECHECKS_AT_ONCE` at a time server-wide.
+
+A subscribe reads the race-control permissions too (`race_kinds`), unless the session read them
+less than `GRANTS_FRESH_S` ago: a page subscribing to ten events costs one permission read.
+
+Failure boundary: a re-check that raises (a bug) is logged and counted (`result="error"`) and the
+loop goes on; nothing escapes into the server's nursery.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Collection, Mapping
+from typing import Protocol
+
+import structlog
+import trio
+
+from processor.live.auth import AuthOutcome, Credentials, Directus, Verdict
+from processor.live.protocol import TOPIC_PREFIX
+from processor.live.registry import Grants
+from processor.observability.metrics import Metrics
+from processor.race_feed import ALERT, RESULTS, TIMING, VIOLATION
+
+log = structlog.get_logger("processor.live.session")
+
+# frame kind -> the Directus collection a session must be able to read to receive it
+RACE_COLLECTIONS: Mapping[str, str] = {
+    TIMING: "timing_records",
+    RESULTS: "stage_results",
+    VIOLATION: "speed_violations",
+    ALERT: "alerts",
+}
+SESSION_EXPIRED, REAUTH_UNAVAILABLE = 4001, 4002
+GRACE_CHECKS = 3  # unanswered re-checks in a row before the session's connections are closed
+JITTER = 0.25  # each wait is drawn from [1 - JITTER, 1] x LIVE_WS_REAUTH_S
+GRANTS_FRESH_S = 5.0
+RECHECKS_AT_ONCE = 16
+
+
+class Member(Protocol):
+    """A connection, as its session sees it."""
+
+    def topics(self) -> Collection[str]:
+        """The topics it is subscribed to."""
+
+    def revoke(self, topic: str) -> bool:
+        """Remove a subscription no longer authorized, telling the client (False: not
+        subscribed any more)."""
+
+    async def stop(self, code: int, reason: str) -> None:
+        """Close the connection with `code` (returns at once)."""
+
+
+class Session:
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        directus: Directus,
+        metrics: Metrics,
+        period_s: float,
+        limiter: trio.CapacityLimiter,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.credentials = credentials
+        self.members: set[Member] = set()
+        self.grants = Grants()
+        self.failures = 0  # unanswered re-checks in a row
+        self.ended = False
+        self._directus = directus
+        self._metrics = metrics
+        self._period_s = period_s
+        self._limiter = limiter
+        self._jitter = jitter
+        self._scope = trio.CancelScope()
+        self._grants_lock = trio.Lock()
+
+    def close(self) -> None:
+        """Stop re-checking (its last connection is gone); safe before `run` started."""
+        self._scope.cancel()
+
+    def next_wait(self) -> float:
+        return self._period_s * (1 - JITTER * self._jitter())
+
+    async def run(self) -> None:
+        with self._scope:
+            while not self.ended:
+                await trio.sleep(self.next_wait())
+                async with self._limiter:
+                    try:
+                        await self.recheck()
+                    except Exception:  # the boundary: one session, logged and counted
+                        self._metrics.live_reauth.labels("error").inc()
+                        log.exception("live session re-check failed")
+
+    async def race_kinds(self) -> frozenset[str] | None:
+        """The race-control kinds this session may receive, read from Directus unless read
+        less than GRANTS_FRESH_S ago; None when Directus could not say (fail closed)."""
+        async with self._grants_lock:
+            if trio.current_time() - self.grants.read_at < GRANTS_FRESH_S:
+                return self.grants.kinds
+            verdicts = await self._directus.collection_access(
+                self.credentials, RACE_COLLECTIONS.values()
+            )
+            if any(v is Verdict.UNAVAILABLE for v in verdicts.values()):
+                return None
+            self._grant(verdicts)
+            return self.grants.kinds
+
+    async def recheck(self) -> None:
+        """One re-check of the session (module docstring)."""
+        outcome, _user = await self._directus.authenticate(self.credentials)
+        if outcome is AuthOutcome.UNAUTHORIZED:
+            await self._expired()
+            return
+        if outcome is AuthOutcome.UNAVAILABLE:
+            await self._unanswered()
+            return
+        subscribed = {member: list(member.topics()) for member in list(self.members)}
+        events = {topic[len(TOPIC_PREFIX) :] for topics in subscribed.values() for topic in topics}
+        if events:
+            verdict, readable = await self._directus.readable_events(self.credentials, events)
+            collections = await self._directus.collection_access(
+                self.credentials, RACE_COLLECTIONS.values()
+            )
+            verdicts = [verdict, *collections.values()]
+            if Verdict.EXPIRED in verdicts:
+                await self._expired()
+                return
+            if Verdict.UNAVAILABLE in verdicts:
+                await self._unanswered()
+                return
+            for member, topics in subscribed.items():
+                for topic in topics:
+                    if topic[len(TOPIC_PREFIX) :] not in readable and member.revoke(topic):
+                        self._metrics.live_revocations.labels("event_forbidden").inc()
+            self._grant(collections)
+        self.failures = 0
+        self._metrics.live_reauth.labels("ok").inc()
+
+    def _grant(self, verdicts: Mapping[str, Verdict]) -> None:
+        self.grants.kinds = frozenset(
+            kind
+            for kind, collection in RACE_COLLECTIONS.items()
+            if verdicts.get(collection) is Verdict.ALLOWED
+        )
+        self.grants.read_at = trio.current_time()
+
+    async def _expired(self) -> None:
+        self._metrics.live_reauth.labels("expired").inc()
+        log.info("live session expired or revoked", connections=len(self.members))
+        await self._end(SESSION_EXPIRED, "session expired", "session_expired")
+
+    async def _unanswered(self) -> None:
+        self.failures += 1
+        self._metrics.live_reauth.labels("unavailable").inc()
+        if self.failures >= GRACE_CHECKS:
+            log.warning("live session could not be re-checked; closing", failures=self.failures)
+            await self._end(REAUTH_UNAVAILABLE, "authorization unavailable", "reauth_unavailable")
+
+    async def _end(self, code: int, reason: str, label: str) -> None:
+        self.ended = True
+        for member in list(self.members):
+            self._metrics.live_revocations.labels(label).inc()
+            await member.stop(code, reason)
