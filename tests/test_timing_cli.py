@@ -152,20 +152,20 @@ def test_unknown_stage_bad_id_and_missing_tables_exit_1(
 
 
 def test_rebuild_of_a_stage_it_cannot_evaluate_exits_3_with_the_reason(
-    database_url: str, stream_key: str
+    cli: tuple[str, str], database_url: str, stream_key: str
 ) -> None:
     """An invalid stage (here: its waypoint has no radius yet) is not evaluated: the command
     says why and exits 3, leaving the stored rows as they were; a broken timing table exits 1
     with the SQL that fixes it."""
     course = prepared(database_url)
-    assert timing(database_url, "rebuild", course.stage_id, stream=stream_key).returncode == 0
+    assert timing(cli, "rebuild", course.stage_id, stream=stream_key).returncode == 0
     before = racing.stored(database_url, course.stage_id)
     with psycopg.connect(database_url) as conn:
         conn.execute(
             "UPDATE controls SET validate_radius_m = NULL WHERE id = %s",
             (course.controls["waypoint"],),
         )
-    refused = timing(database_url, "rebuild", course.stage_id, stream=stream_key)
+    refused = timing(cli, "rebuild", course.stage_id, stream=stream_key)
     assert refused.returncode == 3, refused.stdout
     assert refused.stdout == ""
     assert f"stage {course.stage_id} is not evaluated: " in refused.stderr
@@ -178,7 +178,7 @@ def test_rebuild_of_a_stage_it_cannot_evaluate_exits_3_with_the_reason(
         conn.execute(
             "ALTER TABLE stage_results DROP CONSTRAINT stage_results_stage_id_entry_id_key"
         )
-    broken = timing(database_url, "rebuild", course.stage_id, stream=stream_key)
+    broken = timing(cli, "rebuild", course.stage_id, stream=stream_key)
     assert broken.returncode == 1
     assert "no unique constraint on (stage_id, entry_id)" in broken.stderr
     assert (
