@@ -39,12 +39,18 @@ test *ARGS: install test-tools
 test-tools:
     #!/usr/bin/env bash
     # chromium: the race-control page test; promtool (package prometheus): the metrics
-    # exposition, the alert rules and the scrape configuration. Only root can apt-get: anyone
-    # else is told the command and stopped, rather than a few tests failing later.
+    # exposition, the alert rules and the scrape configuration; Node.js, npm, g++ and make:
+    # the real Directus of the Directus tests (npm installs it, compiling one native module).
+    # Only root can apt-get: anyone else is told the command and stopped, rather than a few
+    # tests failing later.
     set -euo pipefail
     missing=()
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
+    command -v g++ >/dev/null 2>&1 || missing+=(g++)
+    command -v make >/dev/null 2>&1 || missing+=(make)
     [ "${#missing[@]}" -eq 0 ] && exit 0
     install="apt-get install -y --no-install-recommends ${missing[*]}"
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -82,6 +88,11 @@ lint: install
     pdm run mypy
     pdm run lint-imports
     pdm run actionlint .gitea/workflows/*.yml
+
+# Directus's settings come from the environment (DB_CLIENT=pg, DB_HOST, ...: deploy/directus/README.md)
+# the Directus CLI of deploy/directus (11.3.5, installed once into ~/.cache/processor)
+directus *ARGS:
+    node "$(bash deploy/directus/install.sh)/node_modules/@directus/api/dist/cli/run.js" {{ARGS}}
 
 # the image run by podman, compose, Quadlet (root, after ../shared/podman/setup.sh)
 container-test *ARGS: install

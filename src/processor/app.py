@@ -60,9 +60,9 @@ from processor.core.reclaimer import Reclaimer, ReclaimSettings, durable_reclaim
 from processor.core.records import Delivery
 from processor.core.stream_names import StreamNames
 from processor.core.writer import Writer, WriterSettings
-from processor.domain.alerts import AlertRules
 from processor.domain.engine import DomainEngine, EngineSettings, domain_health
 from processor.domain.health import DomainHealth
+from processor.domain.rules.stops import AlertRules
 from processor.lifecycle import leaves
 from processor.observability.metrics import Metrics
 from processor.observability.services import Observability

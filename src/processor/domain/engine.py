@@ -49,7 +49,6 @@ from processor.core.inflight import InFlight
 from processor.core.reclaimer import ClaimedPage, ReclaimCounters, Reclaimer, ReclaimSettings
 from processor.core.records import Rejected
 from processor.core.stream_names import StreamNames
-from processor.domain.alerts import AlertRules
 from processor.domain.evaluator import (
     Batch,
     Evaluator,
@@ -59,6 +58,7 @@ from processor.domain.evaluator import (
 from processor.domain.feed import FeedWriter
 from processor.domain.health import DomainHealth
 from processor.domain.refresher import Refresher
+from processor.domain.rules.stops import AlertRules
 from processor.domain.silence import SilenceWatch
 from processor.lifecycle import Stopper, StopRequested
 from processor.observability.lag import SAMPLE_ERRORS, sample_lag_sync

@@ -36,11 +36,12 @@ from processor.core.records import Rejected
 from processor.core.settle import DeadLetterUnwritable, settle_sync
 from processor.core.stream_names import StreamNames
 from processor.domain import visibility
-from processor.domain.alerts import AlertRules, Judgement, judge_stops
+from processor.domain.alerts import Judgement, judge_stops
 from processor.domain.definitions import Definitions
 from processor.domain.evaluation import Outcome, StagesOutcome, evaluate_stages
 from processor.domain.health import DomainHealth
 from processor.domain.refresher import Refresher
+from processor.domain.rules.stops import AlertRules
 from processor.lifecycle import Stopper
 from processor.observability.metrics import Metrics
 from processor.position import CodecError, decode_payload

@@ -25,9 +25,9 @@ import attrs
 import psycopg
 
 from processor.domain.definitions import StageDef
-from processor.domain.instants import to_datetime
-from processor.domain.model import EntryResult, Fix
-from processor.domain.zones import Violation, violations
+from processor.domain.rules.instants import to_datetime
+from processor.domain.rules.model import EntryResult, Fix
+from processor.domain.rules.zones import Violation, violations
 from processor.race_feed import RaceChange, timestamp, violation_change
 
 STORED = """

@@ -24,8 +24,8 @@ from typing import Any, TypeGuard
 
 import attrs
 
-from processor.domain.geometry import haversine_m
-from processor.domain.model import MAX_PENALTY_S, Fix
+from processor.domain.rules.geometry import haversine_m
+from processor.domain.rules.model import MAX_PENALTY_S, Fix
 
 
 class ZoneError(ValueError):
