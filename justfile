@@ -51,6 +51,12 @@ test-tools:
     command -v npm >/dev/null 2>&1 || missing+=(npm)
     command -v g++ >/dev/null 2>&1 || missing+=(g++)
     command -v make >/dev/null 2>&1 || missing+=(make)
+    # Debian's nodejs links its libraries dynamically, so node-gyp links a native module
+    # against them too (-lz -lbrotlienc -lcares -lnghttp2 -licuuc ...): with it, their -dev
+    # packages. A node already on PATH is left as it is.
+    if [[ " ${missing[*]} " == *" nodejs "* ]]; then
+        missing+=(libnode-dev zlib1g-dev libbrotli-dev libc-ares-dev libnghttp2-dev libicu-dev)
+    fi
     [ "${#missing[@]}" -eq 0 ] && exit 0
     install="apt-get install -y --no-install-recommends ${missing[*]}"
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
