@@ -12,6 +12,7 @@
         │   ├── supervised "live-server"       listener + accept loop (critical for /readyz)
         │   └── one task per socket, each under its own failure boundary (live/server.py)
         ├── supervised "domain-engine"     racing domain: own consumer group, own DB pool
+        ├── supervised "consumer-cleanup"  removes dead consumers from the groups
         └── pipeline nursery (not supervised: it *is* the process's job)
             ├── consumer  --Delivery channel-->  writer (batcher + flushers)
             └── reclaimer (same channel)
@@ -42,7 +43,7 @@ from __future__ import annotations
 import signal
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 import attrs
 import redis
@@ -52,6 +53,7 @@ from trio import TaskStatus
 
 from processor.config import Config, ConfigError
 from processor.core.consumer import Consumer, ConsumerSettings, durable_consumer
+from processor.core.consumer_cleanup import CleanupSettings, run_consumer_cleanup
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
 from processor.core.reclaimer import Reclaimer, ReclaimSettings, durable_reclaimer
@@ -80,6 +82,8 @@ if TYPE_CHECKING:
     from processor.live.server import LiveServer
 
 log = structlog.get_logger("processor.app")
+
+_E = TypeVar("_E", bound=BaseException)
 
 EXIT_OK = 0
 EXIT_FORCED = 1
@@ -331,6 +335,20 @@ class Service:
         # --- racing domain (runs once the racing tables exist; logs once while they do not) ---
         self.domain = make_domain_engine(self.config, control, self.metrics, self.domain_health)
         await services.start(self.supervisor.run, "domain-engine", self.domain.run)
+        # --- dead consumers of gone instances (core/consumer_cleanup.py) ---
+        config = self.config
+        cleanup = CleanupSettings(
+            stream=config.redis_stream,
+            groups=(config.redis_group, config.domain_group),
+            own=config.consumer_name,
+            max_idle_s=config.consumer_max_idle_s,
+            interval_s=config.consumer_cleanup_interval_s,
+        )
+        await services.start(
+            self.supervisor.run,
+            "consumer-cleanup",
+            partial(run_consumer_cleanup, control, settings=cleanup, metrics=self.metrics),
+        )
 
     async def _stop_services(self) -> None:
         """Graceful part of stopping the side services (e.g. close live clients with 1001),
@@ -346,6 +364,10 @@ class Service:
 async def run_until_signalled(config: Config, service: Service | None = None) -> int:
     """Run the service until SIGTERM/SIGINT; returns the process exit code."""
     service = service if service is not None else Service(config)
+    # The one-line failures are raised after the `except*` blocks, never inside them: before
+    # CPython 3.11.4 (Debian bookworm ships 3.11.2) an exception raised in an `except*` block
+    # comes out wrapped in an ExceptionGroup, which the CLI would print as a traceback (exit 1).
+    failure: Unavailable | ConfigError | None = None
     with (
         trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
         trio.CancelScope() as service_scope,
@@ -358,18 +380,21 @@ async def run_until_signalled(config: Config, service: Service | None = None) ->
                 await service.run()
                 root.cancel_scope.cancel()
         except* Unavailable as group:  # start-up gave up: the CLI reports it in one line
-            raise group.exceptions[0] from None
+            failure = _first_leaf(group)
         except* ConfigError as group:  # found at start (e.g. a group in use): one line, exit 2
-            raise _first_leaf(group) from None
+            failure = _first_leaf(group)
+    if failure is not None:
+        raise failure from None
     if service_scope.cancelled_caught and service.ready.is_set():
         log.error("drain deadline exceeded or forced stop: un-acked entries stay pending")
         return EXIT_FORCED
     return EXIT_OK
 
 
-def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> BaseException:
+def _first_leaf(group: BaseExceptionGroup[_E]) -> _E:
     """The first exception inside (possibly nested) exception groups."""
-    return leaves(group)[0]
+    leaf = leaves(group)[0]
+    return cast("_E", leaf)
 
 
 class Stoppable(Protocol):
