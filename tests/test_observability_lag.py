@@ -16,19 +16,23 @@ from tests.support.service import wait_until
 GROUP = "processor"
 
 
+def counts(sample: LagSample) -> tuple[int, int, bool]:
+    return sample.lag, sample.pending, sample.exact
+
+
 def test_lag_and_pending_follow_reads_and_acks(redis_client: redis.Redis, stream_key: str) -> None:
     ids = publish(redis_client, stream_key, [fix(second=i) for i in range(10)])
     redis_client.xgroup_create(stream_key, GROUP, id="0")
-    assert sample_lag_sync(redis_client, stream_key, GROUP) == LagSample(10, 0, exact=True)
+    assert counts(sample_lag_sync(redis_client, stream_key, GROUP)) == (10, 0, True)
 
     redis_client.xreadgroup(GROUP, "c1", {stream_key: ">"}, count=4)
-    assert sample_lag_sync(redis_client, stream_key, GROUP) == LagSample(6, 4, exact=True)
+    assert counts(sample_lag_sync(redis_client, stream_key, GROUP)) == (6, 4, True)
 
     redis_client.xack(stream_key, GROUP, ids[0], ids[1], ids[2])
-    assert sample_lag_sync(redis_client, stream_key, GROUP) == LagSample(6, 1, exact=True)
+    assert counts(sample_lag_sync(redis_client, stream_key, GROUP)) == (6, 1, True)
 
     publish(redis_client, stream_key, [fix(second=100)])
-    assert sample_lag_sync(redis_client, stream_key, GROUP) == LagSample(7, 1, exact=True)
+    assert counts(sample_lag_sync(redis_client, stream_key, GROUP)) == (7, 1, True)
 
 
 def test_lag_falls_back_to_xlen_when_redis_cannot_tell(
@@ -41,7 +45,44 @@ def test_lag_falls_back_to_xlen_when_redis_cannot_tell(
     redis_client.xdel(stream_key, ids[5])
     info = next(g for g in redis_client.xinfo_groups(stream_key) if g["name"] == GROUP.encode())
     assert info["lag"] is None  # the premise: this server cannot tell
-    assert sample_lag_sync(redis_client, stream_key, GROUP) == LagSample(9, 2, exact=False)
+    assert counts(sample_lag_sync(redis_client, stream_key, GROUP)) == (9, 2, False)
+
+
+def test_lag_seconds_is_the_age_of_the_oldest_entry_not_acknowledged(
+    redis_client: redis.Redis, stream_key: str
+) -> None:
+    """Pending first (the oldest delivered, not acked), else the first undelivered, else 0;
+    ages by Redis' own clock from the entries' IDs."""
+    seconds, micros = redis_client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    ids = [
+        redis_client.xadd(stream_key, {"payload": "{}"}, id=f"{now_ms - ago_s * 1000}-0")
+        for ago_s in (600, 300, 100)
+    ]
+    redis_client.xgroup_create(stream_key, GROUP, id="0")
+
+    def age() -> float:
+        return sample_lag_sync(redis_client, stream_key, GROUP).seconds
+
+    assert age() == pytest.approx(600, abs=5)  # nothing delivered: the first entry waits
+    redis_client.xreadgroup(GROUP, "c1", {stream_key: ">"}, count=1)
+    assert age() == pytest.approx(600, abs=5)  # delivered, not acked: still waiting
+    redis_client.xack(stream_key, GROUP, ids[0])
+    assert age() == pytest.approx(300, abs=5)  # the first undelivered one
+    redis_client.xreadgroup(GROUP, "c1", {stream_key: ">"}, count=2)
+    redis_client.xack(stream_key, GROUP, ids[1])
+    assert age() == pytest.approx(100, abs=5)  # the one pending
+    redis_client.xack(stream_key, GROUP, ids[2])
+    assert age() == 0  # all stored: no lag, whatever the entries' age
+
+
+def test_an_entry_id_ahead_of_the_clock_is_no_negative_lag(
+    redis_client: redis.Redis, stream_key: str
+) -> None:
+    seconds, _micros = redis_client.time()
+    redis_client.xadd(stream_key, {"payload": "{}"}, id=f"{(seconds + 3600) * 1000}-0")
+    redis_client.xgroup_create(stream_key, GROUP, id="0")
+    assert sample_lag_sync(redis_client, stream_key, GROUP).seconds == 0
 
 
 def test_missing_group_is_reported(redis_client: redis.Redis, stream_key: str) -> None:
@@ -69,6 +110,7 @@ async def test_sampler_sets_the_gauges(redis_client: redis.Redis, stream_key: st
                 )
             )
             assert metrics.consumer_lag._value.get() == 4
+            assert metrics.consumer_lag_seconds._value.get() >= 0
             assert metrics.pending_entries._value.get() == 3
             publish(redis_client, stream_key, [fix(second=100 + i) for i in range(5)])
             await wait_until(lambda: metrics.consumer_lag._value.get() == 9, timeout=5)

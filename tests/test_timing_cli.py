@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import psycopg
+import pytest
 import redis
 
 from processor.race_feed import feed_key
@@ -23,11 +24,16 @@ CARS = [("steady", "T1"), ("cutter", "T2"), ("dnf", "T1")]
 
 
 def timing(
-    database_url: str, *args: str, stream: str = "positions-cli-test"
+    servers: tuple[str, str], *args: str, stream: str = "positions-cli-test"
 ) -> subprocess.CompletedProcess[str]:
+    """`processor timing ARGS` against the harness's own servers: `servers` is (database URL,
+    Redis URL). Both are always passed, so the command never falls back to whatever
+    `REDIS_URL` the calling shell has (or the default), which is not where the test looks."""
+    database_url, redis_url = servers
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
         "LOG_FORMAT": "console",
         "REDIS_STREAM": stream,
     }
@@ -39,6 +45,12 @@ def timing(
         timeout=120,
         check=False,
     )
+
+
+@pytest.fixture
+def cli(database_url: str, redis_server_url: str) -> tuple[str, str]:
+    """The servers a `processor timing` subprocess must use: this test's schema and Redis."""
+    return database_url, redis_server_url
 
 
 def store(database_url: str, documents: list[dict[str, Any]]) -> None:
@@ -74,10 +86,10 @@ def prepared(database_url: str) -> racing.Course:
 
 
 def test_rebuild_prints_what_changed_then_no_change(
-    database_url: str, redis_client: redis.Redis, stream_key: str
+    cli: tuple[str, str], database_url: str, redis_client: redis.Redis, stream_key: str
 ) -> None:
     course = prepared(database_url)
-    first = timing(database_url, "rebuild", course.stage_id, stream=stream_key)
+    first = timing(cli, "rebuild", course.stage_id, stream=stream_key)
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert lines[0].split() == ["control", "entry", "old", "new"]
@@ -86,7 +98,7 @@ def test_rebuild_prints_what_changed_then_no_change(
     # live clients are told: 9 timing changes and one results notice on the race feed
     feed = [f[b"kind"] for _id, f in redis_client.xrange(feed_key(stream_key))]
     assert Counter(feed) == {b"timing": 9, b"results": 1}
-    second = timing(database_url, "rebuild", course.stage_id, stream=stream_key)
+    second = timing(cli, "rebuild", course.stage_id, stream=stream_key)
     assert (second.returncode, second.stdout.strip()) == (0, "no change")
     assert redis_client.xlen(feed_key(stream_key)) == 10  # nothing changed: nothing announced
 
@@ -97,7 +109,7 @@ def test_rebuild_prints_what_changed_then_no_change(
             "UPDATE controls SET latitude = %s, longitude = %s WHERE id = %s",
             (lat, lon, course.controls["waypoint"]),
         )
-    third = timing(database_url, "rebuild", course.stage_id)
+    third = timing(cli, "rebuild", course.stage_id)
     assert third.returncode == 0, third.stderr
     changed = [line.split() for line in third.stdout.splitlines()[1:-1]]
     assert sorted(row[2] for row in changed) == ["101", "102", "103"]
@@ -105,10 +117,10 @@ def test_rebuild_prints_what_changed_then_no_change(
     assert moved["102"][3] == "-" and moved["101"][-1] == "-"  # appeared / vanished
 
 
-def test_results_table_and_json(database_url: str, stream_key: str) -> None:
+def test_results_table_and_json(cli: tuple[str, str], database_url: str, stream_key: str) -> None:
     course = prepared(database_url)
-    assert timing(database_url, "rebuild", course.stage_id, stream=stream_key).returncode == 0
-    table = timing(database_url, "results", course.stage_id)
+    assert timing(cli, "rebuild", course.stage_id, stream=stream_key).returncode == 0
+    table = timing(cli, "results", course.stage_id)
     assert table.returncode == 0, table.stderr
     rows = [line.split() for line in table.stdout.splitlines()]
     assert rows[0] == ["pos", "number", "class", "status", "elapsed", "penalties", "total", "gap"]
@@ -117,7 +129,7 @@ def test_results_table_and_json(database_url: str, stream_key: str) -> None:
     assert rows[2][:2] == ["2", "102"] and rows[2][5] == "0:05:00.000"
     assert rows[3][:4] == ["-", "103", "T1", "running"]
 
-    as_json = timing(database_url, "results", course.stage_id, "--json")
+    as_json = timing(cli, "results", course.stage_id, "--json")
     assert as_json.returncode == 0, as_json.stderr
     document = orjson.loads(as_json.stdout)
     assert [r["number"] for r in document] == ["101", "102", "103"]
@@ -125,33 +137,35 @@ def test_results_table_and_json(database_url: str, stream_key: str) -> None:
     assert document[1]["class_position"] == 1 and document[2]["position"] is None
 
 
-def test_unknown_stage_bad_id_and_missing_tables_exit_1(database_url: str) -> None:
+def test_unknown_stage_bad_id_and_missing_tables_exit_1(
+    cli: tuple[str, str], database_url: str
+) -> None:
     with psycopg.connect(database_url) as conn:
         apply_migrations(conn, load_migrations(default_directory()))
-    missing = timing(database_url, "results", str(uuid.uuid4()))
+    missing = timing(cli, "results", str(uuid.uuid4()))
     assert missing.returncode == 1 and "racing tables" in missing.stderr
     racing.create_tables(database_url)
-    unknown = timing(database_url, "rebuild", str(uuid.uuid4()))
+    unknown = timing(cli, "rebuild", str(uuid.uuid4()))
     assert unknown.returncode == 1 and "no stage" in unknown.stderr
-    bad = timing(database_url, "results", "not-a-uuid")
+    bad = timing(cli, "results", "not-a-uuid")
     assert bad.returncode == 1 and "not a stage id" in bad.stderr
 
 
 def test_rebuild_of_a_stage_it_cannot_evaluate_exits_3_with_the_reason(
-    database_url: str, stream_key: str
+    cli: tuple[str, str], database_url: str, stream_key: str
 ) -> None:
     """An invalid stage (here: its waypoint has no radius yet) is not evaluated: the command
     says why and exits 3, leaving the stored rows as they were; a broken timing table exits 1
     with the SQL that fixes it."""
     course = prepared(database_url)
-    assert timing(database_url, "rebuild", course.stage_id, stream=stream_key).returncode == 0
+    assert timing(cli, "rebuild", course.stage_id, stream=stream_key).returncode == 0
     before = racing.stored(database_url, course.stage_id)
     with psycopg.connect(database_url) as conn:
         conn.execute(
             "UPDATE controls SET validate_radius_m = NULL WHERE id = %s",
             (course.controls["waypoint"],),
         )
-    refused = timing(database_url, "rebuild", course.stage_id, stream=stream_key)
+    refused = timing(cli, "rebuild", course.stage_id, stream=stream_key)
     assert refused.returncode == 3, refused.stdout
     assert refused.stdout == ""
     assert f"stage {course.stage_id} is not evaluated: " in refused.stderr
@@ -164,7 +178,7 @@ def test_rebuild_of_a_stage_it_cannot_evaluate_exits_3_with_the_reason(
         conn.execute(
             "ALTER TABLE stage_results DROP CONSTRAINT stage_results_stage_id_entry_id_key"
         )
-    broken = timing(database_url, "rebuild", course.stage_id, stream=stream_key)
+    broken = timing(cli, "rebuild", course.stage_id, stream=stream_key)
     assert broken.returncode == 1
     assert "no unique constraint on (stage_id, entry_id)" in broken.stderr
     assert (

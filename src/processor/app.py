@@ -15,9 +15,10 @@
         ├── pipeline nursery (not supervised: it *is* the process's job)
         │   ├── consumer  --Delivery channel-->  writer (batcher + flushers)
         │   └── reclaimer (same channel)
-        │   ... then "ready" (once the first probe round has a verdict)
-        └── supervised "domain-engine"     racing domain: own consumer group, own DB pool;
-                                           started after ready (readiness never needs it)
+        │   ... then "ready" (once the first probe round has a verdict); after it, as
+        │   readiness needs neither:
+        ├── supervised "domain-engine"     racing domain: own consumer group, own DB pool
+        └── supervised "consumer-cleanup"  removes dead consumers from the groups
 
 Failure rule (docs/pipeline.md, Isolation, issue 9): a side service never takes ingestion down.
 - Start-up failures stop the process (exit non-zero): bad configuration (before anything runs),
@@ -46,7 +47,7 @@ import importlib
 import signal
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 import attrs
 import redis
@@ -56,6 +57,7 @@ from trio import TaskStatus
 
 from processor.config import Config, ConfigError
 from processor.core.consumer import Consumer, ConsumerSettings, durable_consumer
+from processor.core.consumer_cleanup import CleanupSettings, run_consumer_cleanup
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
 from processor.core.reclaimer import Reclaimer, ReclaimSettings, durable_reclaimer
@@ -84,6 +86,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("processor.app")
 
+_E = TypeVar("_E", bound=BaseException)
+
 EXIT_OK = 0
 EXIT_FORCED = 1
 
@@ -108,7 +112,7 @@ def make_domain_engine(
     """The engine, with its own small pool: it never takes the writer's connections, and its
     statements may run longer (a rebuild reads a whole stage's fixes)."""
     from processor.domain.engine import DomainEngine, EngineSettings  # noqa: PLC0415
-    from processor.domain.rules.stops import AlertRules  # noqa: PLC0415 - Service._start_domain
+    from processor.domain.rules.stops import AlertRules  # noqa: PLC0415 - Service._start_after_ready
 
     return DomainEngine(
         settings=EngineSettings(
@@ -278,7 +282,7 @@ class Service:
             await self.observability.probed.wait()  # long done, as a rule: they began first
             self.ready.set()
             log.info("ready")
-            await self._start_domain(services, control)
+            await self._start_after_ready(services, control)
             task_status.started()
             await self.draining.wait()
             log.info("draining")
@@ -365,14 +369,32 @@ class Service:
         else:
             log.info("live broadcast off: DIRECTUS_URL is not set")
 
-    async def _start_domain(self, services: trio.Nursery, control: redis.Redis) -> None:
-        """The racing domain (runs once the racing tables exist; logs once while they do not),
-        started once the instance is ready: readiness never depends on it, and its modules
-        are a good share of the start-up imports. They are imported in a worker thread, so
-        that /readyz answers meanwhile."""
+    async def _start_after_ready(self, services: trio.Nursery, control: redis.Redis) -> None:
+        """The side services readiness never depends on, started once the instance is ready.
+
+        The racing domain (runs once the racing tables exist; logs once while they do not): its
+        modules are a good share of the start-up imports, so they are imported in a worker
+        thread, and /readyz answers meanwhile. Then the dead-consumer cleanup, which sweeps the
+        domain's group too.
+        """
+        # --- racing domain ---
         await trio.to_thread.run_sync(importlib.import_module, "processor.domain.engine")
         self.domain = make_domain_engine(self.config, control, self.metrics, self.domain_health)
         await services.start(self.supervisor.run, "domain-engine", self.domain.run)
+        # --- dead consumers of gone instances (core/consumer_cleanup.py) ---
+        config = self.config
+        cleanup = CleanupSettings(
+            stream=config.redis_stream,
+            groups=(config.redis_group, config.domain_group),
+            own=config.consumer_name,
+            max_idle_s=config.consumer_max_idle_s,
+            interval_s=config.consumer_cleanup_interval_s,
+        )
+        await services.start(
+            self.supervisor.run,
+            "consumer-cleanup",
+            partial(run_consumer_cleanup, control, settings=cleanup, metrics=self.metrics),
+        )
 
     async def _stop_services(self) -> None:
         """Graceful part of stopping the side services (e.g. close live clients with 1001),
@@ -388,6 +410,10 @@ class Service:
 async def run_until_signalled(config: Config, service: Service | None = None) -> int:
     """Run the service until SIGTERM/SIGINT; returns the process exit code."""
     service = service if service is not None else Service(config)
+    # The one-line failures are raised after the `except*` blocks, never inside them: before
+    # CPython 3.11.4 (Debian bookworm ships 3.11.2) an exception raised in an `except*` block
+    # comes out wrapped in an ExceptionGroup, which the CLI would print as a traceback (exit 1).
+    failure: Unavailable | ConfigError | None = None
     with (
         trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
         trio.CancelScope() as service_scope,
@@ -400,18 +426,21 @@ async def run_until_signalled(config: Config, service: Service | None = None) ->
                 await service.run()
                 root.cancel_scope.cancel()
         except* Unavailable as group:  # start-up gave up: the CLI reports it in one line
-            raise _first_leaf(group) from None
+            failure = _first_leaf(group)
         except* ConfigError as group:  # found at start (e.g. a group in use): one line, exit 2
-            raise _first_leaf(group) from None
+            failure = _first_leaf(group)
+    if failure is not None:
+        raise failure from None
     if service_scope.cancelled_caught and service.ready.is_set():
         log.error("drain deadline exceeded or forced stop: un-acked entries stay pending")
         return EXIT_FORCED
     return EXIT_OK
 
 
-def _first_leaf(group: BaseExceptionGroup[Exception]) -> BaseException:
+def _first_leaf(group: BaseExceptionGroup[_E]) -> _E:
     """The first exception inside (possibly nested) exception groups."""
-    return leaves(group)[0]
+    leaf = leaves(group)[0]
+    return cast("_E", leaf)
 
 
 class Stoppable(Protocol):

@@ -1,4 +1,4 @@
-"""Command line: `processor run | migrate | dlq | timing | simulate | demo`.
+"""Command line: `processor run | migrate | config | dlq | timing | simulate | demo`.
 
 Every command reads the same environment configuration, loaded once here (`main`) and handed to
 the command's handler as `handler(args, config)`; an invalid setting stops it with exit code 2
@@ -130,9 +130,12 @@ def build_parser(extras: Sequence[str] | None = None) -> argparse.ArgumentParser
     parser = argparse.ArgumentParser(
         prog="processor",
         description="Telemetry processor: Redis Stream -> PostgreSQL, live WebSocket, metrics. "
-        "Configured by environment variables (see README).",
+        "Configured by environment variables (docs/configuration.md; `processor config`).",
     )
     parser.set_defaults(env_defaults={})
+    from processor.version import VERSION
+
+    parser.add_argument("--version", action="version", version=f"processor {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
     run.set_defaults(handler=cmd_run)
@@ -146,6 +149,7 @@ def build_parser(extras: Sequence[str] | None = None) -> argparse.ArgumentParser
 
 # Further commands: name -> the module whose `register` adds its sub-parser (imported on demand).
 EXTRA_COMMANDS: dict[str, str] = {
+    "config": "processor.config_command",
     "dlq": "processor.dlq",
     "timing": "processor.timing_commands",
     "simulate": "processor_dev.publisher",

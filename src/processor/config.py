@@ -1,7 +1,8 @@
 """Typed, frozen configuration read from the environment (docs/pipeline.md, Configuration).
 
-Every setting is one attrs field whose metadata names its environment variable and what values are
-allowed. cattrs turns each raw string into the field's type; attrs validators check the bounds.
+Every setting is one attrs field whose metadata names its environment variable, what values are
+allowed and what it does (`doc`): docs/configuration.md is generated from them (`just docs`).
+cattrs turns each raw string into the field's type; attrs validators check the bounds.
 Any failure becomes one `ConfigError` line naming the variable, the value and what is allowed, so an
 operator who mistyped a setting sees exactly that and not a traceback.
 """
@@ -25,6 +26,7 @@ from processor.redaction import redact
 
 ENV = "env"
 ALLOWED = "allowed"
+DOC = "doc"  # what the setting does, one line: docs/configuration.md is generated from it
 
 
 class ConfigError(ValueError):
@@ -67,24 +69,30 @@ def _setting(
     default: Any,
     allowed: str,
     validator: Callable[[Any, attrs.Attribute[Any], Any], None] | None = None,
+    *,
+    doc: str,
 ) -> Any:
-    return attrs.field(default=default, validator=validator, metadata={ENV: env, ALLOWED: allowed})
+    return attrs.field(
+        default=default, validator=validator, metadata={ENV: env, ALLOWED: allowed, DOC: doc}
+    )
 
 
-def _int(env: str, default: int, low: int, high: int) -> Any:
-    return _setting(env, default, f"an integer from {low} to {high}", _between(low, high))
+def _int(env: str, default: int, low: int, high: int, *, doc: str) -> Any:
+    return _setting(env, default, f"an integer from {low} to {high}", _between(low, high), doc=doc)
 
 
-def _float(env: str, default: float, low: float, high: float) -> Any:
-    return _setting(env, default, f"a number from {low:g} to {high:g}", _between(low, high))
+def _float(env: str, default: float, low: float, high: float, *, doc: str) -> Any:
+    return _setting(
+        env, default, f"a number from {low:g} to {high:g}", _between(low, high), doc=doc
+    )
 
 
-def _text(env: str, default: str, allowed: str = "a non-empty string") -> Any:
+def _text(env: str, default: str, allowed: str = "a non-empty string", *, doc: str) -> Any:
     def non_empty(_i: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         if not value.strip():
             raise ValueError(attribute.name)
 
-    return _setting(env, default, allowed, non_empty)
+    return _setting(env, default, allowed, non_empty, doc=doc)
 
 
 @attrs.frozen(kw_only=True)
@@ -97,67 +105,204 @@ class Config:
         "redis://localhost:6379/0",
         "a redis:// or rediss:// URL",
         _url("redis", "rediss", "unix"),
+        doc="Redis holding the input stream, the consumer groups and the dead letters",
     )
     database_url: str = _setting(
         "DATABASE_URL",
         "postgresql://localhost/processor",
         "a postgresql:// URL",
         _url("postgresql", "postgres"),
+        doc="PostgreSQL (TimescaleDB where installed) the fixes are stored in",
     )
-    instance_id: str = _setting("INSTANCE_ID", "", "a name unique per instance (default: hostname)")
-    startup_timeout_s: float = _float("STARTUP_TIMEOUT_S", 60.0, 1, 3600)
-    db_statement_timeout_ms: int = _int("DB_STATEMENT_TIMEOUT_MS", 15_000, 100, 600_000)
-    db_pool_size: int = _int("DB_POOL_SIZE", 4, 2, 64)
+    instance_id: str = _setting(
+        "INSTANCE_ID",
+        "",
+        "a name unique per instance (default: hostname)",
+        doc=(
+            "this instance's name, unique and stable: the consumer name and the live group's suffix"
+        ),
+    )
+    startup_timeout_s: float = _float(
+        "STARTUP_TIMEOUT_S",
+        60.0,
+        1,
+        3600,
+        doc="how long start-up retries Redis and PostgreSQL before it gives up (exit 1)",
+    )
+    db_statement_timeout_ms: int = _int(
+        "DB_STATEMENT_TIMEOUT_MS", 15_000, 100, 600_000, doc="server-side bound on every statement"
+    )
+    db_pool_size: int = _int(
+        "DB_POOL_SIZE",
+        4,
+        2,
+        64,
+        doc=(
+            "the writer's PostgreSQL connections; at least 2 x `WRITE_CONCURRENCY` + 2 are "
+            "used (each lane copies one batch while the one before it merges)"
+        ),
+    )
 
     # --- input stream ------------------------------------------------------------------------
-    redis_stream: str = _text("REDIS_STREAM", "telemetry:teltonika")
-    redis_group: str = _text("REDIS_GROUP", "processor")
-    redis_consumer: str = _setting("REDIS_CONSUMER", "", "a consumer name (default: INSTANCE_ID)")
-    read_count: int = _int("READ_COUNT", 2000, 1, 100_000)
-    read_block_ms: int = _int("READ_BLOCK_MS", 1000, 1, 60_000)
+    redis_stream: str = _text("REDIS_STREAM", "telemetry:teltonika", doc="the input stream key")
+    redis_group: str = _text(
+        "REDIS_GROUP", "processor", doc="the durable consumer group all instances share"
+    )
+    redis_consumer: str = _setting(
+        "REDIS_CONSUMER",
+        "",
+        "a consumer name (default: INSTANCE_ID)",
+        doc="this instance's consumer name in the group",
+    )
+    read_count: int = _int("READ_COUNT", 2000, 1, 100_000, doc="entries per `XREADGROUP`")
+    read_block_ms: int = _int(
+        "READ_BLOCK_MS",
+        1000,
+        1,
+        60_000,
+        doc="`BLOCK` of a read; the socket timeout is set above it",
+    )
 
     # --- writer ------------------------------------------------------------------------------
-    write_batch_size: int = _int("WRITE_BATCH_SIZE", 2000, 1, 100_000)
-    write_flush_ms: int = _int("WRITE_FLUSH_MS", 50, 1, 60_000)
-    write_concurrency: int = _int("WRITE_CONCURRENCY", 1, 1, 32)
-    pipeline_buffer_batches: int = _int("PIPELINE_BUFFER_BATCHES", 4, 1, 1000)
-    write_retry_initial_ms: int = _int("WRITE_RETRY_INITIAL_MS", 100, 1, 60_000)
-    write_retry_max_ms: int = _int("WRITE_RETRY_MAX_MS", 5_000, 1, 600_000)
-    shutdown_timeout_s: float = _float("SHUTDOWN_TIMEOUT_S", 15.0, 0.1, 3600)
+    write_batch_size: int = _int(
+        "WRITE_BATCH_SIZE", 2000, 1, 100_000, doc="records per batch write"
+    )
+    write_flush_ms: int = _int(
+        "WRITE_FLUSH_MS",
+        50,
+        1,
+        60_000,
+        doc="flush a partial batch this long after its first record",
+    )
+    write_concurrency: int = _int(
+        "WRITE_CONCURRENCY",
+        1,
+        1,
+        32,
+        doc="writer lanes (merging concurrently, split by device; two connections each)",
+    )
+    pipeline_buffer_batches: int = _int(
+        "PIPELINE_BUFFER_BATCHES", 4, 1, 1000, doc="reads buffered between consumer and writer"
+    )
+    write_retry_initial_ms: int = _int(
+        "WRITE_RETRY_INITIAL_MS", 100, 1, 60_000, doc="first backoff after a transient failure"
+    )
+    write_retry_max_ms: int = _int("WRITE_RETRY_MAX_MS", 5_000, 1, 600_000, doc="backoff cap")
+    shutdown_timeout_s: float = _float(
+        "SHUTDOWN_TIMEOUT_S",
+        15.0,
+        0.1,
+        3600,
+        doc="drain deadline on SIGTERM; the engine's stop timeout must be 5 s longer",
+    )
 
     # --- reclaim and dead letters ------------------------------------------------------------
-    reclaim_interval_s: float = _float("RECLAIM_INTERVAL_S", 15.0, 0.05, 86_400)
+    reclaim_interval_s: float = _float(
+        "RECLAIM_INTERVAL_S",
+        15.0,
+        0.05,
+        86_400,
+        doc="how often idle entries of dead consumers are claimed",
+    )
     # an entry idle this long is taken from its consumer; held entries are renewed every third
     # of it: far below a second that is a storm of renewals and of needless claims
-    reclaim_min_idle_ms: int = _int("RECLAIM_MIN_IDLE_MS", 60_000, 100, 86_400_000)
-    max_deliveries: int = _int("MAX_DELIVERIES", 5, 1, 1000)
-    dlq_stream: str = _setting("DLQ_STREAM", "", "a stream key (default <REDIS_STREAM>:dead)")
-    dlq_maxlen: int = _int("DLQ_MAXLEN", 100_000, 1, 100_000_000)
+    reclaim_min_idle_ms: int = _int(
+        "RECLAIM_MIN_IDLE_MS", 60_000, 100, 86_400_000, doc="idle time before an entry is claimed"
+    )
+    max_deliveries: int = _int(
+        "MAX_DELIVERIES",
+        5,
+        1,
+        1000,
+        doc="deliveries before an entry is dead-lettered as `max_deliveries`",
+    )
+    consumer_max_idle_s: float = _float(
+        "CONSUMER_MAX_IDLE_S",
+        3600.0,
+        0,
+        86_400 * 365,
+        doc=(
+            "a consumer of the groups that holds no entry and was idle this long is removed "
+            "(gone instances); 0 = never (OPERATIONS.md section 3)"
+        ),
+    )
+    consumer_cleanup_interval_s: float = _float(
+        "CONSUMER_CLEANUP_INTERVAL_S",
+        300.0,
+        0.05,
+        86_400,
+        doc="how often each instance looks for dead consumers to remove",
+    )
+    dlq_stream: str = _setting(
+        "DLQ_STREAM", "", "a stream key (default <REDIS_STREAM>:dead)", doc="the dead-letter stream"
+    )
+    dlq_maxlen: int = _int(
+        "DLQ_MAXLEN", 100_000, 1, 100_000_000, doc="approximate cap of the dead-letter stream"
+    )
 
     # --- fix quality and device state --------------------------------------------------------
-    future_tolerance_s: float = _float("FUTURE_TOLERANCE_S", 300.0, 0, 86_400 * 365)
-    max_plausible_speed_kmh: float = _float("MAX_PLAUSIBLE_SPEED_KMH", 400.0, 1, 100_000)
-    device_state_cap: int = _int("DEVICE_STATE_CAP", 100_000, 1, 10_000_000)
+    future_tolerance_s: float = _float(
+        "FUTURE_TOLERANCE_S",
+        300.0,
+        0,
+        86_400 * 365,
+        doc="a fix further ahead of our clock is stored as faulty",
+    )
+    max_plausible_speed_kmh: float = _float(
+        "MAX_PLAUSIBLE_SPEED_KMH",
+        400.0,
+        1,
+        100_000,
+        doc="an implied speed above this from the device's last good fix is faulty",
+    )
+    device_state_cap: int = _int(
+        "DEVICE_STATE_CAP", 100_000, 1, 10_000_000, doc="devices kept in memory (LRU)"
+    )
 
     # --- storage policy (TimescaleDB only) ---------------------------------------------------
-    positions_chunk_interval: str = _text("POSITIONS_CHUNK_INTERVAL", "1 day")
-    positions_compress_after_days: int = _int("POSITIONS_COMPRESS_AFTER_DAYS", 0, 0, 36_500)
-    positions_retention_days: int = _int("POSITIONS_RETENTION_DAYS", 0, 0, 36_500)
+    positions_chunk_interval: str = _text(
+        "POSITIONS_CHUNK_INTERVAL", "1 day", doc="TimescaleDB chunk interval (TimescaleDB only)"
+    )
+    positions_compress_after_days: int = _int(
+        "POSITIONS_COMPRESS_AFTER_DAYS",
+        0,
+        0,
+        36_500,
+        doc="compress chunks older than this; 0 = off (TimescaleDB only)",
+    )
+    positions_retention_days: int = _int(
+        "POSITIONS_RETENTION_DAYS",
+        0,
+        0,
+        36_500,
+        doc="drop chunks older than this; 0 = off (TimescaleDB only)",
+    )
 
     # --- observability -----------------------------------------------------------------------
-    http_host: str = _text("HTTP_HOST", "0.0.0.0")  # noqa: S104 - a container serves all
-    http_port: int = _int("HTTP_PORT", 9090, 0, 65_535)
-    probe_interval_s: float = _float("PROBE_INTERVAL_S", 2.0, 0.05, 3600)
-    probe_timeout_s: float = _float("PROBE_TIMEOUT_S", 1.0, 0.05, 60)
-    lag_sample_interval_s: float = _float("LAG_SAMPLE_INTERVAL_S", 5.0, 0.05, 3600)
+    http_host: str = _text("HTTP_HOST", "0.0.0.0", doc="metrics/health listen address")  # noqa: S104 - a container serves all
+    http_port: int = _int(
+        "HTTP_PORT", 9090, 0, 65_535, doc="metrics/health port (0 = any free port)"
+    )
+    probe_interval_s: float = _float(
+        "PROBE_INTERVAL_S", 2.0, 0.05, 3600, doc="readiness probe period"
+    )
+    probe_timeout_s: float = _float("PROBE_TIMEOUT_S", 1.0, 0.05, 60, doc="readiness probe timeout")
+    lag_sample_interval_s: float = _float(
+        "LAG_SAMPLE_INTERVAL_S", 5.0, 0.05, 3600, doc="consumer lag / pending sampling period"
+    )
     log_level: str = _setting(
         "LOG_LEVEL",
         "info",
         "one of debug, info, warning, error",
         _one_of("debug", "info", "warning", "error"),
+        doc="lifecycle at info, per batch at debug",
     )
     log_format: str = _setting(
-        "LOG_FORMAT", "json", "one of json, console", _one_of("json", "console")
+        "LOG_FORMAT",
+        "json",
+        "one of json, console",
+        _one_of("json", "console"),
+        doc="one JSON object per line, or readable console lines for development",
     )
 
     # --- live broadcast ----------------------------------------------------------------------
@@ -166,39 +311,182 @@ class Config:
         "",
         "an http:// or https:// URL (empty: live broadcast off)",
         _url("http", "https"),
+        doc="Directus base URL for live authentication; empty turns live broadcast off",
     )
-    directus_auth_timeout_ms: int = _int("DIRECTUS_AUTH_TIMEOUT_MS", 3_000, 10, 60_000)
-    live_ws_host: str = _text("LIVE_WS_HOST", "0.0.0.0")  # noqa: S104 - as HTTP_HOST
-    live_ws_port: int = _int("LIVE_WS_PORT", 8081, 0, 65_535)
+    directus_auth_timeout_ms: int = _int(
+        "DIRECTUS_AUTH_TIMEOUT_MS",
+        3_000,
+        10,
+        60_000,
+        doc="Directus authentication / authorization timeout",
+    )
+    live_ws_host: str = _text("LIVE_WS_HOST", "0.0.0.0", doc="WebSocket listen address")  # noqa: S104 - as HTTP_HOST
+    live_ws_port: int = _int(
+        "LIVE_WS_PORT", 8081, 0, 65_535, doc="WebSocket port (0 = any free port)"
+    )
     live_ws_allowed_origins: tuple[str, ...] = _setting(
-        "LIVE_WS_ALLOWED_ORIGINS", (), "a comma-separated list of origins"
+        "LIVE_WS_ALLOWED_ORIGINS",
+        (),
+        "a comma-separated list of origins",
+        doc="origins allowed for cookie sessions (empty allows none)",
     )
-    live_group_prefix: str = _text("LIVE_GROUP_PREFIX", "live")
-    live_device_event_refresh_ms: int = _int("LIVE_DEVICE_EVENT_REFRESH_MS", 30_000, 50, 86_400_000)
-    live_ws_max_queue: int = _int("LIVE_WS_MAX_QUEUE", 256, 1, 1_000_000)
-    live_ws_ping_interval_ms: int = _int("LIVE_WS_PING_INTERVAL_MS", 20_000, 50, 3_600_000)
-    live_ws_max_message_bytes: int = _int("LIVE_WS_MAX_MESSAGE_BYTES", 4096, 64, 16_777_216)
-    live_ws_max_protocol_errors: int = _int("LIVE_WS_MAX_PROTOCOL_ERRORS", 5, 1, 1000)
+    live_group_prefix: str = _text(
+        "LIVE_GROUP_PREFIX",
+        "live",
+        doc="the per-instance broadcast group is `<prefix>-<INSTANCE_ID>`",
+    )
+    live_device_event_refresh_ms: int = _int(
+        "LIVE_DEVICE_EVENT_REFRESH_MS", 30_000, 50, 86_400_000, doc="device → events map refresh"
+    )
+    live_ws_max_queue: int = _int(
+        "LIVE_WS_MAX_QUEUE",
+        256,
+        1,
+        1_000_000,
+        doc="messages a client may fall behind before close 4008",
+    )
+    live_ws_ping_interval_ms: int = _int(
+        "LIVE_WS_PING_INTERVAL_MS",
+        20_000,
+        50,
+        3_600_000,
+        doc="WebSocket ping period; no pong within one period closes",
+    )
+    live_ws_max_message_bytes: int = _int(
+        "LIVE_WS_MAX_MESSAGE_BYTES",
+        4096,
+        64,
+        16_777_216,
+        doc="largest inbound frame; larger closes with 1009",
+    )
+    live_ws_max_protocol_errors: int = _int(
+        "LIVE_WS_MAX_PROTOCOL_ERRORS", 5, 1, 1000, doc="protocol errors before close 1008"
+    )
     # --- live: per-client budgets (docs/pipeline.md, Isolation) -----------------------------------
-    live_ws_max_queue_bytes: int = _int("LIVE_WS_MAX_QUEUE_BYTES", 8 * 1024 * 1024, 1024, 2**31)
-    live_ws_max_subscriptions: int = _int("LIVE_WS_MAX_SUBSCRIPTIONS", 64, 1, 100_000)
-    live_ws_max_connections_per_user: int = _int("LIVE_WS_MAX_CONNECTIONS_PER_USER", 20, 1, 100_000)
-    live_ws_authorizations_per_s: float = _float("LIVE_WS_AUTHORIZATIONS_PER_S", 10.0, 0.1, 10_000)
-    live_ws_max_pending_upgrades: int = _int("LIVE_WS_MAX_PENDING_UPGRADES", 256, 1, 100_000)
-    live_ws_handshake_timeout_ms: int = _int("LIVE_WS_HANDSHAKE_TIMEOUT_MS", 10_000, 50, 600_000)
-    live_ws_reauth_s: float = _float("LIVE_WS_REAUTH_S", 60.0, 0.1, 86_400)
+    live_ws_max_queue_bytes: int = _int(
+        "LIVE_WS_MAX_QUEUE_BYTES",
+        8 * 1024 * 1024,
+        1024,
+        2**31,
+        doc="outbound bytes queued per connection before close 4008",
+    )
+    live_ws_max_subscriptions: int = _int(
+        "LIVE_WS_MAX_SUBSCRIPTIONS",
+        64,
+        1,
+        100_000,
+        doc="topics per connection; one more is answered `error bad_request`",
+    )
+    live_ws_max_connections_per_user: int = _int(
+        "LIVE_WS_MAX_CONNECTIONS_PER_USER",
+        20,
+        1,
+        100_000,
+        doc=(
+            "open connections per Directus user (`/users/me` `data.id`); one more is refused "
+            "with HTTP 429"
+        ),
+    )
+    live_ws_authorizations_per_s: float = _float(
+        "LIVE_WS_AUTHORIZATIONS_PER_S",
+        10.0,
+        0.1,
+        10_000,
+        doc=(
+            "subscribes (each a Directus authorization call) per connection per second; "
+            "faster ones wait"
+        ),
+    )
+    live_ws_max_pending_upgrades: int = _int(
+        "LIVE_WS_MAX_PENDING_UPGRADES",
+        256,
+        1,
+        100_000,
+        doc="sockets still in the HTTP upgrade; more are closed at once",
+    )
+    live_ws_handshake_timeout_ms: int = _int(
+        "LIVE_WS_HANDSHAKE_TIMEOUT_MS",
+        10_000,
+        50,
+        600_000,
+        doc=(
+            "time from TCP accept to the end of the upgrade (Directus included); then the "
+            "socket is dropped"
+        ),
+    )
+    live_ws_reauth_s: float = _float(
+        "LIVE_WS_REAUTH_S",
+        60.0,
+        0.1,
+        86_400,
+        doc=(
+            "period of each live session's re-check against Directus (credentials, subscribed "
+            "events, race-control collections), jittered to 75-100 % of it; an expired session "
+            "is closed with 4001 (docs/websocket.md)"
+        ),
+    )
 
     # --- racing domain (docs/racing-domain.md) ----------------------------------------------------
-    domain_group: str = _text("DOMAIN_GROUP", "domain")
-    domain_refresh_ms: int = _int("DOMAIN_REFRESH_MS", 10_000, 50, 86_400_000)
-    domain_visibility_timeout_ms: int = _int(
-        "DOMAIN_VISIBILITY_TIMEOUT_MS", 120_000, 100, 86_400_000
+    domain_group: str = _text(
+        "DOMAIN_GROUP",
+        "domain",
+        doc="the racing-domain engine's consumer group (docs/racing-domain.md)",
     )
-    domain_yield_backlog: int = _int("DOMAIN_YIELD_BACKLOG", 5_000, 0, 100_000_000)
-    domain_read_count: int = _int("DOMAIN_READ_COUNT", 20_000, 1, 1_000_000)
-    alert_stopped_kmh: float = _float("ALERT_STOPPED_KMH", 5.0, 0, 100)
-    alert_stopped_s: float = _float("ALERT_STOPPED_S", 180.0, 1, 86_400)
-    alert_no_signal_s: float = _float("ALERT_NO_SIGNAL_S", 120.0, 1, 10**9)
+    domain_refresh_ms: int = _int(
+        "DOMAIN_REFRESH_MS",
+        10_000,
+        50,
+        86_400_000,
+        doc="stage/control definitions re-read; a changed stage is rebuilt",
+    )
+    domain_visibility_timeout_ms: int = _int(
+        "DOMAIN_VISIBILITY_TIMEOUT_MS",
+        120_000,
+        100,
+        86_400_000,
+        doc="how long the engine waits for a fix's row before skipping it",
+    )
+    domain_yield_backlog: int = _int(
+        "DOMAIN_YIELD_BACKLOG",
+        5_000,
+        0,
+        100_000_000,
+        doc=(
+            "the engine pauses while the durable group has more entries than this to store "
+            "(0: never)"
+        ),
+    )
+    domain_read_count: int = _int(
+        "DOMAIN_READ_COUNT",
+        20_000,
+        1,
+        1_000_000,
+        doc=(
+            "entries per domain read; large on purpose: a batch costs per (stage, entry), not "
+            "per fix"
+        ),
+    )
+    alert_stopped_kmh: float = _float(
+        "ALERT_STOPPED_KMH",
+        5.0,
+        0,
+        100,
+        doc="a fix at or below this speed counts as stopped (safety alert `stopped`)",
+    )
+    alert_stopped_s: float = _float(
+        "ALERT_STOPPED_S",
+        180.0,
+        1,
+        86_400,
+        doc="a running entry stopped this long (by fix times) raises a `stopped` alert",
+    )
+    alert_no_signal_s: float = _float(
+        "ALERT_NO_SIGNAL_S",
+        120.0,
+        1,
+        10**9,
+        doc="a running entry without a fix for this long (wall clock) raises `no_signal`",
+    )
 
     @property
     def consumer_name(self) -> str:
@@ -230,7 +518,8 @@ attrs.resolve_types(Config)
 
 
 def settings() -> tuple[attrs.Attribute[Any], ...]:
-    """Every setting, in declaration order: the README's table is generated from this."""
+    """Every setting, in declaration order: docs/configuration.md is generated from this
+    (`just docs`)."""
     return attrs.fields(Config)
 
 

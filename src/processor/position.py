@@ -231,7 +231,7 @@ def _integer(document: Mapping[str, Any], name: str, low: int, high: int) -> int
 # RFC 3339 §5.6 `date-time`, ASCII digits only: `YYYY-MM-DD`, `T`, `hh:mm:ss`, an optional
 # fraction, then `Z` or `±hh:mm`. `fromisoformat` alone also takes week dates, ordinal dates,
 # basic format, any separator, offsets with seconds and non-ASCII digits (not RFC 3339).
-# Decisions (README "Decisions"): lowercase `t`/`z` are accepted (§5.6 NOTE); a space separator
+# Decisions (docs/decisions.md): lowercase `t`/`z` are accepted (§5.6 NOTE); a space separator
 # is not; more than 6 fraction digits are truncated to microseconds (never rounded into the next
 # second), at most 9 (nanoseconds); `-00:00` is UTC; a leap second (`:60`) is refused: devices
 # count time as Unix milliseconds, which cannot express one, so it can only be a broken producer.

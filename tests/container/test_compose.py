@@ -4,9 +4,10 @@ TimescaleDB from ../shared/timescaledb (deploy/local/). The services talk over t
 bridge network by name; nothing is published on the host, so the machine's 5432/6379 are not
 touched. Each run is its own compose project (containers, network and volumes removed after).
 
-Two replicas share the stream (each fix stored once); then one is removed the hard way (SIGKILL,
+Two instances share the stream (each fix stored once); then one is removed the hard way (SIGKILL,
 as when its host dies or a scale-down does not wait for the drain) while it holds entries, and
-the survivor reclaims them: every fix ends up stored, nothing stays pending.
+the survivor reclaims them: every fix ends up stored, nothing stays pending, and the removed
+instance's consumer, holding nothing any more, is deleted from the group by the survivor.
 """
 
 from __future__ import annotations
@@ -38,16 +39,19 @@ NO_QUIRKS += ["--sentinels", "0"]
 # Test-only settings, merged over the compose file's (podman-compose merges `-f` files): a dead
 # replica's entries are reclaimed within ~2.5 s, and each replica holds up to a second of reads
 # in a batch, so the one removed under load certainly holds entries.
-OVERRIDE = """\
-services:
-  processor:
+# Dead consumers are removed once idle 5 s (swept every second), so the removed replica's
+# consumer is gone by the end of the test.
+_INSTANCE_OVERRIDE = """\
     environment:
       RECLAIM_MIN_IDLE_MS: "2000"
       RECLAIM_INTERVAL_S: "0.5"
       WRITE_FLUSH_MS: "1000"
       WRITE_BATCH_SIZE: "5000"
+      CONSUMER_MAX_IDLE_S: "5"
+      CONSUMER_CLEANUP_INTERVAL_S: "1"
       LOG_LEVEL: info
 """
+OVERRIDE = "services:\n" + "".join(f"  processor-{n}:\n{_INSTANCE_OVERRIDE}" for n in (1, 2))
 
 
 @pytest.fixture(scope="session")
@@ -122,10 +126,11 @@ async def compose_stack(
     override = tmp_path / "ci.override.yaml"
     override.write_text(OVERRIDE)
     env = {**os.environ, **images}
-    env |= {"POSTGRES_PASSWORD": secrets.token_hex(12), "PROCESSOR_REPLICAS": str(replicas)}
+    env |= {"POSTGRES_PASSWORD": secrets.token_hex(12)}
     stack = Stack(f"ptest{uuid.uuid4().hex[:8]}", [COMPOSE_FILE, override], env)
+    services = ["redis", "timescaledb", *(f"processor-{n}" for n in range(1, replicas + 1))]
     try:
-        await stack.compose("up", "-d")
+        await stack.compose("up", "-d", *services)
         yield stack
     finally:
         with trio.CancelScope(shield=True):
@@ -150,7 +155,7 @@ async def test_two_replicas_share_the_work_and_a_removed_replicas_entries_are_re
     stack_images: dict[str, str], tmp_path: Path
 ) -> None:
     async with compose_stack(stack_images, tmp_path, replicas=2) as stack:
-        first, second = stack.container("processor", 1), stack.container("processor", 2)
+        first, second = stack.container("processor-1"), stack.container("processor-2")
         for replica in (first, second):
             await replica.wait_for("ready", within=180)
             await replica.wait_healthy()
@@ -159,7 +164,7 @@ async def test_two_replicas_share_the_work_and_a_removed_replicas_entries_are_re
         assert (
             await stack.sql(f"{hypertables} WHERE hypertable_name = 'positions'")
         ).strip() == "1"
-        gone = (await second.inspect())["Config"]["Hostname"]  # its consumer name (INSTANCE_ID)
+        gone = "processor-2"  # its consumer name: INSTANCE_ID, fixed in the compose file
 
         async with trio.open_nursery() as nursery:
             publisher = nursery.start_soon
@@ -198,6 +203,12 @@ async def test_two_replicas_share_the_work_and_a_removed_replicas_entries_are_re
         assert sum(line["count"] for line in claims) >= held, (held, owners)
         keys = await stack.sql("SELECT count(DISTINCT (device_id, ts)) FROM positions")
         assert int(keys.strip()) == FIXES  # each fix once
+
+        # The removed replica's consumer, holding nothing now, is deleted by the survivor.
+        removal = await first.wait_for("removed dead consumer", within=60)
+        assert (removal["group"], removal["consumer"]) == ("processor", gone), removal
+        consumers = await stack.redis("XINFO", "CONSUMERS", "telemetry:teltonika", "processor")
+        assert gone not in consumers.split() and "processor-1" in consumers.split()
 
         # The survivor drains and exits 0 within SHUTDOWN_TIMEOUT_S (15) + 5 s.
         took = await first.stop(20)

@@ -132,8 +132,53 @@ def test_redis_and_database_units_match_the_compose_services(compose: dict[str, 
     }
 
 
+def processors(compose: dict[str, Any]) -> list[dict[str, Any]]:
+    """The compose file's processor instances: one service each, `processor-N`."""
+    names = sorted(name for name in compose if name.startswith("processor"))
+    assert names == [f"processor-{n}" for n in range(1, len(names) + 1)], names
+    return [compose[name] for name in names]
+
+
+def test_compose_instances_have_stable_distinct_names_and_the_same_settings(
+    compose: dict[str, Any],
+) -> None:
+    """Each instance's consumer name is fixed (not its container's host name, which changes
+    on every recreate); apart from it the instances are identical."""
+    instances = processors(compose)
+    assert len(instances) >= 2
+    ids = [service["environment"]["INSTANCE_ID"] for service in instances]
+    assert ids == [f"processor-{n}" for n in range(1, len(ids) + 1)]
+    assert "deploy" not in instances[0] and "hostname" not in instances[0]
+    first = {k: v for k, v in instances[0].items() if k != "environment"}
+    first_env = {k: v for k, v in instances[0]["environment"].items() if k != "INSTANCE_ID"}
+    for service in instances[1:]:
+        assert {k: v for k, v in service.items() if k != "environment"} == first
+        assert {k: v for k, v in service["environment"].items() if k != "INSTANCE_ID"} == first_env
+
+
+def test_a_bad_configuration_is_not_restarted_for_ever(compose: dict[str, Any]) -> None:
+    """Exit 2 (invalid configuration) cannot be fixed by a restart: systemd does not restart
+    it; compose, which cannot exclude an exit code, retries it a bounded number of times."""
+    assert one(unit("processor@.container")["Service"], "RestartPreventExitStatus") == "2"
+    for service in processors(compose):
+        policy, _, retries = service["restart"].partition(":")
+        assert policy == "on-failure" and 1 <= int(retries) <= 10, service["restart"]
+
+
+def test_health_is_liveness_and_the_unit_waits_for_it() -> None:
+    """The image's HEALTHCHECK probes /healthz (liveness, as OPERATIONS.md says), and the
+    Quadlet unit is started only once it passes."""
+    containerfile = (ROOT / "Containerfile").read_text()
+    check = containerfile[containerfile.index("\nHEALTHCHECK") :].split("\n\n")[0]
+    assert "/healthz" in check and "/readyz" not in check, check
+    operations = (ROOT / "OPERATIONS.md").read_text()
+    assert "Liveness = `GET /healthz`" in operations
+    assert "`HEALTHCHECK` on `/healthz`" in operations
+    assert one(unit("processor@.container")["Container"], "Notify") == "healthy"
+
+
 def test_processor_unit_matches_the_compose_service(compose: dict[str, Any]) -> None:
-    service = compose["processor"]
+    service = processors(compose)[0]
     sections = unit("processor@.container")
     container = sections["Container"]
     assert one(container, "Image") == default(service["image"])

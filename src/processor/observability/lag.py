@@ -1,4 +1,5 @@
-"""How far behind the group is: `processor_consumer_lag` and `processor_pending_entries`.
+"""How far behind the group is: `processor_consumer_lag` (entries),
+`processor_consumer_lag_seconds` and `processor_pending_entries`.
 
 Both come from `XINFO GROUPS` (sent with `XLEN` in one pipelined round trip), sampled on a fixed
 schedule. `lag` is what Redis (7.0+) reports: entries added to the stream but not yet delivered
@@ -7,6 +8,12 @@ arbitrary ID) and older servers have no `lag` at all; then the gauge falls back 
 (docs/metrics.md), an upper bound that can only over-report, so a lag alert never stays silent
 because of it.
 `pending` is the group's pending entries list: delivered but not acknowledged.
+
+`lag_seconds` is the age of the oldest entry the group has not acknowledged: the oldest pending
+entry when there is one (pending IDs are never newer than undelivered ones), else the first
+entry after the group's last-delivered ID, else 0. The age is Redis' clock (`TIME`) minus the
+millisecond part of the entry's ID, so the hosts' clocks do not matter. Seconds are what an
+operator alerts on: 10,000 entries are a blink at peak and an hour on a quiet night.
 
 A failed sample leaves both gauges at their last value (and is logged once per outage); the
 consumer's own metrics show the outage itself.
@@ -45,6 +52,8 @@ class LagSample:
     lag: int
     pending: int
     exact: bool  # False when `lag` is the XLEN fallback
+    seconds: float = 0.0  # age of the oldest entry not acknowledged (module docstring)
+    last_delivered: str = "0-0"
 
 
 def lag_from_info(groups: list[dict[str, Any]], group: str, length: int) -> LagSample:
@@ -55,19 +64,52 @@ def lag_from_info(groups: list[dict[str, Any]], group: str, length: int) -> LagS
         if name in (wanted, group):
             lag = info.get("lag")
             pending = int(info.get("pending") or 0)
+            last = _text(info.get("last-delivered-id") or "0-0")
             if lag is None:
-                return LagSample(length, pending, exact=False)
-            return LagSample(int(lag), pending, exact=True)
+                return LagSample(length, pending, exact=False, last_delivered=last)
+            return LagSample(int(lag), pending, exact=True, last_delivered=last)
     raise GroupMissing(group)
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def entry_ms(entry_id: Any) -> int:
+    """The millisecond time of a stream entry ID (`<ms>-<seq>`)."""
+    return int(_text(entry_id).partition("-")[0])
+
+
+def age_s(now_ms: int, entry_id: Any) -> float:
+    """Seconds from an entry's ID time to `now_ms`; never negative (an ID set ahead of the
+    clock, or a clock stepped back, reads as 0, not as a negative lag)."""
+    return max(0.0, (now_ms - entry_ms(entry_id)) / 1000)
+
+
 def sample_lag_sync(client: redis.Redis, stream: str, group: str) -> LagSample:
-    """One round trip: XINFO GROUPS and XLEN pipelined."""
+    """One round trip (XINFO GROUPS, XLEN, XPENDING summary, TIME pipelined), and a second
+    (XRANGE of one entry) only when nothing is pending but entries wait undelivered."""
     pipe = client.pipeline(transaction=False)
     pipe.xinfo_groups(stream)
     pipe.xlen(stream)
-    groups, length = pipe.execute()
-    return lag_from_info(groups, group, int(length))
+    pipe.xpending(stream, group)
+    pipe.time()
+    groups, length, summary, clock = pipe.execute(raise_on_error=False)
+    for reply in (groups, length, clock):
+        if isinstance(reply, Exception):
+            raise reply
+    sample = lag_from_info(groups, group, int(length))  # GroupMissing before XPENDING's NOGROUP
+    if isinstance(summary, Exception):
+        raise summary
+    seconds, micros = clock
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    oldest = summary.get("min") if sample.pending else None
+    if oldest is None and sample.lag > 0:
+        first = client.xrange(stream, min=f"({sample.last_delivered}", count=1)
+        oldest = first[0][0] if first else None
+    if oldest is None:
+        return sample
+    return attrs.evolve(sample, seconds=age_s(now_ms, oldest))
 
 
 async def run_lag_sampler(
@@ -96,6 +138,7 @@ async def run_lag_sampler(
                 log.info("lag sampling recovered")
             failing = False
             metrics.consumer_lag.set(sample.lag)
+            metrics.consumer_lag_seconds.set(sample.seconds)
             metrics.pending_entries.set(sample.pending)
         if not started:
             started = True

@@ -8,15 +8,63 @@ record's outcome; nothing here is derived or estimated.
 from __future__ import annotations
 
 import bisect
+import platform
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from processor.version import VERSION
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 WRITE_STATUSES = ("inserted", "merged", "duplicate", "failed")
 LIVE_STAGES = ("request", "admission", "reject", "accept", "serve", "close")
+# The label values of every labelled counter, exported at 0 from the start: `increase()` and
+# `rate()` see a series' first increment only when the series existed before it (a dead letter
+# right after a restart would otherwise raise no alert). tests/test_observability_metrics.py
+# checks each list against the code that produces the values.
+DEAD_LETTER_REASONS = ("decode_error", "db_rejected", "max_deliveries", "trimmed")
+DECODE_ERROR_KINDS = (
+    "missing_payload",
+    "invalid_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "out_of_range",
+    "bad_text",
+    "bad_timestamp",
+    "bad_sentinel",
+)
+FAULT_REASONS = ("zero_satellites", "null_island", "future_timestamp", "implausible_speed")
+LIVE_AUTH_RESULTS = (
+    "ok",
+    "unauthorized",
+    "unavailable",
+    "missing",
+    "origin_refused",
+    "too_many_connections",
+)
+LIVE_MESSAGES_IN = ("subscribe", "unsubscribe", "too_big", "invalid")
+LIVE_MESSAGES_OUT = (
+    "subscribed",
+    "unsubscribed",
+    "position",
+    "error",
+    "timing",
+    "results",
+    "alert",
+    "violation",
+)
+ALERT_KINDS = ("stopped", "no_signal")
+STALL_CHECKS = ("postgres_writes", "dead_letter_stream")
 
 
 class Metrics:
@@ -26,6 +74,16 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         p = "processor_"
+        # --- the process: build, CPU, memory, file descriptors, Python ---------------------------
+        self.build_info = Gauge(
+            p + "build_info",
+            "Always 1; the labels say which build runs (version, Python).",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(VERSION, platform.python_version()).set(1)
+        ProcessCollector(registry=r)  # process_* (CPU seconds, RSS, open fds, start time)
+        PlatformCollector(registry=r)  # python_info
         # --- durable pipeline ----------------------------------------------------------------
         self.consumer_reads = Counter(
             p + "consumer_reads",
@@ -40,6 +98,12 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             p + "consumer_lag", "Entries in the stream not yet delivered to the group.", registry=r
+        )
+        self.consumer_lag_seconds = Gauge(
+            p + "consumer_lag_seconds",
+            "Age of the oldest entry the group has not acknowledged (pending, else the first "
+            "undelivered), from its stream ID's time; 0 when nothing waits.",
+            registry=r,
         )
         self.pending_entries = Gauge(
             p + "pending_entries",
@@ -60,7 +124,8 @@ class Metrics:
         )
         self.write_duration = Histogram(
             p + "write_duration_seconds",
-            "Time to store one batch, first attempt to commit (retries and splits included).",
+            "Time to store one batch, first attempt to commit (retries and splits included); for a "
+            "batch copied ahead, its copy plus its merge, not its wait for the batch before it.",
             buckets=WRITE_BUCKETS,
             registry=r,
         )
@@ -80,6 +145,12 @@ class Metrics:
         )
         self.reclaimed = Counter(
             p + "reclaimed", "Entries claimed from idle consumers (XAUTOCLAIM).", registry=r
+        )
+        self.consumers_removed = Counter(
+            p + "consumers_removed",
+            "Dead consumers removed from the groups (nothing pending, idle past "
+            "CONSUMER_MAX_IDLE_S).",
+            registry=r,
         )
         self.reclaim_trimmed = Counter(
             p + "reclaim_trimmed",
@@ -314,6 +385,22 @@ class Metrics:
             self.domain_passes.labels(kind)
         for reason in ("dead_lettered", "timeout", "trimmed"):
             self.domain_skipped_fixes.labels(reason)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+        for kind in DECODE_ERROR_KINDS:
+            self.decode_errors.labels(kind)
+        for reason in FAULT_REASONS:
+            self.faulty_positions.labels(reason)
+        for result in LIVE_AUTH_RESULTS:
+            self.live_auth.labels(result)
+        for kind in LIVE_MESSAGES_IN:
+            self.live_messages.labels("in", kind)
+        for kind in LIVE_MESSAGES_OUT:
+            self.live_messages.labels("out", kind)
+        for kind in ALERT_KINDS:
+            self.alerts_raised.labels(kind)
+        for check in STALL_CHECKS:
+            self.pipeline_stalled.labels(check).set(0)
 
 
 def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
