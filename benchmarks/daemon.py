@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -81,6 +82,23 @@ class Daemon:
                 raise RuntimeError("processor did not start:\n" + "\n".join(self.log_tail))
         assert self.ready_at is not None
         return self.ready_at
+
+    def wait_readyz(self, timeout_s: float = 60.0, interval_s: float = 0.005) -> float:
+        """Epoch time at which `/readyz` first answered 200, polled every `interval_s` from the
+        moment the log names the HTTP port (a poll costs the daemon one request)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("processor did not get ready:\n" + "\n".join(self.log_tail))
+            if self.http_port is not None:
+                url = f"http://127.0.0.1:{self.http_port}/readyz"
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as response:
+                        if response.status == 200:
+                            return time.time()
+                except urllib.error.HTTPError as refused:  # 503 while starting
+                    refused.close()
+            time.sleep(interval_s)
 
     def wait_event(self, message: str, timeout_s: float = 600.0) -> float:
         """Epoch time of the first log line whose event is `message` (waits for it)."""

@@ -11,6 +11,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from processor.observability.http import GRACEFUL_TIMEOUT_S, HttpServer, make_app
+from processor.observability.http_server import ServerSettings
 from processor.observability.readiness import Readiness
 from tests.support.daemon import Daemon
 from tests.support.service import running_service
@@ -26,7 +27,7 @@ async def test_idle_keep_alive_does_not_hold_up_shutdown(env: dict[str, str]) ->
             service.request_stop()
             started = time.monotonic()
         stopped_in = time.monotonic() - started
-        # hypercorn closes idle connections at once; well under the graceful timeout
+        # idle connections are closed at once; well under the graceful timeout
         assert stopped_in < GRACEFUL_TIMEOUT_S * 0.75, stopped_in
         assert await idle.receive_some(4096) == b""  # the server closed it
         await idle.aclose()
@@ -41,11 +42,14 @@ async def request_healthz(stream: trio.SocketStream) -> None:
 
 
 async def test_idle_keep_alive_connections_time_out() -> None:
-    """After a request, an idle connection is closed after `keep_alive_timeout` (quart-trio's
-    cancel used to kill hypercorn's idle timer: see processor.observability.asgi)."""
+    """After a request, an idle connection is closed after the keep-alive timeout."""
     readiness = Readiness([], trio.Event(), trio.Event())
-    server = HttpServer(make_app(CollectorRegistry(), readiness), host="127.0.0.1", port=0)
-    server.config.keep_alive_timeout = 0.2
+    server = HttpServer(
+        make_app(CollectorRegistry(), readiness),
+        host="127.0.0.1",
+        port=0,
+        settings=ServerSettings(keep_alive_timeout_s=0.2),
+    )
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.run)
@@ -78,6 +82,7 @@ async def test_daemon_with_a_keep_alive_scraper_exits_on_sigterm(
     daemon = Daemon(env | {"SHUTDOWN_TIMEOUT_S": "10"}, tmp_path / "processor.log")
     try:
         port = await daemon.http_port()
+        await daemon.wait_for("ready")  # HTTP listens before the servers are reached
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             assert (await client.get("/readyz")).status_code == 200
             assert (await client.get("/metrics")).status_code == 200  # connection kept alive

@@ -1,21 +1,24 @@
 """The root of the task tree: what runs, in which order it starts, and how it drains.
 
     Service.run
-    ├── startup: PostgreSQL (retry) -> migrations -> Redis (retry) -> consumer group
     └── services nursery (lives until the pipeline has drained)
-        ├── supervised "probes"            Redis/PostgreSQL readiness probes
+        ├── supervised "http"              /metrics /healthz /readyz (first: 503 `starting`)
+        ├── supervised "probes"            Redis/PostgreSQL readiness probes (from the start)
+        ├── startup, side by side:  PostgreSQL (retry) -> migrations
+        │                           Redis (retry) -> consumer group
         ├── supervised "lag-sampler"       consumer lag and pending gauges
-        ├── supervised "http"              /metrics /healthz /readyz
         ├── LiveServer.run (when DIRECTUS_URL is set; own DB pool, own Directus client)
         │   ├── supervised "live-device-map"   device -> events map refresher
         │   ├── supervised "live-broadcast"    broadcast consumer (critical for /readyz)
         │   ├── supervised "live-server"       listener + accept loop (critical for /readyz)
         │   └── one task per socket, each under its own failure boundary (live/server.py)
+        ├── pipeline nursery (not supervised: it *is* the process's job)
+        │   ├── consumer  --Delivery channel-->  writer (batcher + flushers)
+        │   └── reclaimer (same channel)
+        │   ... then "ready" (once the first probe round has a verdict); after it, as
+        │   readiness needs neither:
         ├── supervised "domain-engine"     racing domain: own consumer group, own DB pool
-        ├── supervised "consumer-cleanup"  removes dead consumers from the groups
-        └── pipeline nursery (not supervised: it *is* the process's job)
-            ├── consumer  --Delivery channel-->  writer (batcher + flushers)
-            └── reclaimer (same channel)
+        └── supervised "consumer-cleanup"  removes dead consumers from the groups
 
 Failure rule (docs/pipeline.md, Isolation, issue 9): a side service never takes ingestion down.
 - Start-up failures stop the process (exit non-zero): bad configuration (before anything runs),
@@ -40,6 +43,7 @@ and un-acked entries simply stay pending in Redis for the next start (nothing is
 
 from __future__ import annotations
 
+import importlib
 import signal
 from collections.abc import AsyncIterator
 from functools import partial
@@ -60,9 +64,7 @@ from processor.core.reclaimer import Reclaimer, ReclaimSettings, durable_reclaim
 from processor.core.records import Delivery
 from processor.core.stream_names import StreamNames
 from processor.core.writer import Writer, WriterSettings
-from processor.domain.engine import DomainEngine, EngineSettings, domain_health
 from processor.domain.health import DomainHealth
-from processor.domain.rules.stops import AlertRules
 from processor.lifecycle import leaves
 from processor.observability.metrics import Metrics
 from processor.observability.services import Observability
@@ -79,6 +81,7 @@ from processor.store.retry import Unavailable
 from processor.supervise import Supervisor
 
 if TYPE_CHECKING:
+    from processor.domain.engine import DomainEngine
     from processor.live.server import LiveServer
 
 log = structlog.get_logger("processor.app")
@@ -108,6 +111,9 @@ def make_domain_engine(
 ) -> DomainEngine:
     """The engine, with its own small pool: it never takes the writer's connections, and its
     statements may run longer (a rebuild reads a whole stage's fixes)."""
+    from processor.domain.engine import DomainEngine, EngineSettings  # noqa: PLC0415
+    from processor.domain.rules.stops import AlertRules  # noqa: PLC0415 - Service._start_after_ready
+
     return DomainEngine(
         settings=EngineSettings(
             stream=config.redis_stream,
@@ -184,9 +190,14 @@ class Service:
         self.ready = trio.Event()
         self.draining = trio.Event()
         self.supervisor = Supervisor(self.metrics)
-        # the racing domain's problems, shown on /readyz (docs/racing-domain.md)
-        self.domain_health = domain_health(
-            self.metrics, retry_initial_s=config.domain_refresh_ms / 1000
+        # the racing domain's problems, shown on /readyz (docs/racing-domain.md); a failed
+        # stage or feature is tried again after the refresh interval, doubling to 5 minutes
+        retry_s = config.domain_refresh_ms / 1000
+        self.domain_health = DomainHealth(
+            self.metrics.domain_stage_errors,
+            self.metrics.domain_problems,
+            retry_initial_s=retry_s,
+            retry_max_s=max(300.0, retry_s),
         )
         self.observability = Observability(
             config, self.metrics, self.supervisor, self.domain_health
@@ -209,42 +220,77 @@ class Service:
         database = make_database(config)
         control = redis_store.make_client(config.redis_url)
         try:
-            await database.connect(deadline_s=config.startup_timeout_s)
-            await migrate(config, database)
-            await redis_store.wait_for_redis(control, deadline_s=config.startup_timeout_s)
-            await redis_store.ensure_group(control, config.redis_stream, config.redis_group)
-            await self._serve(database, control, task_status)
+            async with trio.open_nursery() as services:  # lives until the pipeline has drained
+                await self._start_observability(services, database, control)
+                await self._prepare(database, control)
+                await self._serve(services, database, control, task_status)
         finally:
             with trio.CancelScope(shield=True):
                 await database.aclose()
                 control.close()
             log.info("stopped")
 
-    async def _serve(
-        self, database: Database, control: redis.Redis, task_status: TaskStatus[None]
+    async def _start_observability(
+        self, services: trio.Nursery, database: Database, control: redis.Redis
     ) -> None:
-        """The tree of the module docstring: services first, then the pipeline; on drain the
+        """HTTP first: /healthz answers and /readyz says `starting` while the servers are
+        reached and migrated; the first probes run meanwhile."""
+        self.http_port = await services.start(
+            partial(
+                self.observability.run,
+                database=database,
+                started=self.ready,
+                draining=self.draining,
+            )
+        )
+
+    async def _prepare(self, database: Database, control: redis.Redis) -> None:
+        """PostgreSQL (connect with retry, migrate) and Redis (connect with retry, consumer
+        group) side by side: neither waits for the other."""
+        config = self.config
+
+        async def postgres() -> None:
+            await database.connect(deadline_s=config.startup_timeout_s)
+            await migrate(config, database)
+
+        async def stream() -> None:
+            await redis_store.wait_for_redis(control, deadline_s=config.startup_timeout_s)
+            await redis_store.ensure_group(control, config.redis_stream, config.redis_group)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(postgres)
+            nursery.start_soon(stream)
+
+    async def _serve(
+        self,
+        services: trio.Nursery,
+        database: Database,
+        control: redis.Redis,
+        task_status: TaskStatus[None],
+    ) -> None:
+        """The tree of the module docstring: side services, then the pipeline; on drain the
         pipeline stops reading and flushes, then the services are stopped."""
         pipeline = self._build_pipeline(database, control)
         send, receive = trio.open_memory_channel[Delivery](self.config.pipeline_buffer_batches)
-        async with trio.open_nursery() as services:
-            await self._start_services(services, database, control)
-            async with trio.open_nursery() as nursery:
-                # The writer ends when every send end is closed: the consumer's and the
-                # reclaimer's clone (each closes its own when it stops).
-                await nursery.start(pipeline.writer.run, receive)
-                await nursery.start(pipeline.reclaimer.run, send.clone())
-                await nursery.start(pipeline.consumer.run, send)
-                self.ready.set()
-                log.info("ready")
-                task_status.started()
-                await self.draining.wait()
-                log.info("draining")
-                pipeline.reclaimer.request_stop()
-                pipeline.consumer.request_stop()
-            log.info("pipeline drained")
-            await self._stop_services()
-            services.cancel_scope.cancel()
+        await self._start_services(services, control)
+        async with trio.open_nursery() as nursery:
+            # The writer ends when every send end is closed: the consumer's and the
+            # reclaimer's clone (each closes its own when it stops).
+            await nursery.start(pipeline.writer.run, receive)
+            await nursery.start(pipeline.reclaimer.run, send.clone())
+            await nursery.start(pipeline.consumer.run, send)
+            await self.observability.probed.wait()  # long done, as a rule: they began first
+            self.ready.set()
+            log.info("ready")
+            await self._start_after_ready(services, control)
+            task_status.started()
+            await self.draining.wait()
+            log.info("draining")
+            pipeline.reclaimer.request_stop()
+            pipeline.consumer.request_stop()
+        log.info("pipeline drained")
+        await self._stop_services()
+        services.cancel_scope.cancel()
 
     def _build_pipeline(self, database: Database, control: redis.Redis) -> Pipeline:
         """Consumer, writer and reclaimer, sharing one StreamNames, one in-flight set and the
@@ -303,23 +349,13 @@ class Service:
         )
         return Pipeline(consumer, writer, reclaimer)
 
-    async def _start_services(
-        self, services: trio.Nursery, database: Database, control: redis.Redis
-    ) -> None:
+    async def _start_services(self, services: trio.Nursery, control: redis.Redis) -> None:
         """Start the side services that must be up before the pipeline reports ready.
 
         Each is started with `services.start(...)` so that it is listening before we go on.
         """
-        # --- observability (HTTP /metrics /healthz /readyz, probes, lag sampler) ---
-        self.http_port = await services.start(
-            partial(
-                self.observability.run,
-                database=database,
-                control=control,
-                started=self.ready,
-                draining=self.draining,
-            )
-        )
+        # --- the lag sampler (its first sample once the group exists) ---
+        await self.observability.start_lag_sampler(control)
         # --- live broadcast (only when DIRECTUS_URL is set) ---
         if self.config.live_enabled:
             # Imported only when live is on: its stack (httpx, trio-websocket) is start-up time.
@@ -332,7 +368,17 @@ class Service:
             self.live_port = self.live.port
         else:
             log.info("live broadcast off: DIRECTUS_URL is not set")
-        # --- racing domain (runs once the racing tables exist; logs once while they do not) ---
+
+    async def _start_after_ready(self, services: trio.Nursery, control: redis.Redis) -> None:
+        """The side services readiness never depends on, started once the instance is ready.
+
+        The racing domain (runs once the racing tables exist; logs once while they do not): its
+        modules are a good share of the start-up imports, so they are imported in a worker
+        thread, and /readyz answers meanwhile. Then the dead-consumer cleanup, which sweeps the
+        domain's group too.
+        """
+        # --- racing domain ---
+        await trio.to_thread.run_sync(importlib.import_module, "processor.domain.engine")
         self.domain = make_domain_engine(self.config, control, self.metrics, self.domain_health)
         await services.start(self.supervisor.run, "domain-engine", self.domain.run)
         # --- dead consumers of gone instances (core/consumer_cleanup.py) ---

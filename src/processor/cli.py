@@ -59,13 +59,14 @@ def _load(environ: Mapping[str, str]) -> Config:
 
 def cmd_run(_args: argparse.Namespace, config: Config) -> int:
     # The first line comes before the pipeline's imports (trio, psycopg, redis-py, prometheus;
-    # the HTTP and live stacks later still, when they start): an operator sees at once that the
-    # process runs and its configuration is valid.
+    # the live stack later still, when it starts): an operator sees at once that the process
+    # runs and its configuration is valid.
     import structlog
 
     structlog.get_logger("processor.cli").info(
         "processor run: configuration valid", instance=config.instance_id, pid=os.getpid()
     )
+    gc.disable()  # until _tune_gc: the imports below make no garbage worth a collection
     import trio
 
     from processor.app import run_until_signalled
@@ -91,10 +92,20 @@ GC_YOUNG_THRESHOLD = 200_000
 
 def _tune_gc() -> None:
     """Freeze what start-up imported (it lives as long as the process) and collect young
-    objects less often: per fix, the collector then costs next to nothing."""
-    gc.collect()
+    objects less often: per fix, the collector then costs next to nothing. No collection
+    first: it finds next to nothing to free among the imported objects, yet takes a sizeable
+    part of start-up (benchmarks/README.md)."""
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
+    gc.enable()
+
+
+def _without_rich() -> None:
+    """structlog imports rich when it can, to draw console tracebacks. rich is no runtime
+    dependency (the lint tools bring it into a development environment) and its import is a
+    large share of start-up (benchmarks/README.md); so `processor run` starts the same
+    everywhere, as in production, with plain tracebacks."""
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
 
 def cmd_migrate(_args: argparse.Namespace, config: Config) -> int:
@@ -161,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_chosen_extras(argv))
     args = parser.parse_args(argv)
+    if args.handler is cmd_run:
+        _without_rich()
     # First: a bad setting is reported before the chosen command imports its machinery.
     config = _load({**args.env_defaults, **os.environ})
     handler: Handler = args.handler

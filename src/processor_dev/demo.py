@@ -219,7 +219,7 @@ async def run_demo(
     page_port: int | None = None,
 ) -> int:
     """`page_port` (with a stage): also serve the race-control page (`processor_dev.demo_page`)."""
-    from processor_dev.demo_page.serve import start_page  # noqa: PLC0415 - quart: keep CLI light
+    from processor_dev.demo_page.serve import start_page  # noqa: PLC0415 - keep the CLI light
 
     async with trio.open_nursery() as page_nursery:
         page = None

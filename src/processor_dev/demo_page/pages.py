@@ -27,14 +27,14 @@ from collections.abc import Callable
 from datetime import datetime
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
 
+import attrs
 import orjson
 import psycopg
 import trio
-from quart import Response, request
 
-from processor.observability.asgi import KeepAliveSafeQuartTrio
+from processor.observability.http import READ_METHODS, Request, Response, asgi_app
+from processor.observability.http_server import App
 from processor.position import format_timestamp
 from processor_dev.demo_page.standin import COOKIE, DirectusStandIn, session_cookie
 from processor_dev.rally_stage import RallyStage
@@ -132,59 +132,37 @@ def make_app(
     scenario: dict[str, Any],
     results: ResultsReader,
     live_port: Callable[[], int | None],
-) -> KeepAliveSafeQuartTrio:
+) -> App:
     """The page's app. `live_port` is read per request: the live server binds after us."""
-    app = KeepAliveSafeQuartTrio("race-control-page")
     stage_ids = {scenario["stage"]["id"]}
 
-    def signed_in() -> bool:
-        return standin.user_of(session_cookie(request.headers.get("Cookie"))) is not None
+    def signed_in(request: Request) -> bool:
+        return standin.user_of(session_cookie(request.headers.get("cookie"))) is not None
 
-    @app.after_request
-    async def headers(response: Response) -> Response:
-        host = urlsplit(f"//{request.host}").hostname or "127.0.0.1"
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Content-Security-Policy"] = (
-            f"default-src 'self'; connect-src 'self' ws://{host}:*; img-src 'self' data:; "
-            "frame-ancestors 'none'"
-        )
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
-
-    @app.get("/")
-    async def index() -> Response:
-        token = request.args.get("token")
+    async def index(request: Request) -> Response:
+        token = request.query.get("token")
         if token is not None:
             session = standin.redeem(token)
             if session is None:
-                return Response(DENIED, status=401, content_type=STATIC["index.html"])
-            response = Response(b"", status=303, headers={"Location": "/"})
-            response.set_cookie(COOKIE, session, httponly=True, samesite="Strict", path="/")
-            return response
-        if not signed_in():
-            return Response(DENIED, status=401, content_type=STATIC["index.html"])
-        return Response(static_file("index.html"), content_type=STATIC["index.html"])
+                return Response(401, DENIED.encode(), STATIC["index.html"])
+            cookie = f"{COOKIE}={session}; HttpOnly; Path=/; SameSite=Strict"
+            return Response(303, headers=(("location", "/"), ("set-cookie", cookie)))
+        if not signed_in(request):
+            return Response(401, DENIED.encode(), STATIC["index.html"])
+        return Response(200, static_file("index.html"), STATIC["index.html"])
 
-    @app.get("/<name>")
-    async def asset(name: str) -> Response:
-        if name not in STATIC or name == "index.html":
-            return Response(b"not found", status=404, content_type="text/plain")
-        return Response(static_file(name), content_type=STATIC[name])
-
-    @app.get("/scenario.json")
-    async def scenario_json() -> Response:
-        if not signed_in():
+    async def scenario_json(request: Request) -> Response:
+        if not signed_in(request):
             return _json(401, {"error": "no demo session"})
         port = live_port()
         if port is None:
             return _json(503, {"error": "the live server is not listening yet"})
         return _json(200, {**scenario, "live": {"port": port, "path": "/live"}})
 
-    @app.get("/results.json")
-    async def results_json() -> Response:
-        if not signed_in():
+    async def results_json(request: Request) -> Response:
+        if not signed_in(request):
             return _json(401, {"error": "no demo session"})
-        stage_id = request.args.get("stage", "")
+        stage_id = request.query.get("stage", "")
         if stage_id not in stage_ids:
             return _json(404, {"error": "unknown stage"})
         try:
@@ -193,12 +171,42 @@ def make_app(
             return _json(503, {"error": "database unavailable"})
         return _json(200, {"stage_id": stage_id, "results": rows})
 
-    return app
+    routes = {"/": index, "/scenario.json": scenario_json, "/results.json": results_json}
+
+    async def route(request: Request) -> Response:
+        if request.method not in READ_METHODS:
+            return Response(405, b"method not allowed", headers=(("allow", "GET, HEAD"),))
+        handler = routes.get(request.path)
+        if handler is not None:
+            return await handler(request)
+        name = request.path.removeprefix("/")
+        if name not in STATIC or name == "index.html":
+            return Response(404, b"not found")
+        return Response(200, static_file(name), STATIC[name])
+
+    async def page(request: Request) -> Response:
+        response = await route(request)
+        host = request.host or "127.0.0.1"
+        policy = (
+            f"default-src 'self'; connect-src 'self' ws://{host}:*; img-src 'self' data:; "
+            "frame-ancestors 'none'"
+        )
+        return attrs.evolve(
+            response,
+            headers=(
+                *response.headers,
+                ("cache-control", "no-store"),
+                ("content-security-policy", policy),
+                ("x-content-type-options", "nosniff"),
+            ),
+        )
+
+    return asgi_app(page)
 
 
 def _json(status: int, body: object) -> Response:
     document = orjson.dumps(body, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
-    return Response(document, status=status, content_type=JSON)
+    return Response(status, document, JSON)
 
 
 def _default(value: object) -> object:

@@ -35,12 +35,11 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 import orjson
-from quart import Response, request
 
-from processor.observability.asgi import KeepAliveSafeQuartTrio
+from processor.observability.http import Request, Response, asgi_app, json_response
+from processor.observability.http_server import App
 
 COOKIE = "directus_session_token"
-JSON = "application/json"
 MAX_TOKENS = 64  # outstanding one-time tokens (the demo prints one; tests may ask for a few)
 MAX_SESSIONS = 1024  # redeemed sessions kept; the oldest is forgotten beyond that
 RACE_COLLECTIONS = frozenset({"timing_records", "stage_results", "speed_violations", "alerts"})
@@ -84,49 +83,40 @@ class DirectusStandIn:
                 return token.strip()
         return session_cookie(cookie_header)
 
-    def app(self) -> KeepAliveSafeQuartTrio:
+    def app(self) -> App:
         """The stand-in's HTTP surface (only the routes the live server calls)."""
-        app = KeepAliveSafeQuartTrio("directus-stand-in")
+        return asgi_app(self.answer)
 
-        def caller() -> str | None:
-            session = self.session_of(
-                request.headers.get("Cookie"), request.headers.get("Authorization")
-            )
-            return self.user_of(session)
-
-        @app.get("/users/me")
-        async def users_me() -> Response:
-            user = caller()
+    async def answer(self, request: Request) -> Response:
+        session = self.session_of(
+            request.headers.get("cookie"), request.headers.get("authorization")
+        )
+        user = self.user_of(session)
+        if request.method not in ("GET", "HEAD"):
+            return _errors(405, "Method not allowed.")
+        if request.path == "/users/me":
             if user is None:
                 return _errors(401, "Invalid user credentials.")
-            return _json(200, {"data": {"id": user}})
-
-        @app.get("/items/events/<event_id>")
-        async def event(event_id: str) -> Response:
-            if caller() is None:
-                return _errors(401, "Invalid user credentials.")
-            if event_id.lower() not in self.event_ids:
+            return json_response(200, {"data": {"id": user}})
+        if not request.path.startswith("/items/"):
+            return _errors(404, "Route doesn't exist.")
+        if user is None:
+            return _errors(401, "Invalid user credentials.")
+        collection, _, item = request.path.removeprefix("/items/").partition("/")
+        if collection == "events" and item:
+            if item.lower() not in self.event_ids:
                 return _errors(403, "You don't have permission to access this.")
-            return _json(200, {"data": {"id": event_id.lower()}})
-
-        @app.get("/items/events")
-        async def events() -> Response:
-            if caller() is None:
-                return _errors(401, "Invalid user credentials.")
-            wanted = _filter_ids(request.args.get("filter"))
+            return json_response(200, {"data": {"id": item.lower()}})
+        if collection == "events":
+            wanted = _filter_ids(request.query.get("filter"))
             if wanted is None:
                 return _errors(400, "Invalid query.")
-            return _json(200, {"data": [{"id": i} for i in wanted if i in self.event_ids]})
-
-        @app.get("/items/<collection>")
-        async def collection(collection: str) -> Response:
-            if caller() is None:
-                return _errors(401, "Invalid user credentials.")
-            if collection not in RACE_COLLECTIONS:
-                return _errors(403, "You don't have permission to access this.")
-            return _json(200, {"data": []})
-
-        return app
+            return json_response(200, {"data": [{"id": i} for i in wanted if i in self.event_ids]})
+        if item:
+            return _errors(404, "Route doesn't exist.")
+        if collection not in RACE_COLLECTIONS:
+            return _errors(403, "You don't have permission to access this.")
+        return json_response(200, {"data": []})
 
 
 def _filter_ids(text: str | None) -> list[str] | None:
@@ -154,10 +144,6 @@ def session_cookie(cookie_header: str | None) -> str | None:
     return morsel.value if morsel is not None and morsel.value else None
 
 
-def _json(status: int, body: object) -> Response:
-    return Response(orjson.dumps(body), status=status, content_type=JSON)
-
-
 def _errors(status: int, message: str) -> Response:
     """Directus' error shape: `{"errors": [{"message": ...}]}`."""
-    return _json(status, {"errors": [{"message": message}]})
+    return json_response(status, {"errors": [{"message": message}]})
