@@ -64,7 +64,7 @@ from processor.core.reclaimer import Reclaimer, ReclaimSettings, durable_reclaim
 from processor.core.records import Delivery
 from processor.core.stream_names import StreamNames
 from processor.core.writer import Writer, WriterSettings
-from processor.domain.health import DomainHealth
+from processor.domain.health import DomainHealth, metrics_health
 from processor.lifecycle import leaves
 from processor.observability.metrics import Metrics
 from processor.observability.services import Observability
@@ -190,14 +190,9 @@ class Service:
         self.ready = trio.Event()
         self.draining = trio.Event()
         self.supervisor = Supervisor(self.metrics)
-        # the racing domain's problems, shown on /readyz (docs/racing-domain.md); a failed
-        # stage or feature is tried again after the refresh interval, doubling to 5 minutes
-        retry_s = config.domain_refresh_ms / 1000
-        self.domain_health = DomainHealth(
-            self.metrics.domain_stage_errors,
-            self.metrics.domain_problems,
-            retry_initial_s=retry_s,
-            retry_max_s=max(300.0, retry_s),
+        # the racing domain's problems, shown on /readyz (docs/racing-domain.md)
+        self.domain_health = metrics_health(
+            self.metrics, retry_initial_s=config.domain_refresh_ms / 1000
         )
         self.observability = Observability(
             config, self.metrics, self.supervisor, self.domain_health

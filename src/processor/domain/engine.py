@@ -56,7 +56,7 @@ from processor.domain.evaluator import (
     FailureMemory,
 )
 from processor.domain.feed import FeedWriter
-from processor.domain.health import DomainHealth
+from processor.domain.health import DomainHealth, metrics_health
 from processor.domain.refresher import Refresher
 from processor.domain.rules.stops import AlertRules
 from processor.domain.silence import SilenceWatch
@@ -119,7 +119,7 @@ class DomainEngine:
         self.health = (
             health
             if health is not None
-            else domain_health(metrics, retry_initial_s=settings.refresh_s)
+            else metrics_health(metrics, retry_initial_s=settings.refresh_s)
         )
         self.enabled = trio.Event()  # set once the racing tables exist and the group is ready
         self._startup_timeout_s = startup_timeout_s
@@ -317,17 +317,6 @@ class DomainEngine:
             log.debug("domain lag sample failed", error=str(exc)[:200])
         else:
             self._metrics.domain_lag.set(sample.lag)
-
-
-def domain_health(metrics: Metrics, *, retry_initial_s: float = 10.0) -> DomainHealth:
-    """The domain's problem registry; a failed stage or feature is tried again after
-    `retry_initial_s` (the refresh interval), doubling to 5 minutes."""
-    return DomainHealth(
-        metrics.domain_stage_errors,
-        metrics.domain_problems,
-        retry_initial_s=retry_initial_s,
-        retry_max_s=max(300.0, retry_initial_s),
-    )
 
 
 def claimed_batch(page: ClaimedPage, *, max_deliveries: int) -> Batch:

@@ -145,3 +145,22 @@ class DomainHealth:
 
     def problems(self) -> list[Problem]:
         return [p for owner in sorted(self._by_owner) for p in self._by_owner[owner]]
+
+
+class _DomainMetrics(Protocol):
+    @property
+    def domain_stage_errors(self) -> _Counter: ...
+
+    @property
+    def domain_problems(self) -> _Gauge: ...
+
+
+def metrics_health(metrics: _DomainMetrics, *, retry_initial_s: float) -> DomainHealth:
+    """The domain's problem registry counting into `metrics`; a failed stage or feature is
+    tried again after `retry_initial_s` (the refresh interval), doubling to 5 minutes."""
+    return DomainHealth(
+        metrics.domain_stage_errors,
+        metrics.domain_problems,
+        retry_initial_s=retry_initial_s,
+        retry_max_s=max(300.0, retry_initial_s),
+    )
