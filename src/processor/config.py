@@ -187,6 +187,11 @@ class Config:
     live_ws_max_pending_upgrades: int = _int("LIVE_WS_MAX_PENDING_UPGRADES", 256, 1, 100_000)
     live_ws_handshake_timeout_ms: int = _int("LIVE_WS_HANDSHAKE_TIMEOUT_MS", 10_000, 50, 600_000)
     live_ws_reauth_s: float = _float("LIVE_WS_REAUTH_S", 60.0, 0.1, 86_400)
+    # --- live: track history on the live port (docs/history.md) ---------------------------------
+    live_history_max_window_s: int = _int("LIVE_HISTORY_MAX_WINDOW_S", 86_400, 60, 2_678_400)
+    live_history_max_points: int = _int("LIVE_HISTORY_MAX_POINTS", 20_000, 100, 1_000_000)
+    live_history_max_fixes: int = _int("LIVE_HISTORY_MAX_FIXES", 250_000, 1_000, 10_000_000)
+    live_history_requests_per_s: float = _float("LIVE_HISTORY_REQUESTS_PER_S", 2.0, 0.01, 1000)
 
     # --- racing domain (docs/racing-domain.md) ----------------------------------------------------
     domain_group: str = _text("DOMAIN_GROUP", "domain")

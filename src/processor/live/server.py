@@ -51,6 +51,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Mapping
+from datetime import timedelta
 from functools import partial
 
 import attrs
@@ -70,6 +71,8 @@ from processor.live.auth import (
 from processor.live.broadcast import Broadcaster
 from processor.live.connection import CLOSE_TIMEOUT_S, GOING_AWAY, Budgets, Connection
 from processor.live.device_events import DeviceEventMap
+from processor.live.history import PATH as HISTORY_PATH
+from processor.live.history import History, Limits
 from processor.live.http1 import HttpConnection, Refusal, Request, websocket_key
 from processor.live.race import RaceFeed
 from processor.live.registry import Registry
@@ -83,7 +86,7 @@ from processor.supervise import Supervisor, describe_failure
 log = structlog.get_logger("processor.live.server")
 
 PATH = "/live"
-LIVE_DB_POOL_SIZE = 2  # snapshots (coalesced per event) and the map refresh
+LIVE_DB_POOL_SIZE = 3  # snapshots (coalesced per event), the map refresh, one history read
 
 
 @attrs.define
@@ -157,6 +160,19 @@ class LiveServer:
             max_message_bytes=config.live_ws_max_message_bytes,
             max_protocol_errors=config.live_ws_max_protocol_errors,
             ping_interval_s=config.live_ws_ping_interval_ms / 1000,
+        )
+        self.history = History(
+            limits=Limits(
+                max_window=timedelta(seconds=config.live_history_max_window_s),
+                max_points=config.live_history_max_points,
+                max_fixes=config.live_history_max_fixes,
+                requests_per_s=config.live_history_requests_per_s,
+                allowed_origins=config.live_ws_allowed_origins,
+            ),
+            database=self.database,
+            metrics=metrics,
+            identify=self._identify,
+            directus=lambda: self._directus,
         )
         self._directus: Directus | None = None
         self._nursery: trio.Nursery | None = None
@@ -306,6 +322,13 @@ class LiveServer:
             return None
         if request is None:  # the peer left first
             return None
+        if request.path == HISTORY_PATH and not self._closing:
+            stage.name = "history"
+            async with trio.open_nursery() as watch:
+                watch.start_soon(http.watch_hang_up, handshake)
+                await self.history.serve(http, request, handshake.deadline)
+                watch.cancel_scope.cancel()
+            return None
         stage.name = "admission"
         async with trio.open_nursery() as watch:
             watch.start_soon(http.watch_hang_up, handshake)
@@ -387,25 +410,10 @@ class LiveServer:
             websocket_key(request)
         except Refusal as refusal:
             return refusal
-        credentials = credentials_from_headers(request.headers)
-        if credentials is None:
-            self.metrics.live_auth.labels("missing").inc()
-            return _refusal(401)
-        if not credentials.usable:
-            self.metrics.live_auth.labels("unauthorized").inc()
-            return _refusal(401)
-        if credentials.via_cookie and not origin_allowed(
-            request.header(b"origin"), self.config.live_ws_allowed_origins
-        ):
-            self.metrics.live_auth.labels("origin_refused").inc()
-            log.warning("live upgrade refused: origin not allowed", origin=_origin(request))
-            return _refusal(403)
-        outcome, user_id = await self._directus.authenticate(credentials)
-        self.metrics.live_auth.labels(outcome.value).inc()
-        if outcome is AuthOutcome.UNAUTHORIZED:
-            return _refusal(401)
-        if outcome is AuthOutcome.UNAVAILABLE:
-            return _refusal(503)
+        identity = await self._identify(request)
+        if isinstance(identity, int):
+            return _refusal(identity)
+        credentials, user_id = identity
         if self._closing:
             return _refusal(503)
         if self._per_user[user_id] >= self.config.live_ws_max_connections_per_user:
@@ -413,6 +421,32 @@ class LiveServer:
             return _refusal(429)
         self._per_user[user_id] += 1
         return Admission(credentials, user_id)
+
+    async def _identify(self, request: Request) -> int | tuple[Credentials, str]:
+        """Who sends `request` (its credentials and Directus user id), else the HTTP status of
+        the refusal: the same rules for an upgrade and a history request."""
+        if self._directus is None:
+            return 503
+        credentials = credentials_from_headers(request.headers)
+        if credentials is None:
+            self.metrics.live_auth.labels("missing").inc()
+            return 401
+        if not credentials.usable:
+            self.metrics.live_auth.labels("unauthorized").inc()
+            return 401
+        if credentials.via_cookie and not origin_allowed(
+            request.header(b"origin"), self.config.live_ws_allowed_origins
+        ):
+            self.metrics.live_auth.labels("origin_refused").inc()
+            log.warning("live request refused: origin not allowed", origin=_origin(request))
+            return 403
+        outcome, user_id = await self._directus.authenticate(credentials)
+        self.metrics.live_auth.labels(outcome.value).inc()
+        if outcome is AuthOutcome.UNAUTHORIZED:
+            return 401
+        if outcome is AuthOutcome.UNAVAILABLE:
+            return 503
+        return credentials, user_id
 
     def _release(self, user_id: str) -> None:
         self._per_user[user_id] -= 1

@@ -16,7 +16,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 WRITE_STATUSES = ("inserted", "merged", "duplicate", "failed")
-LIVE_STAGES = ("request", "admission", "reject", "accept", "serve", "close")
+LIVE_STAGES = ("request", "admission", "reject", "accept", "serve", "close", "history")
 
 
 class Metrics:
@@ -187,6 +187,19 @@ class Metrics:
             "Live access ended by a re-check: connections closed (session_expired,"
             " reauth_unavailable) and subscriptions removed (event_forbidden).",
             ["reason"],
+            registry=r,
+        )
+        self.live_history_requests = Counter(
+            p + "live_history_requests",
+            "Track history requests on the live port, by result (ok, bad_request, unauthorized,"
+            " forbidden, not_found, too_many_fixes, too_many_requests, unavailable, internal).",
+            ["result"],
+            registry=r,
+        )
+        self.live_history_duration = Histogram(
+            p + "live_history_duration_seconds",
+            "Time to read, simplify and encode one track history response.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=r,
         )
         # --- supervision of the side services ------------------------------------------------
