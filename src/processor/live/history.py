@@ -125,12 +125,14 @@ class History:
         metrics: Metrics,
         identify: Identify,
         directus: Callable[[], Directus | None],
+        closing: Callable[[], bool],
     ) -> None:
         self._limits = limits
         self._database = database
         self._metrics = metrics
         self._identify = identify
         self._directus = directus
+        self._closing = closing
         self._rate = RequestRate(limits.requests_per_s)
         self._reads = trio.CapacityLimiter(READS_AT_ONCE)
 
@@ -157,6 +159,8 @@ class History:
         self, request: Request, deadline: float
     ) -> tuple[int, bytes, bytes, tuple[tuple[bytes, bytes], ...]]:
         limits = self._limits
+        if self._closing():
+            raise Answer(503, "server shutting down, retry later")
         if request.method != b"GET":
             raise Answer(405, "the history endpoint takes GET", ((b"allow", b"GET, OPTIONS"),))
         try:

@@ -9,7 +9,9 @@ shutdown.
     ├── snapshot reads (coalesced per event, `snapshot.py`)
     ├── one re-check task per session (credential) with open connections (`session.py`)
     └── one task per accepted socket, under `_socket`'s failure boundary:
-        request (h11) -> admission (Directus) -> reject | accept (101) -> Connection.serve -> close
+        request (h11) -> /live: admission (Directus) -> reject | accept (101) -> Connection.serve
+                                -> close
+                      -> /live/history: `history.py` answers it (one request per socket)
 
 The supervised services restart on their own after a failure (`processor.supervise`);
 connected clients live in this nursery, not the accept loop's, so a restarted accept loop does
@@ -23,15 +25,17 @@ exception except `Cancelled` (exception groups included) into: the socket closed
 log line with the stage and the exception types (never messages, which may echo headers, and
 never credentials), and `processor_live_connection_errors_total{stage}`. Stages: `request`
 (reading the HTTP request), `admission` (checks and Directus), `reject`, `accept`, `serve`,
-`close`. The socket's HTTP and WebSocket handling is ours (`http1.py`, `websocket.py`, on h11
-and wsproto), so the boundary holds no library task it cannot see.
+`close`, and `history` for a history request. The socket's HTTP and WebSocket handling is ours
+(`http1.py`, `websocket.py`, on h11 and wsproto), so the boundary holds no library task it
+cannot see.
 
-**Before the upgrade completes** a socket holds one of `LIVE_WS_MAX_PENDING_UPGRADES` slots
-(beyond that, new sockets are closed at once: `processor_live_upgrades_dropped_total
-{reason="pending_limit"}`) and must finish within `LIVE_WS_HANDSHAKE_TIMEOUT_MS`, Directus
-included (else dropped: `reason="handshake_timeout"`). A socket that sends something that is not
-an HTTP request is answered 400 (431 for an oversized head) as soon as h11 gives up; a peer that
-hangs up while Directus is asked ends its upgrade at once.
+**Before the upgrade completes** (or its history request is answered) a socket holds one of
+`LIVE_WS_MAX_PENDING_UPGRADES` slots (beyond that, new sockets are closed at once:
+`processor_live_upgrades_dropped_total{reason="pending_limit"}`) and must finish within
+`LIVE_WS_HANDSHAKE_TIMEOUT_MS`, Directus included (else dropped:
+`reason="handshake_timeout"`). A socket that sends something that is not an HTTP request is
+answered 400 (431 for an oversized head) as soon as h11 gives up; a peer that hangs up while
+Directus is asked ends its upgrade at once.
 
 Upgrade decisions, in order (HTTP status of the refusal):
 not shutting down (else 503) -> path `/live` (else 404) -> a WebSocket opening handshake (else
@@ -173,6 +177,7 @@ class LiveServer:
             metrics=metrics,
             identify=self._identify,
             directus=lambda: self._directus,
+            closing=lambda: self._closing,
         )
         self._directus: Directus | None = None
         self._nursery: trio.Nursery | None = None
@@ -322,7 +327,7 @@ class LiveServer:
             return None
         if request is None:  # the peer left first
             return None
-        if request.path == HISTORY_PATH and not self._closing:
+        if request.path == HISTORY_PATH:
             stage.name = "history"
             async with trio.open_nursery() as watch:
                 watch.start_soon(http.watch_hang_up, handshake)
