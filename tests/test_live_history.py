@@ -349,3 +349,30 @@ async def test_history_from_a_timescaledb_hypertable(
         assert len(coordinates(feature)) == 50
         gpx = await get(service.live_port, window(event_id, format="gpx"))
         check_gpx(gpx.content)
+
+
+async def test_a_failing_read_is_a_500_and_nothing_else(
+    live_rig: LiveRig, monkeypatch: Any, capfd: Any
+) -> None:
+    """A bug in the read (here: the simplification raising, with a secret in its message) is
+    answered 500 `internal`, logged by type only, counted; the server and ingestion go on."""
+    import processor.live.history as history
+
+    secret = "secret-in-an-exception-message"
+
+    def broken(*_args: Any) -> Any:
+        raise KeyError(secret)
+
+    monkeypatch.setattr(history, "_simplify", broken)
+    event_id = live_rig.event(["car-a"])
+    store(live_rig.database_url, straight("car-a", 50))
+    async with live_rig.service(LIVE_HISTORY_REQUESTS_PER_S="100") as service:
+        failed = await get(service.live_port, window(event_id, max_points="10"))
+        assert failed.status_code == 500 and body(failed)["error"] == "internal"
+        fine = await get(service.live_port, window(event_id))  # no simplification needed
+        assert fine.status_code == 200
+        assert service.metrics.live_history_requests.labels("internal")._value.get() == 1
+        await live_rig.assert_ingesting()
+    logged = capfd.readouterr().err
+    assert "history request failed" in logged and "KeyError" in logged
+    assert secret not in logged

@@ -46,6 +46,7 @@ from processor.observability.metrics import Metrics
 from processor.position import format_timestamp
 from processor.store.history import pass_fixes, window_rows
 from processor.store.postgres import TRANSIENT_ERRORS, Database
+from processor.supervise import describe_failure
 
 log = structlog.get_logger("processor.live.history")
 
@@ -149,6 +150,10 @@ class History:
         except Answer as answer:
             status, content_type, headers = answer.status, JSON, answer.headers
             body = orjson.dumps({"error": ERROR_CODES[status], "message": answer.message})
+        except Exception as exc:  # a bug: the client gets a 500, the log the exception's type
+            log.error("history request failed", error=describe_failure(exc))
+            status, content_type, headers = 500, JSON, ()
+            body = orjson.dumps({"error": "internal", "message": "history request failed"})
         self._metrics.live_history_requests.labels(
             "ok" if status == 200 else ERROR_CODES[status]
         ).inc()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 from collections.abc import Iterable
 from http import HTTPStatus
@@ -140,7 +141,8 @@ class HttpConnection:
         data = self._parser.send(head) or b""
         data += self._parser.send(h11.Data(data=body)) or b""
         data += self._parser.send(h11.EndOfMessage()) or b""
-        await self.stream.send_all(data)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.stream.send_all(data)  # (suppressed: the peer left, nobody to answer)
 
     async def accept_websocket(self, request: Request) -> bytes:
         """Answer 101 to a checked upgrade (`websocket_key`); the bytes the client sent after its
