@@ -151,7 +151,7 @@ class History:
         except Answer as answer:
             status, content_type, headers = answer.status, JSON, answer.headers
             body = orjson.dumps({"error": ERROR_CODES[status], "message": answer.message})
-        except Exception as exc:  # a bug: the client gets a 500, the log the exception's type
+        except Exception as exc:  # noqa: BLE001 - a bug: a 500 for the client, its type logged
             log.error("history request failed", error=describe_failure(exc))
             status, content_type, headers = 500, JSON, ()
             body = orjson.dumps({"error": "internal", "message": "history request failed"})
