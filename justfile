@@ -38,6 +38,11 @@ lint: install
     pdm run mypy
     pdm run lint-imports
 
+# Directus's settings come from the environment (DB_CLIENT=pg, DB_HOST, ...: deploy/directus/README.md)
+# the Directus CLI of deploy/directus (11.3.5, installed once into ~/.cache/processor)
+directus *ARGS:
+    node "$(bash deploy/directus/install.sh)/node_modules/@directus/api/dist/cli/run.js" {{ARGS}}
+
 # the image built and run by podman, the compose stack, the Quadlet check (root; after
 # ../shared/podman/setup.sh; see OPERATIONS.md section 1)
 container-test *ARGS: install

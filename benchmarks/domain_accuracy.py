@@ -17,7 +17,7 @@ import random
 
 from tests.support.tracks import Errors, Motion, Scenario, errors_of
 
-import processor.domain.passes as passes_module
+import processor.domain.rules.passes as passes_module
 
 
 def scenario(rng: random.Random, accelerating: bool) -> Scenario:

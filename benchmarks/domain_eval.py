@@ -22,9 +22,9 @@ import math
 import statistics
 import time
 
-from processor.domain.geometry import LocalFrame
-from processor.domain.model import Control, ControlKind, Fix, Pass, Stage
-from processor.domain.timing import evaluate_entry, settled_prefix
+from processor.domain.rules.geometry import LocalFrame
+from processor.domain.rules.model import Control, ControlKind, Fix, Pass, Stage
+from processor.domain.rules.timing import evaluate_entry, settled_prefix
 
 T0 = 1_767_225_600.0
 CONTROLS = 40

@@ -80,7 +80,7 @@ def create_event(url: str, imeis: list[str]) -> str:
     with psycopg.connect(url) as conn:
         conn.execute(FIXTURE.read_text())
         conn.execute("INSERT INTO events (id, name) VALUES (%s, 'bench')", (event_id,))
-        with conn.cursor().copy("COPY entries (id, event_id, car_number) FROM STDIN") as copy:
+        with conn.cursor().copy("COPY entries (id, event_id, number) FROM STDIN") as copy:
             entries = [uuid.uuid4() for _ in imeis]
             for number, entry_id in enumerate(entries):
                 copy.write_row((entry_id, event_id, str(number)))

@@ -116,8 +116,9 @@ def env(redis_server_url: str, database_url: str, stream_key: str) -> dict[str, 
     }
 
 
-# Fixtures that live with their helpers: the Directus stand-in and live env, the test rigs
-# (`rig`, `live_rig`: one running set-up per test) and the TimescaleDB server.
+# Fixtures that live with their helpers: the Directus stand-in and live env, the real Directus,
+# the test rigs (`rig`, `live_rig`: one running set-up per test) and the TimescaleDB server.
+from tests.support.directus_real import real_directus  # noqa: E402, F401
 from tests.support.live import directus, live_env, live_rig_fixture  # noqa: E402, F401
 from tests.support.service import rig_fixture  # noqa: E402, F401
 from tests.support.timescale import timescaledb_server_url, timescaledb_url  # noqa: E402, F401

@@ -13,8 +13,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.domain.model import ControlKind
-from processor.domain.timing import evaluate_entry
+from processor.domain.rules.model import ControlKind
+from processor.domain.rules.timing import evaluate_entry
 from tests.support.tracks import Motion, Scenario, errors_of, stage_of
 
 

@@ -22,11 +22,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import processor.domain.passes as passes_module
-import processor.domain.track as track_module
-from processor.domain.course import Circle, course_of
-from processor.domain.model import Control, ControlKind, Fix, Stage, Status
-from processor.domain.timing import evaluate_entry, settled_prefix
+import processor.domain.rules.passes as passes_module
+import processor.domain.rules.track as track_module
+from processor.domain.rules.course import Circle, course_of
+from processor.domain.rules.model import Control, ControlKind, Fix, Stage, Status
+from processor.domain.rules.timing import evaluate_entry, settled_prefix
 from tests.support.tracks import T_BASE, Plane
 
 

@@ -8,8 +8,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.domain.model import EntryResult, Ranking, Status
-from processor.domain.ranking import UNRANKED, rank
+from processor.domain.rules.model import EntryResult, Ranking, Status
+from processor.domain.rules.ranking import UNRANKED, rank
 
 
 def finished(total_ms: int) -> EntryResult:

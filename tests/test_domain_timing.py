@@ -14,11 +14,11 @@ import math
 
 import pytest
 
-from processor.domain.course import StageError, course_of
-from processor.domain.model import Control, ControlKind, Fix, Pass, Stage, Status
-from processor.domain.passes import first_crossing
-from processor.domain.timing import NOT_STARTED, evaluate_entry, settled_prefix, to_ms
-from processor.domain.track import build_track
+from processor.domain.rules.course import StageError, course_of
+from processor.domain.rules.model import Control, ControlKind, Fix, Pass, Stage, Status
+from processor.domain.rules.passes import first_crossing
+from processor.domain.rules.timing import NOT_STARTED, evaluate_entry, settled_prefix, to_ms
+from processor.domain.rules.track import build_track
 from tests.support.tracks import T_BASE, Plane, stage_of
 
 P = Plane()

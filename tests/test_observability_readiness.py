@@ -129,7 +129,7 @@ async def test_readyz_is_503_while_draining(
             await proxy.cut()
             publish(redis_client, stream_key, [fix(second=i) for i in range(10)])
             await wait_until(lambda: pending_count(redis_client, stream_key) == 10, timeout=10)
-            await service.stop()
+            service.request_stop()
             response = await get(port, "/readyz")
             assert response.status_code == 503
             assert response.json()["failing"][0] == "draining"

@@ -23,7 +23,7 @@ async def test_idle_keep_alive_does_not_hold_up_shutdown(env: dict[str, str]) ->
         async with running_service(env) as service:
             idle = await trio.open_tcp_stream("127.0.0.1", service.http_port)
             await request_healthz(idle)
-            await service.stop()
+            service.request_stop()
             started = time.monotonic()
         stopped_in = time.monotonic() - started
         # hypercorn closes idle connections at once; well under the graceful timeout
@@ -64,7 +64,7 @@ async def test_stalled_request_is_cut_at_the_graceful_timeout(env: dict[str, str
             stalled = await trio.open_tcp_stream("127.0.0.1", service.http_port)
             await stalled.send_all(b"GET /metrics HTTP/1.1\r\nHost: processor\r\n")  # unfinished
             await trio.sleep(0.1)
-            await service.stop()
+            service.request_stop()
             started = time.monotonic()
         stopped_in = time.monotonic() - started
         assert stopped_in < GRACEFUL_TIMEOUT_S + 1.0, stopped_in

@@ -163,9 +163,10 @@ def test_no_signal_does_not_flap_while_late_fixes_catch_up(database_url: str) ->
     """A car silent for 5 minutes uploads its buffered fixes late: they are dated inside the
     silence, so the silence has not ended and the alert stays open (no clear and re-raise per
     check: one alert per silence episode). A fix dated within ALERT_NO_SIGNAL_S of now ends it."""
-    from processor.domain.alerts import AlertRules, judge_silence
+    from processor.domain.alerts import judge_silence
     from processor.domain.definitions import read_current
     from processor.domain.evaluation import evaluate_pairs, rebuild_stage
+    from processor.domain.rules.stops import AlertRules
 
     course = racing.migrated_course(database_url, [("quiet", None)])
     now = datetime.now(UTC)

@@ -19,8 +19,8 @@ import pytest
 import trio
 from psycopg.types.json import Jsonb
 
-from processor.domain.model import Fix
-from processor.domain.zones import Bracket, Zone, ZoneError, parse_brackets, violations
+from processor.domain.rules.model import Fix
+from processor.domain.rules.zones import Bracket, Zone, ZoneError, parse_brackets, violations
 from processor.timing_commands import format_changes
 from tests.support import racing
 from tests.support.fixes import fix

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from processor.domain import definitions
-from processor.domain.model import Fix, Status
-from processor.domain.timing import evaluate_entry
+from processor.domain.rules.model import Fix, Status
+from processor.domain.rules.timing import evaluate_entry
 from processor_dev.rally_stage import RallyStage, StageSettings, StageSimulator, distance_at
 from processor_dev.simulate import Quirks, Scenario
 from tests.support import racing

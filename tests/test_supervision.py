@@ -101,7 +101,7 @@ async def test_a_service_that_returns_is_not_restarted_and_stop_ends_restarts() 
             await nursery.start(supervisor.run, "once", once)
             await nursery.start(supervisor.run, "fails", fails)
             await wait_until(lambda: supervisor.down() == ["fails", "once"])
-            await supervisor.stop()  # the drain: the pending restart is abandoned, run() returns
+            supervisor.request_stop()  # the drain: the pending restart is abandoned, run() returns
     assert calls == 1
 
 

@@ -42,7 +42,7 @@ async def test_an_ack_refused_after_the_commit_is_retried_without_writing_again(
             writer = direct_writer(
                 config,
                 database=database,
-                redis_client=writer_redis,
+                control=writer_redis,
                 stream=stream_key,
                 metrics=metrics,
                 batch_size=FIXES,

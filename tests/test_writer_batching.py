@@ -32,7 +32,7 @@ class JudgeFree(Writer):
 def writer(concurrency: int) -> JudgeFree:
     return JudgeFree(
         database=cast("Any", None),
-        redis_client=cast("Any", None),
+        control=cast("Any", None),
         names=cast("Any", None),
         settings=WriterSettings(
             batch_size=BATCH,

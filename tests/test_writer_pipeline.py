@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 import psycopg
@@ -93,11 +94,27 @@ def documents() -> list[dict[str, Any]]:
     return [document for batch in batches for document in batch]
 
 
+def named(url: str, application_name: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query["application_name"] = application_name
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 @asynccontextmanager
 async def writer_rig(
     env: dict[str, str], redis_client: redis.Redis, stream: str
 ) -> AsyncIterator[Rig]:
-    config = load_config(env | {"WRITE_RETRY_INITIAL_MS": "20", "WRITE_RETRY_MAX_MS": "100"})
+    config = load_config(
+        env
+        | {
+            "WRITE_RETRY_INITIAL_MS": "20",
+            "WRITE_RETRY_MAX_MS": "100",
+            # the writer's backends carry the stream's name: the pg_stat_activity queries below
+            # see this test's connections only, not those of a suite running beside it
+            "DATABASE_URL": named(env["DATABASE_URL"], stream),
+        }
+    )
     await redis_store.ensure_group(redis_client, stream, config.redis_group)
     database = CountingDatabase(config)
     await database.connect(deadline_s=10)
@@ -107,7 +124,7 @@ async def writer_rig(
     writer = direct_writer(
         config,
         database=database,
-        redis_client=writer_redis,
+        control=writer_redis,
         stream=stream,
         metrics=metrics,
         batch_size=BATCH,
@@ -147,30 +164,33 @@ async def lane_held_up(
         await nursery.start(rig.writer.run, receive)
         async with send:
             await send.send(delivery)
-        await wait_until(lambda: merging_behind_a_lock_and_copied_waiting(database_url))
+        await wait_until(lambda: merging_behind_a_lock_and_copied_waiting(database_url, stream))
         yield
 
 
-def copied_waiting(database_url: str) -> list[int]:
-    """Backends holding a copied batch: idle in a transaction whose last statement was COPY."""
+def copied_waiting(database_url: str, stream: str) -> list[int]:
+    """This test's writer backends holding a copied batch: idle in a transaction whose last
+    statement was COPY."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         return [
             pid
             for (pid,) in conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction'"
-                " AND query LIKE 'COPY processor_staging%%' AND datname = current_database()"
+                " AND query LIKE 'COPY processor_staging%%' AND application_name = %s",
+                (stream,),
             )
         ]
 
 
-def merging_behind_a_lock_and_copied_waiting(database_url: str) -> bool:
+def merging_behind_a_lock_and_copied_waiting(database_url: str, stream: str) -> bool:
     """Batch 1 merges, waiting for `key_locked`'s lock, and batch 2 waits copied."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         found = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND datname = current_database()"
+            " AND application_name = %s",
+            (stream,),
         ).fetchone()
-    return found is not None and found[0] == 1 and len(copied_waiting(database_url)) == 1
+    return found is not None and found[0] == 1 and len(copied_waiting(database_url, stream)) == 1
 
 
 def stored_io(database_url: str) -> dict[tuple[str, int], dict[str, Any]]:
@@ -238,7 +258,7 @@ async def test_a_copied_batch_whose_connection_is_lost_is_written_again_once(
         async with writer_rig(env, redis_client, stream_key) as rig:
             async with trio.open_nursery() as nursery:
                 async with lane_held_up(rig, nursery, database_url, stream_key, sent):
-                    (pid,) = copied_waiting(database_url)  # batch 2's connection
+                    (pid,) = copied_waiting(database_url, stream_key)  # batch 2's connection
                     await trio.to_thread.run_sync(terminate, database_url, pid)
                     await trio.sleep(LOCK_HELD_S)  # batch 1's merge is slow; the others wait
                 await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
@@ -280,7 +300,7 @@ async def test_a_cancelled_lane_gives_its_copied_batch_back_rolled_back(
                 nursery.cancel_scope.cancel()
                 # the merge waiting for the lock is not abandoned: the lock goes next
             assert rig.database.out == 0
-            assert copied_waiting(database_url) == []
+            assert copied_waiting(database_url, stream_key) == []
 
     # batch 1's merge finished once the lock went (a thread is never abandoned); the copied
     # batch 2 was rolled back

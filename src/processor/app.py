@@ -56,11 +56,12 @@ from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
 from processor.core.reclaimer import Reclaimer, ReclaimSettings, durable_reclaimer
 from processor.core.records import Delivery
-from processor.core.settle import StreamNames
+from processor.core.stream_names import StreamNames
 from processor.core.writer import Writer, WriterSettings
-from processor.domain.alerts import AlertRules
 from processor.domain.engine import DomainEngine, EngineSettings, domain_health
 from processor.domain.health import DomainHealth
+from processor.domain.rules.stops import AlertRules
+from processor.lifecycle import leaves
 from processor.observability.metrics import Metrics
 from processor.observability.services import Observability
 from processor.store import redis as redis_store
@@ -194,10 +195,9 @@ class Service:
             config.device_state_cap, on_evict=self.metrics.device_state_evictions.inc
         )
 
-    async def stop(self) -> None:
+    def request_stop(self) -> None:
         """Begin the drain (see the module docstring); `run` returns once it is complete."""
         self.draining.set()
-        await trio.lowlevel.checkpoint()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
@@ -236,8 +236,8 @@ class Service:
                 task_status.started()
                 await self.draining.wait()
                 log.info("draining")
-                await pipeline.reclaimer.stop()
-                await pipeline.consumer.stop()
+                pipeline.reclaimer.request_stop()
+                pipeline.consumer.request_stop()
             log.info("pipeline drained")
             await self._stop_services()
             services.cancel_scope.cancel()
@@ -270,7 +270,7 @@ class Service:
         )
         writer = Writer(
             database=database,
-            redis_client=control,
+            control=control,
             names=names,
             settings=WriterSettings(
                 batch_size=config.write_batch_size,
@@ -286,7 +286,7 @@ class Service:
             stalls=self.observability.stalls,
         )
         reclaimer = durable_reclaimer(
-            client=control,
+            control=control,
             names=names,
             settings=ReclaimSettings(
                 interval_s=config.reclaim_interval_s,
@@ -335,7 +335,7 @@ class Service:
     async def _stop_services(self) -> None:
         """Graceful part of stopping the side services (e.g. close live clients with 1001),
         bounded: the caller cancels the services nursery right after."""
-        await self.supervisor.stop()
+        self.supervisor.request_stop()
         if self.live is not None:
             await self.live.stop()
         if self.domain is not None:
@@ -367,21 +367,18 @@ async def run_until_signalled(config: Config, service: Service | None = None) ->
     return EXIT_OK
 
 
-def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> BaseException:
     """The first exception inside (possibly nested) exception groups."""
-    first: ConfigError | BaseExceptionGroup[ConfigError] = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
+    return leaves(group)[0]
 
 
 class Stoppable(Protocol):
-    """What `stop_on_signals` drives: set `ready` once serving; `stop()` starts a graceful
-    finish and returns without waiting for it."""
+    """What `stop_on_signals` drives: set `ready` once serving; `request_stop()` starts a
+    graceful finish and returns without waiting for it."""
 
     ready: trio.Event
 
-    async def stop(self) -> None: ...
+    def request_stop(self) -> None: ...
 
 
 async def stop_on_signals(
@@ -400,7 +397,7 @@ async def stop_on_signals(
         name = signal.Signals(signum).name
         if received == 1 and target.ready.is_set():
             log.info("shutdown requested", signal=name, timeout_s=timeout_s)
-            await target.stop()
+            target.request_stop()
             scope.deadline = trio.current_time() + timeout_s
         else:
             log.warning("stopping now", signal=name)

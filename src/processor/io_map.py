@@ -1,4 +1,4 @@
-"""Derived IO attributes (issue 12): a device model's raw IO element ids mapped to named values.
+"""Derived IO attributes: a device model's raw IO element ids mapped to named values.
 
 Pure code shared by the live layer (position frames carry `"io"`) and the racing domain (the
 `stopped` alert says whether the ignition was off). Directus holds the mappings:

@@ -1,6 +1,6 @@
 """Supervision of side services: a failure at run time restarts the service, never the process.
 
-The rule (docs/pipeline.md, Isolation, issue 9): a side service of the root nursery (HTTP endpoints,
+The rule (docs/pipeline.md, Isolation): a side service of the root nursery (HTTP endpoints,
 probes, lag sampler, live server, broadcast consumer, device -> event map refresher, and any
 later addition such as a domain engine) must never take ingestion down with it. So each one
 runs under `Supervisor.run`:
@@ -17,7 +17,7 @@ runs under `Supervisor.run`:
   capped exponential backoff (0.5 s, 1 s, 2 s ... 30 s; back to 0.5 s once a run lasted
   `healthy_after_s`). A restart that fails before `started()` is just another failed attempt.
 - A service that *returns* has stopped on purpose (it was asked to, e.g. during the drain) and
-  is not restarted. After `stop()` (the drain has begun) nothing is restarted any more.
+  is not restarted. After `request_stop()` (the drain has begun) nothing is restarted any more.
 - `Cancelled` always propagates: supervision never outlives its nursery.
 
 Whether a service being down makes the instance unready is the caller's choice (`critical`):
@@ -35,6 +35,7 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.lifecycle import Stopper, leaf_types
 from processor.store.retry import Backoff
 
 if TYPE_CHECKING:
@@ -70,17 +71,7 @@ class ServiceState:
 
 def describe_failure(failure: BaseException) -> str:
     """The exception type names of a failure (leaves of a group), never their messages."""
-    leaves: list[str] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(type(exc).__name__)
-
-    walk(failure)
-    return ",".join(sorted(set(leaves)))
+    return ",".join(leaf_types(failure))
 
 
 class Supervisor:
@@ -99,14 +90,11 @@ class Supervisor:
         self._max_backoff_s = max_backoff_s
         self._healthy_after_s = healthy_after_s
         self.services: dict[str, ServiceState] = {}
-        self._stopping = False
-        self._stop = trio.Event()
+        self._stopper = Stopper()
 
-    async def stop(self) -> None:
+    def request_stop(self) -> None:
         """The drain has begun: services that fail or return from now on stay stopped."""
-        self._stopping = True
-        self._stop.set()
-        await trio.lowlevel.checkpoint()
+        self._stopper.request()
 
     def down(self, *, critical: bool | None = None) -> list[str]:
         """Names of the services waiting to be restarted (optionally only (non-)critical)."""
@@ -152,7 +140,7 @@ class Supervisor:
             if first:
                 log.error("service failed to start", service=name, error=describe_failure(failure))
                 raise failure
-            if self._stopping:
+            if self._stopper.requested:
                 log.warning(
                     "service failed while stopping", service=name, error=describe_failure(failure)
                 )
@@ -171,7 +159,5 @@ class Supervisor:
                 retry_in_s=round(delay, 2),
                 exc_info=failure,
             )
-            with trio.move_on_after(delay if math.isfinite(delay) else self._max_backoff_s):
-                await self._stop.wait()
-            if self._stopping:
+            if await self._stopper.pause(delay if math.isfinite(delay) else self._max_backoff_s):
                 return

@@ -99,13 +99,13 @@ def servers(environ: Mapping[str, str], out: TextIO = sys.stderr) -> Iterator[tu
 
 @attrs.define
 class StopRequest:
-    """The demo as `processor.app.stop_on_signals` sees it: `stop()` only records the request;
+    """The demo as `processor.app.stop_on_signals` sees it: `request_stop()` only records it;
     `_run_demo` then stops the simulator, lets the consumer catch up and drains the service."""
 
     ready: trio.Event = attrs.Factory(trio.Event)
     requested: trio.Event = attrs.Factory(trio.Event)
 
-    async def stop(self) -> None:
+    def request_stop(self) -> None:
         self.requested.set()
 
 
@@ -308,7 +308,7 @@ async def _run_demo(
                 await simulator_done.wait()
                 await _until_caught_up(status, CATCH_UP_S)
                 print("\nstopping: draining the processor ...", file=out, flush=True)
-                await service.stop()
+                service.request_stop()
                 with trio.move_on_after(config.shutdown_timeout_s):
                     await stopped.wait()
                 print(status.summary(), file=out, flush=True)

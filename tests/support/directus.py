@@ -197,7 +197,7 @@ def add_event(database_url: str, imeis: list[str], name: str = "Rally") -> str:
         for number, imei in enumerate(imeis, 1):
             entry_id = uuid.uuid4()
             conn.execute(
-                "INSERT INTO entries (id, event_id, car_number) VALUES (%s, %s, %s)",
+                "INSERT INTO entries (id, event_id, number) VALUES (%s, %s, %s)",
                 (entry_id, event_id, str(number)),
             )
             device_id = conn.execute(

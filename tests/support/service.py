@@ -36,7 +36,7 @@ async def running_service(env: Mapping[str, str], *, drain: bool = True) -> Asyn
             yield service
         finally:
             if drain:
-                await service.stop()
+                service.request_stop()
             else:
                 nursery.cancel_scope.cancel()
 

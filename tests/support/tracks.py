@@ -19,9 +19,9 @@ import math
 
 import attrs
 
-from processor.domain.geometry import LocalFrame, destination
-from processor.domain.model import Control, ControlKind, Fix, Stage, Status
-from processor.domain.timing import evaluate_entry
+from processor.domain.rules.geometry import LocalFrame, destination
+from processor.domain.rules.model import Control, ControlKind, Fix, Stage, Status
+from processor.domain.rules.timing import evaluate_entry
 
 T_BASE = 1_767_225_600.0  # 2026-01-01T00:00:00Z: realistic magnitudes for float epoch times
 

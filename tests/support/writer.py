@@ -9,7 +9,7 @@ from processor.core.consumer import decode_entries
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery
-from processor.core.settle import StreamNames
+from processor.core.stream_names import StreamNames
 from processor.core.writer import Writer, WriterSettings
 from processor.observability.metrics import Metrics
 from processor.store.group_reader import stream_entries
@@ -20,7 +20,7 @@ def direct_writer(
     config: Config,
     *,
     database: Database,
-    redis_client: redis.Redis,
+    control: redis.Redis,
     stream: str,
     metrics: Metrics,
     batch_size: int,
@@ -28,7 +28,7 @@ def direct_writer(
     """One lane, short retries (20-100 ms), consumer `test`."""
     return Writer(
         database=database,
-        redis_client=redis_client,
+        control=control,
         names=StreamNames(stream, config.redis_group, "test", f"{stream}:dead", 100),
         settings=WriterSettings(
             batch_size=batch_size,

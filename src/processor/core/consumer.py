@@ -28,7 +28,7 @@ from trio import TaskStatus
 from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery, Records, Rejected
-from processor.core.settle import StreamNames
+from processor.core.stream_names import StreamNames
 from processor.observability.metrics import Metrics
 from processor.position import CodecError, decode_row
 from processor.store import redis as redis_store
@@ -191,9 +191,9 @@ class Consumer(Generic[T]):
         counts = {row["message_id"].decode(): int(row["times_delivered"]) for row in rows}
         return split_worn_out(entries, counts, s.max_deliveries)
 
-    async def stop(self) -> None:
+    def request_stop(self) -> None:
         """Stop reading: no new read starts, and a read blocked in Redis returns at once."""
-        await self._reader.stop()
+        self._reader.request_stop()
 
 
 def durable_consumer(

@@ -33,7 +33,7 @@ Redis 7 reports their IDs as XAUTOCLAIM's third element and drops them from the 
 itself; they are counted (`processor_reclaim_trimmed_total`), logged, and acked for good
 measure (a no-op there, and what removes them on servers that only report them).
 
-Stopping: `stop()` lets a page already claimed reach the writer (the drain stores it), skips
+Stopping: `request_stop()` lets a page already claimed reach the writer (the drain stores it), skips
 the rest of the walk and the wait for the next tick, then closes this task's channel clone.
 """
 
@@ -53,7 +53,8 @@ from processor.core.consumer import decode_entries
 from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery
-from processor.core.settle import StreamNames
+from processor.core.stream_names import StreamNames
+from processor.lifecycle import Stopper
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
 from processor.store.group_reader import StreamEntries
@@ -172,7 +173,7 @@ def _text(value: Any) -> str:
 
 def durable_reclaimer(
     *,
-    client: redis.Redis,
+    control: redis.Redis,
     names: StreamNames,
     settings: ReclaimSettings,
     metrics: Metrics,
@@ -181,7 +182,7 @@ def durable_reclaimer(
 ) -> Reclaimer[Delivery]:
     """The durable pipeline's reclaimer: claimed pages become Deliveries for the writer."""
     return Reclaimer(
-        client=client,
+        control=control,
         names=names,
         settings=settings,
         in_flight=in_flight,
@@ -212,7 +213,7 @@ class Reclaimer(Generic[T]):
     def __init__(
         self,
         *,
-        client: redis.Redis,
+        control: redis.Redis,
         names: StreamNames,
         settings: ReclaimSettings,
         in_flight: InFlight,
@@ -222,7 +223,7 @@ class Reclaimer(Generic[T]):
         own_pending_done: trio.Event | None = None,
     ) -> None:
         self.in_flight = in_flight
-        self.client = client
+        self.control = control
         self.names = names
         self.settings = settings
         self._to_work = to_work
@@ -232,8 +233,7 @@ class Reclaimer(Generic[T]):
         self.own_pending_done = own_pending_done if own_pending_done is not None else trio.Event()
         if own_pending_done is None:
             self.own_pending_done.set()
-        self._stopping = False
-        self._wait_scope: trio.CancelScope | None = None
+        self._stopper = Stopper()
 
     async def run(
         self,
@@ -253,14 +253,12 @@ class Reclaimer(Generic[T]):
         renew_every_s = min(s.interval_s, s.min_idle_ms / 1000 / 3)
         try:
             async with deliveries:
-                with trio.CancelScope() as self._wait_scope:
-                    await self.own_pending_done.wait()
+                if not await self._stopper.wait_for(self.own_pending_done):
+                    return
                 next_walk = trio.current_time() + s.interval_s
-                while not self._stopping:
-                    with trio.CancelScope() as self._wait_scope:
-                        await trio.sleep_until(min(next_walk, trio.current_time() + renew_every_s))
-                    self._wait_scope = None
-                    if self._stopping:
+                while not self._stopper.requested:
+                    wait = min(next_walk, trio.current_time() + renew_every_s) - trio.current_time()
+                    if await self._stopper.pause(max(0.0, wait)):
                         break
                     if trio.current_time() < next_walk:
                         await self.renew()
@@ -276,7 +274,7 @@ class Reclaimer(Generic[T]):
         if not held:
             return
         try:
-            await trio.to_thread.run_sync(renew_sync, self.client, self.names, held)
+            await trio.to_thread.run_sync(renew_sync, self.control, self.names, held)
         except redis_store.TRANSIENT_ERRORS as exc:
             log.warning("renewing held entries failed, retrying next tick", error=str(exc)[:200])
 
@@ -284,11 +282,11 @@ class Reclaimer(Generic[T]):
         """Walk the whole pending list once; returns how many entries were claimed."""
         claimed = 0
         cursor = SCAN_DONE
-        while not self._stopping:
+        while not self._stopper.requested:
             try:
                 held = self.in_flight.ids()
                 page = await trio.to_thread.run_sync(
-                    claim_page, self.client, self.names, self.settings, cursor, held
+                    claim_page, self.control, self.names, self.settings, cursor, held
                 )
             except redis_store.TRANSIENT_ERRORS as exc:
                 log.warning("reclaim failed, retrying next interval", error=str(exc)[:200])
@@ -343,9 +341,6 @@ class Reclaimer(Generic[T]):
                 from_consumers=dict(owners),
             )
 
-    async def stop(self) -> None:
+    def request_stop(self) -> None:
         """Stop after the page in hand (if any) has been handed to the writer."""
-        self._stopping = True
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
-        await trio.lowlevel.checkpoint()
+        self._stopper.request()

@@ -2,7 +2,7 @@
 
 Decoded records travel as columns (entry ids, COPY values, original fields), not as one object
 per record: the writer works on whole batches, and per-record objects were a measurable share of
-the per-fix cost (issue 15) without being needed by anything but the batch they belong to.
+the per-fix cost without being needed by anything but the batch they belong to.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def latencies_s(entry_ids: list[str], at: float) -> list[float]:
     """Seconds from each entry's own time to `at` (epoch seconds), never negative.
 
     One comprehension per batch, parsing and subtracting in the same pass: the writer observes
-    one end-to-end latency per stored record, and a second list per batch showed (issue 15).
+    one end-to-end latency per stored record, and a second list per batch showed in profiles.
     """
     at_ms = at * 1000.0
     return [max(0.0, at_ms - int(entry_id.partition("-")[0])) / 1000.0 for entry_id in entry_ids]
@@ -62,9 +62,10 @@ class Rejected:
     category: str  # metric label: decode_error:<kind>, db_rejected, max_deliveries
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Delivery:
-    """One read's worth of work: the unit sent through the consumer -> writer channel.
+    """One read's worth of work: the unit sent through the consumer -> writer channel, and the
+    batcher's accumulator of several (`extend`).
 
     Chunks (not single records) cross the channel so that a channel operation is per read, not
     per record; the channel's capacity in chunks bounds the memory held between the two.
@@ -76,12 +77,11 @@ class Delivery:
     def __len__(self) -> int:
         return len(self.records) + len(self.rejected)
 
-    def merged(self, other: Delivery) -> Delivery:
-        """This delivery with `other`'s records and rejects appended, in place: only for an
-        accumulator its caller owns (the batcher starts a fresh one per batch)."""
+    def extend(self, other: Delivery) -> None:
+        """Append `other`'s records and rejects (the batcher's own accumulator only: a
+        delivery handed over a channel belongs to its receiver)."""
         self.records.extend(other.records)
         self.rejected.extend(other.rejected)
-        return self
 
     def entry_ids(self) -> list[str]:
         return self.records.ids + [r.entry_id for r in self.rejected]

@@ -16,20 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import attrs
 import redis
 
 from processor.core.dead_letters import dead_letter_fields
 from processor.core.records import Rejected
-
-
-@attrs.frozen
-class StreamNames:
-    stream: str
-    group: str
-    consumer: str
-    dead_letter_stream: str
-    dead_letter_maxlen: int
+from processor.core.stream_names import StreamNames
 
 
 class DeadLetterUnwritable(Exception):

@@ -6,8 +6,8 @@ The batcher is the only task touching device state, so quality verdicts are dete
 stream order. Each batch is split over the flusher lanes by device; lanes write concurrently
 and ack exactly the entries whose rows were inserted, merged or proved duplicate. A lane is a
 pipeline of two stages on two pooled connections: one batch is copied into a staging table
-while the one before it merges and commits (the client's COPY and the database's merge overlap;
-issue 15: +11 % of the drain rate). Merges and acks stay in stream order.
+while the one before it merges and commits (the client's COPY and the database's merge overlap).
+Merges and acks stay in stream order.
 
 A failure of the database or Redis is retried with capped exponential backoff and nothing is
 acked meanwhile (one that is not transient, e.g. a revoked privilege, is also reported on
@@ -38,7 +38,8 @@ from trio import TaskStatus
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery, Records, Rejected, latencies_s
-from processor.core.settle import DeadLetterUnwritable, StreamNames, settle_sync
+from processor.core.settle import DeadLetterUnwritable, settle_sync
+from processor.core.stream_names import StreamNames
 from processor.observability.metrics import Metrics, observe_many
 from processor.observability.stalls import Stalls
 from processor.quality import QualityRules
@@ -104,7 +105,7 @@ class Writer:
         self,
         *,
         database: Database,
-        redis_client: redis.Redis,
+        control: redis.Redis,
         names: StreamNames,
         settings: WriterSettings,
         states: DeviceStates,
@@ -115,7 +116,7 @@ class Writer:
         self.stalls = stalls if stalls is not None else Stalls()
         self.in_flight = in_flight
         self.database = database
-        self.redis = redis_client
+        self.control = control
         self.names = names
         self.settings = settings
         self.states = states
@@ -165,14 +166,15 @@ class Writer:
             collected = await deliveries.receive()
         except trio.EndOfChannel:
             return None
-        collected = Delivery(Records(), []).merged(collected)
+        first, collected = collected, Delivery(Records(), [])
+        collected.extend(first)
         with trio.move_on_after(self.settings.flush_interval_s):
             while len(collected.records) < self.settings.batch_size:
                 try:
                     more = await deliveries.receive()
                 except trio.EndOfChannel:
                     break
-                collected = collected.merged(more)
+                collected.extend(more)
         return collected
 
     @staticmethod
@@ -378,7 +380,7 @@ class Writer:
         def attempt() -> int:
             nonlocal todo_ids, todo_rejected, acked
             try:
-                acked += settle_sync(self.redis, self.names, todo_ids, todo_rejected)
+                acked += settle_sync(self.control, self.names, todo_ids, todo_rejected)
             except DeadLetterUnwritable as exc:
                 acked += exc.acked
                 todo_ids, todo_rejected = [], exc.unwritten

@@ -41,39 +41,12 @@ from psycopg.types.json import Jsonb
 from processor import io_map
 from processor.domain.definitions import Definitions
 from processor.domain.health import Problem
-from processor.domain.instants import to_datetime_or_none
+from processor.domain.rules.instants import to_datetime_or_none
+from processor.domain.rules.stops import NO_SIGNAL, STOPPED, AlertRules, StopWindow, stopped_since
 from processor.domain.timing_store import Pair, lock, pair_lock
 from processor.race_feed import RaceChange, alert_change, timestamp
 from processor.store import db_errors
 from processor.store.race import alert_object
-
-STOPPED, NO_SIGNAL = "stopped", "no_signal"
-
-
-@attrs.frozen
-class AlertRules:
-    stopped_kmh: float = 5.0  # ALERT_STOPPED_KMH
-    stopped_s: float = 180.0  # ALERT_STOPPED_S
-    no_signal_s: float = 120.0  # ALERT_NO_SIGNAL_S
-
-
-@attrs.frozen
-class StopWindow:
-    """The entry's fixes since its last moving fix (None: no such fix)."""
-
-    last_moving: datetime | None
-    first_slow: datetime | None
-    last_slow: datetime | None
-
-
-def stopped_since(window: StopWindow, rules: AlertRules) -> datetime | None:
-    """When the ongoing stop began, if it has lasted ALERT_STOPPED_S (pure)."""
-    if window.first_slow is None or window.last_slow is None:
-        return None
-    if (window.last_slow - window.first_slow).total_seconds() >= rules.stopped_s:
-        return window.first_slow
-    return None
-
 
 ALERT_COLUMNS = """a.id::text, a.event_id::text, a.stage_id::text, a.entry_id::text,
        (SELECT en.number FROM entries en WHERE en.id = a.entry_id), a.kind, a.raised_at,

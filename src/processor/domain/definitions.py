@@ -27,12 +27,12 @@ from typing import Any
 import attrs
 import psycopg
 
-from processor.domain.course import StageError, check_stage
 from processor.domain.health import Problem
-from processor.domain.model import Control, ControlKind, Stage
+from processor.domain.rules.course import StageError, check_stage
+from processor.domain.rules.model import Control, ControlKind, Stage
+from processor.domain.rules.zones import Zone, ZoneError, check_zone, parse_brackets
 from processor.domain.schema import SchemaReport, check, read_catalog
 from processor.domain.timing_store import StageVersion, stage_versions
-from processor.domain.zones import Zone, ZoneError, check_zone, parse_brackets
 
 STAGES = "SELECT id::text, event_id::text, opens_at, closes_at FROM stages"
 CONTROLS = """

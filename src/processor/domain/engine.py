@@ -48,8 +48,7 @@ from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
 from processor.core.reclaimer import ClaimedPage, ReclaimCounters, Reclaimer, ReclaimSettings
 from processor.core.records import Rejected
-from processor.core.settle import StreamNames
-from processor.domain.alerts import AlertRules
+from processor.core.stream_names import StreamNames
 from processor.domain.evaluator import (
     Batch,
     Evaluator,
@@ -59,6 +58,7 @@ from processor.domain.evaluator import (
 from processor.domain.feed import FeedWriter
 from processor.domain.health import DomainHealth
 from processor.domain.refresher import Refresher
+from processor.domain.rules.stops import AlertRules
 from processor.domain.silence import SilenceWatch
 from processor.lifecycle import Stopper, StopRequested
 from processor.observability.lag import SAMPLE_ERRORS, sample_lag_sync
@@ -214,7 +214,7 @@ class DomainEngine:
             own_pending_done=own_pending_done,
         )
         reclaimer = Reclaimer(
-            client=self._control,
+            control=self._control,
             names=names,
             settings=ReclaimSettings(
                 interval_s=s.reclaim_interval_s,
@@ -272,8 +272,8 @@ class DomainEngine:
         """On a stop request: end the reads (a blocked XREADGROUP returns at once); the
         evaluator ends when both have closed their ends of the batch channel."""
         await self._stopper.wait()
-        await reclaimer.stop()
-        await consumer.stop()
+        reclaimer.request_stop()
+        consumer.request_stop()
 
     async def _yield_to_ingestion(self) -> None:
         """Pause while the durable pipeline has a backlog (more than DOMAIN_YIELD_BACKLOG

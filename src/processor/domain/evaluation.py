@@ -53,10 +53,10 @@ import psycopg
 from processor.domain import timing_store as store
 from processor.domain.definitions import Definitions, StageDef, stage_problem
 from processor.domain.health import Problem
-from processor.domain.instants import to_datetime, to_datetime_or_none
-from processor.domain.model import ControlKind, EntryResult, Pass, Stage, Status
-from processor.domain.ranking import rank
-from processor.domain.timing import evaluate_entry, settled_prefix
+from processor.domain.rules.instants import to_datetime, to_datetime_or_none
+from processor.domain.rules.model import ControlKind, EntryResult, Pass, Stage, Status
+from processor.domain.rules.ranking import rank
+from processor.domain.rules.timing import evaluate_entry, settled_prefix
 from processor.domain.timing_store import Pair, Record, Result
 from processor.domain.zone_store import judge_zones
 from processor.race_feed import RaceChange, record_object, removed_change, timing_change

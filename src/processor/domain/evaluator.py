@@ -33,13 +33,15 @@ import trio
 from trio import TaskStatus
 
 from processor.core.records import Rejected
-from processor.core.settle import DeadLetterUnwritable, StreamNames, settle_sync
+from processor.core.settle import DeadLetterUnwritable, settle_sync
+from processor.core.stream_names import StreamNames
 from processor.domain import visibility
-from processor.domain.alerts import AlertRules, Judgement, judge_stops
+from processor.domain.alerts import Judgement, judge_stops
 from processor.domain.definitions import Definitions
 from processor.domain.evaluation import Outcome, StagesOutcome, evaluate_stages
 from processor.domain.health import DomainHealth
 from processor.domain.refresher import Refresher
+from processor.domain.rules.stops import AlertRules
 from processor.lifecycle import Stopper
 from processor.observability.metrics import Metrics
 from processor.position import CodecError, decode_payload
@@ -55,7 +57,7 @@ MAX_STALE_ROUNDS = 10
 
 
 @attrs.frozen
-class Key:
+class FixKey:
     entry_id: str
     device_id: str
     ts: datetime
@@ -73,16 +75,16 @@ class Batch:
         return [raw.decode() for raw, _ in self.entries] + [r.entry_id for r in self.worn_out]
 
 
-def decode_keys(entries: StreamEntries) -> list[Key]:
+def decode_keys(entries: StreamEntries) -> list[FixKey]:
     """Keys of the decodable entries. The durable pipeline dead-letters the undecodable ones;
     here they are merely irrelevant (acked with the batch)."""
-    keys: list[Key] = []
+    keys: list[FixKey] = []
     for raw_id, fields in entries:
         try:
             position = decode_payload((fields or {}).get(b"payload"))
         except CodecError:
             continue
-        keys.append(Key(raw_id.decode(), position.device_id, position.ts))
+        keys.append(FixKey(raw_id.decode(), position.device_id, position.ts))
     return keys
 
 
@@ -216,7 +218,7 @@ class Evaluator:
     # --- evaluation ------------------------------------------------------------------------
 
     async def _evaluate(
-        self, keys: Sequence[Key], stored: Mapping[tuple[str, datetime], bool]
+        self, keys: Sequence[FixKey], stored: Mapping[tuple[str, datetime], bool]
     ) -> Outcome:
         """Evaluate the pairs the stored, non-faulty keys affect; re-read the definitions and
         evaluate again the stages whose definitions were stale (evaluation.py: versions)."""
@@ -283,7 +285,7 @@ class Evaluator:
 
     # --- waiting for the durable pipeline ----------------------------------------------------
 
-    async def _wait_visible(self, keys: Sequence[Key]) -> dict[tuple[str, datetime], bool]:
+    async def _wait_visible(self, keys: Sequence[FixKey]) -> dict[tuple[str, datetime], bool]:
         """Poll `positions` with backoff (50 ms doubling to 1 s) until every key is visible,
         a missing key's entry was dead-lettered, or DOMAIN_VISIBILITY_TIMEOUT_MS passed."""
         wanted = {(k.device_id, k.ts): k for k in keys}
@@ -395,7 +397,7 @@ def _unless_unwritable(exc: Exception) -> Failure | None:
 
 def triggers(
     definitions: Definitions,
-    keys: Sequence[Key],
+    keys: Sequence[FixKey],
     stored: Mapping[tuple[str, datetime], bool],
     only: set[str] | None = None,
 ) -> dict[str, dict[str, float | None]]:

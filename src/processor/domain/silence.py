@@ -19,9 +19,10 @@ import trio
 from trio import TaskStatus
 
 from processor.domain import alerts
-from processor.domain.alerts import AlertRules, feature_problem
+from processor.domain.alerts import feature_problem
 from processor.domain.health import DomainHealth
 from processor.domain.refresher import Refresher
+from processor.domain.rules.stops import AlertRules
 from processor.lifecycle import Stopper
 from processor.observability.metrics import Metrics
 from processor.race_feed import RaceChange

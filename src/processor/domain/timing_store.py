@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import attrs
 import psycopg
 
-from processor.domain.model import Fix, Pass
+from processor.domain.rules.model import Fix, Pass
 
 F = TypeVar("F")
 Pair = tuple[str, str]  # (stage_id, entry_id)

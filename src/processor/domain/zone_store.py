@@ -25,9 +25,9 @@ import attrs
 import psycopg
 
 from processor.domain.definitions import StageDef
-from processor.domain.instants import to_datetime
-from processor.domain.model import EntryResult, Fix
-from processor.domain.zones import Violation, violations
+from processor.domain.rules.instants import to_datetime
+from processor.domain.rules.model import EntryResult, Fix
+from processor.domain.rules.zones import Violation, violations
 from processor.race_feed import RaceChange, timestamp, violation_change
 
 STORED = """
@@ -84,7 +84,7 @@ class Row:
     penalty_s: int
 
 
-Key = tuple[str, str, datetime]  # entry, zone, started_at
+ViolationKey = tuple[str, str, datetime]  # entry, zone, started_at
 
 
 def row_of(found: Violation) -> Row:
@@ -128,7 +128,7 @@ def judge_zones(
     """Write the entries' violations on the stage; their zone penalties (ms) by entry."""
     stage_id = definition.stage.id
     entries = sorted(evaluations)
-    stored: dict[Key, Row] = {}
+    stored: dict[ViolationKey, Row] = {}
     for entry_id, zone_id, started, *values in conn.execute(STORED, (stage_id, entries)):
         stored[(entry_id, zone_id, started)] = Row(*values)
     windows = [
@@ -149,7 +149,7 @@ def judge_zones(
         )
         for index, us, latitude, longitude, speed in rows:
             tracks[index].append(Fix(us / 1_000_000, latitude, longitude, speed))
-    new: dict[Key, Row] = {}
+    new: dict[ViolationKey, Row] = {}
     penalty_ms: dict[str, int] = {}
     for (entry_id, zone, entered, left), track in zip(windows, tracks, strict=True):
         for found in violations(zone, track, entered, math.inf if left is None else left):
@@ -187,7 +187,7 @@ def judge_zones(
 
 
 def violation_object(
-    stage_id: str, key: Key, row: Row, numbers: Mapping[str, str | None]
+    stage_id: str, key: ViolationKey, row: Row, numbers: Mapping[str, str | None]
 ) -> dict[str, Any]:
     entry_id, zone_id, started = key
     return {

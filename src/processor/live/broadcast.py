@@ -183,7 +183,7 @@ class Broadcaster:
         """Stop reading: no new read starts, and a read blocked in Redis returns at once."""
         self._stopping = True
         if self._reader is not None:
-            await self._reader.stop()
+            self._reader.request_stop()
         else:
             self.stopped.set()
 

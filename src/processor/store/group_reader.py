@@ -2,12 +2,12 @@
 
 Shared by the durable consumer and the live broadcast consumer. Each reader owns a dedicated
 connection: its socket timeout is above `BLOCK` (redis-py's default of 5 s would cut long reads
-short), and its client id lets `stop()` release a read blocked in Redis with `CLIENT UNBLOCK`
-from the control connection, so a drain never waits out `READ_BLOCK_MS`.
+short), and its client id lets a stop request release a read blocked in Redis with `CLIENT
+UNBLOCK` from the control connection, so a drain never waits out `READ_BLOCK_MS`.
 
 `read()` retries transient failures itself (capped backoff, each attempt logged, cut short by
-`stop()`), and recreates the group when it has vanished (`NOGROUP`: deleted by an operator, or a
-Redis restored without it) at the position the owner chooses.
+`request_stop()`), and recreates the group when it has vanished (`NOGROUP`: deleted by an
+operator, or a Redis restored without it) at the position the owner chooses.
 """
 
 from __future__ import annotations
@@ -21,14 +21,11 @@ import redis
 import structlog
 import trio
 
+from processor.lifecycle import Stopper, StopRequested
 from processor.store import redis as redis_store
 from processor.store import retry
 
 log = structlog.get_logger("processor.stream")
-
-
-class _Stopped(Exception):
-    """`stop()` ended a retry pause: the read returns nothing."""
 
 
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -42,8 +39,8 @@ def stream_entries(reply: Any) -> StreamEntries:
     """A one-stream XREADGROUP reply, as it comes off the wire, as (id, fields) pairs.
 
     redis-py's own reply callback builds the same pairs through two Python calls per entry
-    (`parse_stream_list`, `pairs_to_dict`): 0.27 µs per entry, against 0.09 µs here, where an
-    entry of one field (the upstream's `payload`) gets its dict without any call (issue 15).
+    (`parse_stream_list`, `pairs_to_dict`); here an entry of one field (the upstream's
+    `payload`) gets its dict without any call (benchmarks/README.md has the figures).
     Fields Redis reports as nil (an entry deleted while pending) become `{}`, as redis-py makes
     them. Both protocols' shapes are read: RESP3's `{stream: entries}` (redis-py's default) and
     RESP2's `[[stream, entries]]`.
@@ -95,28 +92,46 @@ class GroupReader:
         # The connection is this reader's own, so no other command's replies change.
         self._connection.set_response_callback("XREADGROUP", _raw_reply)
         self._client_id: int | None = None
-        self._stopping = False
-        self._stopped = trio.Event()
+        self._stopper = Stopper()
         self._backoff = retry.Backoff(initial_s=0.2, max_s=5.0)
 
     @property
     def stopping(self) -> bool:
-        return self._stopping
+        return self._stopper.requested
+
+    def request_stop(self) -> None:
+        """No new read starts, and a read blocked in Redis returns at once (its own watcher
+        sends `CLIENT UNBLOCK`)."""
+        self._stopper.request()
 
     async def read(self, start_id: str = ">") -> StreamEntries:
         """One XREADGROUP from `start_id` (`>` blocks for new entries; an id reads the pending
         list without blocking). Returns [] when nothing came or the reader was stopped."""
-        while not self._stopping:
+        if self._stopper.requested:
+            return []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._release_on_stop)
+            try:
+                return await self._read_until_stopped(start_id)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _release_on_stop(self) -> None:
+        await self._stopper.wait()
+        await redis_store.unblock(self._control, self._client_id)
+
+    async def _read_until_stopped(self, start_id: str) -> StreamEntries:
+        while not self._stopper.requested:
             try:
                 return await retry.retry_in_thread(
                     "stream read",
                     functools.partial(self._read, start_id),
                     backoff=self._backoff,
                     on_failure=self._failed,
-                    pause=self._pause,
+                    pause=self._stopper.pause_or_raise,
                     context={"group": self.spec.group},
                 )
-            except _Stopped:
+            except StopRequested:
                 return []
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -137,17 +152,10 @@ class GroupReader:
         self._on_error()
         self._client_id = None  # the connection is new after a failure: ask its id again
 
-    async def _pause(self, delay: float) -> None:
-        """The backoff between attempts, cut short (ending the read) by `stop()`."""
-        with trio.move_on_after(delay):
-            await self._stopped.wait()
-        if self._stopping:
-            raise _Stopped
-
     def _read(self, start_id: str) -> StreamEntries:
         if self._client_id is None:
             self._client_id = int(self._connection.client_id())
-        if self._stopping:
+        if self._stopper.requested:
             return []
         spec = self.spec
         reply: Any = self._connection.xreadgroup(
@@ -159,14 +167,6 @@ class GroupReader:
             noack=spec.noack,
         )
         return stream_entries(reply)
-
-    async def stop(self) -> None:
-        """No new read starts, and a read blocked in Redis returns at once."""
-        if self._stopping:
-            return
-        self._stopping = True
-        self._stopped.set()
-        await redis_store.unblock(self._control, self._client_id)
 
     def close(self) -> None:
         self._connection.close()

@@ -226,8 +226,7 @@ def staged_rows(rows: Sequence[StoredRow], faulty: Sequence[bool]) -> list[Stage
     A key seen earlier in the batch goes to a later round (a later INSERT from the same table):
     one `ON CONFLICT DO UPDATE` cannot touch a row twice. The writer builds these on the Trio
     thread, not in the thread that writes: Python work per row in the writing thread waits for
-    the interpreter lock while the Trio thread decodes, and the database waits with it (issue
-    15: 6.5-9 % of the minimal pipeline's rate when it built them there).
+    the interpreter lock while the Trio thread decodes, and the database waits with it.
     """
     keys = list(map(_KEY, rows))
     if len(set(keys)) == len(keys):  # the common case: no key twice in the batch

@@ -35,16 +35,16 @@ from __future__ import annotations
 
 import math
 
-from processor.domain.course import Circle, Line
-from processor.domain.instants import on_microsecond
-from processor.domain.kinematics import (
+from processor.domain.rules.course import Circle, Line
+from processor.domain.rules.instants import on_microsecond
+from processor.domain.rules.kinematics import (
     accelerating,
     fraction_at,
     speed_at,
     time_at,
 )
-from processor.domain.model import Pass
-from processor.domain.track import BLOCK, Track
+from processor.domain.rules.model import Pass
+from processor.domain.rules.track import BLOCK, Track
 
 
 def first_crossing(track: Track, line: Line, after: float, before: float) -> Pass | None:

@@ -1,4 +1,4 @@
-"""Speed zones (issue 12): violations from an entry's track between two controls (pure code).
+"""Speed zones: violations from an entry's track between two controls (pure code).
 
 A zone is in force from the entry's pass of its start control to its pass of its end control
 ("regardless of the route taken": only the passes matter, not where the car drove). While the
@@ -24,8 +24,8 @@ from typing import Any, TypeGuard
 
 import attrs
 
-from processor.domain.geometry import haversine_m
-from processor.domain.model import MAX_PENALTY_S, Fix
+from processor.domain.rules.geometry import haversine_m
+from processor.domain.rules.model import MAX_PENALTY_S, Fix
 
 
 class ZoneError(ValueError):

@@ -83,7 +83,7 @@ class Pass:
     entering segment), `fix_after` the first fix after it left (None while the visit is still
     open, i.e. the track's last fix is inside the radius: the pass may still move). `passed_at`
     is the closest approach and `distance_m` its distance to the centre. The visit is clipped to
-    the track between the previous control's pass and the finish pass (`processor.domain.passes`):
+    the track between the previous control's pass and the finish pass (`rules.passes`):
     if the entry is already inside at the previous pass, `fix_before` is the last fix at or before
     that pass; if still inside at the finish, `fix_after` is the finish pass's `fix_after`.
     `passed_at` is on the microsecond grid, as stored.

@@ -21,7 +21,7 @@ import bisect
 import math
 from collections.abc import Iterable
 
-from processor.domain.model import Fix
+from processor.domain.rules.model import Fix
 
 _INF = math.inf
 BLOCK = 32

@@ -16,8 +16,8 @@ import weakref
 
 import attrs
 
-from processor.domain.geometry import LocalFrame, midpoint
-from processor.domain.model import MAX_PENALTY_S, Control, ControlKind, Stage
+from processor.domain.rules.geometry import LocalFrame, midpoint
+from processor.domain.rules.model import MAX_PENALTY_S, Control, ControlKind, Stage
 
 MIN_LINE_M = 0.01
 _BOX_PAD_DEG = 1e-9  # ~0.1 mm: rounding between degrees and metres never loses a pass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 
-from processor.domain.model import EntryResult, Ranking, Status
+from processor.domain.rules.model import EntryResult, Ranking, Status
 
 UNRANKED = Ranking(position=None, class_position=None, gap_ms=None)
 

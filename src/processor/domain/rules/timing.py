@@ -34,11 +34,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from processor.domain.course import Line, StageError, course_of
-from processor.domain.instants import to_ms
-from processor.domain.model import EntryResult, Fix, Pass, Stage, Status
-from processor.domain.passes import first_crossing, first_visit
-from processor.domain.track import build_track
+from processor.domain.rules.course import Line, StageError, course_of
+from processor.domain.rules.instants import to_ms
+from processor.domain.rules.model import EntryResult, Fix, Pass, Stage, Status
+from processor.domain.rules.passes import first_crossing, first_visit
+from processor.domain.rules.track import build_track
 
 __all__ = ["StageError", "evaluate_entry", "settled_prefix", "to_ms"]
 
