@@ -49,6 +49,8 @@ Then, on yet another `processor run` with live broadcast on (`benchmarks/live.py
 10. domain:   the racing-domain engine on a 40-control stage: its evaluation rate, its lag
               behind ingestion at 2,000 fixes/s, and ingestion's rate with it on vs off
               (`benchmarks.domain`).
+11. history:  the live port's track history: a 6-hour 1 Hz track of one car and 10 minutes of
+              200 cars, each as time to serve / the bare SQL read, medians (`benchmarks.history`).
 
 Without REDIS_URL / DATABASE_URL, throwaway servers are started (as `just demo` does).
 Speed is reported here, never asserted by the test suite.
@@ -80,6 +82,7 @@ import trio
 
 import processor
 from benchmarks import domain
+from benchmarks import history as history_bench
 from benchmarks import live as live_bench
 from benchmarks.daemon import Daemon
 from benchmarks.rounds import round_order
@@ -98,7 +101,7 @@ SEED = 20260512
 START = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
 NO_QUIRKS = Quirks(late=0, duplicate=0, zero_satellites=0, event=0, sentinels=0)
 CONTENDERS = ("raw", "baseline", "processor", "minimal")
-PHASES = (*CONTENDERS, "startup", "latency", "memory", "drain", "live", "domain")
+PHASES = (*CONTENDERS, "startup", "latency", "memory", "drain", "live", "domain", "history")
 STARTUP_LAUNCHES = 5
 # What any daemon doing this job must import: the baseline `processor run` is measured against.
 UNAVOIDABLE_IMPORTS = "import trio, redis, psycopg, orjson"
@@ -678,6 +681,12 @@ def table(results: dict[str, Any]) -> str:
         ("ingest_domain_off_rate", "ingestion, domain off (fixes/s)", ""),
         ("ingest_domain_on_rate", "ingestion, domain on (fixes/s)", ""),
         ("domain_ingest_ratio", "ingestion domain on / off", ""),
+        ("history_6h_car_ms", "history, 1 car x 6 h at 1 Hz: served", " ms"),
+        ("history_6h_car_sql_ms", "history, 1 car x 6 h at 1 Hz: bare SQL", " ms"),
+        ("history_6h_car_ratio", "history, 1 car x 6 h: served / SQL", ""),
+        ("history_10min_200_cars_ms", "history, 200 cars x 10 min: served", " ms"),
+        ("history_10min_200_cars_sql_ms", "history, 200 cars x 10 min: bare SQL", " ms"),
+        ("history_10min_200_cars_ratio", "history, 200 cars x 10 min: served / SQL", ""),
     ):
         if key in r:
             target = TARGETS.get(key)
@@ -753,6 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.live()
         if "domain" in phases:
             domain.run(runner, SEED, START)
+        if "history" in phases:
+            history_bench.run(runner)
         results["bench_s"] = round(time.monotonic() - started, 1)
     add_ratios(results)
     results["targets_met"] = verdicts(results)

@@ -41,6 +41,8 @@ KEYS = (
     "live_p99_ratio",
     "live_resubscribes",
     "live_snapshot_reads",
+    "history_6h_car_ratio",
+    "history_10min_200_cars_ratio",
     "domain_rate",
     "ingest_domain_on_rate",
     "ingest_domain_off_rate",
@@ -99,6 +101,10 @@ def test_quick_bench_writes_every_figure(
     assert results["domain_controls"] == 40
     assert results["domain_lag_median"] <= results["domain_lag_max"]
     assert results["domain_timing_records"] > 0  # the cars really were timed
+    # the history figures: 21,600 and 120,000 fixes, each simplified to the default 20,000 points
+    assert results["history_6h_car_fixes"] == 21_600
+    assert results["history_10min_200_cars_fixes"] == 120_000
+    assert results["history_10min_200_cars_points"] <= 20_000
     # a finished entry's later fixes are never read again
     assert results["domain_finished_fixes_loaded_last"] == 0
     assert "ratio_vs_raw" in proc.stdout.decode() or "processor / raw" in proc.stdout.decode()

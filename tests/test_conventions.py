@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from processor.domain import alerts
-from processor.live import auth, connection, protocol
+from processor.live import auth, connection, history, protocol
 from processor.observability import metrics as metrics_module
 from processor.observability.metrics import Metrics
 from processor.version import VERSION
@@ -162,6 +162,11 @@ def _labels_in(path: Path, metric: str) -> set[str]:
             {o.value for o in auth.AuthOutcome}
             | _labels_in(SRC / "live" / "server.py", "live_auth"),
             id="live_auth",
+        ),
+        pytest.param(
+            metrics_module.LIVE_HISTORY_RESULTS,
+            {"ok", *history.ERROR_CODES.values()},
+            id="live_history_requests",
         ),
     ],
 )

@@ -42,7 +42,8 @@ from tests.support.scrape import scrape_sync
 from tests.support.service import running_service, wait_until
 from tests.support.upgrade_fuzz import UPGRADES
 
-ACCEPTABLE = {101, 400, 401, 403, 404, 405, 426, 429, 431, 503}
+# 101 for the rare valid upgrade; 200/204/422 from the history endpoint on the same port
+ACCEPTABLE = {101, 200, 204, 400, 401, 403, 404, 405, 422, 426, 429, 431, 503}
 
 
 def quiet(service: Service) -> bool:

@@ -4,6 +4,8 @@
    token for the session cookie, and the page, a plain client of the live WebSocket protocol,
    draws the stage, at least CARS cars and at least one results row (read from the DOM). The
    screenshot is saved as a test artifact (`race-control.png` in the test's tmp dir).
+   Then the page is reloaded: its trails come back from the live port's history endpoint, and a
+   click on a car draws that car's whole track on the stage so far.
 2. The page connects to the live server through a relay (`DEMO_PAGE_LIVE_PORT`); killing the
    relay cuts the WebSocket from the server side: the page must say "reconnecting", and "live"
    again once the relay listens again (the cookie session still works, the backoff retries).
@@ -22,6 +24,7 @@ import sys
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx
@@ -31,6 +34,7 @@ from tests.support.browser import chromium, chromium_binary, open_page
 
 DEVICES = 12
 CARS = 10  # drawn on the map: most of the field (a car in a "tunnel" may not have sent yet)
+TRAIL_POINTS = 40  # app.js: what a trail holds; a selected car's track has more
 DEMO_ARGS = (
     "--page-port", "0", "--duration", "600", "--devices", str(DEVICES), "--rate", "120",
     "--stage-km", "2", "--start-interval", "1", "--seed", "13",
@@ -106,6 +110,39 @@ async def test_page_draws_live_cars_and_results(env: dict[str, str], tmp_path: P
                 await page.screenshot(shot)
                 assert shot.stat().st_size > 10_000
                 print(f"screenshot: {shot}")
+                await check_history(page)
+
+
+async def check_history(page: Any) -> None:
+    """A reload brings the trails back from /live/history (the cookie session, CORS), and a
+    click on a car draws its whole track on the stage so far (docs/history.md)."""
+    await page.evaluate("window.beforeReload = true")
+    await page.call("Page.reload")
+    await page.wait_for(
+        f"!window.beforeReload && {CONNECTION} === 'live'", timeout_s=60, what="live after reload"
+    )
+    await page.wait_for(
+        "Number(document.body.dataset.history) > 0 || document.body.dataset.historyError",
+        timeout_s=30,
+        what="trails from history",
+    )
+    assert await page.evaluate("document.body.dataset.historyError || ''") == ""
+    restored = await page.evaluate(
+        "[...document.querySelectorAll('polyline.trail')]"
+        ".filter(p => Number(p.dataset.history) > 1).length"
+    )
+    assert restored >= CARS // 2, restored
+    await page.evaluate(
+        "document.querySelector('#cars g.car')"
+        ".dispatchEvent(new MouseEvent('click', {bubbles: true})), true"
+    )
+    points = await page.wait_for(
+        "(n => n && Number(n.dataset.points))(document.getElementById('selected-track'))",
+        timeout_s=30,
+        what="the selected car's whole track",
+    )
+    fixes = await page.evaluate("Number(document.getElementById('selected-track').dataset.fixes)")
+    assert fixes >= points > TRAIL_POINTS, (fixes, points)
 
 
 class Relay:

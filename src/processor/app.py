@@ -353,7 +353,7 @@ class Service:
         await self.observability.start_lag_sampler(control)
         # --- live broadcast (only when DIRECTUS_URL is set) ---
         if self.config.live_enabled:
-            # Imported only when live is on: its stack (httpx, trio-websocket) is start-up time.
+            # Imported only when live is on: its stack (httpx, h11, wsproto) is start-up time.
             from processor.live.server import LiveServer  # noqa: PLC0415
 
             self.live = LiveServer(

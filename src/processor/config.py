@@ -425,6 +425,41 @@ class Config:
             "is closed with 4001 (docs/websocket.md)"
         ),
     )
+    # --- live: track history on the live port (docs/history.md) ---------------------------------
+    live_history_max_window_s: int = _int(
+        "LIVE_HISTORY_MAX_WINDOW_S",
+        86_400,
+        60,
+        2_678_400,
+        doc="longest window `GET /live/history` serves; a longer one is 400 (docs/history.md)",
+    )
+    live_history_max_points: int = _int(
+        "LIVE_HISTORY_MAX_POINTS",
+        20_000,
+        100,
+        1_000_000,
+        doc=(
+            "points one history response carries at most; over it the tracks are simplified "
+            "(Douglas-Peucker, control passes kept) and the response says so"
+        ),
+    )
+    live_history_max_fixes: int = _int(
+        "LIVE_HISTORY_MAX_FIXES",
+        250_000,
+        1_000,
+        10_000_000,
+        doc="fixes one history request may read; a window holding more is 422",
+    )
+    live_history_requests_per_s: float = _float(
+        "LIVE_HISTORY_REQUESTS_PER_S",
+        2.0,
+        0.01,
+        1000,
+        doc=(
+            "history requests per Directus user per second (burst of one second's worth, at "
+            "least 1); more are 429 with `Retry-After`"
+        ),
+    )
 
     # --- racing domain (docs/racing-domain.md) ----------------------------------------------------
     domain_group: str = _text(

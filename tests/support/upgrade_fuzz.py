@@ -3,7 +3,7 @@
 What an attacker on the network can put in front of the live port: random and mutated request
 lines, paths, header names and values (non-ASCII, NUL, CR/LF, very long, thousands of headers),
 random bytes, a TLS ClientHello (a browser speaking wss:// to a plain port), HTTP/1.0, a plain
-GET without `Upgrade`.
+GET without `Upgrade`, and requests for the history endpoint on the same port.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ PATHS = st.one_of(
             b"/live/../live",
             b"//",
             b"",
+            b"/live/history",
+            b"/live/history?event=6f1f8d8e-1c8a-4a8e-9a53-3b8d8e2f0c11&from=2026-05-12T10:00:00Z",
+            b"/live/history?event=%ff&from=\x00",
+            b"/live/history?" + b"&" * 5000,
+            b"/live/history?max_points=99999999999999999999&faulty=maybe",
         ]
     ),
     _pieces().map(lambda p: b"/" + p),

@@ -4,10 +4,10 @@ Three tasks per connection, under one nursery:
 
 - receive: reads frames, answers subscribe/unsubscribe (one at a time, in order), sends an
   `error` frame for every malformed one and closes with 1008 after `LIVE_WS_MAX_PROTOCOL_ERRORS`;
-  a text frame over `LIVE_WS_MAX_MESSAGE_BYTES` bytes closes with 1009 (trio-websocket already
-  enforces the limit in characters; we check the UTF-8 size too).
+  a message over `LIVE_WS_MAX_MESSAGE_BYTES` bytes closes with 1009 (`live/websocket.py` counts
+  its bytes as they arrive and drops them).
 - send: the only writer of data frames, draining a bounded queue (what is queued goes out in
-  one socket write of at most `SEND_BATCH` frames and about `SEND_BATCH_BYTES`, `live/wire.py`).
+  one socket write of at most `SEND_BATCH` frames and about `SEND_BATCH_BYTES`).
   Everything the server says goes through that queue (replies and positions), so frames keep
   their order. Producers never wait: `enqueue` is non-blocking, and a queue over either budget
   (`LIVE_WS_MAX_QUEUE` frames or `LIVE_WS_MAX_QUEUE_BYTES` bytes behind) closes the client with
@@ -42,20 +42,19 @@ import time
 import attrs
 import structlog
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from processor.live import protocol
 from processor.live.auth import Access, Directus
 from processor.live.registry import Registry
 from processor.live.session import Session
 from processor.live.snapshot import SnapshotError, Snapshots
-from processor.live.wire import send_texts
+from processor.live.websocket import ConnectionClosed, MessageTooBig, WebSocket
 from processor.observability.metrics import Metrics, observe_many
 
 log = structlog.get_logger("processor.live.connection")
 
 CLOSE_TIMEOUT_S = 5.0
-SEND_BATCH = 64  # frames per socket write at most (see live/wire.py) ...
+SEND_BATCH = 64  # frames per socket write at most (`WebSocket.send_texts`) ...
 SEND_BATCH_BYTES = 256 * 1024  # ... and about this many bytes (one write's copy stays small)
 SLOW_CONSUMER, GOING_AWAY, POLICY, TOO_BIG, PING_TIMEOUT = 4008, 1001, 1008, 1009, 1011
 OUT_KINDS = (
@@ -107,7 +106,7 @@ class TokenBucket:
 class Connection:
     def __init__(
         self,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         session: Session,
         *,
         name: str,
@@ -250,7 +249,7 @@ class Connection:
                         break
                     size += len(batch[-1][0])
                 self.queued_bytes -= size
-                await send_texts(self._ws, [frame for frame, _kind, _entry in batch])
+                await self._ws.send_texts([frame for frame, _kind, _entry in batch])
                 now = time.time()
                 for _frame, kind, _entry_ms in batch:
                     self._sent[kind].inc()
@@ -269,12 +268,12 @@ class Connection:
         while True:
             try:
                 frame = await self._ws.get_message()
-            except ConnectionClosed:
-                self._begin_close(None)  # the peer closed (or trio-websocket closed with 1009)
-                return
-            if isinstance(frame, str) and len(frame.encode()) > self._max_message_bytes:
+            except MessageTooBig:
                 self._metrics.live_messages.labels("in", "too_big").inc()
                 self._begin_close(TOO_BIG, f"message over {self._max_message_bytes} bytes")
+                return
+            except ConnectionClosed:
+                self._begin_close(None)  # the peer closed or went away
                 return
             try:
                 request = protocol.parse_request(frame)

@@ -4,45 +4,48 @@ shutdown.
     LiveServer.run (a child of the services nursery; started only when DIRECTUS_URL is set)
     ├── supervised "live-device-map"   device -> events map refresher
     ├── supervised "live-broadcast"    broadcast consumer (own group, NOACK) -> subscriptions
-    ├── supervised "live-server"       TCP listener + accept loop on LIVE_WS_HOST:LIVE_WS_PORT
     ├── supervised "live-race"         race feed (timing, results, alerts, violations; `race.py`)
+    ├── supervised "live-server"       TCP listener + accept loop on LIVE_WS_HOST:LIVE_WS_PORT
     ├── snapshot reads (coalesced per event, `snapshot.py`)
     ├── one re-check task per session (credential) with open connections (`session.py`)
     └── one task per accepted socket, under `_socket`'s failure boundary:
-        request -> admission (Directus) -> reject | accept -> Connection.serve -> close
+        request (h11) -> /live: admission (Directus) -> reject | accept (101) -> Connection.serve
+                                -> close
+                      -> /live/history: `history.py` answers it (one request per socket)
 
-The three supervised services restart on their own after a failure (`processor.supervise`);
+The supervised services restart on their own after a failure (`processor.supervise`);
 connected clients live in this nursery, not the accept loop's, so a restarted accept loop does
 not drop them. The live server has its own small PostgreSQL pool (`LIVE_DB_POOL_SIZE`
 connections) for snapshots and the device map: live clients never take a connection the
 writer needs.
 
-**Failure boundary (docs/pipeline.md, Isolation).** We run our own accept loop instead of
-trio-websocket's `serve_websocket`, whose per-connection handler lets any exception travel up
-into the server's nursery (and from there end the process): a path `urlsplit` cannot parse, a
-non-ASCII credential, a client hanging up while its upgrade is refused, wsproto refusing a close
-frame in the wrong state. Here everything done for one socket, from the first byte of the HTTP
-request (trio-websocket's reader task included) to the closing handshake, runs under one
-boundary that turns any exception except `Cancelled` (exception groups included) into: the
-socket closed, one warning log line with the stage and the exception types (never messages,
-which may echo headers, and never credentials), and
-`processor_live_connection_errors_total{stage}`. Stages: `request` (reading the upgrade
-request), `admission` (checks and Directus), `reject`, `accept`, `serve`, `close`.
+**Failure boundary (docs/pipeline.md, Isolation).** Everything done for one socket, from the
+first byte of the HTTP request to the closing handshake, runs under one boundary that turns any
+exception except `Cancelled` (exception groups included) into: the socket closed, one warning
+log line with the stage and the exception types (never messages, which may echo headers, and
+never credentials), and `processor_live_connection_errors_total{stage}`. Stages: `request`
+(reading the HTTP request), `admission` (checks and Directus), `reject`, `accept`, `serve`,
+`close`, and `history` for a history request. The socket's HTTP and WebSocket handling is ours
+(`http1.py`, `websocket.py`, on h11 and wsproto), so the boundary holds no library task it
+cannot see.
 
-**Before the upgrade completes** a socket holds one of `LIVE_WS_MAX_PENDING_UPGRADES` slots
-(beyond that, new sockets are closed at once: `processor_live_upgrades_dropped_total
-{reason="pending_limit"}`) and must finish within `LIVE_WS_HANDSHAKE_TIMEOUT_MS`, Directus
-included (else dropped: `reason="handshake_timeout"`). A socket that sends something that is not
-an HTTP upgrade is closed as soon as the HTTP parser gives up, not at the timeout.
+**Before the upgrade completes** (or its history request is answered) a socket holds one of
+`LIVE_WS_MAX_PENDING_UPGRADES` slots (beyond that, new sockets are closed at once:
+`processor_live_upgrades_dropped_total{reason="pending_limit"}`) and must finish within
+`LIVE_WS_HANDSHAKE_TIMEOUT_MS`, Directus included (else dropped:
+`reason="handshake_timeout"`). A socket that sends something that is not an HTTP request is
+answered 400 (431 for an oversized head) as soon as h11 gives up; a peer that hangs up while
+Directus is asked ends its upgrade at once.
 
 Upgrade decisions, in order (HTTP status of the refusal):
-not shutting down (else 503) -> path `/live` (else 404) -> a Cookie or Bearer credential (else
-401; a credential that is not printable ASCII: 401 without asking Directus) -> for cookie
-sessions an allowed `Origin` (else 403: cross-site WebSocket hijacking) -> Directus `/users/me`
-(401 / 503 as `auth.Directus` maps it) -> fewer than `LIVE_WS_MAX_CONNECTIONS_PER_USER` open
-connections of that user, counted by Directus' user id (else 429) -> accept.
+not shutting down (else 503) -> path `/live` (else 404) -> a WebSocket opening handshake (else
+405 / 400 / 426) -> a Cookie or Bearer credential (else 401; a credential that is not printable
+ASCII: 401 without asking Directus) -> for cookie sessions an allowed `Origin` (else 403:
+cross-site WebSocket hijacking) -> Directus `/users/me` (401 / 503 as `auth.Directus` maps it)
+-> fewer than `LIVE_WS_MAX_CONNECTIONS_PER_USER` open connections of that user, counted by
+Directus' user id (else 429) -> accept.
 
-`close()` is the graceful part of shutdown: refuse new upgrades, stop the broadcast consumer,
+`stop()` is the graceful part of shutdown: refuse new upgrades, stop the broadcast consumer,
 close every client with 1001 and wait (bounded) until they are gone; the caller cancels the
 services nursery right after.
 """
@@ -52,6 +55,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Mapping
+from datetime import timedelta
 from functools import partial
 
 import attrs
@@ -59,8 +63,6 @@ import redis
 import structlog
 import trio
 from trio import TaskStatus
-from trio_websocket import WebSocketConnection, WebSocketRequest
-from wsproto import ConnectionType, WSConnection
 
 from processor.config import Config
 from processor.live.auth import (
@@ -68,16 +70,19 @@ from processor.live.auth import (
     Credentials,
     Directus,
     credentials_from_headers,
-    header,
     origin_allowed,
 )
 from processor.live.broadcast import Broadcaster
 from processor.live.connection import CLOSE_TIMEOUT_S, GOING_AWAY, Budgets, Connection
 from processor.live.device_events import DeviceEventMap
+from processor.live.history import PATH as HISTORY_PATH
+from processor.live.history import History, Limits
+from processor.live.http1 import HttpConnection, Refusal, Request, websocket_key
 from processor.live.race import RaceFeed
 from processor.live.registry import Registry
 from processor.live.session import RECHECKS_AT_ONCE, Session
 from processor.live.snapshot import Snapshots
+from processor.live.websocket import WebSocket
 from processor.observability.metrics import Metrics
 from processor.store.postgres import Database
 from processor.supervise import Supervisor, describe_failure
@@ -85,9 +90,7 @@ from processor.supervise import Supervisor, describe_failure
 log = structlog.get_logger("processor.live.server")
 
 PATH = "/live"
-LIVE_DB_POOL_SIZE = 2  # snapshots (coalesced per event) and the map refresh
-INBOUND_QUEUE = 1  # inbound messages trio-websocket buffers per connection (we read in order)
-RECEIVE_BYTES = 4096
+LIVE_DB_POOL_SIZE = 3  # snapshots (coalesced per event), the map refresh, one history read
 
 
 @attrs.define
@@ -161,6 +164,20 @@ class LiveServer:
             max_message_bytes=config.live_ws_max_message_bytes,
             max_protocol_errors=config.live_ws_max_protocol_errors,
             ping_interval_s=config.live_ws_ping_interval_ms / 1000,
+        )
+        self.history = History(
+            limits=Limits(
+                max_window=timedelta(seconds=config.live_history_max_window_s),
+                max_points=config.live_history_max_points,
+                max_fixes=config.live_history_max_fixes,
+                requests_per_s=config.live_history_requests_per_s,
+                allowed_origins=config.live_ws_allowed_origins,
+            ),
+            database=self.database,
+            metrics=metrics,
+            identify=self._identify,
+            directus=lambda: self._directus,
+            closing=lambda: self._closing,
         )
         self._directus: Directus | None = None
         self._nursery: trio.Nursery | None = None
@@ -267,67 +284,79 @@ class LiveServer:
 
     async def _connection(self, stream: trio.SocketStream, stage: Stage) -> None:
         config = self.config
-        ws = WebSocketConnection(
-            stream,
-            WSConnection(ConnectionType.SERVER),
-            message_queue_size=INBOUND_QUEUE,
-            # Characters >= bytes/4, so this cuts oversized frames early (1009); the exact byte
-            # limit is checked per frame by the connection.
-            max_message_size=config.live_ws_max_message_bytes,
-            receive_buffer_size=RECEIVE_BYTES,
-        )
+        http = HttpConnection(stream)
         handshake = trio.CancelScope(
             deadline=trio.current_time() + config.live_ws_handshake_timeout_ms / 1000
         )
-        admission: Admission | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._reader, ws, handshake)
-            self._pending_upgrades += 1
-            try:
-                with handshake:
-                    admission = await self._upgrade(ws, stage)
-            finally:
-                self._pending_upgrades -= 1
-            if handshake.cancelled_caught and trio.current_time() >= handshake.deadline:
-                self.metrics.live_upgrades_dropped.labels("handshake_timeout").inc()
-            try:
-                if admission is not None and not handshake.cancelled_caught:
-                    stage.name = "serve"
-                    await self._serve(ws, admission)
+        upgraded: tuple[WebSocket, Admission] | None = None
+        self._pending_upgrades += 1
+        try:
+            with handshake:
+                upgraded = await self._upgrade(http, stage, handshake)
+        finally:
+            self._pending_upgrades -= 1
+        if handshake.cancelled_caught and trio.current_time() >= handshake.deadline:
+            self.metrics.live_upgrades_dropped.labels("handshake_timeout").inc()
+        if upgraded is None:
+            return
+        ws, admission = upgraded
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ws.run)  # the socket's only reader from here on
+                stage.name = "serve"
+                await self._serve(ws, admission)
                 stage.name = "close"
-                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                # Only a connection that did not close itself (serve failed) waits for the peer.
+                with trio.move_on_after(CLOSE_TIMEOUT_S if ws.open else 0):
                     await ws.aclose()
-            finally:
-                if admission is not None:
-                    self._release(admission.user_id)
-            nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._release(admission.user_id)
 
-    async def _reader(self, ws: WebSocketConnection, handshake: trio.CancelScope) -> None:
-        """trio-websocket's reader task. When it ends (peer gone, or the HTTP parser gave up
-        on what was sent), a handshake still in progress has nothing left to wait for."""
-        await ws._reader_task()
-        handshake.cancel()
-
-    async def _upgrade(self, ws: WebSocketConnection, stage: Stage) -> Admission | None:
-        """Request -> admission -> reject or accept; the admission (user slot reserved) when
-        accepted."""
+    async def _upgrade(
+        self, http: HttpConnection, stage: Stage, handshake: trio.CancelScope
+    ) -> tuple[WebSocket, Admission] | None:
+        """Request -> admission -> reject or accept; the WebSocket and its admission (user slot
+        reserved) when accepted."""
         stage.name = "request"
-        request = await ws._get_request()
-        stage.name = "admission"
-        verdict = await self._admit(request)
-        if isinstance(verdict, int):
+        try:
+            request = await http.read_request()
+        except Refusal as refusal:
             stage.name = "reject"
-            await request.reject(verdict, body=_STATUS_BODIES[verdict])
+            await _refuse(http, refusal)
+            return None
+        if request is None:  # the peer left first
+            return None
+        if request.path == HISTORY_PATH:
+            stage.name = "history"
+            async with trio.open_nursery() as watch:
+                watch.start_soon(http.watch_hang_up, handshake)
+                await self.history.serve(http, request, handshake.deadline)
+                watch.cancel_scope.cancel()
+            return None
+        stage.name = "admission"
+        async with trio.open_nursery() as watch:
+            watch.start_soon(http.watch_hang_up, handshake)
+            verdict = await self._admit(request)
+            watch.cancel_scope.cancel()
+        if isinstance(verdict, Refusal):
+            stage.name = "reject"
+            await _refuse(http, verdict)
             return None
         accepted = False
         try:
             stage.name = "accept"
-            await request.accept()
+            received = await http.accept_websocket(request)
+            ws = WebSocket(
+                http.stream,
+                max_message_bytes=self.config.live_ws_max_message_bytes,
+                received=received,
+            )
             accepted = True
         finally:
             if not accepted:  # failed or cancelled mid-accept: give the user's slot back
                 self._release(verdict.user_id)
-        return verdict
+        return ws, verdict
 
     def _session(self, credentials: Credentials) -> Session:
         """The session of these credentials, started (its re-check task) when new or ended."""
@@ -352,7 +381,7 @@ class LiveServer:
             if self._sessions.get(session.credentials) is session:
                 del self._sessions[session.credentials]
 
-    async def _serve(self, ws: WebSocketConnection, admission: Admission) -> None:
+    async def _serve(self, ws: WebSocket, admission: Admission) -> None:
         assert self._directus is not None
         session = self._session(admission.credentials)
         connection = Connection(
@@ -375,13 +404,34 @@ class LiveServer:
             if self._closing and not self._connections:
                 self._all_closed.set()
 
-    async def _admit(self, request: WebSocketRequest) -> int | Admission:
+    async def _admit(self, request: Request) -> Refusal | Admission:
         """The admission (with a per-user slot reserved) when the upgrade may proceed, else
-        the HTTP status of the refusal."""
+        the refusal."""
         if self._closing or self._directus is None:
+            return _refusal(503)
+        if request.path != PATH:
+            return _refusal(404)
+        try:
+            websocket_key(request)
+        except Refusal as refusal:
+            return refusal
+        identity = await self._identify(request)
+        if isinstance(identity, int):
+            return _refusal(identity)
+        credentials, user_id = identity
+        if self._closing:
+            return _refusal(503)
+        if self._per_user[user_id] >= self.config.live_ws_max_connections_per_user:
+            self.metrics.live_auth.labels("too_many_connections").inc()
+            return _refusal(429)
+        self._per_user[user_id] += 1
+        return Admission(credentials, user_id)
+
+    async def _identify(self, request: Request) -> int | tuple[Credentials, str]:
+        """Who sends `request` (its credentials and Directus user id), else the HTTP status of
+        the refusal: the same rules for an upgrade and a history request."""
+        if self._directus is None:
             return 503
-        if request.path.split("?", 1)[0] != PATH:
-            return 404
         credentials = credentials_from_headers(request.headers)
         if credentials is None:
             self.metrics.live_auth.labels("missing").inc()
@@ -390,10 +440,10 @@ class LiveServer:
             self.metrics.live_auth.labels("unauthorized").inc()
             return 401
         if credentials.via_cookie and not origin_allowed(
-            header(request.headers, b"origin"), self.config.live_ws_allowed_origins
+            request.header(b"origin"), self.config.live_ws_allowed_origins
         ):
             self.metrics.live_auth.labels("origin_refused").inc()
-            log.warning("live upgrade refused: origin not allowed", origin=_origin(request))
+            log.warning("live request refused: origin not allowed", origin=_origin(request))
             return 403
         outcome, user_id = await self._directus.authenticate(credentials)
         self.metrics.live_auth.labels(outcome.value).inc()
@@ -401,13 +451,7 @@ class LiveServer:
             return 401
         if outcome is AuthOutcome.UNAVAILABLE:
             return 503
-        if self._closing:
-            return 503
-        if self._per_user[user_id] >= self.config.live_ws_max_connections_per_user:
-            self.metrics.live_auth.labels("too_many_connections").inc()
-            return 429
-        self._per_user[user_id] += 1
-        return Admission(credentials, user_id)
+        return credentials, user_id
 
     def _release(self, user_id: str) -> None:
         self._per_user[user_id] -= 1
@@ -415,18 +459,24 @@ class LiveServer:
             del self._per_user[user_id]
 
 
-def _origin(request: WebSocketRequest) -> str:
+def _origin(request: Request) -> str:
     return (
-        (header(request.headers, b"origin") or "<none>")[:120]
-        .encode("ascii", "backslashreplace")
-        .decode()
+        (request.header(b"origin") or "<none>")[:120].encode("ascii", "backslashreplace").decode()
     )
 
 
 _STATUS_BODIES = {
-    401: b"unauthorized",
-    403: b"origin not allowed",
-    404: b"not found: the live endpoint is /live",
-    429: b"too many connections for this user",
-    503: b"unavailable, retry later",
+    401: "unauthorized",
+    403: "origin not allowed",
+    404: "not found: the live endpoint is /live",
+    429: "too many connections for this user",
+    503: "unavailable, retry later",
 }
+
+
+def _refusal(status: int) -> Refusal:
+    return Refusal(status, _STATUS_BODIES[status])
+
+
+async def _refuse(http: HttpConnection, refusal: Refusal) -> None:
+    await http.respond(refusal.status, refusal.message.encode(), headers=refusal.headers)

@@ -26,7 +26,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 WRITE_STATUSES = ("inserted", "merged", "duplicate", "failed")
-LIVE_STAGES = ("request", "admission", "reject", "accept", "serve", "close")
+LIVE_STAGES = ("request", "admission", "reject", "accept", "serve", "close", "history")
 # The label values of every labelled counter, exported at 0 from the start: `increase()` and
 # `rate()` see a series' first increment only when the series existed before it (a dead letter
 # right after a restart would otherwise raise no alert). tests/test_observability_metrics.py
@@ -64,6 +64,18 @@ LIVE_MESSAGES_OUT = (
     "violation",
 )
 ALERT_KINDS = ("stopped", "no_signal")
+LIVE_HISTORY_RESULTS = (
+    "ok",
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "method_not_allowed",
+    "too_many_fixes",
+    "too_many_requests",
+    "internal",
+    "unavailable",
+)
 STALL_CHECKS = ("postgres_writes", "dead_letter_stream")
 
 
@@ -260,6 +272,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.live_history_requests = Counter(
+            p + "live_history_requests",
+            "Track history requests on the live port, by result (ok, bad_request, unauthorized,"
+            " forbidden, not_found, too_many_fixes, too_many_requests, unavailable, internal).",
+            ["result"],
+            registry=r,
+        )
+        self.live_history_duration = Histogram(
+            p + "live_history_duration_seconds",
+            "Time to read, simplify and encode one track history response.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
         # --- supervision of the side services ------------------------------------------------
         self.service_restarts = Counter(
             p + "service_restarts",
@@ -399,6 +424,8 @@ class Metrics:
             self.live_messages.labels("out", kind)
         for kind in ALERT_KINDS:
             self.alerts_raised.labels(kind)
+        for result in LIVE_HISTORY_RESULTS:
+            self.live_history_requests.labels(result)
         for check in STALL_CHECKS:
             self.pipeline_stalled.labels(check).set(0)
 

@@ -17,8 +17,9 @@ Routes (all on 127.0.0.1 by default; nothing here is served by `processor run`):
   for a live server without the race-control frames.
 
 Every response carries `Cache-Control: no-store` and a Content-Security-Policy that allows only
-this origin and WebSockets to the same host: the page cannot fetch anything from the network
-even by mistake (no tiles, no CDN).
+this origin and the live server on the same host (its WebSocket, and its track history over
+HTTP on the same port): the page cannot fetch anything from the network even by mistake (no
+tiles, no CDN).
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ def make_app(
         response = await route(request)
         host = request.host or "127.0.0.1"
         policy = (
-            f"default-src 'self'; connect-src 'self' ws://{host}:*; img-src 'self' data:; "
+            f"default-src 'self'; connect-src 'self' ws://{host}:* http://{host}:*; "
+            "img-src 'self' data:; "
             "frame-ancestors 'none'"
         )
         return attrs.evolve(

@@ -13,9 +13,14 @@
 //     `alert`, `violation` frames.
 //  4. On any close, reconnect with exponential backoff and jitter; every (re)connection starts
 //     again at step 2 and the `subscribed` frame replaces what we knew (no gap to repair).
+//  5. History (docs/history.md): after the first `subscribed`, GET /live/history on the same
+//     port (the same cookie, `credentials: "include"`, CORS for our origin) brings the trails
+//     back; clicking a car draws its whole track on the stage so far (again on a click: off).
 "use strict";
 
 const TRAIL_POINTS = 40;            // positions kept per car for its trail
+const TRAIL_HISTORY_S = 120;        // fix time the trails are rebuilt from after a (re)load
+const TRACK_POINTS = 5000;          // at most this many points for a selected car's track
 const BACKOFF_FIRST_MS = 500;       // first reconnect delay ...
 const BACKOFF_MAX_MS = 15000;       // ... doubling up to this
 const RESULTS_POLL_MS = 2000;       // fallback polling of /results.json (see below)
@@ -27,12 +32,14 @@ const state = {
   scenario: null,
   entryByDevice: new Map(),   // device_id (IMEI) -> entry {id, number, class}
   entryById: new Map(),
-  cars: new Map(),            // device_id -> {entry, trail: [[x, y]...], node, trailNode}
+  cars: new Map(),            // device_id -> {entry, trail: [[x, y, ts]...], node, trailNode}
   alerts: new Map(),          // alert id -> alert (open ones only)
   results: [],
   serverSendsResults: false,  // true once a `subscribed` frame carried `results`
   attempt: 0,                 // consecutive failed connections (backoff exponent)
   lastFix: null,
+  historyLoaded: false,       // trails rebuilt from /live/history once per page load
+  selected: null,             // device_id whose whole track is drawn
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -141,25 +148,32 @@ function drawScale(w, h) {
 // ---------------------------------------------------------------------------------------------
 // Cars: one marker (number) and one trail per device.
 
-function onPosition(p) {
-  const entry = state.entryByDevice.get(p.device_id);
-  if (!entry) return;  // a device of this event that is not an entry of the drawn stage
-  let car = state.cars.get(p.device_id);
+function carOf(deviceId) {
+  const entry = state.entryByDevice.get(deviceId);
+  if (!entry) return null;  // a device of this event that is not an entry of the drawn stage
+  let car = state.cars.get(deviceId);
   if (!car) {
     const trailNode = el("polyline", { class: "trail", "stroke-width": unit * 1.2 },
                          document.getElementById("trails"));
-    const node = el("g", { class: "car", "data-number": entry.number, "data-entry": entry.id },
-                    document.getElementById("cars"));
+    const node = el("g", { class: "car", "data-number": entry.number, "data-entry": entry.id,
+                           "data-device": deviceId }, document.getElementById("cars"));
     el("circle", { class: "halo", r: unit * 4.2 }, node);
     el("circle", { class: "body", r: unit * 2.8, "stroke-width": unit * 0.5 }, node);
     text(node, [0, unit * 1.1], entry.number, "car-number", unit * 2.9);
+    node.addEventListener("click", () => selectCar(deviceId));
     car = { entry, trail: [], node, trailNode, ts: "" };
-    state.cars.set(p.device_id, car);
+    state.cars.set(deviceId, car);
   }
+  return car;
+}
+
+function onPosition(p) {
+  const car = carOf(p.device_id);
+  if (!car) return;
   if (p.ts < car.ts) return;  // an older fix delivered late: keep the newest on the map
   car.ts = p.ts;
   const [x, y] = project([p.latitude, p.longitude]);
-  car.trail.push([x, y]);
+  car.trail.push([x, y, p.ts]);
   if (car.trail.length > TRAIL_POINTS) car.trail.shift();
   car.trailNode.setAttribute("points", points(car.trail));
   car.node.setAttribute("transform", `translate(${x.toFixed(1)},${y.toFixed(1)})`);
@@ -168,6 +182,87 @@ function onPosition(p) {
     state.lastFix = p.ts;
     document.getElementById("clock").textContent = p.ts.slice(11, 19) + "Z";
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// History: GET /live/history on the live server's port, with the session cookie.
+
+function historyUrl(params) {
+  const { port } = state.scenario.live;
+  const query = new URLSearchParams({ event: state.scenario.event.id, ...params });
+  return `http://${location.hostname}:${port}/live/history?${query}`;
+}
+
+function fixWindow(fromIso) {  // [from, to] for the fixes seen so far, at most 23 h long
+  const latest = Math.max(Date.now(), state.lastFix ? Date.parse(state.lastFix) : 0) + 1000;
+  const from = Math.max(Date.parse(fromIso), latest - 23 * 3600 * 1000);
+  return { from: new Date(from).toISOString(), to: new Date(latest).toISOString() };
+}
+
+async function loadHistory(params) {
+  try {
+    const response = await fetch(historyUrl(params), { credentials: "include" });
+    if (response.ok) return await response.json();
+    const problem = await response.json().catch(() => ({}));
+    document.body.dataset.historyError = `${response.status} ${problem.message || ""}`;
+    log("alert", `history: ${response.status} ${problem.message || ""}`, state.lastFix);
+  } catch (error) {  // the live server is away: the trails simply start from now
+    document.body.dataset.historyError = String(error);
+  }
+  return null;
+}
+
+function coordinatesOf(feature) {
+  const g = feature.geometry;
+  return g.type === "LineString" ? g.coordinates : [g.coordinates];
+}
+
+// The trails of the last TRAIL_HISTORY_S of fix time, before what arrived live meanwhile.
+async function restoreTrails() {
+  state.historyLoaded = true;
+  const latest = state.lastFix ? Date.parse(state.lastFix) : Date.now();
+  const from = new Date(latest - TRAIL_HISTORY_S * 1000).toISOString();
+  const history = await loadHistory({ ...fixWindow(from), max_points: 20000 });
+  if (!history) return;
+  let restored = 0;
+  for (const feature of history.features) {
+    const car = carOf(feature.properties.device_id);
+    if (!car) continue;
+    const times = feature.properties.times;
+    const earliest = car.trail.length ? car.trail[0][2] : "~";
+    const older = coordinatesOf(feature)
+      .map(([lon, lat], i) => [...project([lat, lon]), times[i]])
+      .filter((point) => point[2] < earliest);
+    car.trail = [...older, ...car.trail].slice(-TRAIL_POINTS);
+    car.trailNode.setAttribute("points", points(car.trail));
+    car.trailNode.dataset.history = older.length;
+    restored += older.length;
+  }
+  document.body.dataset.history = restored;
+}
+
+// A click on a car: its whole track on the stage so far (a click on the same car: off).
+async function selectCar(deviceId) {
+  const layer = document.getElementById("trails");
+  document.getElementById("selected-track")?.remove();
+  for (const node of document.querySelectorAll("#cars g.car.selected")) node.classList.remove("selected");
+  if (state.selected === deviceId) { state.selected = null; return; }
+  state.selected = deviceId;
+  const car = state.cars.get(deviceId);
+  car?.node.classList.add("selected");
+  const history = await loadHistory({ ...fixWindow(state.scenario.stage.opens_at), device: deviceId,
+                                      max_points: TRACK_POINTS });
+  if (!history || state.selected !== deviceId) return;
+  const feature = history.features[0];
+  const track = feature ? coordinatesOf(feature).map(([lon, lat]) => project([lat, lon])) : [];
+  const node = el("polyline", { id: "selected-track", class: "selected-track", points: points(track),
+                                "stroke-width": unit * 1.6, "data-device": deviceId,
+                                "data-points": track.length,
+                                "data-fixes": feature ? feature.properties.fixes : 0 }, layer);
+  layer.prepend(node);  // under the trails and cars
+  const simplified = history.simplification ? " (simplified)" : "";
+  log("pass", `car ${car ? car.entry.number : deviceId}: ${track.length} points of its track${simplified}`,
+      state.lastFix);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -316,6 +411,7 @@ function connect() {
         state.attempt = 0;  // only a subscription that worked resets the backoff
         setConnection("live");
         m.snapshot.forEach(onPosition);
+        if (!state.historyLoaded) restoreTrails();
         if ("results" in m) {  // a server with the race-control frames
           state.serverSendsResults = true;
           renderResults(resultsOf(m.results), "live");
