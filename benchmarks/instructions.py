@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.run import FULL, SEED, START, STREAM_CONTENDERS, Bench
-from processor.position import decode_payload
+from processor.codecs.position import decode_payload
 from processor_dev.simulate import Scenario, Simulator
 
 QUIET = {

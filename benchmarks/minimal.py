@@ -25,7 +25,7 @@ import psycopg
 import redis
 import trio
 
-from processor.position import CodecError, decode_row
+from processor.codecs.position import CodecError, decode_row
 
 READ_COUNT = int(os.environ.get("READ_COUNT", "2000"))
 GROUP = os.environ.get("REDIS_GROUP", "processor")

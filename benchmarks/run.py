@@ -87,9 +87,9 @@ from benchmarks import live as live_bench
 from benchmarks.daemon import Daemon
 from benchmarks.rounds import round_order
 from benchmarks.writers import timed_write, write_baseline, write_raw
+from processor.codecs.position import decode_payload
 from processor.config import load_config
 from processor.observability.logging import configure_logging
-from processor.position import decode_payload
 from processor.store.migrations import apply_migrations, default_directory, load_migrations
 from processor.store.postgres import with_search_path
 from processor_dev.demo import servers

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from processor.position import decode_row
+from processor.codecs.position import decode_row
 
 COLUMNS = (
     "device_id, ts, latitude, longitude, altitude, angle, speed, satellites, priority, "

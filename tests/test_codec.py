@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.position import (
+from processor.codecs.position import (
     CodecError,
     Position,
     attributes_json,

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processor.position import Position, decode_payload, encode_position, stored_attributes
+from processor.codecs.position import Position, decode_payload, encode_position, stored_attributes
 from processor.store.migrations import apply_migrations, default_directory, load_migrations
 from processor.store.positions import (
     DUPLICATE,

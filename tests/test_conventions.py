@@ -112,7 +112,7 @@ def test_every_labelled_counter_has_its_series_from_the_start() -> None:
 
 def _codec_error_kinds() -> set[str]:
     """The first argument of every `CodecError(...)` in the codec (its metric label)."""
-    tree = ast.parse((SRC / "position.py").read_text())
+    tree = ast.parse((SRC / "codecs" / "position.py").read_text())
     return {
         node.args[0].value
         for node in ast.walk(tree)
@@ -143,7 +143,7 @@ def _labels_in(path: Path, metric: str) -> set[str]:
         pytest.param(metrics_module.DECODE_ERROR_KINDS, _codec_error_kinds(), id="decode_errors"),
         pytest.param(
             metrics_module.FAULT_REASONS,
-            _returned_strings(SRC / "quality.py", "fix_fault"),
+            _returned_strings(SRC / "codecs" / "quality.py", "fix_fault"),
             id="faulty_positions",
         ),
         pytest.param(

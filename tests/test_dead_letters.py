@@ -16,7 +16,7 @@ import orjson
 import redis
 import trio
 
-from processor.position import CodecError, decode_payload
+from processor.codecs.position import CodecError, decode_payload
 from tests.support.fixes import fix, key_of, pending_count, publish, row_count, stored_keys
 from tests.support.service import running_service, wait_until
 

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 import trio
 
+from processor.commands.timing import format_changes, rebuild
 from processor.domain.evaluation import Change
-from processor.timing_commands import format_changes, rebuild
 from tests.support import racing
 from tests.support.fixes import fix
 from tests.support.racing import (

@@ -6,8 +6,8 @@ from __future__ import annotations
 import trio
 
 from processor.app import Service
+from processor.commands.timing import format_changes
 from processor.config import load_config
-from processor.timing_commands import format_changes
 from tests.support import racing
 from tests.support.racing import stored
 from tests.support.service import (

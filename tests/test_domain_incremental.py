@@ -14,9 +14,9 @@ from datetime import datetime
 import psycopg
 import pytest
 
+from processor.commands.timing import rebuild
 from processor.domain import definitions
 from processor.domain.evaluation import evaluate_pairs, rebuild_stage
-from processor.timing_commands import rebuild
 from tests.support import racing
 from tests.support.racing import stored
 from tests.test_domain_engine import CARS, tracks

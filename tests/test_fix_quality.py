@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import processor.core.writer as writer_module
+from processor.codecs.position import Position
+from processor.codecs.quality import QualityRules, equirectangular_m, faulty_reason, haversine_m
 from processor.core.device_state import DeviceStates
-from processor.position import Position
-from processor.quality import QualityRules, equirectangular_m, faulty_reason, haversine_m
 from tests.support.fixes import BASE_TIME, fix, pending_count, publish, row_count
 from tests.support.service import running_service, wait_until
 

@@ -16,10 +16,10 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from processor import race_feed
+from processor.codecs import race_feed
+from processor.codecs.position import Position
 from processor.live import protocol
 from processor.live.connection import OUT_KINDS
-from processor.position import Position
 from tests.support.wire_schema import problems, schema
 
 ROOT = Path(__file__).resolve().parents[1]

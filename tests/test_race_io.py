@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import trio
 
-from processor.io_map import IoElement, build, derive, value_of
+from processor.codecs.io_map import IoElement, build, derive, value_of
 from tests.support import racing
 from tests.support.fixes import fix
 from tests.support.live import (

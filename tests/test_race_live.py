@@ -18,9 +18,9 @@ import orjson
 import redis
 import trio
 
-from processor import race_feed
 from processor.app import Service
-from processor.race_feed import feed_key
+from processor.codecs import race_feed
+from processor.codecs.race_feed import feed_key
 from tests.support import racing
 from tests.support.fixes import BASE_TIME, fix
 from tests.support.live import (
@@ -185,10 +185,10 @@ def _feed_read(client: redis.Redis, stream: str, *services: Service) -> bool:
 async def test_results_pump_survives_notices_while_it_waits() -> None:
     """Notices for a stage arriving while its window runs (and while it is being read) are
     coalesced into one more frame; an empty wake-up is harmless."""
-    from processor.live.race import RaceFeed
+    from processor.codecs.race_feed import results_change
+    from processor.live.race_feed_reader import RaceFeed
     from processor.live.registry import Grants, Registry
     from processor.observability.metrics import Metrics
-    from processor.race_feed import results_change
 
     sent: list[str] = []
 

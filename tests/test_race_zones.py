@@ -19,9 +19,9 @@ import pytest
 import trio
 from psycopg.types.json import Jsonb
 
+from processor.commands.timing import format_changes
 from processor.domain.rules.model import Fix
 from processor.domain.rules.zones import Bracket, Zone, ZoneError, parse_brackets, violations
-from processor.timing_commands import format_changes
 from tests.support import racing
 from tests.support.fixes import fix
 from tests.support.live import (

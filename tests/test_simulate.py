@@ -16,8 +16,8 @@ import pytest
 import redis
 import trio
 
-from processor.position import decode_payload
-from processor.quality import implied_speed_kmh
+from processor.codecs.position import decode_payload
+from processor.codecs.quality import implied_speed_kmh
 from processor_dev.publisher import publish
 from processor_dev.simulate import Entry, Quirks, Scenario, Simulator
 from tests.support.proxy import tcp_proxy

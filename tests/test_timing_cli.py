@@ -15,9 +15,9 @@ import psycopg
 import pytest
 import redis
 
-from processor.race_feed import feed_key
+from processor.codecs.race_feed import feed_key
+from processor.commands.timing import duration
 from processor.store.migrations import apply_migrations, default_directory, load_migrations
-from processor.timing_commands import duration
 from tests.support import racing
 
 CARS = [("steady", "T1"), ("cutter", "T2"), ("dnf", "T1")]

@@ -13,12 +13,12 @@ from typing import Any, cast
 import trio
 import trio.testing
 
+from processor.codecs.quality import QualityRules
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery, Records, Rejected
 from processor.core.writer import Batch, Writer, WriterSettings
 from processor.observability.metrics import Metrics
-from processor.quality import QualityRules
 
 FLUSH_S = 1.0
 BATCH = 3

@@ -149,9 +149,9 @@ def build_parser(extras: Sequence[str] | None = None) -> argparse.ArgumentParser
 
 # Further commands: name -> the module whose `register` adds its sub-parser (imported on demand).
 EXTRA_COMMANDS: dict[str, str] = {
-    "config": "processor.config_command",
-    "dlq": "processor.dlq",
-    "timing": "processor.timing_commands",
+    "config": "processor.commands.config",
+    "dlq": "processor.commands.dlq",
+    "timing": "processor.commands.timing",
     "simulate": "processor_dev.publisher",
     "demo": "processor_dev.demo",
 }

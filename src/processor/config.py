@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import attrs
 import cattrs
 
-from processor.quality import QualityRules
+from processor.codecs.quality import QualityRules
 from processor.redaction import redact
 
 ENV = "env"

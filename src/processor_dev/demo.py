@@ -122,7 +122,7 @@ class StatusLine:
 
     def stage_state(self) -> str:
         """`stage: leader #N H:MM:SS.mmm, F finished, R running` from stage_results."""
-        from processor.timing_commands import duration  # noqa: PLC0415 - small, CLI-side
+        from processor.commands.timing import duration  # noqa: PLC0415 - small, CLI-side
 
         if self.stage_id is None:
             return ""

@@ -39,7 +39,7 @@ from typing import Literal
 
 import attrs
 
-from processor.position import Position, encode_position
+from processor.codecs.position import Position, encode_position
 
 EntryKind = Literal["fix", "event", "duplicate"]
 

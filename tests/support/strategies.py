@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 from hypothesis import strategies as st
 
-from processor.position import Position
+from processor.codecs.position import Position
 
 U64_MAX = 2**64 - 1
 I64_MIN = -(2**63)

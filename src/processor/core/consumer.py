@@ -25,12 +25,12 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.codecs.position import CodecError, decode_row
 from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery, Records, Rejected
 from processor.core.stream_names import StreamNames
 from processor.observability.metrics import Metrics
-from processor.position import CodecError, decode_row
 from processor.store import redis as redis_store
 from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
 

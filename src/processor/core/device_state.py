@@ -18,8 +18,8 @@ from typing import Any
 
 import attrs
 
-from processor.position import Position
-from processor.quality import fix_fault
+from processor.codecs.position import Position
+from processor.codecs.quality import fix_fault
 
 
 @attrs.define(slots=True)

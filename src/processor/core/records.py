@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from processor.position import StoredRow
+from processor.codecs.position import StoredRow
 
 
 def entry_time(entry_id: str) -> float:

@@ -35,6 +35,7 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.codecs.quality import QualityRules
 from processor.core.device_state import DeviceStates
 from processor.core.inflight import InFlight
 from processor.core.records import Delivery, Records, Rejected, latencies_s
@@ -42,7 +43,6 @@ from processor.core.settle import DeadLetterUnwritable, settle_sync
 from processor.core.stream_names import StreamNames
 from processor.observability.metrics import Metrics, observe_many
 from processor.observability.stalls import Stalls
-from processor.quality import QualityRules
 from processor.store import db_errors, retry
 from processor.store.positions import (
     BatchOutcome,

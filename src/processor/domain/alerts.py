@@ -38,15 +38,15 @@ import attrs
 import psycopg
 from psycopg.types.json import Jsonb
 
-from processor import io_map
+from processor.codecs import io_map
+from processor.codecs.race_feed import RaceChange, alert_change, timestamp
 from processor.domain.definitions import Definitions
 from processor.domain.health import Problem
 from processor.domain.rules.instants import to_datetime_or_none
 from processor.domain.rules.stops import NO_SIGNAL, STOPPED, AlertRules, StopWindow, stopped_since
 from processor.domain.timing_store import Pair, lock, pair_lock
-from processor.race_feed import RaceChange, alert_change, timestamp
 from processor.store import db_errors
-from processor.store.race import alert_object
+from processor.store.standings import alert_object
 
 ALERT_COLUMNS = """a.id::text, a.event_id::text, a.stage_id::text, a.entry_id::text,
        (SELECT en.number FROM entries en WHERE en.id = a.entry_id), a.kind, a.raised_at,

@@ -43,6 +43,7 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.codecs.race_feed import RaceChange
 from processor.core.consumer import Consumer, ConsumerSettings
 from processor.core.deliveries import split_worn_out
 from processor.core.inflight import InFlight
@@ -63,7 +64,6 @@ from processor.domain.silence import SilenceWatch
 from processor.lifecycle import Stopper, StopRequested
 from processor.observability.lag import SAMPLE_ERRORS, sample_lag_sync
 from processor.observability.metrics import Metrics
-from processor.race_feed import RaceChange
 from processor.store import redis as redis_store
 from processor.store.group_reader import StreamEntries
 from processor.store.postgres import Database

@@ -50,6 +50,8 @@ from typing import Any
 import attrs
 import psycopg
 
+from processor.codecs.race_feed import RaceChange, record_object, removed_change, timing_change
+from processor.codecs.race_feed import results_change as results_feed
 from processor.domain import timing_store as store
 from processor.domain.definitions import Definitions, StageDef, stage_problem
 from processor.domain.health import Problem
@@ -59,8 +61,6 @@ from processor.domain.rules.ranking import rank
 from processor.domain.rules.timing import evaluate_entry, settled_prefix
 from processor.domain.timing_store import Pair, Record, Result
 from processor.domain.zone_store import judge_zones
-from processor.race_feed import RaceChange, record_object, removed_change, timing_change
-from processor.race_feed import results_change as results_feed
 from processor.store import db_errors
 
 

@@ -32,6 +32,8 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.codecs.position import CodecError, decode_payload
+from processor.codecs.race_feed import RaceChange
 from processor.core.records import Rejected
 from processor.core.settle import DeadLetterUnwritable, settle_sync
 from processor.core.stream_names import StreamNames
@@ -44,8 +46,6 @@ from processor.domain.refresher import Refresher
 from processor.domain.rules.stops import AlertRules
 from processor.lifecycle import Stopper
 from processor.observability.metrics import Metrics
-from processor.position import CodecError, decode_payload
-from processor.race_feed import RaceChange
 from processor.store.group_reader import StreamEntries
 from processor.store.postgres import Database
 from processor.store.retry import Backoff, Failure, classify, retry_in_thread

@@ -19,9 +19,9 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.codecs.race_feed import ALERT, RACE_FEED_MAXLEN, VIOLATION, RaceChange, feed_key
 from processor.lifecycle import Stopper, StopRequested
 from processor.observability.metrics import Metrics
-from processor.race_feed import ALERT, RACE_FEED_MAXLEN, VIOLATION, RaceChange, feed_key
 from processor.store.retry import Backoff, retry_in_thread
 
 log = structlog.get_logger("processor.domain.feed")

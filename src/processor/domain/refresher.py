@@ -29,6 +29,7 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.codecs.race_feed import RaceChange
 from processor.domain import schema
 from processor.domain import timing_store as store
 from processor.domain.definitions import Definitions, read_definitions
@@ -36,7 +37,6 @@ from processor.domain.evaluation import RebuildRace, database_problem, rebuild_s
 from processor.domain.health import DomainHealth, Problem
 from processor.lifecycle import Stopper, StopRequested
 from processor.observability.metrics import Metrics
-from processor.race_feed import RaceChange
 from processor.store import db_errors
 from processor.store.postgres import Database
 from processor.store.retry import Backoff, retry_in_thread

@@ -18,6 +18,7 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.codecs.race_feed import RaceChange
 from processor.domain import alerts
 from processor.domain.alerts import feature_problem
 from processor.domain.health import DomainHealth
@@ -25,7 +26,6 @@ from processor.domain.refresher import Refresher
 from processor.domain.rules.stops import AlertRules
 from processor.lifecycle import Stopper
 from processor.observability.metrics import Metrics
-from processor.race_feed import RaceChange
 from processor.store import db_errors
 from processor.store.postgres import Database
 

@@ -24,11 +24,11 @@ from typing import Any
 import attrs
 import psycopg
 
+from processor.codecs.race_feed import RaceChange, timestamp, violation_change
 from processor.domain.definitions import StageDef
 from processor.domain.rules.instants import to_datetime
 from processor.domain.rules.model import EntryResult, Fix
 from processor.domain.rules.zones import Violation, violations
-from processor.race_feed import RaceChange, timestamp, violation_change
 
 STORED = """
 SELECT v.entry_id::text, v.zone_id::text, v.started_at, v.ended_at,

@@ -14,8 +14,8 @@ names): `XGROUP DESTROY <stream> live-<old id>` removes one (see OPERATIONS.md).
 
 Per position (in the trio thread, no I/O): skip devices in no event; skip fixes not newer than the
 device's *floor* (devices send buffered fixes late) or with the very timestamp last broadcast (a
-repeat); skip faulty fixes by the same pure
-rules the writer applies (`processor.quality`), the implied-speed rule judged against the last
+repeat); skip faulty fixes by the same pure rules the writer applies
+(`processor.codecs.quality`), the implied-speed rule judged against the last
 broadcast fix (a device's first fix after a start has no predecessor, so only the other rules
 apply to it). Then the `position` object is encoded once, wrapped once per event topic, and the
 same frame string is handed to every subscriber of that topic (`Subscription.offer`, never
@@ -38,13 +38,13 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.codecs.io_map import ModelMap, derive
+from processor.codecs.position import CodecError, Position, decode_payload
+from processor.codecs.quality import QualityRules, faulty_reason
 from processor.config import ConfigError
-from processor.io_map import ModelMap, derive
 from processor.live.protocol import encode_position_object, position_frame, topic_json, topic_of
 from processor.live.registry import Registry
 from processor.observability.metrics import Metrics
-from processor.position import CodecError, Position, decode_payload
-from processor.quality import QualityRules, faulty_reason
 from processor.store import redis as redis_store
 from processor.store.group_reader import GroupRead, GroupReader, StreamEntries
 from processor.store.live_group import GroupInUse, take_live_group

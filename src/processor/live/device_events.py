@@ -22,8 +22,8 @@ import structlog
 import trio
 from trio import TaskStatus
 
-from processor import io_map
-from processor.io_map import IoElement, ModelMap
+from processor.codecs import io_map
+from processor.codecs.io_map import IoElement, ModelMap
 from processor.observability.metrics import Metrics
 from processor.store.postgres import Database
 

@@ -36,6 +36,7 @@ import psycopg
 import structlog
 import trio
 
+from processor.codecs.position import format_timestamp
 from processor.live.auth import Access, Credentials, Directus, origin_allowed
 from processor.live.device_events import event_devices
 from processor.live.history_query import GEOJSON, HistoryQuery, QueryError, parse
@@ -43,7 +44,6 @@ from processor.live.http1 import HttpConnection, Request
 from processor.live.simplify import keep, project, significances, threshold
 from processor.live.track_formats import Simplification, Track, geojson, gpx
 from processor.observability.metrics import Metrics
-from processor.position import format_timestamp
 from processor.store.history import pass_fixes, window_rows
 from processor.store.postgres import TRANSIENT_ERRORS, Database
 from processor.supervise import describe_failure

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 import attrs
 
-from processor.position import format_timestamp
+from processor.codecs.position import format_timestamp
 
 GEOJSON, GPX = "geojson", "gpx"
 PARAMETERS = ("event", "device", "from", "to", "format", "faulty", "max_points")

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import orjson
 
-from processor.position import Position, format_timestamp
+from processor.codecs.position import Position, format_timestamp
 
 SUBSCRIBE, UNSUBSCRIBE = "subscribe", "unsubscribe"
 TOPIC_PREFIX = "event:"
@@ -89,7 +89,7 @@ def parse_request(frame: str | bytes) -> Request:
 
 def position_object(position: Position, io: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The `position` object of the wire protocol (also each element of a snapshot); `io`:
-    the fix's derived IO values (`processor.io_map`), only for devices of a mapped model."""
+    the fix's derived IO values (`processor.codecs.io_map`), only for devices of a mapped model."""
     document = {
         "device_id": position.device_id,
         "ts": format_timestamp(position.ts),

@@ -25,8 +25,8 @@ from typing import Protocol
 
 import attrs
 
+from processor.codecs.position import Position
 from processor.observability.metrics import Metrics
-from processor.position import Position
 
 POSITION = "position"
 

@@ -4,7 +4,7 @@ shutdown.
     LiveServer.run (a child of the services nursery; started only when DIRECTUS_URL is set)
     ├── supervised "live-device-map"   device -> events map refresher
     ├── supervised "live-broadcast"    broadcast consumer (own group, NOACK) -> subscriptions
-    ├── supervised "live-race"         race feed (timing, results, alerts, violations; `race.py`)
+    ├── supervised "live-race"         race feed reader: timing, results, alerts, violations
     ├── supervised "live-server"       TCP listener + accept loop on LIVE_WS_HOST:LIVE_WS_PORT
     ├── snapshot reads (coalesced per event, `snapshot.py`)
     ├── one re-check task per session (credential) with open connections (`session.py`)
@@ -78,7 +78,7 @@ from processor.live.device_events import DeviceEventMap
 from processor.live.history import PATH as HISTORY_PATH
 from processor.live.history import History, Limits
 from processor.live.http1 import HttpConnection, Refusal, Request, websocket_key
-from processor.live.race import RaceFeed
+from processor.live.race_feed_reader import RaceFeed
 from processor.live.registry import Registry
 from processor.live.session import RECHECKS_AT_ONCE, Session
 from processor.live.snapshot import Snapshots

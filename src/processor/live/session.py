@@ -45,11 +45,11 @@ from typing import Protocol
 import structlog
 import trio
 
+from processor.codecs.race_feed import ALERT, RESULTS, TIMING, VIOLATION
 from processor.live.auth import AuthOutcome, Credentials, Directus, Verdict
 from processor.live.protocol import TOPIC_PREFIX
 from processor.live.registry import Grants
 from processor.observability.metrics import Metrics
-from processor.race_feed import ALERT, RESULTS, TIMING, VIOLATION
 
 log = structlog.get_logger("processor.live.session")
 

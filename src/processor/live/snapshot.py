@@ -41,7 +41,9 @@ import psycopg
 import structlog
 import trio
 
-from processor.io_map import ModelMap, derive
+from processor.codecs.io_map import ModelMap, derive
+from processor.codecs.position import Position
+from processor.codecs.race_feed import ALERT, RESULTS
 from processor.live.broadcast import AHEAD_SKEW
 from processor.live.device_events import event_devices
 from processor.live.protocol import (
@@ -53,11 +55,9 @@ from processor.live.protocol import (
     topic_of,
 )
 from processor.observability.metrics import Metrics
-from processor.position import Position
-from processor.race_feed import ALERT, RESULTS
 from processor.store.positions import latest_shown_positions
 from processor.store.postgres import TRANSIENT_ERRORS, Database
-from processor.store.race import event_results, open_alerts
+from processor.store.standings import event_results, open_alerts
 
 log = structlog.get_logger("processor.live.snapshot")
 

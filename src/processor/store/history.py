@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from processor.store.race import tables_exist
+from processor.store.standings import tables_exist
 
 _TIME = """to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 

@@ -24,7 +24,7 @@ from typing import Any, TypeAlias
 import attrs
 import psycopg
 
-from processor.position import Position, StoredRow, attributes_json
+from processor.codecs.position import Position, StoredRow, attributes_json
 
 STAGING = "processor_staging"
 

@@ -34,9 +34,9 @@ import orjson
 import psycopg
 import trio
 
+from processor.codecs.position import format_timestamp
 from processor.observability.http import READ_METHODS, Request, Response, asgi_app
 from processor.observability.http_server import App
-from processor.position import format_timestamp
 from processor_dev.demo_page.standin import COOKIE, DirectusStandIn, session_cookie
 from processor_dev.rally_stage import RallyStage
 

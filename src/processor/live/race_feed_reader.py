@@ -6,10 +6,10 @@
         (the live server's own pool) -> one `results` frame per stage to its event's subscribers
 
 The feed is written by whichever instance's domain engine committed the change
-(`processor.race_feed`); every instance reads all of it with a plain XREAD (no consumer group:
-nothing to create, destroy or reclaim). The first start reads from the feed's last entry (live
-data only, like positions); a supervised restart resumes from the last id it saw, so a Redis
-blip loses nothing the cap still holds.
+(`processor.codecs.race_feed`); every instance reads all of it with a plain XREAD (no consumer
+group: nothing to create, destroy or reclaim). The first start reads from the feed's last entry
+(live data only, like positions); a supervised restart resumes from the last id it saw, so a
+Redis blip loses nothing the cap still holds.
 
 `timing`, `alert` and `violation` frames go out as they arrive (encoded once per topic, shared by
 every subscriber, through the same bounded queue as positions: a client that does not read is
@@ -32,16 +32,23 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.codecs.race_feed import (
+    RESULTS,
+    FeedError,
+    decode_fields,
+    feed_key,
+    frame,
+    results_frame,
+)
 from processor.live.protocol import topic_of
 from processor.live.registry import Registry
 from processor.observability.metrics import Metrics
-from processor.race_feed import RESULTS, FeedError, decode_fields, feed_key, frame, results_frame
 from processor.store import redis as redis_store
 from processor.store.postgres import TRANSIENT_ERRORS, Database
-from processor.store.race import stage_results
 from processor.store.retry import Backoff
+from processor.store.standings import stage_results
 
-log = structlog.get_logger("processor.live.race")
+log = structlog.get_logger("processor.live.race_feed_reader")
 
 RESULTS_WINDOW_S = 1.0
 READ_COUNT = 500

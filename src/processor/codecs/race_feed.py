@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 import orjson
 
-from processor.position import format_timestamp
+from processor.codecs.position import format_timestamp
 
 TIMING, RESULTS, ALERT, VIOLATION = "timing", "results", "alert", "violation"
 KINDS = (TIMING, RESULTS, ALERT, VIOLATION)

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from processor.race_feed import timestamp
+from processor.codecs.race_feed import timestamp
 
 RESULTS = """
 SELECT sr.stage_id::text, sr.entry_id::text, en.number, en.class, sr.status, sr.started_at,

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from processor.position import Position
+from processor.codecs.position import Position
 
 EARTH_RADIUS_M = 6_371_008.8
 # Two fixes closer in time than this give no meaningful speed (GPS jitter / same-second records).

@@ -25,11 +25,11 @@ import orjson
 import psycopg
 import redis
 
+from processor.codecs.race_feed import RACE_FEED_MAXLEN, RaceChange, feed_key
 from processor.config import Config
 from processor.domain import schema
 from processor.domain.definitions import read_definitions
 from processor.domain.evaluation import Change, database_problem, rebuild_stage
-from processor.race_feed import RACE_FEED_MAXLEN, RaceChange, feed_key
 from processor.store import db_errors
 from processor.store.postgres import connection_kwargs
 
