@@ -7,7 +7,7 @@ import pytest
 import trio
 from trio_websocket import DisconnectionTimeout
 
-from processor.live.protocol import ProtocolError, Request, parse_request
+from processor.live.protocol import ClientFrame, ProtocolError, parse_client_frame
 from tests.support.directus import DirectusStandIn
 from tests.support.live import TOKEN, close_code, live_client, receive, send
 from tests.support.service import running_service, wait_until
@@ -16,12 +16,12 @@ EVENT = "6f1f8d8e-1c8a-4a8e-9a53-3b8d8e2f0c11"
 
 
 def test_valid_requests() -> None:
-    assert parse_request(f'{{"type":"subscribe","topic":"event:{EVENT}"}}') == Request(
+    assert parse_client_frame(f'{{"type":"subscribe","topic":"event:{EVENT}"}}') == ClientFrame(
         "subscribe", EVENT
     )
-    assert parse_request(
+    assert parse_client_frame(
         f'{{"type":"unsubscribe","topic":"event:{EVENT.upper()}","extra":1}}'
-    ) == Request("unsubscribe", EVENT)
+    ) == ClientFrame("unsubscribe", EVENT)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_valid_requests() -> None:
 )
 def test_malformed_frames(frame: str | bytes, message: str) -> None:
     with pytest.raises(ProtocolError) as caught:
-        parse_request(frame)
+        parse_client_frame(frame)
     assert caught.value.message == message
 
 

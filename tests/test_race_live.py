@@ -186,7 +186,7 @@ async def test_results_pump_survives_notices_while_it_waits() -> None:
     """Notices for a stage arriving while its window runs (and while it is being read) are
     coalesced into one more frame; an empty wake-up is harmless."""
     from processor.codecs.race_feed import results_change
-    from processor.live.race_feed_reader import RaceFeed
+    from processor.live.race_feed_reader import RaceFeedReader
     from processor.live.registry import Grants, Registry
     from processor.observability.metrics import Metrics
 
@@ -213,7 +213,7 @@ async def test_results_pump_survives_notices_while_it_waits() -> None:
     metrics = Metrics()
     registry = Registry(metrics)
     registry.subscribe(Outlet(), "event:e", Grants(frozenset({"results"}))).activate([])
-    feed = RaceFeed(
+    feed = RaceFeedReader(
         redis_url="redis://unused",
         control=None,  # type: ignore[arg-type]
         stream="x",

@@ -42,6 +42,7 @@ from processor.codecs.io_map import ModelMap, derive
 from processor.codecs.position import CodecError, Position, decode_payload
 from processor.codecs.quality import QualityRules, faulty_reason
 from processor.config import ConfigError
+from processor.lifecycle import Stopper
 from processor.live.protocol import encode_position_object, position_frame, topic_json, topic_of
 from processor.live.registry import Registry
 from processor.observability.metrics import Metrics
@@ -96,7 +97,7 @@ class Broadcaster:
             noack=True,
         )
         self._reader: GroupReader | None = None  # one per run (a supervised restart: a new one)
-        self._stopping = False
+        self._stopper = Stopper()
         self.stopped = trio.Event()
         self.last: dict[str, Position] = {}  # device -> last broadcast fix
         self.floor: dict[str, datetime] = {}  # device -> ts of its last broadcast fix not ahead
@@ -104,7 +105,7 @@ class Broadcaster:
         self.broadcast = 0
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        if self._stopping:
+        if self._stopper.requested:
             task_status.started()
             return
         self.stopped = trio.Event()
@@ -121,7 +122,7 @@ class Broadcaster:
         reader = self._reader = GroupReader(self._redis_url, self._control, self._read)
         task_status.started()
         try:
-            while not self._stopping and not reader.stopping:
+            while not self._stopper.requested and not reader.stopping:
                 entries = await reader.read()
                 if entries:
                     self.fan_out(entries)
@@ -179,9 +180,10 @@ class Broadcaster:
             del self.last[device_id]
             self.floor.pop(device_id, None)
 
-    async def stop(self) -> None:
-        """Stop reading: no new read starts, and a read blocked in Redis returns at once."""
-        self._stopping = True
+    def request_stop(self) -> None:
+        """Stop reading: no new read starts, and a read blocked in Redis returns at once;
+        `stopped` is set once the group is removed."""
+        self._stopper.request()
         if self._reader is not None:
             self._reader.request_stop()
         else:

@@ -129,7 +129,7 @@ class Connection:
         self._snapshots = snapshots
         self._metrics = metrics
         self._authorizations = TokenBucket(budgets.authorizations_per_s)
-        self._out, self._outbox = trio.open_memory_channel[Outgoing](budgets.max_queue)
+        self._outgoing_send, self._outgoing = trio.open_memory_channel[Outgoing](budgets.max_queue)
         self.queued_bytes = 0
         self.held_bytes = 0  # held for pending subscriptions (registry.Subscription)
         self._sent = {kind: metrics.live_messages.labels("out", kind) for kind in OUT_KINDS}
@@ -148,7 +148,7 @@ class Connection:
             self.overflow()
             return
         try:
-            self._out.send_nowait((frame, kind, entry_ms))
+            self._outgoing_send.send_nowait((frame, kind, entry_ms))
         except trio.WouldBlock:
             self.overflow()
             return
@@ -174,7 +174,7 @@ class Connection:
         log.warning(
             "closing slow live client",
             client=self.name,
-            queued=self._outbox.statistics().current_buffer_used,
+            queued=self._outgoing.statistics().current_buffer_used,
             queued_bytes=self.queued_bytes,
         )
         self._begin_close(SLOW_CONSUMER, "slow consumer")
@@ -217,9 +217,9 @@ class Connection:
                 nursery.start_soon(self._ping_loop)
                 await self._closing.wait()
                 if self.close_code == SLOW_CONSUMER:
-                    self._outbox.close()  # drop the backlog; the sender stops after this frame
+                    self._outgoing.close()  # drop the backlog; the sender stops after this frame
                 else:
-                    self._out.close()  # flush what is queued, then the sender stops
+                    self._outgoing_send.close()  # flush what is queued, then the sender stops
                 # A peer that missed a pong is presumed gone: do not wait long for its answer.
                 grace = CLOSE_TIMEOUT_S
                 if self.close_code == PING_TIMEOUT:
@@ -240,11 +240,11 @@ class Connection:
         lag = self._metrics.live_broadcast_lag
         try:
             while True:
-                batch = [await self._outbox.receive()]
+                batch = [await self._outgoing.receive()]
                 size = len(batch[0][0])
                 while len(batch) < SEND_BATCH and size < SEND_BATCH_BYTES:
                     try:  # whatever else is queued goes in the same write
-                        batch.append(self._outbox.receive_nowait())
+                        batch.append(self._outgoing.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                         break
                     size += len(batch[-1][0])
@@ -276,7 +276,7 @@ class Connection:
                 self._begin_close(None)  # the peer closed or went away
                 return
             try:
-                request = protocol.parse_request(frame)
+                request = protocol.parse_client_frame(frame)
             except protocol.ProtocolError as exc:
                 errors += 1
                 self._metrics.live_messages.labels("in", "invalid").inc()
@@ -308,7 +308,7 @@ class Connection:
 
     # --- requests ----------------------------------------------------------------------------
 
-    async def _subscribe(self, request: protocol.Request) -> None:
+    async def _subscribe(self, request: protocol.ClientFrame) -> None:
         topic = request.topic
         budgets = self._budgets
         if (

@@ -42,7 +42,7 @@ class ProtocolError(ValueError):
 
 
 @attrs.frozen(slots=True)
-class Request:
+class ClientFrame:
     """A valid inbound message: `kind` is subscribe/unsubscribe, `event_id` the canonical uuid."""
 
     kind: str
@@ -57,7 +57,7 @@ def topic_of(event_id: str) -> str:
     return TOPIC_PREFIX + event_id
 
 
-def parse_request(frame: str | bytes) -> Request:
+def parse_client_frame(frame: str | bytes) -> ClientFrame:
     """Parse one inbound frame or raise ProtocolError naming the problem."""
     if isinstance(frame, bytes):
         raise ProtocolError("binary frames are not supported: send JSON text frames")
@@ -81,7 +81,7 @@ def parse_request(frame: str | bytes) -> Request:
         raise ProtocolError(f"{kind}: 'topic' must be a string")
     if not topic.startswith(TOPIC_PREFIX) or not _UUID.match(topic[len(TOPIC_PREFIX) :]):
         raise ProtocolError(f"{kind}: 'topic' must be event:<uuid>", topic=topic[:80])
-    return Request(kind, topic[len(TOPIC_PREFIX) :].lower())
+    return ClientFrame(kind, topic[len(TOPIC_PREFIX) :].lower())
 
 
 # --- outbound -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The race feed, live side: timing, results, alert and violation frames to an event's subscribers.
 
-    RaceFeed.run (supervised "live-race")
+    RaceFeedReader.run (supervised "live-race")
     ├── reader: XREAD BLOCK on `<REDIS_STREAM>:race` from where it left off -> dispatch
     └── results pump: stages whose standings changed -> one read per second per stage at most
         (the live server's own pool) -> one `results` frame per stage to its event's subscribers
@@ -43,9 +43,8 @@ from processor.codecs.race_feed import (
 from processor.live.protocol import topic_of
 from processor.live.registry import Registry
 from processor.observability.metrics import Metrics
-from processor.store import redis as redis_store
+from processor.store.group_reader import TailReader
 from processor.store.postgres import TRANSIENT_ERRORS, Database
-from processor.store.retry import Backoff
 from processor.store.standings import stage_results
 
 log = structlog.get_logger("processor.live.race_feed_reader")
@@ -54,7 +53,7 @@ RESULTS_WINDOW_S = 1.0
 READ_COUNT = 500
 
 
-class RaceFeed:
+class RaceFeedReader:
     def __init__(
         self,
         *,
@@ -75,10 +74,8 @@ class RaceFeed:
         self._registry = registry
         self._metrics = metrics
         self._window_s = results_window_s
-        self._last_id: str | None = None  # None: not started yet (start at the feed's end)
-        self._client_id: int | None = None
-        self._stopping = False
-        self._stopped = trio.Event()
+        self._position: str | None = None  # None: not started yet (start at the feed's end)
+        self._reader: TailReader | None = None
         self._dirty: dict[str, str] = {}  # stage -> event: standings changed, not yet sent
         self._dirty_event = trio.Event()
         self._last_sent: dict[str, float] = {}  # stage -> trio time of its last results read
@@ -86,62 +83,32 @@ class RaceFeed:
         self.results_sent = 0
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        connection = redis_store.make_client(
-            self._redis_url, socket_timeout_s=self._block_ms / 1000 + 5
+        reader = self._reader = TailReader(
+            self._redis_url,
+            self._control,
+            stream=self.key,
+            count=READ_COUNT,
+            block_ms=self._block_ms,
+            position=self._position,
         )
         try:
-            if self._last_id is None:
-                self._last_id = await trio.to_thread.run_sync(self._feed_end, connection)
-            log.info("race feed reader started", key=self.key, from_id=self._last_id)
+            log.info("race feed reader started", key=self.key, from_id=self._position or "$")
             task_status.started()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump)
-                await self._read_loop(connection)
+                while not reader.stopping:
+                    for raw_id, fields in await reader.read():
+                        self._position = raw_id.decode()
+                        self.dispatch(fields)
+                    self._position = reader.position
                 nursery.cancel_scope.cancel()
         finally:
-            self._client_id = None
-            connection.close()
+            reader.close()
 
-    async def stop(self) -> None:
+    def request_stop(self) -> None:
         """No new read starts, and a read blocked in Redis returns at once."""
-        self._stopping = True
-        self._stopped.set()
-        await redis_store.unblock(self._control, self._client_id)
-
-    def _feed_end(self, connection: redis.Redis) -> str:
-        last: Any = connection.xrevrange(self.key, count=1)
-        return last[0][0].decode() if last else "0-0"
-
-    async def _read_loop(self, connection: redis.Redis) -> None:
-        backoff = Backoff(initial_s=0.2, max_s=5.0)
-        while not self._stopping:
-            try:
-                entries = await trio.to_thread.run_sync(self._read, connection)
-            except redis_store.TRANSIENT_ERRORS as exc:
-                self._client_id = None
-                delay = backoff.next_delay()
-                log.warning("race feed read failed", error=str(exc)[:200])
-                with trio.move_on_after(delay):
-                    await self._stopped.wait()
-                continue
-            backoff.reset()
-            for raw_id, fields in entries:
-                self._last_id = raw_id.decode()
-                self.dispatch(fields)
-
-    def _read(self, connection: redis.Redis) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        if self._client_id is None:
-            self._client_id = int(connection.client_id())
-        if self._stopping:
-            return []
-        assert self._last_id is not None
-        reply: Any = connection.xread(
-            {self.key: self._last_id}, count=READ_COUNT, block=self._block_ms
-        )
-        if not reply:
-            return []
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1]
-        return entries
+        if self._reader is not None:
+            self._reader.request_stop()
 
     def dispatch(self, fields: dict[bytes, bytes]) -> None:
         """Hand one feed entry to the subscribers of its event (no awaits)."""

@@ -78,7 +78,7 @@ from processor.live.device_events import DeviceEventMap
 from processor.live.history import PATH as HISTORY_PATH
 from processor.live.history import History, Limits
 from processor.live.http1 import HttpConnection, Refusal, Request, websocket_key
-from processor.live.race_feed_reader import RaceFeed
+from processor.live.race_feed_reader import RaceFeedReader
 from processor.live.registry import Registry
 from processor.live.session import RECHECKS_AT_ONCE, Session
 from processor.live.snapshot import Snapshots
@@ -94,7 +94,7 @@ LIVE_DB_POOL_SIZE = 3  # snapshots (coalesced per event), the map refresh, one h
 
 
 @attrs.define
-class Stage:
+class SocketStage:
     """Where one connection's handling is (for the failure log line and metric)."""
 
     name: str = "request"
@@ -147,7 +147,7 @@ class LiveServer:
             io_of=self.device_events.io_of,
         )
         self.snapshots = Snapshots(self.database, metrics, io_of=self.device_events.io_of)
-        self.race = RaceFeed(
+        self.race = RaceFeedReader(
             redis_url=config.redis_url,
             control=control,
             stream=config.redis_stream,
@@ -247,8 +247,8 @@ class LiveServer:
     async def stop(self) -> None:
         """Refuse new clients, stop broadcasting, close every client with 1001 (bounded)."""
         self._closing = True
-        await self.race.stop()
-        await self.broadcaster.stop()
+        self.race.request_stop()
+        self.broadcaster.request_stop()
         with trio.move_on_after(CLOSE_TIMEOUT_S):
             await self.broadcaster.stopped.wait()  # it removes its group on the way out
         count = len(self._connections)
@@ -270,7 +270,7 @@ class LiveServer:
             self.metrics.live_upgrades_dropped.labels("pending_limit").inc()
             await trio.aclose_forcefully(stream)
             return
-        stage = Stage()
+        stage = SocketStage()
         failure: BaseException | None = None
         try:
             await self._connection(stream, stage)
@@ -282,7 +282,7 @@ class LiveServer:
             self.metrics.live_connection_errors.labels(stage.name).inc()
             log.warning("live connection failed", stage=stage.name, error=describe_failure(failure))
 
-    async def _connection(self, stream: trio.SocketStream, stage: Stage) -> None:
+    async def _connection(self, stream: trio.SocketStream, stage: SocketStage) -> None:
         config = self.config
         http = HttpConnection(stream)
         handshake = trio.CancelScope(
@@ -314,7 +314,7 @@ class LiveServer:
             self._release(admission.user_id)
 
     async def _upgrade(
-        self, http: HttpConnection, stage: Stage, handshake: trio.CancelScope
+        self, http: HttpConnection, stage: SocketStage, handshake: trio.CancelScope
     ) -> tuple[WebSocket, Admission] | None:
         """Request -> admission -> reject or accept; the WebSocket and its admission (user slot
         reserved) when accepted."""

@@ -1,13 +1,15 @@
-"""A consumer-group reader whose blocking reads can be released at once.
+"""Stream readers whose blocking reads can be released at once: through a consumer group
+(`GroupReader`), or following a stream from a position (`TailReader`).
 
-Shared by the durable consumer and the live broadcast consumer. Each reader owns a dedicated
-connection: its socket timeout is above `BLOCK` (redis-py's default of 5 s would cut long reads
-short), and its client id lets a stop request release a read blocked in Redis with `CLIENT
-UNBLOCK` from the control connection, so a drain never waits out `READ_BLOCK_MS`.
+Used by the durable and the domain consumers, the live broadcast consumer and the race feed's
+live reader. Each reader owns a dedicated connection: its socket timeout is above `BLOCK`
+(redis-py's default of 5 s would cut long reads short), and its client id lets a stop request
+release a read blocked in Redis with `CLIENT UNBLOCK` from the control connection, so a drain
+never waits out `READ_BLOCK_MS`.
 
 `read()` retries transient failures itself (capped backoff, each attempt logged, cut short by
-`request_stop()`), and recreates the group when it has vanished (`NOGROUP`: deleted by an
-operator, or a Redis restored without it) at the position the owner chooses.
+`request_stop()`); a group reader recreates its group when it has vanished (`NOGROUP`: deleted
+by an operator, or a Redis restored without it) at the position the owner chooses.
 """
 
 from __future__ import annotations
@@ -73,24 +75,28 @@ class GroupRead:
     noack: bool = False
 
 
-class GroupReader:
+class _BlockingReader:
+    """What both kinds of stream read share: a connection of its own whose socket timeout is
+    above BLOCK, its client id for `CLIENT UNBLOCK`, the stop request, and retries of transient
+    failures with capped backoff (each attempt logged, cut short by the stop)."""
+
     def __init__(
         self,
         redis_url: str,
         control: redis.Redis,
-        read: GroupRead,
         *,
+        block_ms: int,
+        context: dict[str, object],
         on_error: Callable[[], None] = lambda: None,
     ) -> None:
-        self.spec = read
         self._control = control
         self._on_error = on_error
-        self._connection = redis_store.make_client(
-            redis_url, socket_timeout_s=read.block_ms / 1000 + 5
-        )
+        self._context = context
+        self._connection = redis_store.make_client(redis_url, socket_timeout_s=block_ms / 1000 + 5)
         # Replies are turned into entries by `stream_entries`, not by redis-py (see there).
         # The connection is this reader's own, so no other command's replies change.
         self._connection.set_response_callback("XREADGROUP", _raw_reply)
+        self._connection.set_response_callback("XREAD", _raw_reply)
         self._client_id: int | None = None
         self._stopper = Stopper()
         self._backoff = retry.Backoff(initial_s=0.2, max_s=5.0)
@@ -104,15 +110,27 @@ class GroupReader:
         sends `CLIENT UNBLOCK`)."""
         self._stopper.request()
 
-    async def read(self, start_id: str = ">") -> StreamEntries:
-        """One XREADGROUP from `start_id` (`>` blocks for new entries; an id reads the pending
-        list without blocking). Returns [] when nothing came or the reader was stopped."""
+    def close(self) -> None:
+        self._connection.close()
+
+    async def _released_read(self, read: Callable[[], StreamEntries]) -> StreamEntries:
+        """`read` in a worker thread, retried while transient failures last; [] once stopped.
+        A stop request releases a read blocked in Redis at once."""
         if self._stopper.requested:
             return []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._release_on_stop)
             try:
-                return await self._read_until_stopped(start_id)
+                return await retry.retry_in_thread(
+                    "stream read",
+                    read,
+                    backoff=self._backoff,
+                    on_failure=self._failed,
+                    pause=self._stopper.pause_or_raise,
+                    context=self._context,
+                )
+            except StopRequested:
+                return []
             finally:
                 nursery.cancel_scope.cancel()
 
@@ -120,19 +138,43 @@ class GroupReader:
         await self._stopper.wait()
         await redis_store.unblock(self._control, self._client_id)
 
-    async def _read_until_stopped(self, start_id: str) -> StreamEntries:
+    def _failed(self, _failure: retry.Failure) -> None:
+        self._on_error()
+        self._client_id = None  # the connection is new after a failure: ask its id again
+
+    def _prepared(self) -> bool:
+        """In the worker thread, before each command: know the client id; False once stopped."""
+        if self._client_id is None:
+            self._client_id = int(self._connection.client_id())
+        return not self._stopper.requested
+
+
+class GroupReader(_BlockingReader):
+    """XREADGROUP through a consumer group, the group recreated when it has vanished."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        control: redis.Redis,
+        read: GroupRead,
+        *,
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(
+            redis_url,
+            control,
+            block_ms=read.block_ms,
+            context={"group": read.group},
+            on_error=on_error,
+        )
+        self.spec = read
+
+    async def read(self, start_id: str = ">") -> StreamEntries:
+        """One XREADGROUP from `start_id` (`>` blocks for new entries; an id reads the pending
+        list without blocking). Returns [] when nothing came or the reader was stopped."""
         while not self._stopper.requested:
             try:
-                return await retry.retry_in_thread(
-                    "stream read",
-                    functools.partial(self._read, start_id),
-                    backoff=self._backoff,
-                    on_failure=self._failed,
-                    pause=self._stopper.pause_or_raise,
-                    context={"group": self.spec.group},
-                )
-            except StopRequested:
-                return []
+                return await self._released_read(functools.partial(self._read, start_id))
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -148,14 +190,8 @@ class GroupReader:
                 )
         return []
 
-    def _failed(self, _failure: retry.Failure) -> None:
-        self._on_error()
-        self._client_id = None  # the connection is new after a failure: ask its id again
-
     def _read(self, start_id: str) -> StreamEntries:
-        if self._client_id is None:
-            self._client_id = int(self._connection.client_id())
-        if self._stopper.requested:
+        if not self._prepared():
             return []
         spec = self.spec
         reply: Any = self._connection.xreadgroup(
@@ -168,5 +204,42 @@ class GroupReader:
         )
         return stream_entries(reply)
 
-    def close(self) -> None:
-        self._connection.close()
+
+class TailReader(_BlockingReader):
+    """Plain XREAD of a stream from a position that moves with what was read (no group:
+    nothing to create, destroy or reclaim). `position` None: start at the stream's last entry
+    (new entries only); keep `position` to resume where a previous reader left off."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        control: redis.Redis,
+        *,
+        stream: str,
+        count: int,
+        block_ms: int,
+        position: str | None = None,
+    ) -> None:
+        super().__init__(redis_url, control, block_ms=block_ms, context={"stream": stream})
+        self.stream = stream
+        self.position = position
+        self._count = count
+        self._block_ms = block_ms
+
+    async def read(self) -> StreamEntries:
+        """The entries after `position` (blocking up to BLOCK); [] when none came or stopped."""
+        entries = await self._released_read(self._read)
+        if entries:
+            self.position = entries[-1][0].decode()
+        return entries
+
+    def _read(self) -> StreamEntries:
+        if not self._prepared():
+            return []
+        if self.position is None:
+            last: Any = self._connection.xrevrange(self.stream, count=1)
+            self.position = last[0][0].decode() if last else "0-0"
+        reply: Any = self._connection.xread(
+            {self.stream: self.position}, count=self._count, block=self._block_ms
+        )
+        return stream_entries(reply)
