@@ -218,7 +218,7 @@ class Member:
         self.revoked.append(topic)
         return True
 
-    async def stop(self, code: int, reason: str) -> None:
+    def request_close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
 

@@ -193,13 +193,12 @@ class Connection:
         )
         return True
 
-    async def stop(self, code: int, reason: str) -> None:
+    def request_close(self, code: int, reason: str) -> None:
         """Ask the client to go: the close handshake with `code` (`serve` finishes it, bounded).
 
         Returns at once; the caller waits for the connection to be gone if it needs to.
         """
         self._begin_close(code, reason)
-        await trio.lowlevel.checkpoint()
 
     def _begin_close(self, code: int | None, reason: str = "") -> None:
         """Begin closing (first caller wins). `code` None: the peer is already gone."""

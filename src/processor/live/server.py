@@ -253,7 +253,7 @@ class LiveServer:
             await self.broadcaster.stopped.wait()  # it removes its group on the way out
         count = len(self._connections)
         for connection in list(self._connections):
-            await connection.stop(GOING_AWAY, "server shutting down")
+            connection.request_close(GOING_AWAY, "server shutting down")
         if self._connections:
             with trio.move_on_after(CLOSE_TIMEOUT_S + 1):
                 await self._all_closed.wait()

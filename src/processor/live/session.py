@@ -77,7 +77,7 @@ class Member(Protocol):
         """Remove a subscription no longer authorized, telling the client (False: not
         subscribed any more)."""
 
-    async def stop(self, code: int, reason: str) -> None:
+    def request_close(self, code: int, reason: str) -> None:
         """Close the connection with `code` (returns at once)."""
 
 
@@ -192,4 +192,4 @@ class Session:
         self.ended = True
         for member in list(self.members):
             self._metrics.live_revocations.labels(label).inc()
-            await member.stop(code, reason)
+            member.request_close(code, reason)
