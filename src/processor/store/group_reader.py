@@ -118,10 +118,12 @@ class _BlockingReader:
         A stop request releases a read blocked in Redis at once."""
         if self._stopper.requested:
             return []
+        entries: StreamEntries = []
+        failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._release_on_stop)
             try:
-                return await retry.retry_in_thread(
+                entries = await retry.retry_in_thread(
                     "stream read",
                     read,
                     backoff=self._backoff,
@@ -130,9 +132,14 @@ class _BlockingReader:
                     context=self._context,
                 )
             except StopRequested:
-                return []
+                pass
+            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
+                failure = exc  # (raised inside it, it would reach the caller wrapped in a group)
             finally:
                 nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return entries
 
     async def _release_on_stop(self) -> None:
         await self._stopper.wait()
