@@ -10,7 +10,7 @@ import orjson
 import pytest
 import structlog
 
-from processor.observability.logging import configure_logging
+from processor.observability.logging import FailureLog, configure_logging
 from tests.support.daemon import Daemon
 
 SHAPE = {"event", "level", "timestamp", "logger"}
@@ -60,3 +60,19 @@ async def test_the_daemons_own_lines_carry_the_logger_field(
     assert not missing, missing
     loggers = {line["logger"] for line in lines}
     assert {"processor.cli", "processor.app"} <= loggers, loggers
+
+
+def test_a_repeating_failure_is_said_once_and_its_end_once() -> None:
+    with structlog.testing.capture_logs() as logs:
+        failures = FailureLog(structlog.get_logger("t"), "sample failed", "sampling recovered")
+        failures.succeeded()
+        for _ in range(3):
+            failures.failed(ConnectionError("refused"))
+        failures.succeeded()
+        failures.succeeded()
+        failures.failed(TimeoutError("slow\n  server"))
+    assert [(line["log_level"], line["event"], line.get("error")) for line in logs] == [
+        ("warning", "sample failed", "ConnectionError: refused"),
+        ("info", "sampling recovered", None),
+        ("warning", "sample failed", "TimeoutError: slow server"),
+    ]

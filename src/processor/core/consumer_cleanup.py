@@ -36,6 +36,7 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.observability.logging import FailureLog
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
 
@@ -117,7 +118,7 @@ async def run_consumer_cleanup(
         log.info("consumer cleanup off: CONSUMER_MAX_IDLE_S=0")
         await trio.sleep_forever()
     max_idle_ms = int(settings.max_idle_s * 1000)
-    failing = False
+    failures = FailureLog(log, "consumer cleanup failed", "consumer cleanup recovered")
     while True:
         try:
             for group in settings.groups:
@@ -142,11 +143,7 @@ async def run_consumer_cleanup(
                         max_idle_s=settings.max_idle_s,
                     )
         except SWEEP_ERRORS as exc:
-            if not failing:
-                log.warning("consumer cleanup failed", error=f"{type(exc).__name__}: {exc}"[:300])
-            failing = True
+            failures.failed(exc)
         else:
-            if failing:
-                log.info("consumer cleanup recovered")
-            failing = False
+            failures.succeeded()
         await trio.sleep(settings.interval_s)

@@ -49,7 +49,7 @@ from processor.live.registry import Registry
 from processor.live.session import Session
 from processor.live.snapshot import SnapshotError, Snapshots
 from processor.live.websocket import ConnectionClosed, MessageTooBig, WebSocket
-from processor.observability.metrics import Metrics, observe_many
+from processor.observability.metrics import LIVE_MESSAGES_OUT, Metrics, observe_many
 
 log = structlog.get_logger("processor.live.connection")
 
@@ -57,16 +57,6 @@ CLOSE_TIMEOUT_S = 5.0
 SEND_BATCH = 64  # frames per socket write at most (`WebSocket.send_texts`) ...
 SEND_BATCH_BYTES = 256 * 1024  # ... and about this many bytes (one write's copy stays small)
 SLOW_CONSUMER, GOING_AWAY, POLICY, TOO_BIG, PING_TIMEOUT = 4008, 1001, 1008, 1009, 1011
-OUT_KINDS = (
-    "subscribed",
-    "unsubscribed",
-    "position",
-    "error",
-    "timing",
-    "results",
-    "alert",
-    "violation",
-)
 
 Outgoing = tuple[str, str, int | None]  # frame, type (metric label), stream entry time in ms
 
@@ -132,7 +122,7 @@ class Connection:
         self._outgoing_send, self._outgoing = trio.open_memory_channel[Outgoing](budgets.max_queue)
         self.queued_bytes = 0
         self.held_bytes = 0  # held for pending subscriptions (registry.Subscription)
-        self._sent = {kind: metrics.live_messages.labels("out", kind) for kind in OUT_KINDS}
+        self._sent = {kind: metrics.live_messages.labels("out", kind) for kind in LIVE_MESSAGES_OUT}
         self._closing = trio.Event()
         self._sender_done = trio.Event()
         self.close_code: int | None = None

@@ -29,6 +29,7 @@ import structlog
 import trio
 from trio import TaskStatus
 
+from processor.observability.logging import FailureLog
 from processor.observability.metrics import Metrics
 from processor.observability.schedule import FixedRate
 from processor.store import redis as redis_store
@@ -123,20 +124,16 @@ async def run_lag_sampler(
 ) -> None:
     """Sample every `interval_s` without drift; started after the first attempt."""
     schedule = FixedRate(interval_s)
-    failing = False
+    failures = FailureLog(log, "lag sample failed", "lag sampling recovered")
     started = False
     while True:
         await schedule.wait()
         try:
             sample = await trio.to_thread.run_sync(sample_lag_sync, client, stream, group)
         except SAMPLE_ERRORS as exc:
-            if not failing:
-                log.warning("lag sample failed", error=f"{type(exc).__name__}: {exc}"[:300])
-            failing = True
+            failures.failed(exc)
         else:
-            if failing:
-                log.info("lag sampling recovered")
-            failing = False
+            failures.succeeded()
             metrics.consumer_lag.set(sample.lag)
             metrics.consumer_lag_seconds.set(sample.seconds)
             metrics.pending_entries.set(sample.pending)

@@ -17,10 +17,12 @@ import sys
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+import attrs
 import orjson
 import structlog
 
 from processor.redaction import redact_event
+from processor.store.db_errors import describe
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -114,3 +116,24 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(max(_LEVELS[level], logging.INFO))
+
+
+@attrs.define
+class FailureLog:
+    """A periodic job's failures, said once: a warning when it starts failing, an info line when
+    it works again, nothing in between (an outage would otherwise repeat a line every round)."""
+
+    log: Any
+    failed_event: str
+    recovered_event: str
+    failing: bool = False
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.failing:
+            self.log.warning(self.failed_event, error=describe(exc))
+        self.failing = True
+
+    def succeeded(self) -> None:
+        if self.failing:
+            self.log.info(self.recovered_event)
+        self.failing = False
