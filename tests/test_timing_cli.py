@@ -7,7 +7,6 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -55,22 +54,8 @@ def cli(database_url: str, redis_server_url: str) -> tuple[str, str]:
 
 def store(database_url: str, documents: list[dict[str, Any]]) -> None:
     """Rows as the durable pipeline would have written them (no daemon needed here)."""
-    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO positions (device_id, ts, latitude, longitude, speed, satellites) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            [
-                (
-                    d["device_id"],
-                    datetime.fromisoformat(d["timestamp"]),
-                    d["latitude"],
-                    d["longitude"],
-                    d["speed"],
-                    d["satellites"],
-                )
-                for d in documents
-            ],
-        )
+    with psycopg.connect(database_url) as conn:
+        racing.store_fixes(conn, documents)
 
 
 def prepared(database_url: str) -> racing.Course:
