@@ -1,31 +1,14 @@
-"""The racing-domain engine's figures (phase `domain` of `benchmarks.run`).
+"""Phase domain: the racing-domain engine's figures.
 
-The corpus: the bench corpus's shape (same number of fixes, devices, rate and seed) driven over
-a generated stage with 40 controls (start, 38 alternating waypoints and checkpoints, finish),
-so that evaluation does the work it does in a race (`processor_dev.rally_stage`), with the
-simulator's usual quirks (late bursts, duplicates, zero-satellite fixes).
+The corpus has the main corpus's shape (fixes, devices, rate, seed, quirks) driven over a
+generated 40-control stage (`processor_dev.rally_stage`), so evaluation does a race's work:
 
-1. domain rate: the fixes pre-loaded into the stream; one daemon ingests them and evaluates
-   them (`DOMAIN_YIELD_BACKLOG=0`: the engine runs alongside ingestion instead of waiting for
-   it); timed from "ready" until the domain group has no lag and nothing pending. Not measured:
-   re-reading a backlog whose rows are *all* stored already (a domain group reset), where each
-   batch re-evaluates whole tracks (every new fix is "late" with respect to the stored passes):
-   about 300 fixes/s for this corpus on the shared machine.
-2. domain lag: the simulator publishes at 2,000 fixes/s for the steady duration; the domain
-   group's entries behind (lag + pending) are sampled every 0.25 s: median, p99, max, and the
-   seconds it needs to catch up once publishing stops.
-3. a finished entry that keeps reporting: one car drives the stage, then its device reports at
-   1 Hz for an hour after the finish (a car parked at the finish with its tracker on), stored
-   in batches of 60 and each batch evaluated as the engine does (`evaluate_pairs`, no
-   `closes_at`). Reported: fixes read per evaluation in the first and the last twenty minutes
-   (target: none at all in the last, flat; the previous engine re-read the whole tail since the
-   finish, ~4,000 -> ~7,000 fixes) and the evaluation time per batch, first and last twenty
-   minutes (medians; about a millisecond, so on a shared machine mostly noise: no target).
-4. ingestion with the domain on vs off: `processor` throughput as in the main benchmark (time
-   from "ready" until the durable group is caught up) on a schema without the racing tables
-   (the engine stays off) and on one with the stage (the engine runs alongside); rounds
-   interleaved, off first in even rounds and on first in odd ones (`benchmarks.rounds`),
-   medians; target on/off >= 0.9.
+1. rate: the corpus pre-loaded; one daemon ingests and evaluates it (`DOMAIN_YIELD_BACKLOG=0`),
+   timed from "ready" until the domain group is caught up;
+2. lag: the domain group's entries behind under the steady load, sampled, and its catch-up;
+3. a finished entry that keeps reporting for an hour: fixes read and time per evaluated batch,
+   first against last twenty minutes (target: no fix read at all in the last);
+4. ingestion with the domain on vs off, rounds interleaved (`benchmarks.rounds`), medians.
 """
 
 from __future__ import annotations
@@ -37,21 +20,17 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 import redis
-import trio
 
+from benchmarks.harness import Bench, behind, say
 from benchmarks.rounds import round_order
 from processor.domain.definitions import read_current
 from processor.domain.evaluation import evaluate_pairs, rebuild_stage
-from processor_dev.publisher import MAX_CHUNK, publish, xadd_chunk
 from processor_dev.rally_stage import RallyStage, StageSettings, StageSimulator, scenario_sql
 from processor_dev.simulate import Scenario
-
-if TYPE_CHECKING:
-    from benchmarks.run import Bench
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 CONTROLS = 40
@@ -84,29 +63,6 @@ def corpus(runner: Bench, seed: int, start: datetime) -> tuple[RallyStage, list[
     stage = stage_for(scenario, s.fixes)
     payloads = [e.payload for e in itertools.islice(StageSimulator(scenario, stage), s.fixes)]
     return stage, payloads
-
-
-def caught_up(client: redis.Redis, stream: str, group: str) -> bool:
-    for info in client.xinfo_groups(stream):
-        if info["name"].decode() == group:
-            return int(info["pending"]) == 0 and int(info.get("lag") or 0) == 0
-    return False
-
-
-def wait(client: redis.Redis, stream: str, group: str, timeout_s: float) -> float:
-    deadline = time.monotonic() + timeout_s
-    while not caught_up(client, stream, group):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"group {group} did not catch up on {stream} in {timeout_s}s")
-        time.sleep(0.01)
-    return time.time()
-
-
-def behind(client: redis.Redis, stream: str, group: str) -> int:
-    for info in client.xinfo_groups(stream):
-        if info["name"].decode() == group:
-            return int(info.get("lag") or 0) + int(info["pending"])
-    return 0
 
 
 def run(runner: Bench, seed: int, start: datetime) -> None:
@@ -189,15 +145,14 @@ def domain_rate(runner: Bench, seed: int, start: datetime) -> None:
     stage, payloads = corpus(runner, seed, start)
     url, stream = runner.schema("domain_rate"), runner.stream("domain_rate")
     load_stage(url, stage)
-    for offset in range(0, len(payloads), MAX_CHUNK):
-        xadd_chunk(runner.redis, stream, payloads[offset : offset + MAX_CHUNK])
+    runner.preload(stream, payloads)
     # ingestion and the engine together, the engine not yielding: its own speed, each fix
     # evaluated as its row appears (as in a race, not a replay of a fully stored backlog)
     daemon = runner.daemon(url, stream, {"DOMAIN_YIELD_BACKLOG": "0"})
     try:
         ready = daemon.wait_ready()
         started = daemon.wait_event(ENGINE_STARTED)
-        finished = wait(runner.redis, stream, "domain", timeout_s=1800)
+        finished = runner.wait_caught_up(stream, timeout_s=1800, group="domain")
         evaluated = daemon.metrics().get("processor_domain_fixes_total", [({}, 0.0)])[0][1]
         daemon.terminate()
     finally:
@@ -242,20 +197,12 @@ def domain_lag(runner: Bench, seed: int) -> None:
         daemon.wait_event(ENGINE_STARTED)
         sampler = threading.Thread(target=sample)
         sampler.start()
-        client = redis.Redis.from_url(runner.redis_url, socket_timeout=30)
         say(f"domain lag: {s.steady_rate:,.0f} fixes/s for {s.steady_s:g} s ...")
-        published = trio.run(
-            lambda: publish(
-                client,
-                stream,
-                StageSimulator(scenario, stage),
-                rate=s.steady_rate,
-                duration_s=s.steady_s,
-            )
+        published = runner.publish(
+            stream, StageSimulator(scenario, stage), s.steady_rate, s.steady_s
         )
-        client.close()
         stopped = time.time()
-        done = wait(runner.redis, stream, "domain", timeout_s=600)
+        done = runner.wait_caught_up(stream, timeout_s=600, group="domain")
         stop.set()
         sampler.join()
         daemon.terminate()
@@ -286,12 +233,11 @@ def ingest_on_off(runner: Bench, seed: int, start: datetime) -> None:
             stream = runner.stream(f"ingest_{mode}{attempt}")
             if mode == "on":
                 load_stage(url, stage)
-            for offset in range(0, len(payloads), MAX_CHUNK):
-                xadd_chunk(runner.redis, stream, payloads[offset : offset + MAX_CHUNK])
+            runner.preload(stream, payloads)
             daemon = runner.daemon(url, stream)
             try:
                 ready = daemon.wait_ready()
-                finished = wait(runner.redis, stream, "processor", timeout_s=600)
+                finished = runner.wait_caught_up(stream, timeout_s=600)
                 daemon.terminate()
             finally:
                 daemon.kill()
@@ -306,7 +252,3 @@ def ingest_on_off(runner: Bench, seed: int, start: datetime) -> None:
         domain_ingest_ratio=round(on / off, 3),
     )
     say(f"ingestion domain on / off: {on / off:.3f}")
-
-
-def say(message: str) -> None:
-    print(message, flush=True)

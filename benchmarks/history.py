@@ -1,6 +1,6 @@
 """The track history figures: what serving a history costs over the bare SQL read.
 
-    python -m benchmarks.run --phases history        # about a minute
+    python -m benchmarks.run --phases history
 
 One `processor run` with live broadcast on (the live phase's Directus stand-in, which says yes
 to everything), and in its schema an event of 201 cars with stored fixes:
@@ -22,15 +22,13 @@ import math
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import psycopg
 
-from benchmarks import live as live_bench
-
-if TYPE_CHECKING:
-    from benchmarks.run import Bench
+from benchmarks.directus_standin import DirectusStandIn, create_event
+from benchmarks.harness import Bench
 
 ROUNDS = 5
 T0 = datetime(2026, 1, 10, 8, 0, tzinfo=UTC)
@@ -67,7 +65,7 @@ def _fixes(device: str, seconds: int, phase: float) -> list[tuple[Any, ...]]:
 def load(url: str) -> tuple[str, list[str]]:
     """The Directus tables, one event of 201 cars, their fixes; the event id and car ids."""
     cars = [f"car-{i:04d}" for i in range(CARS)]
-    event_id = live_bench.create_event(url, [LONG_CAR, *cars])
+    event_id = create_event(url, [LONG_CAR, *cars])
     with psycopg.connect(url) as conn:
         with conn.cursor().copy(
             "COPY positions (device_id, ts, latitude, longitude, altitude, speed, satellites)"
@@ -89,7 +87,7 @@ def _iso(instant: datetime) -> str:
 def run(runner: Bench) -> None:
     url, stream = runner.schema("history"), runner.stream("history")
     event_id, cars = load(url)
-    directus = live_bench.DirectusStandIn()
+    directus = DirectusStandIn()
     env = {
         "DIRECTUS_URL": directus.url,
         "LIVE_WS_HOST": "127.0.0.1",

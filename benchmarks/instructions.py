@@ -5,7 +5,7 @@
 
 CPU seconds per fix swing by ±25 % between identical runs on a shared 2-core machine; the
 number of instructions a contender executes per fix does not (±0.2 % here), so it is the figure
-to judge a change to the per-fix path by (issue 15). It counts user-space instructions only:
+to judge a change to the per-fix path by. It counts user-space instructions only:
 the kernel's share (thread wake-ups, sockets) and cache effects are not in it, so
 `just bench` remains the judge of the end result.
 
@@ -32,7 +32,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.run import FULL, SEED, START, STREAM_CONTENDERS, Bench
+from benchmarks.harness import FULL, SEED, START, Bench
+from benchmarks.throughput import STREAM_CONTENDERS
 from processor.codecs.position import decode_payload
 from processor_dev.simulate import Scenario, Simulator
 

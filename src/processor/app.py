@@ -2,43 +2,19 @@
 
     Service.run
     └── services nursery (lives until the pipeline has drained)
-        ├── supervised "http"              /metrics /healthz /readyz (first: 503 `starting`)
-        ├── supervised "probes"            Redis/PostgreSQL readiness probes (from the start)
-        ├── startup, side by side:  PostgreSQL (retry) -> migrations
-        │                           Redis (retry) -> consumer group
-        ├── supervised "lag-sampler"       consumer lag and pending gauges
-        ├── LiveServer.run (when DIRECTUS_URL is set; own DB pool, own Directus client)
-        │   ├── supervised "live-device-map"   device -> events map refresher
-        │   ├── supervised "live-broadcast"    broadcast consumer (critical for /readyz)
-        │   ├── supervised "live-server"       listener + accept loop (critical for /readyz)
-        │   └── one task per socket, each under its own failure boundary (live/server.py)
-        ├── pipeline nursery (not supervised: it *is* the process's job)
-        │   ├── consumer  --Delivery channel-->  writer (batcher + flushers)
-        │   └── reclaimer (same channel)
-        │   ... then "ready" (once the first probe round has a verdict); after it, as
-        │   readiness needs neither:
-        ├── supervised "domain-engine"     racing domain: own consumer group, own DB pool
-        └── supervised "consumer-cleanup"  removes dead consumers from the groups
+        ├── supervised "http", then "probes"   /metrics /healthz /readyz (first: 503 `starting`)
+        ├── start-up, side by side: PostgreSQL -> migrations | Redis -> consumer group
+        ├── supervised "lag-sampler"
+        ├── LiveServer.run (when DIRECTUS_URL is set; its subtree: live/server.py)
+        │   └── supervised "live-device-map", "live-broadcast", "live-race", "live-server"
+        ├── pipeline nursery (not supervised: it is the process's job)
+        │   └── consumer --Delivery channel--> writer <-- reclaimer   ... then "ready"
+        ├── supervised "domain-engine"      (after ready: readiness needs neither)
+        └── supervised "consumer-cleanup"
 
-Failure rule (docs/pipeline.md, Isolation, issue 9): a side service never takes ingestion down.
-- Start-up failures stop the process (exit non-zero): bad configuration (before anything runs),
-  PostgreSQL/Redis unreachable past `STARTUP_TIMEOUT_S`, the HTTP or live port cannot be
-  bound, the live consumer group cannot be created. An instance that cannot start as configured
-  should fail loudly and at once.
-- Run-time failures of a side service are restarted by `processor.supervise.Supervisor` with
-  capped backoff (logged at error, `processor_service_restarts_total{service}`,
-  `processor_service_up{service}`); `/readyz` answers 503 while a critical one (live server,
-  broadcast consumer) is down and 200 "degraded" for the others (see
-  `observability/readiness.py`). A failure inside one live connection ends that connection only.
-- The pipeline (consumer, writer, reclaimer) handles its dependencies' outages itself (retry
-  with backoff, no ack); an exception escaping it is a bug and still ends the process, so that
-  it restarts from Redis' pending list rather than running half a pipeline.
-
-Drain order on SIGTERM/SIGINT: stop reading (consumer and reclaimer close their ends of the
-channel), the writer stores and acks everything already read and returns, then the services
-(live clients closed with 1001, HTTP) are stopped; nothing is restarted from then on. All of it
-under `SHUTDOWN_TIMEOUT_S`: past the deadline, or on a second signal, everything is cancelled
-and un-acked entries simply stay pending in Redis for the next start (nothing is lost).
+Invariants (failure rule and drain: docs/pipeline.md): a side service never takes ingestion
+down; an exception escaping the pipeline ends the process; on SIGTERM the pipeline stops reading,
+stores and acks what it read, then the services stop, all within `SHUTDOWN_TIMEOUT_S`.
 """
 
 from __future__ import annotations

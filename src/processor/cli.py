@@ -1,20 +1,13 @@
 """Command line: `processor run | migrate | config | dlq | timing | simulate | demo`.
 
 Every command reads the same environment configuration, loaded once here (`main`) and handed to
-the command's handler as `handler(args, config)`; an invalid setting stops it with exit code 2
-and one line naming the variable (no traceback). A command may declare defaults beneath the
-environment (`env_defaults`, e.g. the demo's quiet logging); nothing edits `os.environ`.
-`simulate` and `demo` are development tooling from the `processor_dev` package, reached only
-through `EXTRA_COMMANDS` (the daemon's layers never import it: pyproject's import contracts).
-The benchmark is not a command: `just bench` runs `python -m benchmarks.run` from a checkout,
-where `benchmarks/` lives (it drives the daemon from outside and is not part of the wheel).
+its handler as `handler(args, config)`; an invalid setting stops it with exit code 2 and one line
+naming the variable. A command may declare defaults beneath the environment (`env_defaults`);
+nothing edits `os.environ`. `simulate` and `demo` come from `processor_dev`, reached only through
+`EXTRA_COMMANDS`. The benchmark is not a command (`just bench`, from a checkout).
 
-Why the imports here are lazy: a bad setting must be reported in the time it takes to start the
-interpreter and parse the environment, not after importing trio, structlog, redis, psycopg and
-every sub-command's module (measured on the shared 2-core machine at load ~11: ~5 s with eager
-imports, of which ~3 s was the demo alone). So this module imports only argparse and the
-configuration at the top; a sub-command's module is imported only when that command is chosen
-(or all of them, to print the full help), and the daemon only after its configuration parsed.
+Invariant: imports are lazy, so a bad setting is reported as soon as the environment is parsed;
+a sub-command's module is imported only when it is chosen (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -78,15 +71,8 @@ def cmd_run(_args: argparse.Namespace, config: Config) -> int:
         raise _refuse(exc) from None
 
 
-# The pipeline allocates and frees a few containers per fix: with CPython's default threshold
-# (700 net allocations) it ran ~600 young collections per 100,000 fixes, each promoting the
-# batch in hand, and full collections then traversed every imported module again: 0.6 s of
-# collector time per 100,000 fixes, ~16 % of the daemon's CPU (gc.callbacks, issue 15). A batch's
-# objects are freed by reference counting; the collector is only needed for rare cycles.
-# 200,000 rather than 50,000: the batches held in the pipeline (up to ~10,000 fixes, a few
-# containers each) no longer fill the young generation every few reads, which took the
-# collector from ~0.8k to ~0 instructions per fix (callgrind); RSS with 100,000 devices in state
-# is unchanged (155 MB).
+# A batch's objects are freed by reference counting; the collector is only needed for rare
+# cycles, so young collections run far less often than CPython's default (docs/decisions.md).
 GC_YOUNG_THRESHOLD = 200_000
 
 

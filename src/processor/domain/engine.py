@@ -3,33 +3,12 @@
     DomainEngine.run (one life, under the service's supervisor)
     ├── its own pool; wait for the racing tables (checked every DOMAIN_REFRESH_MS)
     ├── group `DOMAIN_GROUP` on the input stream, created at 0 when missing
-    └── nursery, one job and one loop each:
-        ├── refresher   definitions and schema re-read and checked; changed stages rebuilt
-        ├── consumer    own pending entries first, then new ones  --Batch-->  evaluator
-        ├── reclaimer   idle entries of dead instances (renewal, delivery counts) --^
-        ├── evaluator   wait for the rows -> evaluate per stage -> feed -> XACK
-        ├── silence     `no_signal` alerts and the open-alert gauges
-        ├── feed        committed changes appended to the race feed
-        └── lag         `processor_domain_lag`
+    └── nursery: refresher, consumer --Batch--> evaluator <-- reclaimer, silence, feed, lag
 
-It reads the stream through its own consumer group so that it can never slow, stall or lose
-ingestion: the durable pipeline does not know it exists. An entry is acked only after the
-evaluation it triggered has committed (or it proved irrelevant: undecodable, no stage of any
-entry of its device, dead-lettered by the durable pipeline). A crash at any point leaves the
-entry pending, and re-evaluating it is idempotent. The consumer and the reclaimer are the
-durable pipeline's own (`processor.core`), with this group's names.
-
-Why the group starts at 0: a group created later at `$` would miss fixes written to the stream
-but not yet stored; re-reading history once is cheap next to a silently wrong result (and the
-first sight of each stage rebuilds it anyway).
-
-Failures: one stage's or one feature's trouble stays there (`refresher`, `evaluator`, `health`:
-listed on `/readyz`); unavailable servers are retried where they are met; anything else ends
-this *life* of the engine (its pool and readers are closed) and reaches the supervisor
-(`processor.supervise`), which logs it, counts it in
-`processor_service_restarts_total{service="domain-engine"}` and starts a new life after a capped
-backoff. A new life re-reads its own pending entries first, so nothing it had read is skipped,
-and a batch that keeps failing is dead-lettered after MAX_DELIVERIES (`evaluator`).
+Invariants: ingestion never waits for it (its own group; the durable pipeline does not know it
+exists); an entry is acked only after the evaluation it triggered has committed, or proved
+irrelevant; a crash leaves it pending and re-evaluating is idempotent. A failure ends this life,
+and the supervisor starts a new one (docs/racing-domain.md, Engine internals).
 """
 
 from __future__ import annotations

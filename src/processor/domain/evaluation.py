@@ -1,43 +1,11 @@
 """Evaluate one stage's (stage, entry) pairs from the stored fixes and write what changed.
 
-This is the engine's database side; the stream side only decides *which* pairs to evaluate and
-from *when*. Everything here runs in a worker thread on one connection, one transaction per
-stage: a stage whose data the database refuses rolls back alone (`evaluate_stages` reports it
-and goes on with the next one).
-
-**Locks.** Each pair is serialised with a transaction-scoped advisory lock taken before
-anything is read, and everything — the stage's version, stored passes, fixes, results — is read
-*inside* the lock, from committed data. So whichever evaluation of a pair runs last sees every
-fix whose own evaluation has started, and writes the from-scratch answer for it. The one lock
-order: a transaction locks the pairs of *one* stage, sorted, then (to rank) that stage's
-ranking key; a rebuild locks every pair of its stage the same way. No transaction ever holds
-locks of two stages, so no two can wait on each other in a cycle (the alert judgements take a
-single pair lock).
-
-**Versions.** `domain_stages` holds, per stage, the fingerprint of the definitions its stored
-rows were last rebuilt from (`definitions`) and a version counter. An evaluation compares it,
-under the pair locks, with the fingerprint of the definitions it was given:
-- equal: evaluate;
-- unchanged since the engine last read it (and different): a rebuild of the stage is due and
-  will run after this transaction releases the locks, reading every fix stored by then —
-  including this batch's, which are visible already: skip;
-- changed since: a rebuild with *other* definitions has committed, and evaluating with these
-  would overwrite it with stale passes: `Stale`, the engine re-reads the definitions.
-
-**Resuming.** A pair triggered by new fixes whose earliest time is `t0` keeps the stored passes
-that are *settled* for `t0` (`timing.settled_prefix`) and loads fixes only from the last kept
-pass's `fix_before` on; a pair whose settled passes reach the finish needs nothing at all (a
-finished entry's later fixes change nothing, however long it keeps reporting). A pair with
-`t0 = None` is evaluated from scratch (rebuild).
-
-**Idempotence.** Rows are compared with what is stored and only differing rows are written;
-the upserts also carry `IS DISTINCT FROM` guards, so `updated_at` moves only when a value
-changed. Values are normalised before comparing (`timing_store`).
-
-**Ownership.** The processor owns the rows of `timing_records`, `stage_results` and
-`speed_violations` it derives. A record that an evaluation no longer produces is deleted, and
-an entry without a start pass has no `stage_results` row. Hand edits are overwritten at the
-next evaluation of the pair.
+The engine's database side, in a worker thread on one connection, one transaction per stage (a
+stage the database refuses rolls back alone). Invariants: each pair is evaluated under its
+advisory lock, reading only committed data inside it, so the last evaluation writes the
+from-scratch answer; no transaction holds locks of two stages; definitions older than the stored
+fingerprint raise `Stale`; only differing rows are written; the processor owns the rows it
+derives. Locks, versions, resuming: docs/racing-domain.md, Engine internals.
 """
 
 from __future__ import annotations

@@ -1,42 +1,11 @@
 """Authentication and authorization through Directus (docs/websocket.md).
 
-Directus owns users and permissions, so the processor never interprets a credential itself: it
-forwards the client's own credential (the session cookie, or a Bearer token) and reads Directus'
-verdict. Outcomes, exactly as docs/websocket.md lists them:
-
-- `GET /users/me?fields=id`: 200 with non-null `data` -> OK; 401/403 or `data: null` ->
-  UNAUTHORIZED (HTTP 401); timeout, 5xx, a body without `data`, or any other status -> UNAVAILABLE
-  (HTTP 503: we cannot tell, so we refuse without blaming the user).
-- `GET /items/events/<id>?fields=id`: 200 with non-null `data` -> ALLOWED; 401/403/404 or
-  `data: null` -> FORBIDDEN; anything else (timeout, 5xx, bad body) -> UNAVAILABLE (fail closed).
-
-The periodic re-check of a live session (`live/session.py`) adds two reads, each answered
-`Verdict` ALLOWED (200 with a list `data`), FORBIDDEN (403), EXPIRED (401) or UNAVAILABLE
-(anything else: timeout, 5xx, a body we cannot read):
-
-- `GET /items/events?filter={"id":{"_in":[...]}}&fields=id&limit=<n>`: which of the session's
-  subscribed events it may still read (one call per `EVENTS_PER_CALL` events, never per
-  subscription; `limit` is the number of ids asked, not -1, which Directus caps at
-  `QUERY_LIMIT_MAX` when that is set; `EVENTS_PER_CALL` is Directus' default page size).
-  Directus filters a list by the role's item permissions, the same rules as for
-  `/items/events/<id>`; a role with no read permission on `events` gets 403.
-- `GET /items/<collection>?limit=0` for each race-control collection: 200 when the role may read
-  it (whatever item filter it has), 403 when it has no read permission at all. That 403 is what
-  Directus 11 answers (`ForbiddenError`, code FORBIDDEN, "You don't have permission to "read"
-  from collection ... or it does not exist."), also for a collection Directus does not know.
-
-Every call is bounded by `DIRECTUS_AUTH_TIMEOUT_MS` as a *total* deadline (a trio cancel scope
-around the whole request, not only httpx's per-read timeouts, so a slowly dripping server cannot
-hold an upgrade open).
-
-Credentials never appear in logs or error messages: `Credentials` hides them from `repr`, only
-headers carry them, and logged errors name the exception type, never its text (which may echo
-request details).
-
-Header bytes come straight from the network. They are decoded as latin-1 (which cannot fail) and
-a credential is only forwarded when it is printable ASCII (`Credentials.usable`): a token or
-cookie with a non-ASCII byte, a NUL or a control character cannot be a Directus credential, and
-forwarding it would make the HTTP client raise. Such a client is simply unauthorized (401).
+Directus owns users and permissions: the processor forwards the client's own credential and maps
+Directus' answer to a verdict; anything it cannot read is UNAVAILABLE (fail closed, HTTP 503),
+never a blame on the user. Invariants: every call is bounded by `DIRECTUS_AUTH_TIMEOUT_MS` as a
+total deadline; credentials never reach logs or error messages (`Credentials` hides them); a
+credential that is not printable ASCII is refused without asking Directus. The calls and their
+mapping: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

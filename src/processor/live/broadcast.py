@@ -1,31 +1,11 @@
 """The broadcast consumer: live positions from the stream to every subscriber of their events.
 
-It reads the stream through this instance's own consumer group `LIVE_GROUP_PREFIX-INSTANCE_ID`,
-created at `$` (live data only: a restarted instance does not replay history to browsers), so
-every instance sees every entry and serves its own clients. It never touches the durable group,
-the database writes or their acks: a slow or hostile client cannot slow ingestion. Reads use
-`XREADGROUP ... NOACK`, which is "ack at once" in the same round trip: entries never enter this
-group's pending list, so there is nothing to reclaim or to pile up.
-
-The group is destroyed on a clean stop. An instance that crashes leaves its group behind; it holds
-no pending entries (NOACK) and does not hold back stream trimming, so it is harmless, but groups
-of dead instances accumulate in `XINFO GROUPS` when INSTANCE_ID changes on every start (e.g. pod
-names): `XGROUP DESTROY <stream> live-<old id>` removes one (see OPERATIONS.md).
-
-Per position (in the trio thread, no I/O): skip devices in no event; skip fixes not newer than the
-device's *floor* (devices send buffered fixes late) or with the very timestamp last broadcast (a
-repeat); skip faulty fixes by the same pure rules the writer applies
-(`processor.codecs.quality`), the implied-speed rule judged against the last
-broadcast fix (a device's first fix after a start has no predecessor, so only the other rules
-apply to it). Then the `position` object is encoded once, wrapped once per event topic, and the
-same frame string is handed to every subscriber of that topic (`Subscription.offer`, never
-blocking: a full client queue closes that client with 4008).
-
-The floor is the time of the device's last broadcast fix that was not dated ahead of the
-processor's clock (by more than `AHEAD_SKEW_S`). A fix dated ahead (a device clock running fast,
-inside FUTURE_TOLERANCE_S, so not faulty) is still shown, but it does not move the floor: the
-correctly dated fixes after it are not held back until the clock catches up with its date. The
-snapshot applies the same rule (`live/snapshot.py`).
+Invariants: it reads through this instance's own group `LIVE_GROUP_PREFIX-INSTANCE_ID`, created
+at `$`, with `XREADGROUP ... NOACK`, so it never touches the durable group and leaves nothing
+pending; a slow client never slows it (`Subscription.offer` never blocks). Faulty, repeated and
+out-of-order fixes are skipped by the writer's own rules; a frame is encoded once per topic and
+shared by its subscribers. The group is destroyed on a clean stop. Details: docs/pipeline.md,
+Internals.
 """
 
 from __future__ import annotations

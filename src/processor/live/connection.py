@@ -1,38 +1,11 @@
 """One authenticated live client: its protocol loop, its bounded outbound queue, its heartbeat.
 
-Three tasks per connection, under one nursery:
-
-- receive: reads frames, answers subscribe/unsubscribe (one at a time, in order), sends an
-  `error` frame for every malformed one and closes with 1008 after `LIVE_WS_MAX_PROTOCOL_ERRORS`;
-  a message over `LIVE_WS_MAX_MESSAGE_BYTES` bytes closes with 1009 (`live/websocket.py` counts
-  its bytes as they arrive and drops them).
-- send: the only writer of data frames, draining a bounded queue (what is queued goes out in
-  one socket write of at most `SEND_BATCH` frames and about `SEND_BATCH_BYTES`).
-  Everything the server says goes through that queue (replies and positions), so frames keep
-  their order. Producers never wait: `enqueue` is non-blocking, and a queue over either budget
-  (`LIVE_WS_MAX_QUEUE` frames or `LIVE_WS_MAX_QUEUE_BYTES` bytes behind) closes the client with
-  4008 "slow consumer", dropping what it had not taken. Other clients are untouched. Frames are
-  shared strings (a position or snapshot frame is encoded once for all its subscribers), so the
-  byte budget bounds what this client can make the server keep alive, not a copy per client.
-
-Per-client budgets on requests (docs/pipeline.md, Isolation): at most `LIVE_WS_MAX_SUBSCRIPTIONS`
-topics (a subscribe beyond that is answered `error bad_request`), and subscribes, each of which
-costs a Directus authorization call, are paced to `LIVE_WS_AUTHORIZATIONS_PER_S` per connection (a
-token bucket with a burst of one second's worth): a client that subscribes faster simply waits,
-its further frames wait in the socket (TCP back-pressure), and nobody else notices.
-- ping: a WebSocket ping every `LIVE_WS_PING_INTERVAL_MS`; no pong within one interval -> 1011.
-
-Its session (`live/session.py`: every connection that presented the same credential) re-checks
-them with Directus every `LIVE_WS_REAUTH_S` and may `revoke` a subscription or `stop` the
-connection (4001 session expired, 4002 authorization unavailable). A subscribe is authorized for
-its event (`/items/events/<id>`) and reads which race-control frames the session may receive
-(`Session.race_kinds`); the `subscribed` reply leaves out results and alerts it may not read.
-
-Closing (any cause) is one path: `close(code)` records the first reason and wakes `serve`, which
-lets the sender finish the frame it is writing (never cut a frame in half), then sends the close
-frame, all within `CLOSE_TIMEOUT_S`; a peer that does not read at all is then simply cut off.
-Queued frames are still flushed for ordinary closes (1001 on shutdown, 1008 after the error
-frame that explains it), but not for 4008 (the point is to stop sending to that client).
+Three tasks under one nursery: receive (subscribe/unsubscribe in order), send (the only writer
+of data frames, from one bounded queue, so frames keep their order), ping. Invariants: producers
+never wait (`enqueue` does not block); a queue over `LIVE_WS_MAX_QUEUE` frames or
+`LIVE_WS_MAX_QUEUE_BYTES` closes this client with 4008 and no one else; subscribes are paced to
+`LIVE_WS_AUTHORIZATIONS_PER_S`; every close goes through `request_close(code, reason)` and never
+cuts a frame in half. Details: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

@@ -1,53 +1,17 @@
-"""The live broadcast service (docs/websocket.md): WebSocket server, Directus auth, fan-out,
-shutdown.
+"""The live port (docs/websocket.md): accept loop, upgrade admission, and the four supervised
+live services.
 
-    LiveServer.run (a child of the services nursery; started only when DIRECTUS_URL is set)
-    ├── supervised "live-device-map"   device -> events map refresher
-    ├── supervised "live-broadcast"    broadcast consumer (own group, NOACK) -> subscriptions
-    ├── supervised "live-race"         race feed reader: timing, results, alerts, violations
-    ├── supervised "live-server"       TCP listener + accept loop on LIVE_WS_HOST:LIVE_WS_PORT
-    ├── snapshot reads (coalesced per event, `snapshot.py`)
-    ├── one re-check task per session (credential) with open connections (`session.py`)
-    └── one task per accepted socket, under `_socket`'s failure boundary:
-        request (h11) -> /live: admission (Directus) -> reject | accept (101) -> Connection.serve
-                                -> close
-                      -> /live/history: `history.py` answers it (one request per socket)
+    LiveServer.run (started only when DIRECTUS_URL is set)
+    ├── supervised "live-device-map", "live-broadcast" (critical), "live-race",
+    │   "live-server" (critical: listener + accept loop)
+    ├── snapshot reads (`snapshot.py`) and one re-check task per session (`session.py`)
+    └── one task per socket: request (h11) -> /live: admission -> 101 -> `Connection.serve`
+                                           -> /live/history: `history.py`
 
-The supervised services restart on their own after a failure (`processor.supervise`);
-connected clients live in this nursery, not the accept loop's, so a restarted accept loop does
-not drop them. The live server has its own small PostgreSQL pool (`LIVE_DB_POOL_SIZE`
-connections) for snapshots and the device map: live clients never take a connection the
-writer needs.
-
-**Failure boundary (docs/pipeline.md, Isolation).** Everything done for one socket, from the
-first byte of the HTTP request to the closing handshake, runs under one boundary that turns any
-exception except `Cancelled` (exception groups included) into: the socket closed, one warning
-log line with the stage and the exception types (never messages, which may echo headers, and
-never credentials), and `processor_live_connection_errors_total{stage}`. Stages: `request`
-(reading the HTTP request), `admission` (checks and Directus), `reject`, `accept`, `serve`,
-`close`, and `history` for a history request. The socket's HTTP and WebSocket handling is ours
-(`http1.py`, `websocket.py`, on h11 and wsproto), so the boundary holds no library task it
-cannot see.
-
-**Before the upgrade completes** (or its history request is answered) a socket holds one of
-`LIVE_WS_MAX_PENDING_UPGRADES` slots (beyond that, new sockets are closed at once:
-`processor_live_upgrades_dropped_total{reason="pending_limit"}`) and must finish within
-`LIVE_WS_HANDSHAKE_TIMEOUT_MS`, Directus included (else dropped:
-`reason="handshake_timeout"`). A socket that sends something that is not an HTTP request is
-answered 400 (431 for an oversized head) as soon as h11 gives up; a peer that hangs up while
-Directus is asked ends its upgrade at once.
-
-Upgrade decisions, in order (HTTP status of the refusal):
-not shutting down (else 503) -> path `/live` (else 404) -> a WebSocket opening handshake (else
-405 / 400 / 426) -> a Cookie or Bearer credential (else 401; a credential that is not printable
-ASCII: 401 without asking Directus) -> for cookie sessions an allowed `Origin` (else 403:
-cross-site WebSocket hijacking) -> Directus `/users/me` (401 / 503 as `auth.Directus` maps it)
--> fewer than `LIVE_WS_MAX_CONNECTIONS_PER_USER` open connections of that user, counted by
-Directus' user id (else 429) -> accept.
-
-`stop()` is the graceful part of shutdown: refuse new upgrades, stop the broadcast consumer,
-close every client with 1001 and wait (bounded) until they are gone; the caller cancels the
-services nursery right after.
+Invariants: everything done for one socket runs under one failure boundary (`_socket`): any
+exception ends that socket only, logged with its stage and exception types, never messages or
+credentials. Clients live in this nursery, so a restarted accept loop keeps them; live reads use
+the server's own pool, never the writer's. The upgrade's checks, in order: docs/websocket.md.
 """
 
 from __future__ import annotations

@@ -1,39 +1,11 @@
 """Live access with a lifetime: each session's periodic re-check against Directus.
 
-A credential checked once at the upgrade would be good for as long as the socket lives: a
-revoked user or an expired session would keep watching. So every *session* is checked again
-every `LIVE_WS_REAUTH_S` (docs/websocket.md, Session lifetime).
-
-A session is one Directus credential (the session cookie or Bearer token, exactly as presented)
-and every open connection that presented it: a user with three tabs open is one session. Its
-re-check is coalesced: one task per session, whatever the number of its connections and
-subscriptions, and per period Directus sees
-
-1. `GET /users/me?fields=id` (is the session still valid);
-2. when the session has subscriptions: one `GET /items/events?filter=...` for all the events its
-   connections subscribed to (which may it still read), and one `GET /items/<collection>?limit=0`
-   per race-control collection (may it read timing, results, violations, alerts).
-
-Verdicts:
-
-- Directus says 401/403 (or `data: null`) at any of these: the session has expired or was
-  revoked. Each of its connections is closed with 4001 "session expired".
-- An event it may no longer read: that subscription gets `error forbidden` and is removed; the
-  connection and its other subscriptions stay.
-- A race-control collection it may no longer read: those frames stop (and come back when the
-  permission does); positions stay gated by the event only.
-- Directus unreachable (timeout, 5xx, a body we cannot read): nothing changes, the last good
-  verdict stands and the next period tries again. Only after `GRACE_CHECKS` such re-checks in a
-  row (about three periods) are the session's connections closed, with 4002 "authorization
-  unavailable". A Directus outage therefore drops nobody for three periods, and then not everyone
-  at once: each session's period is jittered (75-100 % of `LIVE_WS_REAUTH_S`, drawn anew each
-  time), and re-checks run at most `RECHECKS_AT_ONCE` at a time server-wide.
-
-A subscribe reads the race-control permissions too (`race_kinds`), unless the session read them
-less than `GRANTS_FRESH_S` ago: a page subscribing to ten events costs one permission read.
-
-Failure boundary: a re-check that raises (a bug) is logged and counted (`result="error"`) and the
-loop goes on; nothing escapes into the server's nursery.
+A session is one credential and every open connection that presented it; one task per session
+re-checks it every `LIVE_WS_REAUTH_S` (jittered), whatever its number of connections and
+subscriptions (docs/websocket.md, Session lifetime). Invariants: an expired or revoked session
+closes its connections with 4001; a lost event permission removes that subscription only; a
+Directus outage drops nobody before `GRACE_CHECKS` failed re-checks in a row (then 4002); a
+re-check that raises is logged and counted, never escapes. Details: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

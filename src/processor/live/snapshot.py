@@ -1,30 +1,11 @@
 """The snapshot sent on subscribe: the latest non-faulty stored fix of every device of an event.
 
-One worker-thread hop: the event's devices straight from the Directus tables (not the refreshed
-map, so a device linked a moment ago is included), then each device's latest good fix through the
-`positions` primary key (`store.positions.latest_shown_positions`), then the `subscribed` frame's
-parts encoded, all in that thread, so a large snapshot (3,000 devices: ~0.5 MB of JSON) is never
-built on the Trio thread.
-
-Fixes dated ahead of the processor's clock (a device clock running fast, yet inside
-FUTURE_TOLERANCE_S, so not faulty) must not freeze a device: the fix shown is the latest one
-dated at most `AHEAD_SKEW_S` after the read (a device with only later fixes shows its latest),
-and only such a fix sets the floor a subscription starts from: the broadcaster's rule
-(`live/broadcast.py`; docs/websocket.md, Order).
-
-Snapshots cost ingestion nothing (docs/pipeline.md, Isolation), and a resubscribe storm costs
-little:
-
-- They read through the live server's own small connection pool, never the writer's.
-- Reads of one event are **coalesced**: at most one read per event runs at a time, and a new
-  one starts no sooner than `window_s` (1 s) after the previous one started. Every subscriber
-  that asks meanwhile joins the *next* read and gets the same result, frame string included
-  (encoded once per read, not once per client; each client's queue holds a reference to it).
-  So an event costs at most one snapshot query per second however many clients resubscribe.
-- The no-gap rule still holds exactly: a subscriber only ever joins a read that has not started
-  yet, so its snapshot is always read after its subscription was registered (see
-  `registry.Subscription`). The price is that a subscriber during a storm waits up to the
-  window for its snapshot; the first subscriber of an idle event is served at once.
+One worker-thread hop reads the event's devices from the Directus tables, each device's latest
+shown fix through the `positions` primary key, and encodes the frame, so a large snapshot is
+never built on the Trio thread. Invariants: reads use the live server's own pool; reads of one
+event are coalesced (at most one per `window_s`, shared frame included); a subscriber only joins
+a read that has not started, so the no-gap rule holds; a fix dated ahead of the clock never
+freezes a device (the broadcaster's floor rule). Details: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

@@ -1,29 +1,11 @@
 """The `/readyz` verdict: is this instance fit to take traffic right now?
 
-Ready means: the pipeline has started, it is not draining, Redis and PostgreSQL both answered
-their latest probe, no stall is reported (a failure that repeats while both servers answer, e.g.
-a refused INSERT: see `stalls`), and no *critical* side service is down. The verdict is computed
-from cached state only, so it never blocks; the `processor_ready` gauge is computed from the
-same verdict at scrape time, so the gauge and the endpoint can never disagree.
-
-Side services that are down (waiting to be restarted by the supervisor, `processor.supervise`)
-are decided by what a load balancer does with the answer. `/readyz` routes the only inbound
-traffic this instance takes, live WebSocket clients (ingestion pulls from Redis and does not
-depend on readiness at all). So:
-
-- **critical** (the live server and the broadcast consumer): while one is down the instance
-  cannot serve live clients, so `/readyz` answers **503** naming it in `failing`, and a balancer
-  sends new clients to another instance; ingestion carries on regardless.
-- **degraded** (probes, lag sampler, device -> event map refresher): the instance still serves
-  everything routed to it, a bit staler, so `/readyz` stays **200** with `"status": "degraded"`
-  and the services listed in `degraded`; removing it from the balancer would only move clients
-  for no gain. Operators alert on `processor_service_up == 0` and on restarts instead.
-- **the racing domain's problems** (`processor.domain.health`: a stage or a feature switched
-  off by its own data, definition or table): everything else is timed and served, so `/readyz`
-  stays **200** with `"status": "degraded"`, `domain` in `degraded`, and the problems (subject,
-  reason, what is wrong, what to change) under `domain_problems`.
-- The HTTP endpoints themselves: while they are down `/readyz` cannot answer at all, which a
-  balancer treats as not ready, the right answer for a gap of one backoff.
+Ready: the pipeline has started and is not draining, Redis and PostgreSQL answered their latest
+probe, no stall is reported (`stalls`), and no critical side service is down. Invariants: the
+verdict comes from cached state only, so it never blocks, and `processor_ready` is computed from
+the same verdict, so gauge and endpoint never disagree. A critical service down (live server,
+broadcast consumer) is 503; other services or domain problems are 200 `degraded`. Why that
+split: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

@@ -1,31 +1,11 @@
 """A development-only Directus stand-in: just enough of Directus for the live server's auth.
 
-The live server asks Directus (`processor.live.auth`): `GET /users/me` (who is this
-credential?), `GET /items/events/<id>` and, at its periodic re-checks, `GET /items/events?filter=`
-(may they read these events?), and `GET /items/<collection>?limit=0` (may they read the
-race-control collections?). The demo answers them here instead of running Directus, with the same
-shapes and status codes:
-
-- a **one-time demo token** (printed in the page's URL) is redeemed once, by the page server,
-  for a **session**; the session travels as the `directus_session_token` cookie (the name real
-  Directus uses), or as a Bearer token for non-browser clients;
-- `/users/me` answers 200 `{"data": {"id": ...}}` for a live session, 401 otherwise;
-- `/items/events/<id>` answers 200 for the demo's events, 403 for any other id, 401 without a
-  session; `/items/events?filter={"id":{"_in":[...]}}` lists the requested ids that are the
-  demo's events;
-- the race-control collections (`timing_records`, `stage_results`, `speed_violations`,
-  `alerts`) answer 200 `{"data": []}` to a session (demo users are race control), 401 without.
-
-Why a cookie: a browser cannot set `Authorization` on a WebSocket upgrade, and the live server
-accepts a cookie or a Bearer header only. Cookies are scoped to the host, not the port, so the
-cookie the page server sets on 127.0.0.1 also rides on the upgrade to the live port, and the
-live server forwards it here. A cookie session is exactly what the live server's Origin check
-guards, so the demo lists the page's origin in `LIVE_WS_ALLOWED_ORIGINS` and nothing else.
-
-Tokens and sessions are random (`secrets`), live only in this process's memory, and are never
-printed except the one token in the URL. This module lives in the development tooling: the
-runtime layers may not import it (import-linter), so production can only ever ask a real
-Directus.
+It answers the calls of `processor.live.auth` with Directus' shapes and status codes: a one-time
+demo token (printed in the page's URL) is redeemed once by the page server for a session, which
+travels as the `directus_session_token` cookie or as a Bearer token. Invariants: tokens and
+sessions are random (`secrets`) and live only in this process's memory; only the one token is
+printed; the runtime layers may not import this module (import-linter). The answers and why a
+cookie: docs/race-control-page.md, Internals.
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ class Fix:
     speed_kmh: float | None = None  # as reported by the device; None when absent
 
 
-# cache_hash: the core keys its per-stage caches by the Stage (and so its Controls); hashing a
-# 40-control stage on every evaluated entry was ~15 % of the engine's CPU.
+# cache_hash: the core keys its per-stage caches by the Stage (and so its Controls), so a
+# stage is hashed on every evaluated entry (docs/decisions.md).
 @attrs.frozen(slots=True, cache_hash=True)
 class Control:
     """One control of a stage's course. A line uses (lat1, lon1) -> (lat2, lon2); a waypoint uses

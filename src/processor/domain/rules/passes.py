@@ -1,34 +1,10 @@
 """Finding one control's first pass on a track after a given time (docs/racing-domain.md).
 
-**Lines.** A fix's side of the line is the sign of the cross product of the line's direction
-(point 1 -> point 2) with the fix's offset from point 1: positive is left. A segment between two
-consecutive fixes is a *forward* pass when its first fix is strictly left and its second is on
-the line or right of it, and the crossing point lies on the line segment (endpoints included).
-The line itself belongs to the right side (half-open sides), so a track through a fix exactly on
-the line is counted once — at that fix, like a timing beam that trips when the nose reaches it —
-and a reverse crossing (right -> left) never counts. The crossing's fraction along the segment is
-interpolated in time by `kinematics`.
-
-**Waypoints.** The track is the segments between fixes. A visit starts with the first segment that
-comes within the radius (closed: exactly on the circle is inside) and lasts while the segments'
-end fixes are inside; it ends with the segment whose end fix is outside, or is still open when the
-track ends inside. `passed_at` is the time of the visit's closest point to the centre (the
-closest point of each segment, the earliest on ties), `distance_m` that distance (<= radius).
-
-The search only looks at the track between `after` (the previous control's pass) and `before`
-(the finish pass, if any): course order says nothing outside counts. For a waypoint the visit is
-clipped to that stretch: an entry already inside the radius at `after` is visited from that
-instant (`fix_before` = the last fix at or before it), and a visit still inside at the finish
-ends there (`fix_after` = the fix ending the segment that holds the finish). The closest approach
-is taken over the clipped visit, so it may be `after` itself (moving away from the centre) or the
-finish instant (still approaching it): the entry *was* within the radius between the two, which
-is what validates a waypoint. Keeping each pass a function of the track from the previous pass
-on is what lets the engine resume from stored passes (`timing.settled_prefix`) and still equal
-a full evaluation.
-
-Interpolated times are rounded to the microsecond — what the database stores — so a pass read
-back from the database is bit for bit the pass computed, and resuming from stored passes gives
-exactly the floats a full evaluation gives (the clip at `after` uses that very float).
+Invariants: a forward line pass goes from strictly left to on-or-right of the line (counted once,
+never in reverse); a waypoint visit is clipped to the stretch between the previous control's
+pass and the finish; each pass depends only on the track from the previous pass on, and its
+time is rounded to the microsecond as stored, so resuming from stored passes equals a full
+evaluation. The exact rules: docs/racing-domain.md, Engine internals.
 """
 
 from __future__ import annotations

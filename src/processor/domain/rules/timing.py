@@ -1,32 +1,10 @@
 """One entry's evaluation on one stage: course order, missed controls, penalties, result.
 
-Course order (docs/racing-domain.md), made precise:
-
-1. **Start**: the first forward crossing of the start line in the track.
-2. **Finish**: the first forward crossing of the finish line strictly after the start. Crossing
-   the finish ends the stage, as at a flying finish: nothing after it counts, and a later
-   crossing never replaces it. So a waypoint reached only after the finish is missed and the
-   finish stands, and a finished result can only change through fixes up to its `fix_after`.
-   (A course must therefore not cross its own finish line forward before the end; a loop stage
-   whose finish coincides with its start works, because the finish must be strictly later.)
-3. **Intermediate controls** (waypoints, checkpoints), greedily in ordinal order: each one's
-   first pass strictly after the pass of the latest passed control with a lower ordinal and
-   strictly before the finish pass when there is one — for a waypoint, its first visit within
-   that stretch, clipped to it, so at or after / at or before (see `passes`). A control without
-   such a pass is skipped.
-4. **Missed** = skipped and decided: every skipped intermediate once finished; while running,
-   those before the latest passed control. Skipped ones after it are *pending*. Start and finish
-   are never missed (not started / running instead). `controls_passed` counts every pass,
-   start and finish included; each missed control adds its `penalty_s`.
-
-All of it depends only on the set of fixes, never on their order, and every pass depends only on
-the track from the previous pass on — which is what makes resuming from `kept` exact.
-
-Milliseconds: each instant is first rounded to the microsecond, as the database stores it, and
-`elapsed_ms` = (finish_us - start_us) rounded to the nearest millisecond, halves up; so anyone
-recomputing it from the stored `started_at`/`finished_at` gets the same figure.
-`penalty_ms` = 1000 * the sum of the missed controls' `penalty_s` (exact);
-`total_ms` = `elapsed_ms` + `penalty_ms`.
+Invariants: the result depends only on the set of fixes, never on their order; the first
+forward finish crossing after the start ends the stage (flying finish); intermediate controls are
+matched greedily in ordinal order; `elapsed_ms` is computed from microsecond instants as stored,
+so it can be recomputed from the stored rows. The exact rules: docs/racing-domain.md, Engine
+internals.
 """
 
 from __future__ import annotations
