@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from processor.domain import alerts
-from processor.live import auth, connection, history, protocol
+from processor.live import auth, history, protocol
 from processor.observability import metrics as metrics_module
 from processor.observability.metrics import Metrics
 from processor.version import VERSION
@@ -148,9 +148,6 @@ def _labels_in(path: Path, metric: str) -> set[str]:
         ),
         pytest.param(
             metrics_module.ALERT_KINDS, {alerts.STOPPED, alerts.NO_SIGNAL}, id="alerts_raised"
-        ),
-        pytest.param(
-            metrics_module.LIVE_MESSAGES_OUT, set(connection.OUT_KINDS), id="live_messages_out"
         ),
         pytest.param(
             metrics_module.LIVE_MESSAGES_IN,

@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from processor.codecs import race_feed
 from processor.codecs.position import Position
 from processor.live import protocol
-from processor.live.connection import OUT_KINDS
+from processor.observability.metrics import LIVE_MESSAGES_OUT
 from tests.support.wire_schema import problems, schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_every_kind_the_server_sends_has_a_schema() -> None:
         )
         if "properties" in definition
     } | {"timing"}  # timing: one of two shapes (record, removed)
-    assert kinds == set(OUT_KINDS)
+    assert kinds == set(LIVE_MESSAGES_OUT)
 
 
 def position(**overrides: Any) -> Position:
