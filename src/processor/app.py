@@ -12,9 +12,8 @@
         ├── supervised "domain-engine"      (after ready: readiness needs neither)
         └── supervised "consumer-cleanup"
 
-Invariants (failure rule and drain: docs/pipeline.md): a side service never takes ingestion
-down; an exception escaping the pipeline ends the process; on SIGTERM the pipeline stops reading,
-stores and acks what it read, then the services stop, all within `SHUTDOWN_TIMEOUT_S`.
+Invariants (docs/pipeline.md): a side service never takes ingestion down; an exception escaping
+the pipeline ends the process; SIGTERM drains what was read within `SHUTDOWN_TIMEOUT_S`.
 """
 
 from __future__ import annotations

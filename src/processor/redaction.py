@@ -1,16 +1,10 @@
 """Passwords never reach an error message or a log line.
 
-`DATABASE_URL=postgresql://app:S3cret@db:5432/x` and `REDIS_URL=redis://:S3cret@redis:6379/0`
-carry their passwords; a configuration error, a connection error or a log field that quotes such
-a URL (or a libpq `password=...` setting) would print them. `redact` masks:
-
-- the password of any `scheme://user:password@host` URL (`user` kept: it helps debugging; the
-  password runs to the last `@` of the token, so an unencoded `@` in it is masked too);
-- `password=...` / `passwd=...` settings in key=value connection strings.
-
-Applied to the one-line configuration error (exit 2), to `/readyz` bodies, and to every log line
-(a structlog processor, for our own logs and for the standard-library logs of psycopg's pool and
-hypercorn alike).
+`redact` masks the password of any `scheme://user:password@host` URL (the user is kept; the
+password runs to the token's last `@`, so an unencoded `@` is masked too) and `password=...` /
+`passwd=...` settings in key=value connection strings. Applied to the one-line configuration
+error (exit 2), to `/readyz` bodies, and to every log line (a structlog processor, for our own
+logs and the standard library's alike).
 """
 
 from __future__ import annotations

@@ -1,27 +1,14 @@
 """Supervision of side services: a failure at run time restarts the service, never the process.
 
-The rule (docs/pipeline.md, Isolation): a side service of the root nursery (HTTP endpoints,
-probes, lag sampler, live server, broadcast consumer, device -> event map refresher, and any
-later addition such as a domain engine) must never take ingestion down with it. So each one
-runs under `Supervisor.run`:
+Each side service of the root nursery runs under `Supervisor.run`:
 
     await nursery.start(supervisor.run, "lag-sampler", run_lag_sampler, client, ...)
 
-- **Start-up is strict.** The first start must succeed: an exception before the service calls
-  `task_status.started()` (a port that cannot be bound, a bad setting) propagates to the caller
-  and stops the process, as before. An operator wants a misconfigured instance to fail at once.
-- **Run time is forgiving.** Once started, an exception (anything but `Cancelled`, exception
-  groups included) is logged at `error` with its traceback, counted in
-  `processor_service_restarts_total{service}`, the service is marked down
-  (`processor_service_up{service}` 0, `/readyz` reports it) and it is started again after a
-  capped exponential backoff (0.5 s, 1 s, 2 s ... 30 s; back to 0.5 s once a run lasted
-  `healthy_after_s`). A restart that fails before `started()` is just another failed attempt.
-- A service that *returns* has stopped on purpose (it was asked to, e.g. during the drain) and
-  is not restarted. After `request_stop()` (the drain has begun) nothing is restarted any more.
-- `Cancelled` always propagates: supervision never outlives its nursery.
-
-Whether a service being down makes the instance unready is the caller's choice (`critical`):
-see `observability/readiness.py` for the decision.
+Invariants: the first start is strict (a failure before `task_status.started()` stops the
+process); after it, a failure is logged, counted and restarted after a capped backoff; a service
+that returns, or any after `request_stop()`, is not restarted; `Cancelled` always propagates.
+Whether a service being down makes the instance unready is the caller's choice (`critical`).
+The exact rules: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

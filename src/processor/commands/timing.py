@@ -3,14 +3,10 @@
     processor timing rebuild STAGE_ID     re-evaluate the stage from the stored fixes
     processor timing results STAGE_ID [--json]
 
-`rebuild` is what an operator runs after moving a control, relinking a device, or when a fix was
-skipped (see docs/racing-domain.md): it evaluates every entry of the stage from scratch, under
-the same per-(stage, entry) locks as the running engine (safe while it runs), records the
-definitions it used (so the engine does not rebuild again), and prints each timing record that
-changed (control, entry, old -> new time), or "no change". Exit codes: 1 when the stage does
-not exist or the racing tables are missing or not as the engine needs them (each problem and
-its fix printed); 3 when the stage cannot be evaluated as defined, or the database refused its
-rows (the reason printed; its stored rows are left as they were).
+`rebuild` evaluates every entry from scratch under the engine's own locks (safe while it runs),
+records the definitions it used and prints each timing record that changed. Exit codes: 1 for
+a missing stage or racing tables not as the engine needs them, 3 for a stage that cannot be
+evaluated or rows the database refused (docs/racing-domain.md, Operations).
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """The consumer: reads the stream through a consumer group and feeds the group's worker.
 
-It first re-reads this consumer's own pending entries (`XREADGROUP ... 0`), so a restarted
-instance finishes what it had read before it died, then reads new entries (`>`). Each read is
-turned into the owner's unit of work by `to_work` (the durable pipeline: decoded into a
-Delivery for the writer; the racing domain: a batch for its evaluator) and sent into a bounded
-channel: when the worker is behind (or the database is down), `send` blocks and the consumer
-stops reading. Entries re-read from the own pending list more than `MAX_DELIVERIES` times are
-handed over separately (deliveries.py), for the owner to dead-letter.
-
-Stopping: `stop()` sets a flag and unblocks a pending `BLOCK` read with `CLIENT UNBLOCK` from
-another connection, so the drain does not wait out `READ_BLOCK_MS`. Whatever the last read
-returned is still handed to the writer; then the channel is closed, which is how the writer
-learns that the input is over.
+It re-reads its own pending entries (`XREADGROUP ... 0`) before new ones (`>`), turns each read
+into the owner's unit of work (`to_work`) and sends it into a bounded channel, so a worker that
+is behind stops the reading. Entries re-read more than `MAX_DELIVERIES` times are handed over
+separately for the owner to dead-letter. `request_stop()` releases a blocked read at once; what
+the last read returned is still handed over, then the channel is closed, which is how the
+worker learns that the input is over.
 """
 
 from __future__ import annotations

@@ -1,27 +1,11 @@
 """Removing dead consumers from the groups: gone, holding nothing, idle past a documented time.
 
-Every instance that ever read registers its consumer name in the group (`REDIS_GROUP`, and the
-racing domain's `DOMAIN_GROUP`), and Redis keeps it until someone deletes it. Instances that
-come and go under new names (a container recreated with another host name, a scale-down that
-never came back) leave consumers behind; `XINFO CONSUMERS`, the reclaimer's walks and every
-operator reading the group then wade through them. Nothing else removes them, so each running
-instance does, every `CONSUMER_CLEANUP_INTERVAL_S`:
-
-- a consumer is removed only when it holds **no pending entry** and has been **idle** (no read
-  or claim) **longer than `CONSUMER_MAX_IDLE_S`**, never this instance's own. Entries a dead
-  consumer held are claimed by the reclaimer first (after `RECLAIM_MIN_IDLE_MS`), so it becomes
-  removable once it holds nothing;
-- check and removal are one Lua script, atomic in Redis: an entry claimed for that consumer in
-  between, or a read by an instance that came back under the same name, makes it keep the
-  consumer (`XGROUP DELCONSUMER` would forget its pending entries, and they would never be
-  stored). Removing a consumer that holds nothing loses nothing: an instance that does come
-  back under that name is registered again by its first read;
-- each removal is logged (`removed dead consumer`, with group, consumer and idle seconds) and
-  counted (`processor_consumers_removed_total`). Several instances may sweep at once; the
-  script makes the second removal of the same consumer a no-op.
-
-`CONSUMER_MAX_IDLE_S=0` turns the sweep off. It runs as a supervised side service: a Redis
-outage only delays it (logged once), and ingestion never waits for it.
+Instances that come and go under new names leave consumers behind in `REDIS_GROUP` and
+`DOMAIN_GROUP`, and nothing else removes them, so every running instance sweeps them every
+`CONSUMER_CLEANUP_INTERVAL_S`. Invariants: a consumer is removed only when it holds no pending
+entry, was idle longer than `CONSUMER_MAX_IDLE_S` and is not this instance's own; check and
+removal are one Lua script, so a pending entry is never forgotten; `CONSUMER_MAX_IDLE_S=0` turns
+the sweep off. Why and how: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

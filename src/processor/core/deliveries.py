@@ -1,24 +1,11 @@
 """What counts as a delivery towards `MAX_DELIVERIES`, and what happens past it.
 
-`MAX_DELIVERIES` exists for the record that kills whoever reads it (a poison entry): every
-instance that picks it up dies, restarts and picks it up again. So a delivery is a *hand-over
-of the entry to a process that will try to store it*:
-
-- the first read (`XREADGROUP ... >`);
-- a restarted instance re-reading its own pending entries (`XREADGROUP ... 0`): the process
-  that held them is gone, maybe killed by one of them;
-- a claim by another consumer (`XCLAIM`/`XAUTOCLAIM` in the reclaimer): the holder went away.
-
-Waiting is not a delivery. An entry held in a live instance's pipeline through a database
-outage of any length keeps its count: the reclaimer never claims entries its own instance holds,
-and renews its hold on them with `XCLAIM ... JUSTID` (which resets the idle time without
-counting a delivery) so that other instances do not find them idle and claim them either. So
-no outage, however long, turns good records into dead letters (docs/pipeline.md rule 7 applies to
-records that cannot be stored, not to records that could not be stored *yet*).
-
-Redis counts every one of these hand-overs itself (`times_delivered` in `XPENDING`); an entry
-whose count, including the hand-over in progress, exceeds `MAX_DELIVERIES` is dead-lettered with
-reason `max_deliveries` instead of being processed.
+A delivery is a hand-over of the entry to a process that will try to store it: the first read
+(`XREADGROUP ... >`), a restarted instance re-reading its own pending entries (`... 0`), a claim
+by another consumer. Waiting is not: an instance renews its hold on what its pipeline holds
+(`XCLAIM ... JUSTID`), so no outage turns good records into dead letters. Redis counts the
+hand-overs (`times_delivered`); an entry whose count, the hand-over in progress included,
+exceeds `MAX_DELIVERIES` is dead-lettered as `max_deliveries`. Why: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

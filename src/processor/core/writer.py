@@ -2,21 +2,12 @@
 
     consumer --Delivery--> batcher --Batch--> lane x WRITE_CONCURRENCY --> PostgreSQL, then XACK
 
-The batcher is the only task touching device state, so quality verdicts are deterministic in
-stream order. Each batch is split over the flusher lanes by device; lanes write concurrently
-and ack exactly the entries whose rows were inserted, merged or proved duplicate. A lane is a
-pipeline of two stages on two pooled connections: one batch is copied into a staging table
-while the one before it merges and commits (the client's COPY and the database's merge overlap).
-Merges and acks stay in stream order.
-
-A failure of the database or Redis is retried with capped exponential backoff and nothing is
-acked meanwhile (one that is not transient, e.g. a revoked privilege, is also reported on
-`/readyz` once it repeats: see `_retrying`); because the channels are bounded, the consumer
-stops reading while the writer cannot write. A batch refused for a data reason is split in
-halves until the refused records are isolated; those are dead-lettered, the rest is stored.
-
-Shutdown needs no flag: when the consumer closes its channel, the batcher flushes what is left
-and closes its own, and the flushers finish their last batches and return.
+Invariants: the batcher alone touches device state, so quality verdicts follow stream order;
+lanes are split by device and ack exactly the entries whose rows were inserted, merged or
+proved duplicate, merges and acks in stream order; nothing is acked while the database or Redis
+fails (retried with backoff); a batch refused for a data reason is halved until the refused
+records are isolated and dead-lettered. Shutdown needs no flag: the consumer closing its channel
+drains the writer. Details: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

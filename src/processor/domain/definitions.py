@@ -1,20 +1,10 @@
 """What the racing domain reads from the Directus tables: stages, controls, zones, who drives what.
 
-The engine needs, for every incoming fix, the (stage, entry) pairs it can change: device ->
-entry_devices -> entries -> event -> stages whose window holds the fix. Looking that up per fix
-in the database would cost a round trip per batch for data that changes a few times a day, so
-the whole mapping is read into one immutable `Definitions` snapshot, replaced every
-`DOMAIN_REFRESH_MS` (like the live broadcast's device map).
-
-Each stage gets a *fingerprint*: a digest of its window, its controls, its speed zones (or that
-zones are unavailable) and the devices and classes of its event's entries. Its stored rows were
-last rebuilt from the definitions whose fingerprint `domain_stages` holds (`evaluation`); when
-the two differ, the stage is rebuilt from the stored fixes.
-
-A stage the core refuses (a half-typed control, no finish, a penalty no column can hold, a zone
-with a NaN tolerance...) is left out of the snapshot and reported as a problem of that stage
-alone: its stored rows stay as they were until it is fixed in Directus; then its fingerprint is
-new and the stage is rebuilt. Other stages go on.
+The whole device -> entry -> event -> stages mapping is read into one immutable `Definitions`
+snapshot, replaced every `DOMAIN_REFRESH_MS`, so no fix costs a database round trip. Each stage
+gets a fingerprint of its definitions; a stage whose fingerprint differs from the one
+`domain_stages` holds is rebuilt. A stage the core refuses is left out and reported as its own
+problem; other stages go on. Details: docs/racing-domain.md, Engine internals.
 """
 
 from __future__ import annotations

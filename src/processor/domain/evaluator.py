@@ -1,19 +1,11 @@
 """The engine's evaluation part: a batch of entries in, the affected stages evaluated, acked.
 
-Per batch (from the domain group's consumer or its reclaimer): decode the fixes' keys; wait
-until the durable pipeline has stored them (`visibility`); evaluate the affected (stage, entry)
-pairs, one transaction per stage (`evaluation.evaluate_stages`), and judge their `stopped`
-alerts, in one worker-thread hop; hand the committed changes to the race feed; then acknowledge
-the batch (dead-lettering, for this group only, the entries delivered too often).
-
-Failure boundaries:
-- a stage the database refuses is rolled back alone and reported as that stage's problem;
-- a feature that fails (alerts, io) is switched off alone for a while and reported;
-- an unavailable server is retried with backoff and nothing is acked;
-- anything else is a bug: it is *not* acked away. It propagates, the supervisor restarts the
-  engine, the batch is re-read from this consumer's pending list, and a batch that keeps
-  failing is dead-lettered after `MAX_DELIVERIES` deliveries with the error it last raised
-  (`FailureMemory`); ingestion never notices.
+Per batch: wait until the durable pipeline has stored the fixes (`visibility`), evaluate the
+affected (stage, entry) pairs one transaction per stage and judge their `stopped` alerts in one
+worker-thread hop, hand the committed changes to the race feed, then acknowledge. Failure
+boundaries: a refused stage or a failing feature is switched off alone; an unavailable server is
+retried with nothing acked; anything else is a bug, never acked away (dead-lettered after
+`MAX_DELIVERIES`, `FailureMemory`). Details: docs/racing-domain.md, Engine internals.
 """
 
 from __future__ import annotations

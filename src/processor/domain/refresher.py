@@ -1,20 +1,10 @@
 """The engine's definitions part: re-read, check, and rebuild what changed — one stage at a time.
 
 Every `DOMAIN_REFRESH_MS`: read the catalog (`schema`) and the definitions (`definitions`) in
-one worker-thread hop; report what is wrong to the domain's health; then rebuild every stage
-whose stored rows are not those of its current definitions (`evaluation`: versions), each in a
-transaction of its own.
-
-The failure boundary is the stage: a stage the core refuses is a `definition:<id>` problem and
-is not evaluated until it is edited; a stage whose rebuild the database refuses is a
-`stage:<id>` problem, retried with a capped backoff (10 s doubling to 5 min) or at once when its
-definitions change, and healthy again by itself once a rebuild succeeds. Every other stage
-keeps being rebuilt and evaluated. Lost connections are retried at the next refresh; anything
-else (a bug) propagates and restarts the engine.
-
-A broken timing schema (a missing unique constraint on stage_results, say) means nothing can be
-written: every stage's version is forgotten, so each is rebuilt from all stored fixes once the
-schema is fixed, and the evaluator acknowledges batches without evaluating meanwhile.
+one worker-thread hop, report what is wrong to the domain's health, then rebuild, each in a
+transaction of its own, every stage whose stored rows are not those of its current definitions.
+The failure boundary is the stage: a refused definition or rebuild is that stage's problem
+alone. The failure rules and the backoff: docs/racing-domain.md, Engine internals.
 """
 
 from __future__ import annotations

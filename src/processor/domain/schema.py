@@ -1,25 +1,11 @@
 """Are the Directus-owned racing tables what the engine needs? Checked at every refresh.
 
-The racing tables belong to Directus and are edited by people: a column with the wrong type, a
-unique constraint or the partial index an `ON CONFLICT` clause relies on left out, a privilege
-not granted. Each such slip used to surface as a cryptic error on every batch, naming neither
-the table nor the fix. Here the catalog is read once per refresh and compared with what the
-engine reads and writes; every difference becomes a `Problem` that names the table, says what
-is wrong and gives the SQL that fixes it.
-
-The tables come in parts, each with its own fate:
-
-- **timing** (events, entries, devices, entry_devices, stages, controls, timing_records,
-  stage_results): without them nothing can be timed. All absent: the racing domain is simply
-  not set up (logged once, not a problem). Some present and wrong: a problem, nothing is timed.
-- **zones** (speed_zones, speed_violations), **alerts** (alerts) and **io** (io_mappings,
-  devices.model: the ignition of a stopped car): optional. Absent: the feature is off. Present
-  and wrong: a problem, and the feature alone is off; timing goes on.
-
-Types are checked where they matter: a `real` coordinate loses up to a metre (Directus's
-"Float" is `real`), a `timestamp` without time zone shifts every instant by the server's zone,
-an `integer` millisecond total overflows after 24 days. Columns only read accept any type of
-the right family.
+The catalog is read once per refresh and compared with what the engine reads and writes; every
+difference becomes a `Problem` that names the table, says what is wrong and gives the SQL that
+fixes it. The tables come in parts: timing all absent means the domain is not set up, timing
+present and wrong means nothing is timed; an optional part (zones, alerts, io) that is wrong
+switches that feature alone off. The parts and the types checked: docs/racing-domain.md, Engine
+internals.
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
 """Has the durable pipeline stored these fixes yet? (The domain group's race with the writer.)
 
-The domain group reads the same stream as the durable group, often *before* the writer has
-committed the rows. Evaluating then would compute results from a track that lacks the very fix
-that triggered the evaluation, and nothing would trigger it again. So the engine waits until the
-batch's (device_id, ts) keys are visible in `positions` before it evaluates.
-
-A key that is not visible may never be: its entry was dead-lettered (the database refused the
-row). To tell "not yet" from
-"never" without waiting out a timeout, the engine asks the durable group itself: an entry that
-the durable group has delivered (id <= last-delivered-id) and no longer has pending was acked,
-and the durable pipeline acks only after a commit or a dead-letter. So an acked entry without a
-row was dead-lettered and is skipped at once. Only when the durable group cannot answer (it was
-deleted, or it is far behind) does the bound `DOMAIN_VISIBILITY_TIMEOUT_MS` apply: past it the
-fix is skipped with an error log and `processor_domain_skipped_fixes_total{reason="timeout"}`;
-if its row turns up later, `processor timing rebuild` repairs the stage.
+The engine evaluates a batch only once its (device_id, ts) keys are visible in `positions`,
+else it would time a track lacking the very fix that triggered it. An entry the durable group
+acked without a row was dead-lettered and is skipped at once; only when the durable group cannot
+answer does `DOMAIN_VISIBILITY_TIMEOUT_MS` apply (past it the fix is skipped and counted). The
+reasoning: docs/racing-domain.md, Engine internals.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """Speed-zone violations of evaluated entries: read the zone's fixes, compare, write, announce.
 
-Runs inside a stage's evaluation transaction (the pairs' advisory locks are held), after the
-entries' passes were evaluated and before their results are, because a violation's penalty is
-part of the result. Each zone's fixes are read from the database for the whole window in force
-(`zone_windows`: the entry's start-control pass to its end-control pass, or while the end is not
-passed to the finish, the stage's close or the newest fix), independently of how much of the
-track the pass evaluation resumed from: so the violations never depend on arrival order or
-batching, and equal a rebuild's.
-
-Rows are compared after the same normalisation as timing records (times to the microsecond,
-speeds to 0.01 km/h, distances to 1 mm): only differing rows are written (`updated_at` moves
-only on a real change), rows no longer produced are deleted, and each written row is announced
-as a `violation` frame after the commit.
+Runs inside a stage's evaluation transaction, after the entries' passes and before their
+results (a violation's penalty is part of the result). Each zone's fixes are read for its whole
+window in force, whatever the pass evaluation resumed from, so violations never depend on
+arrival order or batching. Only rows that differ after normalisation are written, rows no
+longer produced are deleted, each written row is announced as a `violation` frame after the
+commit. Details: docs/racing-domain.md, Engine internals.
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """The track history endpoint on the live port: `GET /live/history` (docs/history.md).
 
-A car's or an event's stored fixes between two instants, as GeoJSON or GPX, for the people
-who may subscribe to that event, at a cost the server bounds. In order, each step cheaper than
-the next and refusing before it:
-
-1. the query string (`history_query.py`): any mistake is 400 and costs nothing else;
-2. who is asking, exactly as for an upgrade (Bearer, or the Directus session cookie with an
-   allowed Origin; Directus `/users/me`): 401 / 403 / 503;
-3. `LIVE_HISTORY_REQUESTS_PER_S` per Directus user (a token bucket with a burst of one
-   second's worth, at least one): 429 with `Retry-After`;
-4. the event, exactly as for a subscribe (Directus `/items/events/<id>`): 403 / 503;
-5. the read, one at a time server-wide, on the live server's own pool, under a statement
-   timeout no longer than what is left of the request's deadline (`LIVE_WS_HANDSHAKE_TIMEOUT_MS`,
-   the same bound as an upgrade's): a device not in the event is 404, a window holding more
-   than `LIVE_HISTORY_MAX_FIXES` fixes is 422 (the scan stops there), a timeout 503;
-6. over `max_points` (at most `LIVE_HISTORY_MAX_POINTS`), the tracks are simplified
-   (`simplify.py`) and the response says so; encoding happens in the worker thread too.
-
-Cross-origin reads from a page in `LIVE_WS_ALLOWED_ORIGINS` get CORS headers (with
-credentials: the cookie session), and its preflight (`OPTIONS`) is answered; any other origin
-gets none, so a browser will not hand it the body.
+A car's or an event's stored fixes between two instants, as GeoJSON or GPX, for the people who
+may subscribe to that event, at a cost the server bounds. Invariant: the checks run cheapest
+first, each refusing before the next costs anything (query string, credential, per-user rate,
+event, then one read at a time server-wide on the live server's own pool under the request's
+deadline); simplification and encoding run in the worker thread too. The steps and their
+answers: docs/history.md, Internals.
 """
 
 from __future__ import annotations

@@ -5,19 +5,10 @@
     └── results pump: stages whose standings changed -> one read per second per stage at most
         (the live server's own pool) -> one `results` frame per stage to its event's subscribers
 
-The feed is written by whichever instance's domain engine committed the change
-(`processor.codecs.race_feed`); every instance reads all of it with a plain XREAD (no consumer
-group: nothing to create, destroy or reclaim). The first start reads from the feed's last entry
-(live data only, like positions); a supervised restart resumes from the last id it saw, so a
-Redis blip loses nothing the cap still holds.
-
-`timing`, `alert` and `violation` frames go out as they arrive (encoded once per topic, shared by
-every subscriber, through the same bounded queue as positions: a client that does not read is
-closed with 4008 like for positions). `results` are coalesced: a stage's table is read and sent
-at most once per `RESULTS_WINDOW_S` (1 s), and only while its event has subscribers; a
-subscriber that arrives in between gets the current table in `subscribed`. A frame arriving
-while a subscription waits for its snapshot is held with its positions and sent after the
-`subscribed` reply, in order.
+Invariants: a supervised restart resumes from the last id it saw; frames go through the same
+bounded queue as positions; a stage's `results` are read at most once per `RESULTS_WINDOW_S`,
+only while its event has subscribers; a frame for a subscription still waiting for its snapshot
+is held and sent after `subscribed`, in order. The rules: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """Who listens to what: connection <-> topic subscriptions, and each subscription's state.
 
-Two indexes kept in step: topic -> {connection: Subscription} for the broadcaster (one lookup per
-position and event), connection -> {topic: Subscription} so that a closing connection is
-forgotten completely in one call (`forget`), leaving nothing behind.
-
-A Subscription starts *pending*: it is registered before its snapshot is read (docs/websocket.md, no
-gap), and positions arriving meanwhile are held, counted against the connection's byte budget
-(`LIVE_WS_MAX_QUEUE_BYTES`, not the frame cap: an event of 3,000 devices at 1 Hz sends more than
-`LIVE_WS_MAX_QUEUE` positions while its snapshot is read, and most of them are then dropped by
-the floor, so a frame cap would close healthy clients). `activate`
-then records the snapshot's timestamp per device as a floor (a live position not newer than the
-snapshot's for its device is not sent again: the durable writer may commit a fix before the
-broadcast consumer reads it) and releases the held positions through the same filter, in order.
-
-Nothing here mutates the indexes while the broadcaster iterates them: `offer` only queues a frame
-or flags the connection as slow; the connection's own task later calls `forget`.
+Two indexes kept in step: topic -> {connection: Subscription} for the broadcaster, connection ->
+{topic: Subscription} so that `forget` removes a closing connection completely in one call. A
+Subscription starts pending (registered before its snapshot is read: no gap) and holds positions
+against the connection's byte budget; `activate` then sets a per-device floor from the snapshot
+and releases them through it, in order. Nothing here mutates the indexes while the broadcaster
+iterates them. Why a byte budget and a floor: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

@@ -8,10 +8,8 @@ live services.
     └── one task per socket: request (h11) -> /live: admission -> 101 -> `Connection.serve`
                                            -> /live/history: `history.py`
 
-Invariants: everything done for one socket runs under one failure boundary (`_socket`): any
-exception ends that socket only, logged with its stage and exception types, never messages or
-credentials. Clients live in this nursery, so a restarted accept loop keeps them; live reads use
-the server's own pool, never the writer's. The upgrade's checks, in order: docs/websocket.md.
+Invariants: one failure boundary per socket (`_socket`) ends that socket only; clients live in
+this nursery, so a restarted accept loop keeps them. Why: docs/decisions.md, live surface.
 """
 
 from __future__ import annotations

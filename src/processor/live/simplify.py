@@ -1,23 +1,11 @@
 """Track simplification for the history endpoint: Douglas-Peucker ranks, one tolerance for all.
 
-Pure code. Each track is projected to local metres (equirectangular around its first point,
-as the racing domain does: never raw degrees as distances) and ranked by Douglas-Peucker: a
-point's *significance* is its distance from the chord (the segment, not its line: a car that
-turns back along its own way keeps the turn) of the segment being split when the algorithm
-picks it, capped by its parent's so that ranks nest (keeping every point ranked above a
-tolerance gives exactly Douglas-Peucker at that tolerance). One tolerance serves the whole
-response: the highest rank that must go for at most `max_points` to stay. So every car is
-drawn to the same precision (metres), straight, steady stretches give up their points first,
-and every dropped fix lies within the tolerance of the simplified line.
-
-Kept whatever their rank: each track's first and last fix and the *pinned* fixes, those that
-bracket a control pass (`timing_records.fix_before` / `fix_after`): the simplified line still
-crosses each control line between the same two fixes, so a judge sees the passes the timing
-saw. Pinned fixes split a track into independent Douglas-Peucker runs.
-
-Bounded: the split search costs at most `WORK_PER_POINT` point visits per point on average;
-past that budget (a pathological track), segments are split at their middle instead of their
-farthest point, which is O(n log n) and still ranks every point.
+Pure code. Each track is projected to local metres and every point ranked by Douglas-Peucker;
+ranks nest, so keeping every point above a tolerance is Douglas-Peucker at that tolerance. One
+tolerance serves the whole response: the highest rank that must go for at most `max_points` to
+stay. Kept whatever their rank: each track's first and last fix and the fixes that bracket a
+control pass. Bounded: at most `WORK_PER_POINT` visits per point on average, then segments are
+split at their middle. The ranking and its bounds: docs/history.md, Internals.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """The history endpoint's two formats: GeoJSON (RFC 7946) and GPX 1.1. Pure code.
 
-GeoJSON: a FeatureCollection with one Feature per device that has fixes in the window, its
-`id` the device id, its geometry a LineString of `[longitude, latitude]` positions (RFC 7946
-3.1.4: two or more; a device with a single fix gets a Point), and per-point values as arrays
-parallel to the coordinates in `properties`: `times` (RFC 3339, microseconds, `Z`), `speeds`
-(km/h or null) and, when faulty fixes were asked for, `faulty`. The collection carries the
-request and, when applied, the simplification as foreign members (RFC 7946 6.1).
-
-GPX 1.1: one `trk` per device (`name` = device id) with one `trkseg`; each `trkpt` has `ele`
-(when known), `time`, `type` "faulty" for a faulty fix, and the speed in the Garmin
-TrackPointExtension v2 namespace (`gpxtpx:speed`, metres per second: that schema's unit, and
-the extension GPX readers know). Text is escaped, and characters XML 1.0 cannot carry are
-replaced, so any stored device id makes a well-formed file.
+GeoJSON: one Feature per device with fixes in the window (a LineString, a Point for a single
+fix), per-point values as arrays parallel to the coordinates, the request and the
+simplification as foreign members. GPX 1.1: one `trk` per device, the speed in Garmin's
+TrackPointExtension v2. Text is escaped and characters XML 1.0 cannot carry are replaced, so
+any stored device id makes a well-formed file. The shapes: docs/history.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,12 @@
 """A server-side WebSocket after the opening handshake: wsproto's frame protocol on a Trio stream.
 
-The upgrade is answered by `live/http1.py`; from the 101 on, wsproto's post-handshake
-`Connection` (its documented use for servers that do the HTTP part themselves) parses and
-builds frames, and this class does the I/O. `run` is the only reader of the socket; everything
-written (data frames, pongs, close frames) is encoded and written under one lock, so frames of a
-batch never interleave with a control frame and nothing follows the close frame.
-
-Invariants:
-- An inbound message is delivered whole, or refused as `MessageTooBig` once its UTF-8 (or
-  binary) size passes `max_message_bytes`: its parts are dropped as they arrive, so a client
-  cannot make the server buffer more than the limit.
-- Inbound messages wait in a queue of one: a client that sends faster than the server handles
-  its requests is held back by TCP, not by memory (wsproto's advice on back-pressure).
-- A frame the parser refuses (bad UTF-8, bad opcode, an unmasked frame, ...) is answered with
-  the close code wsproto names for it (1002, 1007, ...) and the connection ends.
-- `send_texts` writes any number of text frames with one `send_all`: each write is a Trio
-  checkpoint, and a sender that moves one frame per scheduler round caps a connection far below
-  what fan-out needs.
+From the 101 on (the upgrade is `live/http1.py`'s), wsproto's post-handshake `Connection`
+parses and builds frames and this class does the I/O. Invariants: `run` is the only reader;
+every write happens under one lock, so frames never interleave and nothing follows the close
+frame; an inbound message is delivered whole or refused as `MessageTooBig` without buffering
+past the limit; inbound messages wait in a queue of one (back-pressure by TCP); a frame the
+parser refuses closes with the code wsproto names. Details, and why `send_texts` writes many
+frames at once: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """The HTTP endpoints (docs/metrics.md): a plain ASGI app served inside the task tree.
 
-- `GET /metrics`: Prometheus exposition of this instance's registry, in the format the scraper
-  asks for (`Accept` negotiation by prometheus-client: classic text by default, OpenMetrics when
-  requested).
-- `GET /healthz`: 200 while the task tree runs (the endpoint is served by that tree).
-- `GET /readyz`: 200 or 503 from the cached readiness verdict, with a JSON body naming the
-  failing checks.
-
-`HEAD` answers like `GET` without the body; another method gets 405, another path 404.
-`HttpServer.run` reports started only once the socket listens, with the bound port (so
-HTTP_PORT=0 works and tests can find the port); `stop()` shuts the server down gracefully
-(`http_server`), so a scraper's idle connection never holds shutdown up.
+`GET /metrics` (format negotiated by prometheus-client), `GET /healthz` (200 while the task tree
+runs), `GET /readyz` (200 or 503 from the cached readiness verdict). `HttpServer.run` reports
+started only once the socket listens, with the bound port (so HTTP_PORT=0 works); `stop()`
+shuts the server down gracefully, so a scraper's idle connection never holds shutdown up.
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
 """A small HTTP/1.1 server (h11) for plain ASGI apps, run as a child of the caller's nursery.
 
 Only what the scrape endpoints and the demo's pages need: HTTP/1.1 with keep-alive, no TLS,
-HTTP/2, WebSocket or lifespan. hypercorn would serve the same apps, but importing its protocol
-stack (h2, hpack, wsproto) costs about as much start-up time as the daemon has to spare.
-
-Every wait is bounded, so no client can hold a connection, a slot or shutdown: an idle
-keep-alive connection for `keep_alive_timeout_s`, receiving a request once it began for
-`request_timeout_s`, sending a response for `send_timeout_s`; at most `max_connections` at once
-(at the cap, the connection idle the longest is closed to make room, else accepting waits).
-A failure inside one connection ends that connection only.
-
-Shutdown, as in hypercorn's Trio worker: `serve` runs until its shutdown trigger, then stops
-accepting, closes idle connections at once, lets requests in flight finish within
-`graceful_timeout_s` (their responses say `Connection: close`) and cancels what is left.
+HTTP/2, WebSocket or lifespan (why not hypercorn: docs/decisions.md). Invariants: every wait is
+bounded (`keep_alive_timeout_s`, `request_timeout_s`, `send_timeout_s`), at most
+`max_connections` are open at once, and a failure inside one connection ends that connection
+only. Shutdown stops accepting, closes idle connections at once, lets requests in flight finish
+within `graceful_timeout_s` and cancels what is left.
 """
 
 from __future__ import annotations

@@ -1,22 +1,11 @@
 """How far behind the group is: `processor_consumer_lag` (entries),
 `processor_consumer_lag_seconds` and `processor_pending_entries`.
 
-Both come from `XINFO GROUPS` (sent with `XLEN` in one pipelined round trip), sampled on a fixed
-schedule. `lag` is what Redis (7.0+) reports: entries added to the stream but not yet delivered
-to the group. Redis answers `nil` when it cannot tell (after `XDEL`, or for a group created at an
-arbitrary ID) and older servers have no `lag` at all; then the gauge falls back to `XLEN`
-(docs/metrics.md), an upper bound that can only over-report, so a lag alert never stays silent
-because of it.
-`pending` is the group's pending entries list: delivered but not acknowledged.
-
-`lag_seconds` is the age of the oldest entry the group has not acknowledged: the oldest pending
-entry when there is one (pending IDs are never newer than undelivered ones), else the first
-entry after the group's last-delivered ID, else 0. The age is Redis' clock (`TIME`) minus the
-millisecond part of the entry's ID, so the hosts' clocks do not matter. Seconds are what an
-operator alerts on: 10,000 entries are a blink at peak and an hour on a quiet night.
-
-A failed sample leaves both gauges at their last value (and is logged once per outage); the
-consumer's own metrics show the outage itself.
+Sampled on a fixed schedule from `XINFO GROUPS` and `XLEN` in one pipelined round trip. The lag
+falls back to `XLEN` when Redis cannot tell, an upper bound, so a lag alert never stays silent
+because of it; `lag_seconds` is measured on Redis' clock (`TIME` minus the entry id's
+milliseconds), so the hosts' clocks do not matter. A failed sample leaves the gauges at their
+last value (logged once per outage). The exact rules: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
 """What a database error means for the pipeline: the one classification every caller uses.
 
-Three kinds, decided by SQLSTATE (and, for errors raised client-side, by the exception type):
-
-- `DATA`: the batch's *content* can never be stored (class 22 data exception, class 23
-  integrity violation, or psycopg refusing a value client-side). Retrying cannot help: the
-  writer splits the batch and dead-letters the refused record(s).
-- `TRANSIENT`: the connection or the transaction was lost through no fault of the work itself:
-  connection failures (class 08, a socket closed under us, no free pooled connection), the server
-  shutting down or starting up (57P01-57P03), serialization failures and deadlocks (40001,
-  40P01). Retried with backoff; the readiness probes already report a database that is down.
-- `PERSISTENT`: everything else -- a missing table (42P01), a revoked privilege (42501), a
-  compressed chunk refusing a write (0A000), a statement timeout (57014), a full disk (53100)...
-  Nothing about the record is wrong, so it is never dead-lettered and never acked; it is retried
-  like a transient failure, but once it has repeated past a bound the writer logs it at `error`
-  and `/readyz` fails naming it, because no dependency probe would notice (`SELECT 1` still works)
-  and an operator must act.
-
-Why not "everything outside 22/23 is transient" (the earlier rule): a permissions error then
-stalls the pipeline forever while the instance reports itself ready.
+Three kinds, by SQLSTATE (and, client-side, by exception type): `DATA` (classes 22/23, or a
+value psycopg refuses: the writer isolates and dead-letters the refused records), `TRANSIENT`
+(connection loss, 57P01-57P03, 40001, 40P01: retried with backoff) and `PERSISTENT` (anything
+else: retried too, never dead-lettered or acked, and reported on `/readyz` once it repeats).
+The codes, and why not "everything else is transient": docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

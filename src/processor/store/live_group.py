@@ -1,19 +1,10 @@
 """The live broadcaster's own consumer group: created by it, and never mistaken for another.
 
-The broadcaster reads with `NOACK` and, on start, moves its group to `$` (`XGROUP SETID`) so a
-crashed predecessor's group does not replay history to browsers; on a clean stop it destroys the
-group. Done to the *durable* group (`LIVE_GROUP_PREFIX-INSTANCE_ID` equal to `REDIS_GROUP`, or a
-group of another deployment), each of those loses records: NOACK reads never reach the pending
-list, SETID skips everything not yet read, DESTROY drops the pending list. So the broadcaster
-only ever resets or destroys a group it can tell is its own:
-
-- it creates its group and registers its consumer in one step (a Lua script: `XGROUP CREATE`
-  then `XGROUP CREATECONSUMER`), so a broadcaster's group always has exactly that consumer;
-- an existing group is taken over (reset to `$`) only when its sole consumer is this
-  broadcaster's name and nothing is pending in it (NOACK never leaves anything pending). Any
-  other group is refused with `GroupInUse`: the instance does not start, nothing is touched.
-
-Config refuses the plain collision (live group name = `REDIS_GROUP`) before anything starts.
+The broadcaster reads with `NOACK`, resets its group to `$` on start and destroys it on a clean
+stop; done to any other group, each of those loses records. So it creates its group and its
+consumer in one step (a Lua script), takes an existing group over only when its sole consumer is
+this broadcaster and nothing is pending, and refuses any other with `GroupInUse` (the instance
+does not start, nothing is touched). Why: docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """The `positions` table: idempotent batch writes and the reads the pipeline needs.
 
-A batch is written in one transaction and one round of statements: COPY into a per-connection
-temporary staging table, then `INSERT ... SELECT ... ON CONFLICT (device_id, ts)`. Records with a
-key seen earlier in the same batch go to a later *round* (another INSERT from the same staging
-table, same transaction), so each record's outcome comes straight from the database:
-
-- inserted:  no row had the key;
-- merged:    a row had the key and this record adds IO keys it lacked (stored keys keep their
-             value: `EXCLUDED.attributes || p.attributes`);
-- duplicate: a row had the key and every IO key already (a true redelivery writes nothing).
-
-Rows are inserted in key order so that concurrent writers lock keys in the same order (no
-deadlocks between overlapping batches).
+A batch is one transaction: COPY into a per-connection temporary staging table, then `INSERT ...
+SELECT ... ON CONFLICT (device_id, ts)`, a key repeated within the batch going to a later round,
+so each record's outcome (inserted, merged, duplicate) comes straight from the database. Rows
+are inserted in key order, so concurrent writers never deadlock on each other. The outcomes:
+docs/pipeline.md, Internals.
 """
 
 from __future__ import annotations

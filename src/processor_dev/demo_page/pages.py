@@ -1,25 +1,11 @@
 """The HTTP server of the demo's race-control page (development tooling only).
 
-Routes (all on 127.0.0.1 by default; nothing here is served by `processor run`):
-
-- `GET /?token=<one-time token>`: redeems the token at the Directus stand-in, sets the session
-  cookie (`HttpOnly; SameSite=Strict; Path=/`) and redirects to `/`, so the token leaves the
-  address bar and the history. A used or unknown token gets a 401 page that says to restart the
-  demo or use the printed URL.
-- `GET /`: the page (with a session cookie), else the same 401 page.
-- `GET /app.js`, `GET /style.css`: the static files (package data in `static/`).
-- `GET /scenario.json` (session): the stage geometry — route, controls, entries, speed zones —
-  and where the live server listens. In production an SPA reads these from Directus REST
-  (events, stages, controls, entries); the demo serves them from the scenario it generated.
-- `GET /results.json?stage=<id>` (session): the stage's rows of `stage_results`, in the
-  `<result>` shape of the race-control protocol. The page polls it only while the live server
-  has not proven it sends results itself (a `subscribed` frame without `results`): the fallback
-  for a live server without the race-control frames.
-
+Serves, on 127.0.0.1 by default and never from `processor run`: the one-time token's redemption
+(a session cookie, then a redirect so the token leaves the address bar), the page and its static
+files, the scenario's geometry (`/scenario.json`) and the results fallback (`/results.json`).
 Every response carries `Cache-Control: no-store` and a Content-Security-Policy that allows only
-this origin and the live server on the same host (its WebSocket, and its track history over
-HTTP on the same port): the page cannot fetch anything from the network even by mistake (no
-tiles, no CDN).
+this origin and the live server, so the page cannot fetch anything else. The routes and their
+answers: docs/race-control-page.md, Internals.
 """
 
 from __future__ import annotations

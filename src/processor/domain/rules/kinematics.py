@@ -1,25 +1,10 @@
 """When, between two fixes, the entry was at a given point of the segment joining them.
 
 A segment is travelled from fix A (time 0) to fix B (time `dt`); `g` is the fraction of its
-length already covered. Two models:
-
-* **Constant acceleration**, when the speeds reported at both fixes are *plausible*: the speed
-  goes linearly in time from v0 to v1, so at fraction g it is v(g) = sqrt((1-g)·v0² + g·v1²)
-  (from v² = v0² + 2·a·s) and the time is τ(g) = g·dt·(v0+v1)/(v0+v(g)). This is exact for a
-  vehicle that really accelerates uniformly, and the same as linear when v0 = v1. The model is
-  scaled to the measured segment length (the fraction, not the distance, is what it maps), so
-  small disagreements between speed and distance only bend the curve slightly.
-* **Linear by distance** (τ = g·dt) otherwise.
-
-Plausible means: both speeds present, finite, non-negative, not both zero, and the distance they
-imply, (v0+v1)/2·dt, within 25 % + 2 m of the segment's length. A device reporting 0 km/h while
-moving 30 m, a speed from a stale fix, or a long gap in which the car stopped all fail it, and
-then the straight-line model is the honest one. (Teltonika devices report whole km/h: at rally
-speeds that is well inside the tolerance, and v0 ≈ v1 then bends the curve by ~1 ms at most.)
-
-Speeds are km/h throughout (the model only uses their ratios; the plausibility test converts).
-The interpolated speed is v(g) under constant acceleration; under the linear model it is the
-device speeds interpolated linearly (one present: that one; none: None).
+length already covered. Constant acceleration when both speeds are plausible (v(g) =
+sqrt((1-g)·v0² + g·v1²), τ(g) = g·dt·(v0+v1)/(v0+v(g)), scaled to the measured length),
+otherwise linear by distance (τ = g·dt). Speeds are km/h throughout. The models, the
+plausibility test and the speed at a pass: docs/racing-domain.md, Engine internals.
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """An entry's track on a stage: its fixes inside the window, in fix-time order, one per instant.
 
-Arrival order must never matter (devices buffer and send late), so the fixes are sorted, and
-when two fixes share a time — a duplicate, or two devices of one entry reporting the same
-second — exactly one is kept: the smallest by (t, latitude, longitude, speed), whatever order
-they came in. Fixes with a non-finite time or position are ignored (the pipeline stores none,
-but a timing core must not be thrown by one); a non-finite or negative speed counts as absent.
-
-The track is kept as parallel lists of plain floats: the search loops read them by index
-without creating an object per fix. For speed, the track is also cut into blocks of `BLOCK`
-segments with the bounding box of each (in degrees): a search skips every block whose box does
-not meet its control's box. That is exact, not a heuristic: the local projection is an affine
-map of (latitude, longitude), so a straight segment between two fixes stays inside the box of
-its fixes, and a control can only be passed by a segment whose box meets the control's. (A block
-whose longitudes span more than 180°, i.e. crosses the antimeridian, is never skipped.)
+Arrival order never matters: fixes are sorted and, of fixes sharing a time, the smallest by
+(t, latitude, longitude, speed) is kept. Non-finite times or positions are ignored; a
+non-finite or negative speed is absent. The track is parallel lists of plain floats, cut into
+blocks of `BLOCK` segments whose bounding boxes a search may skip: exact, not a heuristic. Why
+it is exact: docs/racing-domain.md, Engine internals.
 """
 
 from __future__ import annotations

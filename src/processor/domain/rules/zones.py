@@ -1,18 +1,10 @@
 """Speed zones: violations from an entry's track between two controls (pure code).
 
 A zone is in force from the entry's pass of its start control to its pass of its end control
-("regardless of the route taken": only the passes matter, not where the car drove). While the
-end control is not passed yet, the zone is in force up to the newest fix, so race control sees a
-violation as it happens (its `ended_at` and penalty may still grow; its key, `started_at`, does
-not).
-
-A violation is a maximal run of consecutive fixes (of the zone's time window) whose speed is
-above `limit + tolerance`, lasting at least `min_duration_s` from its first to its last fix
-(so with the default 0 a single fix over the limit is a violation). Fixes without a speed break
-a run (they are no evidence of speeding). `excess_kmh` is the peak speed minus the **limit**
-(the tolerance decides whether a fix is over, not how much); the penalty is that of the first
-bracket whose `up_to_kmh` is at least the excess (the last bracket may be open-ended; an
-excess beyond every bracket takes the last one). `distance_m` is the track length of the run.
+(before that pass, up to the newest fix, so a violation shows as it happens). A violation is a
+maximal run of fixes above `limit + tolerance` lasting at least `min_duration_s`; `excess_kmh`
+is measured from the limit and picks the penalty bracket. The definitions: docs/racing-domain.md
+(Speed zones); the exact rules: Engine internals.
 """
 
 from __future__ import annotations
