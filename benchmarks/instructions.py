@@ -3,19 +3,9 @@
     python -m benchmarks.instructions [--fixes 20000] [--contenders processor,minimal]
                                       [--set NAME=VALUE ...]
 
-CPU seconds per fix swing by ±25 % between identical runs on a shared 2-core machine; the
-number of instructions a contender executes per fix does not (±0.2 % here), so it is the figure
-to judge a change to the per-fix path by. It counts user-space instructions only:
-the kernel's share (thread wake-ups, sockets) and cache effects are not in it, so
+Steady where CPU seconds are not (why, and how counting is switched on and off around a full
+backlog: benchmarks/README.md, "instructions per fix"). User-space instructions only, so
 `just bench` remains the judge of the end result.
-
-Each contender (`processor run` or `benchmarks.minimal`) runs under
-`valgrind --tool=callgrind --instr-atstart=no`, about 50x slower. Counting is switched on
-(`callgrind_control -i on`) once it is ready and idle; then every fix is added to its stream in
-one MULTI, so that its first read finds a full backlog as in `just bench`; counting stops when
-the group has read and acked everything. Time-driven work (reclaim walks, probes, lag samples,
-the domain's table checks) is pushed to an hour apart: at valgrind's pace it would otherwise
-add ~8k instructions per fix that a real run spreads over 50 times more fixes.
 
 Needs `valgrind` (Debian: `apt-get install valgrind`), REDIS_URL and DATABASE_URL.
 """
