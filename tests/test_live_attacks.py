@@ -16,7 +16,6 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from wsproto.events import CloseConnection, TextMessage
 
-from processor.app import Service
 from tests.support.daemon import Daemon
 from tests.support.directus import add_event
 from tests.support.fixes import fix
@@ -28,6 +27,7 @@ from tests.support.live import (
     rejection_status,
     send,
 )
+from tests.support.metrics import live_connections, live_quiet, live_subscriptions, sample
 from tests.support.raw import (
     BINARY,
     TEXT,
@@ -44,12 +44,6 @@ from tests.support.upgrade_fuzz import UPGRADES
 
 # 101 for the rare valid upgrade; 200/204/422 from the history endpoint on the same port
 ACCEPTABLE = {101, 200, 204, 400, 401, 403, 404, 405, 422, 426, 429, 431, 503}
-
-
-def quiet(service: Service) -> bool:
-    """No socket of the live server is left in the upgrade or serving."""
-    live = service.live
-    return live is not None and live.pending_upgrades == 0 and live.connections == 0
 
 
 def exchange_blocking(port: int, data: bytes) -> bytes:
@@ -103,7 +97,7 @@ async def test_fuzzed_upgrades(live_rig: LiveRig) -> None:
             statuses.append(status)
 
         await trio.to_thread.run_sync(fuzz)
-        await wait_until(lambda: quiet(service))
+        await wait_until(lambda: live_quiet(service))
         assert any(s in (400, 401, 404) for s in statuses), statuses
         await live_rig.assert_ingesting()
         # and the live port still serves a well-behaved client
@@ -145,9 +139,9 @@ async def test_hang_ups_at_every_stage(live_rig: LiveRig) -> None:
         )
         reset_on_close(client.stream)
         await client.aclose()
-        await wait_until(lambda: quiet(service))
+        await wait_until(lambda: live_quiet(service))
         await live_rig.assert_ingesting()
-        assert len(service.live.registry) == 0  # nothing left behind
+        assert live_subscriptions(service) == 0  # nothing left behind
 
 
 async def test_slow_upgrades_are_bounded_in_time_and_number(live_rig: LiveRig) -> None:
@@ -162,24 +156,26 @@ async def test_slow_upgrades_are_bounded_in_time_and_number(live_rig: LiveRig) -
     async with running_service(env) as service:
         port = service.live_port
         assert port and service.live
-        live = service.live
-        dropped = service.metrics.live_upgrades_dropped
+
+        def dropped(reason: str) -> float:
+            return sample(service, "processor_live_upgrades_dropped_total", reason=reason)
+
         holders = []
         for _ in range(5):
             stream = await connect(port)
             await stream.send_all(b"GET /live HTTP/1.1\r\nHost: x\r\n")  # never finished
             holders.append(stream)
-        await wait_until(lambda: live.pending_upgrades == 5)
+        await wait_until(lambda: sample(service, "processor_live_pending_upgrades") == 5)
         extra = [await connect(port) for _ in range(5)]  # beyond the limit: closed at once
         for stream in extra:
             assert await read_until_closed(stream, within=5) == b""
             await stream.aclose()
-        assert dropped.labels("pending_limit")._value.get() == 5
+        assert dropped("pending_limit") == 5
         for stream in holders:  # the slow ones are dropped at the handshake timeout
             assert await read_until_closed(stream, within=10) == b""
             await stream.aclose()
-        assert dropped.labels("handshake_timeout")._value.get() == 5
-        assert live.pending_upgrades == 0
+        assert dropped("handshake_timeout") == 5
+        assert sample(service, "processor_live_pending_upgrades") == 0
         async with live_client(port) as ws:  # slots are free again
             assert ws.closed is None
         await live_rig.assert_ingesting()
@@ -221,7 +217,7 @@ async def test_garbage_after_a_good_handshake(live_rig: LiveRig) -> None:
                 pass  # dropped without a close frame: also an acceptable end
             finally:
                 await client.aclose()
-        await wait_until(lambda: quiet(service))
+        await wait_until(lambda: live_quiet(service))
         await live_rig.assert_ingesting()
 
 
@@ -275,11 +271,11 @@ async def test_connections_per_user_are_capped_with_429(live_rig: LiveRig) -> No
             async with live_client(port, token="bob") as other:  # another user is not affected
                 assert other.closed is None
             await one.aclose()
-            await wait_until(lambda: service.live is not None and service.live.connections == 2)
+            await wait_until(lambda: live_connections(service) == 2)
             async with live_client(port) as again:  # a closed connection frees its slot
                 assert again.closed is None
         assert service.metrics.live_auth.labels("too_many_connections")._value.get() == 2
-        await wait_until(lambda: quiet(service))
+        await wait_until(lambda: live_quiet(service))
         await live_rig.assert_ingesting()
 
 

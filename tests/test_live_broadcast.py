@@ -19,6 +19,7 @@ from tests.support.live import (
     send,
     subscribe,
 )
+from tests.support.metrics import live_connections, live_subscriptions
 from tests.support.service import running_service, wait_until
 
 
@@ -91,13 +92,12 @@ async def test_snapshot_then_live_positions_of_that_event_only(live_rig: LiveRig
             live_rig.publish([fix("a1", 60)])
             await wait_until(lambda: live(service).broadcaster.broadcast == 8)
             await no_message(ws)
-            assert len(live(service).registry) == 0
+            assert live_subscriptions(service) == 0
             # a second event on the same connection: its own snapshot and topic
             reply = await subscribe(ws, event_b)
             assert reply["snapshot"] == [wire("b1", 40)]
-        await wait_until(lambda: live(service).connections == 0)
-        assert len(live(service).registry) == 0  # the closed connection was forgotten
-        assert service.metrics.live_subscriptions._value.get() == 0
+        await wait_until(lambda: live_connections(service) == 0)
+        assert live_subscriptions(service) == 0  # the closed connection was forgotten
 
 
 async def test_late_and_faulty_fixes_are_stored_but_not_broadcast(live_rig: LiveRig) -> None:
@@ -149,7 +149,7 @@ async def test_position_committed_during_the_snapshot_is_sent_once_in_the_snapsh
             live_rig.database_url, "LOCK TABLE entry_devices IN ACCESS EXCLUSIVE MODE"
         )
         await send(ws, {"type": "subscribe", "topic": f"event:{event_a}"})
-        await wait_until(lambda: len(live(service).registry) == 1)  # registered, snapshot waits
+        await wait_until(lambda: live_subscriptions(service) == 1)  # registered, snapshot waits
         live_rig.publish([fix("a1", 20)])
         await wait_until(lambda: live(service).broadcaster.broadcast == 2)
         await wait_until(lambda: live_rig.rows() == 2)
@@ -173,7 +173,7 @@ async def test_position_broadcast_during_the_snapshot_is_delivered_after_it(
             live_rig.database_url, "LOCK TABLE entry_devices IN ACCESS EXCLUSIVE MODE"
         )
         await send(ws, {"type": "subscribe", "topic": f"event:{event_a}"})
-        await wait_until(lambda: len(live(service).registry) == 1)
+        await wait_until(lambda: live_subscriptions(service) == 1)
         live_rig.publish([fix("a1", 20)])
         await wait_until(lambda: live(service).broadcaster.broadcast == 2)
         await _release(snapshot_blocked)

@@ -7,7 +7,6 @@ down, exit 1); every test ends with a liveness probe: a fix published afterwards
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from tests.support.live import (
     TOKEN,
     LiveRig,
 )
+from tests.support.metrics import live_quiet, sample
 from tests.support.raw import (
     TEXT,
     RawWebSocket,
@@ -39,8 +39,7 @@ from tests.support.service import running_service, wait_until
 
 
 def connection_errors(service: Service, stage: str) -> float:
-    value: float = service.metrics.live_connection_errors.labels(stage)._value.get()
-    return value
+    return sample(service, "processor_live_connection_errors_total", stage=stage)
 
 
 async def test_malformed_upgrade_path_is_refused_not_fatal(live_rig: LiveRig) -> None:
@@ -77,8 +76,7 @@ async def test_hang_up_while_the_upgrade_is_refused(live_rig: LiveRig) -> None:
     live_rig.directus.user("tok-slow", "slow")
     live_rig.directus.slow_s = 2.0
     async with live_rig.service() as service:
-        assert service.live_port and service.live
-        live = service.live
+        assert service.live_port
         for token, pause in [("unknown", 0.0)] * 20 + [("tok-slow", 0.1)] * 3:
             stream = await connect(service.live_port)
             await stream.send_all(
@@ -87,7 +85,7 @@ async def test_hang_up_while_the_upgrade_is_refused(live_rig: LiveRig) -> None:
             await trio.sleep(pause)  # tok-slow: the server is now waiting for Directus
             reset_on_close(stream)
             await stream.aclose()
-        await wait_until(lambda: live.pending_upgrades == 0 and live.connections == 0)
+        await wait_until(lambda: live_quiet(service))
         await live_rig.assert_ingesting()
 
 
@@ -112,9 +110,7 @@ async def test_oversized_frame_after_garbage_frames(live_rig: LiveRig) -> None:
         except trio.BrokenResourceError:
             pass
         await client.aclose()
-        live = service.live
-        assert live is not None
-        await wait_until(lambda: live.pending_upgrades == 0 and live.connections == 0)
+        await wait_until(lambda: live_quiet(service))
         assert [stage for stage in LIVE_STAGES if connection_errors(service, stage)] == []
         await live_rig.assert_ingesting()
 
@@ -164,20 +160,21 @@ async def test_the_boundary_contains_any_failure_at_any_stage(
     if replacement is None:
         replacement = _close_fails(getattr(owner, name))
     monkeypatch.setattr(owner, name, replacement)
-    async with live_rig.service() as service:
-        assert service.live_port and service.live
+    # One connection per user: a slot the failure leaked would refuse the next client with 429.
+    async with live_rig.service(LIVE_WS_MAX_CONNECTIONS_PER_USER="1") as service:
+        assert service.live_port
         token = b"Authorization: Bearer " + SECRET.encode() + b"\r\n"
         path = b"/elsewhere" if stage == "reject" else b"/live"
-        for _ in range(3):  # each client leaves after a second (after the 101, if any)
+        for failed in range(1, 4):  # each client leaves after a second (after the 101, if any)
             stream = await connect(service.live_port)
             await stream.send_all(upgrade_request(path, token))
             with trio.move_on_after(1):
                 await read_until_closed(stream)
             await stream.aclose()
-        await wait_until(lambda: connection_errors(service, stage) == 3)
-        await wait_until(lambda: service.live is not None and service.live.pending_upgrades == 0)
-        assert service.live.connections == 0
-        assert service.live.connections_of(str(uuid.uuid5(uuid.NAMESPACE_DNS, SECRET))) == 0
+            await wait_until(lambda: connection_errors(service, stage) == failed)  # noqa: B023
+            await wait_until(lambda: live_quiet(service))
+        too_many = sample(service, "processor_live_auth_total", result="too_many_connections")
+        assert too_many == 0  # every failed connection gave its user's slot back
         await live_rig.assert_ingesting()
     logged = capfd.readouterr().err
     failures = [line for line in logged.splitlines() if "live connection failed" in line]

@@ -10,6 +10,7 @@ from trio_websocket import DisconnectionTimeout
 from processor.live.protocol import ClientFrame, ProtocolError, parse_client_frame
 from tests.support.directus import DirectusStandIn
 from tests.support.live import TOKEN, close_code, live_client, receive, send
+from tests.support.metrics import live_connections
 from tests.support.service import running_service, wait_until
 
 EVENT = "6f1f8d8e-1c8a-4a8e-9a53-3b8d8e2f0c11"
@@ -115,11 +116,10 @@ async def test_unanswered_pings_close_the_connection(
                 # A client that answers pings (trio-websocket does) stays connected.
                 await trio.sleep(0.7)
                 assert ws.closed is None
-                assert service.live.connections == 1
+                assert live_connections(service) == 1
                 # Freeze the client's reader: no more pongs, and it reads nothing.
                 ws._reader_running = False
-                live = service.live
-                await wait_until(lambda: live.connections == 0, timeout=2)
+                await wait_until(lambda: live_connections(service) == 0, timeout=2)
 
 
 async def test_batched_frame_writes_arrive_as_ordered_messages(
@@ -129,7 +129,7 @@ async def test_batched_frame_writes_arrive_as_ordered_messages(
     directus.user(TOKEN)
     async with running_service(live_env) as service, live_client(service.live_port) as ws:
         assert service.live is not None
-        await wait_until(lambda: service.live is not None and service.live.connections == 1)
+        await wait_until(lambda: live_connections(service) == 1)
         (connection,) = service.live._connections
         await connection._ws.send_texts([f'{{"n":{i}}}' for i in range(100)])
         # raw reads: these test frames are not protocol frames (`receive` checks the schema)

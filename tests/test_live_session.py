@@ -34,6 +34,7 @@ from tests.support.live import (
     receive,
     subscribe,
 )
+from tests.support.metrics import live_connections, live_subscriptions
 from tests.support.service import running_service, wait_until
 
 PERIOD_S = 0.2
@@ -97,7 +98,7 @@ async def test_a_revoked_session_is_closed_with_4001_and_others_stay(live_rig: L
         live_rig.publish([fix("d1", 2)])
         assert (await receive(other))["position"]["device_id"] == "d1"
         assert other.closed is None
-        await wait_until(lambda: live(service).connections == 1)
+        await wait_until(lambda: live_connections(service) == 1)
         assert len(live(service)._sessions) == 1  # the ended session was forgotten
 
 
@@ -124,7 +125,7 @@ async def test_an_event_no_longer_readable_is_unsubscribed_with_an_error(
         assert (await receive(ws))["position"]["device_id"] == "b1"
         await no_message(ws)
         assert ws.closed is None
-        assert len(live(service).registry) == 1
+        assert live_subscriptions(service) == 1
         # the role loses read on `events` altogether (403 on the list): the rest goes too
         live_rig.directus.event_mode = "403"
         reply = await receive(ws, within=10)

@@ -20,7 +20,7 @@ import trio
 
 from processor.app import Service
 from processor.codecs import race_feed
-from processor.codecs.race_feed import feed_key
+from processor.codecs.race_feed import TIMING, decode_fields, feed_key
 from tests.support import racing
 from tests.support.fixes import BASE_TIME, fix
 from tests.support.live import (
@@ -165,9 +165,10 @@ async def test_two_instances_clients_see_every_change_once(live_rig: LiveRig) ->
             await racing.all_judged(live_rig)
             for frames in got:
                 await frames.until(finished(frames, 2, penalty_free=2))
-            await wait_until(
-                lambda: _feed_read(live_rig.redis, live_rig.stream_key, a, b), timeout=30
-            )
+            # every timing change on the feed reached both clients (they read all of it)
+            written = _timing_written(live_rig.redis, live_rig.stream_key)
+            for frames in got:
+                await frames.until(lambda: len(frames.of("timing")) >= written, timeout=30)  # noqa: B023
         # both engines worked, and each client saw every timing change exactly once
         assert a.domain is not None and b.domain is not None
         timing = [Counter(orjson.dumps(f) for f in frames.of("timing")) for frames in got]
@@ -176,10 +177,10 @@ async def test_two_instances_clients_see_every_change_once(live_rig: LiveRig) ->
         assert len(passes(got[0])) == 8
 
 
-def _feed_read(client: redis.Redis, stream: str, *services: Service) -> bool:
-    """Every live server has dispatched every entry of the feed."""
-    length = client.xlen(feed_key(stream))
-    return all(s.live is not None and s.live.race.changes >= length for s in services)
+def _timing_written(client: redis.Redis, stream: str) -> int:
+    """The timing changes on the race feed (one event here: each is one frame per client)."""
+    entries = client.xrange(feed_key(stream))
+    return sum(1 for _, fields in entries if decode_fields(fields).kind == TIMING)
 
 
 async def test_results_pump_survives_notices_while_it_waits() -> None:
@@ -191,10 +192,12 @@ async def test_results_pump_survives_notices_while_it_waits() -> None:
     from processor.observability.metrics import Metrics
 
     sent: list[str] = []
+    sent_at: list[float] = []
 
     class Outlet:
         def enqueue(self, frame: str, kind: str, entry_ms: int | None) -> None:
             sent.append(kind)
+            sent_at.append(trio.current_time())
 
         def overflow(self) -> None:
             raise AssertionError("overflow")
@@ -231,10 +234,11 @@ async def test_results_pump_survives_notices_while_it_waits() -> None:
         for _ in range(20):
             feed.dispatch({k.encode(): v for k, v in notice.items()})
             await trio.sleep(0.03)
-        with trio.fail_after(10):
-            while feed._dirty or not sent:  # noqa: ASYNC110
+        last_notice = trio.current_time()
+        with trio.fail_after(10):  # the last notice is answered by a frame after it
+            while not sent_at or sent_at[-1] < last_notice:  # noqa: ASYNC110
                 await trio.sleep(0.05)
-        await trio.sleep(0.3)
+        await trio.sleep(0.3)  # and by no more than that one
         nursery.cancel_scope.cancel()
     assert 1 <= len(sent) <= 5  # ~0.6 s of notices, one frame per 0.2 s window at most
     assert set(sent) == {"results"}
@@ -286,34 +290,32 @@ async def test_race_control_frames_follow_directus_permissions(live_rig: LiveRig
         live_client(service.live_port, token="viewer") as viewer,
         live_client(service.live_port, token="timer") as timer,
     ):
-        feed = service.live.race if service.live is not None else None
-        assert feed is not None
         replies = [await subscribe(ws, event_id) for ws in (everything, viewer, timer)]
         assert replies[0]["results"] == [{"stage_id": stage_id, "results": []}]
         assert [reply["results"] for reply in replies[1:]] == [[], []]
 
-        async def announce(*fixes_at: float) -> None:
-            before = feed.changes
+        async def announce(*fixes_at: float) -> list[str]:
+            """The changes, then positions: the client that may read everything has received
+            the last change, so the feed reader has queued each change to every subscriber
+            (one dispatch, no await) before these positions are read."""
             for change in changes:
                 live_rig.redis.xadd(feed_key(live_rig.stream_key), change.fields())
-            await wait_until(lambda: feed.changes == before + len(changes))
-            # dispatched (queued to every client) before this position is read
+            kinds = [(await receive(everything))["type"] for _ in changes]
             live_rig.publish([fix(device, t) for t in fixes_at])
+            return kinds
 
-        await announce(1)
-        assert [(await receive(everything))["type"] for _ in range(4)] == [
-            "timing", "alert", "violation", "position",
-        ]  # fmt: skip
+        assert await announce(1) == ["timing", "alert", "violation"]
+        assert (await receive(everything))["type"] == "position"
         assert (await receive(viewer))["type"] == "position"
         assert [(await receive(timer))["type"] for _ in range(2)] == ["timing", "position"]
 
         # the timer's role loses timing_records: the next re-check stops those frames
         directus.readable["timer"] = set()
         await wait_until(lambda: sessions_of(service, "timer") == [frozenset()])
-        await announce(2)
+        assert await announce(2) == ["timing", "alert", "violation"]
         for ws in (viewer, timer):
             assert (await receive(ws))["type"] == "position"
-        assert [(await receive(everything))["type"] for _ in range(4)][-1] == "position"
+        assert (await receive(everything))["type"] == "position"
         for ws in (viewer, timer):
             await no_message(ws, 0.3)
 

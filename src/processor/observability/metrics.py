@@ -252,6 +252,11 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.live_pending_upgrades = Gauge(
+            p + "live_pending_upgrades",
+            "Live sockets still in their HTTP upgrade (capped by LIVE_WS_MAX_PENDING_UPGRADES).",
+            registry=r,
+        )
         self.live_upgrades_dropped = Counter(
             p + "live_upgrades_dropped",
             "Sockets dropped before the upgrade completed (pending_limit, handshake_timeout).",
