@@ -53,7 +53,8 @@ Then, on yet another `processor run` with live broadcast on (`benchmarks/live.py
               200 cars, each as time to serve / the bare SQL read, medians (`benchmarks.history`).
 
 Without REDIS_URL / DATABASE_URL, throwaway servers are started (as `just demo` does).
-Speed is reported here, never asserted by the test suite.
+Speed is reported here, never asserted. A run of every phase checks that it has every figure, each
+sane (`benchmarks.sanity`), and exits 1 when one is missing or insane.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ import redis
 import trio
 
 import processor
-from benchmarks import domain
+from benchmarks import domain, sanity
 from benchmarks import history as history_bench
 from benchmarks import live as live_bench
 from benchmarks.daemon import Daemon
@@ -721,6 +722,15 @@ def bench(
         runner.cleanup()
 
 
+def left_behind(database_url: str, tag: str) -> list[str]:
+    """This run's schemas still in the database after its clean-up (a problem each)."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (f"bench%{tag}",)
+        ).fetchall()
+    return [f"schema {name} left behind" for (name,) in rows]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging("warning", "console")
@@ -731,46 +741,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown phases: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    with (
-        servers(os.environ) as (redis_url, database_url),
-        bench(redis_url, database_url, sizes, settings) as runner,
-    ):
-        runner.keep = args.keep
-        runner.repeat = max(1, args.repeat or (1 if args.quick else 3))
-        results = runner.results
-        results["machine"] = machine(database_url, runner.redis)
-        results["quick"] = args.quick
-        results["repeat"] = runner.repeat
-        results["run"] = runner.tag
-        c = runner.config
-        results["settings"] = {
-            "WRITE_BATCH_SIZE": c.write_batch_size,
-            "WRITE_CONCURRENCY": c.write_concurrency,
-            "WRITE_FLUSH_MS": c.write_flush_ms,
-            "READ_COUNT": c.read_count,
-            "PIPELINE_BUFFER_BATCHES": c.pipeline_buffer_batches,
-            "DB_POOL_SIZE": c.db_pool_size,
-        }
-        started = time.monotonic()
-        if phases & set(CONTENDERS):
-            runner.contenders(phases)
-        if "startup" in phases:
-            runner.startup()
-        if phases & {"latency", "memory", "drain"}:
-            runner.daemon_phases(phases)
-        if "live" in phases:
-            runner.live()
-        if "domain" in phases:
-            domain.run(runner, SEED, START)
-        if "history" in phases:
-            history_bench.run(runner)
-        results["bench_s"] = round(time.monotonic() - started, 1)
+    everything = phases == set(PHASES)  # only a run of every phase has every figure
+    with servers(os.environ) as (redis_url, database_url):
+        with bench(redis_url, database_url, sizes, settings) as runner:
+            runner.keep = args.keep
+            runner.repeat = max(1, args.repeat or (1 if args.quick else 3))
+            results = runner.results
+            results["machine"] = machine(database_url, runner.redis)
+            results["quick"] = args.quick
+            results["repeat"] = runner.repeat
+            results["run"] = runner.tag
+            c = runner.config
+            results["settings"] = {
+                "WRITE_BATCH_SIZE": c.write_batch_size,
+                "WRITE_CONCURRENCY": c.write_concurrency,
+                "WRITE_FLUSH_MS": c.write_flush_ms,
+                "READ_COUNT": c.read_count,
+                "PIPELINE_BUFFER_BATCHES": c.pipeline_buffer_batches,
+                "DB_POOL_SIZE": c.db_pool_size,
+            }
+            started = time.monotonic()
+            if phases & set(CONTENDERS):
+                runner.contenders(phases)
+            if "startup" in phases:
+                runner.startup()
+            if phases & {"latency", "memory", "drain"}:
+                runner.daemon_phases(phases)
+            if "live" in phases:
+                runner.live()
+            if "domain" in phases:
+                domain.run(runner, SEED, START)
+            if "history" in phases:
+                history_bench.run(runner)
+            results["bench_s"] = round(time.monotonic() - started, 1)
+        # nothing left behind: this run's schemas were dropped (unless asked to keep them)
+        leftovers = [] if args.keep else left_behind(database_url, runner.tag)
     add_ratios(results)
     results["targets_met"] = verdicts(results)
     args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     print(table(results))
     print(f"\nwritten to {args.output}")
-    return 0
+    found = [*leftovers, *(sanity.problems(results, quick=args.quick) if everything else [])]
+    for problem in found:
+        print(f"benchmark figure problem: {problem}", file=sys.stderr)
+    return 1 if found else 0
 
 
 if __name__ == "__main__":
