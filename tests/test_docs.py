@@ -3,6 +3,7 @@ are the ones CI runs; the docs index links resolve."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -65,15 +66,36 @@ def test_ci_runs_the_readme_commands() -> None:
     assert "\njust fresh-machine-test" in ci
 
 
-def test_docs_index_links_resolve() -> None:
-    index = (ROOT / "docs" / "README.md").read_text()
-    for target in (
-        "stream-input.md",
-        "storage.md",
-        "websocket.md",
-        "metrics.md",
-        "configuration.md",
-        "decisions.md",
-    ):
-        assert f"]({target})" in index, target
-        assert (ROOT / "docs" / target).is_file(), target
+DOCS = ROOT / "docs"
+INDEX = DOCS / "README.md"
+LINK = re.compile(r"\]\(([^)\s]+)\)")  # [text](target): the targets of Markdown links
+
+
+def relative_links(page: Path) -> list[str]:
+    """The targets of `page`'s links to files of this repository (no scheme, no bare anchor)."""
+    return [
+        target
+        for target in LINK.findall(page.read_text())
+        if not target.startswith("#") and ":" not in target.split("/", 1)[0]
+    ]
+
+
+def test_docs_index_links_every_page() -> None:
+    linked = set(relative_links(INDEX))
+    pages = sorted(p.name for p in DOCS.glob("*.md") if p != INDEX)
+    assert pages, "no pages in docs/"
+    assert [page for page in pages if page not in linked] == []
+
+
+@pytest.mark.parametrize(
+    "page",
+    [ROOT / "README.md", *sorted(DOCS.glob("*.md"))],
+    ids=lambda page: str(page.relative_to(ROOT)),
+)
+def test_relative_links_resolve(page: Path) -> None:
+    broken = [
+        target
+        for target in relative_links(page)
+        if not (page.parent / target.split("#", 1)[0]).exists()
+    ]
+    assert broken == []
