@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
+
 WORKFLOW = ROOT / ".gitea" / "workflows" / "build.yml"
 
 

@@ -8,19 +8,19 @@ import trio
 from processor.app import Service
 from processor.commands.timing import format_changes
 from processor.config import load_config
+from tests.integration.domain.test_domain_engine import (
+    CARS,
+    check_results,
+    rebuild_changes,
+    shuffled_twice,
+    tracks,
+)
 from tests.support import racing
 from tests.support.racing import stored
 from tests.support.service import (
     Rig,
     running_service,
     wait_until,
-)
-from tests.test_domain_engine import (
-    CARS,
-    check_results,
-    rebuild_changes,
-    shuffled_twice,
-    tracks,
 )
 
 

@@ -10,8 +10,7 @@ import pytest
 
 from processor.config import DOC, ENV, settings
 from processor_dev import reference_docs
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
 
 
 def test_generated_pages_are_up_to_date() -> None:

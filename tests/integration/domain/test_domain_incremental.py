@@ -17,9 +17,9 @@ import pytest
 from processor.commands.timing import rebuild
 from processor.domain import definitions
 from processor.domain.evaluation import evaluate_pairs, rebuild_stage
+from tests.integration.domain.test_domain_engine import CARS, tracks
 from tests.support import racing
 from tests.support.racing import stored
-from tests.test_domain_engine import CARS, tracks
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -2,7 +2,7 @@
 random and required, the stand-in answers like Directus, and the page server serves nothing but
 its own files.
 
-The browser end to end (chromium) is tests/test_race_control_page.py.
+The browser end to end (chromium) is tests/integration/dev/test_race_control_page.py.
 """
 
 from __future__ import annotations

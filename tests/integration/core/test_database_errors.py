@@ -19,9 +19,9 @@ from psycopg_pool import PoolTimeout
 
 from processor.store import db_errors, retry
 from processor.store.db_errors import Kind, classify
+from tests.integration.core.test_dead_letter_outage import FAST_RETRY, wait_for_readyz
 from tests.support.fixes import fix, pending_count, publish, row_count
 from tests.support.service import running_service, wait_until
-from tests.test_dead_letter_outage import FAST_RETRY, wait_for_readyz
 
 
 @pytest.mark.parametrize(

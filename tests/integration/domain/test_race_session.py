@@ -21,6 +21,7 @@ import psycopg
 import trio
 from psycopg.types.json import Jsonb
 
+from tests.integration.domain.test_race_alerts import stopper
 from tests.support import racing
 from tests.support.live import (
     Frames,
@@ -30,7 +31,6 @@ from tests.support.live import (
 )
 from tests.support.racing import BRACKETS
 from tests.support.service import running_service
-from tests.test_race_alerts import stopper
 
 
 async def test_a_recorded_session_with_a_violation_and_a_stop(

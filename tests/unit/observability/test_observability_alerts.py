@@ -8,9 +8,9 @@ import re
 import subprocess
 from pathlib import Path
 
+from tests.support.paths import ROOT
 from tests.support.promtool import promtool
 
-ROOT = Path(__file__).resolve().parent.parent
 OPS = ROOT / "ops"
 RUNBOOK = "https://git.example.org/processor/processor/src/branch/main/OPERATIONS.md#"
 

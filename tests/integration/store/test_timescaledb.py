@@ -1,10 +1,10 @@
 """The hypertable path against a real TimescaleDB (docs/storage.md; issue 10, item 8).
 
-The same migrations as on plain PostgreSQL (tests/test_migrations.py), here on a database whose
-server preloads TimescaleDB (tests/support/timescale.py): `positions` becomes a hypertable on
-`ts`, the storage policy (chunk interval, compression, retention) follows the configuration on
-every start, and the pipeline stores, merges and deduplicates into it, also into a compressed
-chunk (devices send buffered fixes late).
+The same migrations as on plain PostgreSQL (tests/integration/store/test_migrations.py), here
+on a database whose server preloads TimescaleDB (tests/support/timescale.py): `positions`
+becomes a hypertable on `ts`, the storage policy (chunk interval, compression, retention)
+follows the configuration on every start, and the pipeline stores, merges and deduplicates
+into it, also into a compressed chunk (devices send buffered fixes late).
 """
 
 from __future__ import annotations
@@ -23,10 +23,15 @@ from processor.store.migrations import (
     load_migrations,
     timescaledb_schema,
 )
+from tests.integration.store.test_migrations import (
+    POSITIONS_COLUMNS,
+    expected_records,
+    recorded,
+    run_migrate_pair,
+)
 from tests.support.fixes import fix, pending_count, publish, row_count
 from tests.support.schema import positions_columns
 from tests.support.service import running_service, wait_until
-from tests.test_migrations import POSITIONS_COLUMNS, expected_records, recorded, run_migrate_pair
 
 
 def connect(url: str) -> psycopg.Connection[Any]:

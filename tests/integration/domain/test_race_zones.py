@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from processor.commands.timing import format_changes
 from processor.domain.rules.model import Fix
 from processor.domain.rules.zones import Bracket, Zone, ZoneError, parse_brackets, violations
+from tests.integration.domain.test_domain_engine import rebuild_changes
 from tests.support import racing
 from tests.support.fixes import fix
 from tests.support.live import (
@@ -30,7 +31,6 @@ from tests.support.live import (
 )
 from tests.support.racing import BRACKETS
 from tests.support.service import running_service
-from tests.test_domain_engine import rebuild_changes
 
 ZONE = Zone("z", "a", "b", 50.0, 0.0, 3.0, parse_brackets(BRACKETS))
 

@@ -19,8 +19,9 @@ from processor.live import auth, connection, history, protocol
 from processor.observability import metrics as metrics_module
 from processor.observability.metrics import Metrics
 from processor.version import VERSION
+from tests.support.paths import ROOT
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "processor"
+SRC = ROOT / "src" / "processor"
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,6 @@ if it accepted anything).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,9 +19,9 @@ from processor.codecs import race_feed
 from processor.codecs.position import Position
 from processor.live import protocol
 from processor.live.connection import OUT_KINDS
+from tests.support.paths import ROOT
 from tests.support.wire_schema import problems, schema
 
-ROOT = Path(__file__).resolve().parents[1]
 RECORDING = ROOT / "docs" / "examples" / "race-control-session.jsonl"
 EVENT = "4b1c2f9e-0d7a-4e55-9a57-1f0f3c8d2a11"
 TOPIC = f"event:{EVENT}"

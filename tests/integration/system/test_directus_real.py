@@ -22,7 +22,6 @@ import secrets
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,6 +45,7 @@ from tests.support.directus_real import (
 )
 from tests.support.fixes import BASE_TIME
 from tests.support.live import Frames, live_client, receive, send, subscribe
+from tests.support.paths import ROOT
 from tests.support.service import Rig, running_service
 
 # A first run installs Directus (about 2 minutes here, more on a loaded machine).
@@ -54,7 +54,7 @@ pytestmark = pytest.mark.timeout(900)
 ORIGIN = "https://race.example"
 RACE_KINDS = {"timing", "results", "violation", "alert"}
 NOW = "2026-01-01T00:00:00Z"
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "racing-domain.md"
+GUIDE = ROOT / "docs" / "racing-domain.md"
 TABLES = (
     "events", "entries", "devices", "entry_devices", "stages", "controls", "speed_zones",
     "io_mappings", "timing_records", "stage_results", "speed_violations", "alerts",

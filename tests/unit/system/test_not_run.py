@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import ROOT
 from tests.support.timescale import missing_locally
 
 pytest_plugins = ["pytester"]
@@ -24,7 +25,7 @@ def test_plain():
 
 def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, required: str) -> list[str]:
     monkeypatch.setenv("TEST_ENGINES_REQUIRED", required)
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
     pytester.makeconftest(
         "import pytest\n"
         "from tests.support import not_run\n"
