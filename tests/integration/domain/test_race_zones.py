@@ -1,4 +1,5 @@
-"""Speed zones (issue 12 item 1): the pure rule, then a zone on a running daemon.
+"""Speed zones (issue 12 item 1) on a running daemon (the pure rule:
+tests/unit/domain/rules/test_zones.py).
 
 The zone runs from the start line to the checkpoint, limit 50 km/h, no tolerance, at least 3 s
 over, brackets 60 s up to 20 km/h over, 120 s up to 40, 180 s beyond. Four cars drive the stage
@@ -15,13 +16,10 @@ import uuid
 from typing import Any
 
 import psycopg
-import pytest
 import trio
 from psycopg.types.json import Jsonb
 
 from processor.commands.timing import format_changes
-from processor.domain.rules.model import Fix
-from processor.domain.rules.zones import Bracket, Zone, ZoneError, parse_brackets, violations
 from tests.integration.domain.test_domain_engine import rebuild_changes
 from tests.support import racing
 from tests.support.fixes import fix
@@ -31,63 +29,6 @@ from tests.support.live import (
 )
 from tests.support.racing import BRACKETS
 from tests.support.service import running_service
-
-ZONE = Zone("z", "a", "b", 50.0, 0.0, 3.0, parse_brackets(BRACKETS))
-
-
-def fixes(speeds: list[float | None], t0: float = 0.0) -> list[Fix]:
-    return [Fix(t0 + i, 41.3, 19.8 + i * 1e-4, s) for i, s in enumerate(speeds)]
-
-
-def test_one_violation_per_run_with_the_bracket_of_its_peak() -> None:
-    track = fixes([40, 55, 60, 58, 52, 40, 69.9, 70, 70.5, 71, 40, 95, 99, 91, 95, 40])
-    found = violations(ZONE, track, 0, 100)
-    assert [(v.started_at, v.ended_at, v.max_speed_kmh, v.penalty_s) for v in found] == [
-        (1, 4, 60, 60),
-        (6, 9, 71, 120),
-        (11, 14, 99, 180),
-    ]
-    assert found[0].excess_kmh == 10 and found[0].distance_m > 0
-
-
-def test_below_min_duration_none_and_the_window_bounds_the_run() -> None:
-    assert violations(ZONE, fixes([40, 100, 100, 100, 40]), 0, 100) == []  # 2 s < 3 s
-    # the same run cut by the zone's exit: too short inside the zone
-    assert violations(ZONE, fixes([40, 90, 90, 90, 90, 90, 40]), 0, 3.5) == []
-    # a fix without a speed breaks a run
-    assert violations(ZONE, fixes([40, 90, 90, None, 90, 90, 40]), 0, 100) == []
-    # over the limit but within the tolerance: none
-    tolerant = Zone("z", "a", "b", 50.0, 10.0, 0.0, (Bracket(None, 30),))
-    assert violations(tolerant, fixes([40, 59, 59, 40]), 0, 100) == []
-    assert [v.penalty_s for v in violations(tolerant, fixes([40, 61, 40]), 0, 100)] == [30]
-
-
-def test_order_of_the_input_does_not_matter_once_sorted() -> None:
-    track = fixes([40, 90, 90, 90, 90, 40])
-    shuffled = list(track)
-    random.Random(3).shuffle(shuffled)
-    assert violations(ZONE, sorted(shuffled, key=lambda f: f.t), 0, 100) == violations(
-        ZONE, track, 0, 100
-    )
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        [],
-        "60",
-        [{"up_to_kmh": 20}],
-        [{"penalty_s": 60}, {"up_to_kmh": 20, "penalty_s": 120}],
-        [{"up_to_kmh": 40, "penalty_s": 60}, {"up_to_kmh": 20, "penalty_s": 120}],
-        [{"up_to_kmh": -1, "penalty_s": 60}],
-        [{"penalty_s": -5}],
-        [{"penalty_s": True}],
-    ],
-)
-def test_bad_brackets_are_refused(value: Any) -> None:
-    with pytest.raises(ZoneError):
-        parse_brackets(value)
-
 
 SPEEDERS = {"b1": (60.0, 5), "b2": (85.0, 5), "b3": (100.0, 5), "short": (100.0, 2)}
 V = 40 / 3.6  # m/s
