@@ -35,6 +35,10 @@ bench *ARGS: install
 test *ARGS: install test-tools
     pdm run pytest {{ARGS}}
 
+# the tests that need no server (tests/README.md), in seconds
+test-unit *ARGS: install
+    pdm run pytest tests/unit {{ARGS}}
+
 # install what the suite needs from Debian when missing (root), or name the command
 test-tools:
     #!/usr/bin/env bash

@@ -3,9 +3,9 @@ test.
 
     .venv/bin/python -m benchmarks.domain_accuracy [--tracks 10000] [--seed 1]
 
-Draws the same scenarios as `tests/test_domain_accuracy.py` (a start line, a waypoint, a
-checkpoint and a finish on a great circle, 1 Hz fixes with random phase, exact speeds) with
-`random` instead of hypothesis, half at constant speed and half accelerating, and prints the
+Draws the same scenarios as `tests/unit/domain/rules/test_domain_accuracy.py` (a start line, a
+waypoint, a checkpoint and a finish on a great circle, 1 Hz fixes with random phase, exact speeds)
+with `random` instead of hypothesis, half at constant speed and half accelerating, and prints the
 maximum and 99th-percentile errors of each kind. `--linear` turns the constant-acceleration
 model off (to see what it buys).
 """

@@ -8,7 +8,8 @@ minimal; `startup`; `steady`: latency, memory, drain; `live`; `domain`; `history
 module that shares `benchmarks.harness` and never imports this one; then it compares the
 figures with their targets, writes the JSON and prints the table. What each figure means:
 benchmarks/README.md. Without REDIS_URL / DATABASE_URL throwaway servers are started (as
-`just demo` does). Speed is reported here, never asserted by the test suite.
+`just demo` does). Speed is reported, never asserted; a run of every phase checks that it has
+every figure, each sane (`benchmarks.sanity`), and exits 1 when one is missing or insane.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import orjson
 import psycopg
 import redis
 
-from benchmarks import domain, history, live, startup, steady, throughput
+from benchmarks import domain, history, live, sanity, startup, steady, throughput
 from benchmarks.harness import FULL, QUICK, SEED, START, bench
 from processor.observability.logging import configure_logging
 from processor_dev.demo import servers
@@ -176,6 +177,15 @@ def machine(database_url: str, client: redis.Redis) -> dict[str, Any]:
     }
 
 
+def left_behind(database_url: str, tag: str) -> list[str]:
+    """This run's schemas still in the database after its clean-up (a problem each)."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (f"bench%{tag}",)
+        ).fetchall()
+    return [f"schema {name} left behind" for (name,) in rows]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging("warning", "console")
@@ -186,46 +196,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown phases: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    with (
-        servers(os.environ) as (redis_url, database_url),
-        bench(redis_url, database_url, sizes, settings) as runner,
-    ):
-        runner.keep = args.keep
-        runner.repeat = max(1, args.repeat or (1 if args.quick else 3))
-        results = runner.results
-        results["machine"] = machine(database_url, runner.redis)
-        results["quick"] = args.quick
-        results["repeat"] = runner.repeat
-        results["run"] = runner.tag
-        c = runner.config
-        results["settings"] = {
-            "WRITE_BATCH_SIZE": c.write_batch_size,
-            "WRITE_CONCURRENCY": c.write_concurrency,
-            "WRITE_FLUSH_MS": c.write_flush_ms,
-            "READ_COUNT": c.read_count,
-            "PIPELINE_BUFFER_BATCHES": c.pipeline_buffer_batches,
-            "DB_POOL_SIZE": c.db_pool_size,
-        }
-        started = time.monotonic()
-        if phases & set(throughput.CONTENDERS):
-            throughput.run(runner, phases)
-        if "startup" in phases:
-            startup.run(runner)
-        if phases & set(steady.PHASES):
-            steady.run(runner, phases)
-        if "live" in phases:
-            live.run(runner)
-        if "domain" in phases:
-            domain.run(runner, SEED, START)
-        if "history" in phases:
-            history.run(runner)
-        results["bench_s"] = round(time.monotonic() - started, 1)
+    everything = phases == set(PHASES)  # only a run of every phase has every figure
+    with servers(os.environ) as (redis_url, database_url):
+        with bench(redis_url, database_url, sizes, settings) as runner:
+            runner.keep = args.keep
+            runner.repeat = max(1, args.repeat or (1 if args.quick else 3))
+            results = runner.results
+            results["machine"] = machine(database_url, runner.redis)
+            results["quick"] = args.quick
+            results["repeat"] = runner.repeat
+            results["run"] = runner.tag
+            c = runner.config
+            results["settings"] = {
+                "WRITE_BATCH_SIZE": c.write_batch_size,
+                "WRITE_CONCURRENCY": c.write_concurrency,
+                "WRITE_FLUSH_MS": c.write_flush_ms,
+                "READ_COUNT": c.read_count,
+                "PIPELINE_BUFFER_BATCHES": c.pipeline_buffer_batches,
+                "DB_POOL_SIZE": c.db_pool_size,
+            }
+            started = time.monotonic()
+            if phases & set(throughput.CONTENDERS):
+                throughput.run(runner, phases)
+            if "startup" in phases:
+                startup.run(runner)
+            if phases & set(steady.PHASES):
+                steady.run(runner, phases)
+            if "live" in phases:
+                live.run(runner)
+            if "domain" in phases:
+                domain.run(runner, SEED, START)
+            if "history" in phases:
+                history.run(runner)
+            results["bench_s"] = round(time.monotonic() - started, 1)
+        # nothing left behind: this run's schemas were dropped (unless asked to keep them)
+        leftovers = [] if args.keep else left_behind(database_url, runner.tag)
     add_ratios(results)
     results["targets_met"] = verdicts(results)
     args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     print(table(results))
     print(f"\nwritten to {args.output}")
-    return 0
+    found = [*leftovers, *(sanity.problems(results, quick=args.quick) if everything else [])]
+    for problem in found:
+        print(f"benchmark figure problem: {problem}", file=sys.stderr)
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

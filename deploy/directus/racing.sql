@@ -3,7 +3,7 @@
 -- Directus (it caches the schema and the permissions):
 --     psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f deploy/directus/racing.sql
 -- Safe to run again: every statement replaces what an earlier run made. Checked against
--- Directus 11.3.5 (tests/test_directus_real.py); docs/racing-domain.md says why each part is
+-- Directus 11.3.5 (tests/integration/system/test_directus_real.py); docs/racing-domain.md says why each part is
 -- here rather than in the snapshot.
 BEGIN;
 

@@ -3,7 +3,8 @@ metrics table of docs/metrics.md from the metrics registry.
 
 A setting or a metric is added in one place (its field with `doc=...`, its metric with its
 help text); `just docs` (`python -m processor_dev.reference_docs`) rewrites both pages, and
-`tests/test_docs.py` fails, naming that command, while a page differs from what it would write.
+`tests/unit/system/test_docs.py` fails, naming that command, while a page differs from what it
+would write.
 In docs/metrics.md only the part between the two marker lines is generated; the prose around
 it (endpoints, readiness) is written by hand.
 """

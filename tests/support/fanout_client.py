@@ -1,4 +1,5 @@
-"""A process of live clients for the fan-out measurement (tests/test_live_fanout.py).
+"""A process of live clients for the fan-out measurement
+(tests/integration/live/test_live_fanout.py).
 
     python -m tests.support.fanout_client PORT TOKEN EVENT_ID CLIENTS EXPECTED TIMEOUT_S
 

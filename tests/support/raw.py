@@ -74,6 +74,25 @@ def status_of(response: bytes) -> int | None:
     return int(response.split(b" ", 2)[1])
 
 
+def refusal(response: bytes) -> tuple[int, bytes]:
+    """The status and body of a refused upgrade, checked to be what docs/websocket.md promises:
+    a complete HTTP response (Content-Length matches) with a short plain-text body and
+    `Connection: close`. Fails on anything else, including no answer at all."""
+    head, separator, body = response.partition(b"\r\n\r\n")
+    assert separator, f"no complete HTTP response: {response[:200]!r}"
+    status_line, *lines = head.split(b"\r\n")
+    version, status, _reason = status_line.split(b" ", 2)
+    assert version == b"HTTP/1.1", status_line
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    assert headers.get(b"content-type", b"").startswith(b"text/plain"), headers
+    assert headers.get(b"connection") == b"close", headers
+    assert int(headers[b"content-length"]) == len(body) > 0, (headers, body)
+    return int(status), body
+
+
 class RawWebSocket:
     """A wsproto client on a raw socket: frames go out exactly as asked."""
 

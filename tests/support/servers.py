@@ -18,7 +18,7 @@ that says why, not a quiet fall-back. `PROCESSOR_DEVSERVERS=local|wheels` (devse
 switch) still pins the throwaway kind below a URL, as it did before containers existed.
 
 `choose` is pure (the probes are arguments) so that the order is unit-tested without an engine,
-binaries or wheels (tests/test_server_paths.py). The session's choice is made once
+binaries or wheels (tests/unit/system/test_server_paths.py). The session's choice is made once
 (`session_paths`) and shared by `pytest_report_header` and the fixtures, so the header shows the
 path the run really took.
 """

@@ -1,4 +1,5 @@
-"""Hypothesis strategies for raw HTTP upgrade requests (tests/test_live_attacks.py).
+"""Hypothesis strategies for raw HTTP upgrade requests
+(tests/integration/live/test_live_attacks.py).
 
 What an attacker on the network can put in front of the live port: random and mutated request
 lines, paths, header names and values (non-ASCII, NUL, CR/LF, very long, thousands of headers),

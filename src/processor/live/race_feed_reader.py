@@ -70,8 +70,6 @@ class RaceFeedReader:
         self._dirty: dict[str, str] = {}  # stage -> event: standings changed, not yet sent
         self._dirty_event = trio.Event()
         self._last_sent: dict[str, float] = {}  # stage -> trio time of its last results read
-        self.changes = 0  # feed entries dispatched (tests watch it)
-        self.results_sent = 0
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         reader = self._reader = TailReader(
@@ -108,7 +106,6 @@ class RaceFeedReader:
         except FeedError as exc:
             log.warning("race feed entry skipped", error=str(exc))
             return
-        self.changes += 1
         topic = topic_of(change.event_id)
         if change.kind == RESULTS:
             if change.stage_id is not None:
@@ -160,7 +157,6 @@ class RaceFeedReader:
                     continue
                 topic = topic_of(owner)
                 text = results_frame(topic, stage_id, results)
-                self.results_sent += 1
                 for subscription in list(self._registry.subscribers(topic)):
                     subscription.offer_frame(text, RESULTS)
 

@@ -122,9 +122,6 @@ class Registry:
         self._metrics = metrics
         self._count = 0
 
-    def __len__(self) -> int:
-        return self._count
-
     def subscribe(self, outlet: Outlet, topic: str, grants: Grants) -> Subscription:
         """Register a (new, pending) subscription; a repeated subscribe starts over."""
         subscription = Subscription(outlet, topic, grants)

@@ -152,17 +152,6 @@ class LiveServer:
         self._closing = False
         self._all_closed = trio.Event()
 
-    @property
-    def connections(self) -> int:
-        return len(self._connections)
-
-    @property
-    def pending_upgrades(self) -> int:
-        return self._pending_upgrades
-
-    def connections_of(self, user_id: str) -> int:
-        return self._per_user[user_id]
-
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
         timeout_s = config.directus_auth_timeout_ms / 1000
@@ -252,11 +241,13 @@ class LiveServer:
         )
         upgraded: tuple[WebSocket, Admission] | None = None
         self._pending_upgrades += 1
+        self.metrics.live_pending_upgrades.inc()
         try:
             with handshake:
                 upgraded = await self._upgrade(http, stage, handshake)
         finally:
             self._pending_upgrades -= 1
+            self.metrics.live_pending_upgrades.dec()
         if handshake.cancelled_caught and trio.current_time() >= handshake.deadline:
             self.metrics.live_upgrades_dropped.labels("handshake_timeout").inc()
         if upgraded is None:

@@ -28,9 +28,10 @@ BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 WRITE_STATUSES = ("inserted", "merged", "duplicate", "failed")
 LIVE_STAGES = ("request", "admission", "reject", "accept", "serve", "close", "history")
 # The label values of every labelled counter, exported at 0 from the start: `increase()` and
-# `rate()` see a series' first increment only when the series existed before it (a dead letter
-# right after a restart would otherwise raise no alert). tests/test_observability_metrics.py
-# checks each list against the code that produces the values.
+# `rate()` see a series' first increment only when the series existed before it (a dead letter right
+# after a restart would otherwise raise no alert).
+# tests/integration/observability/test_observability_metrics.py checks each list against the code
+# that produces the values.
 DEAD_LETTER_REASONS = ("decode_error", "db_rejected", "max_deliveries", "trimmed")
 DECODE_ERROR_KINDS = (
     "missing_payload",
@@ -250,6 +251,11 @@ class Metrics:
             p + "live_connection_errors",
             "Live connections ended by an unexpected failure in their handling, by stage.",
             ["stage"],
+            registry=r,
+        )
+        self.live_pending_upgrades = Gauge(
+            p + "live_pending_upgrades",
+            "Live sockets still in their HTTP upgrade (capped by LIVE_WS_MAX_PENDING_UPGRADES).",
             registry=r,
         )
         self.live_upgrades_dropped = Counter(

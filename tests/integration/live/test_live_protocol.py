@@ -1,0 +1,104 @@
+"""The live JSON protocol: the server's answers to malformed frames (the parsing itself:
+tests/unit/live/test_protocol.py)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import trio
+from trio_websocket import DisconnectionTimeout
+
+from tests.support.directus import DirectusStandIn
+from tests.support.live import TOKEN, close_code, live_client, receive, send
+from tests.support.metrics import live_connections
+from tests.support.service import running_service, wait_until
+
+
+async def test_every_malformed_frame_gets_an_error_then_1008(
+    live_env: dict[str, str], directus: DirectusStandIn
+) -> None:
+    directus.user(TOKEN)
+    env = {**live_env, "LIVE_WS_MAX_PROTOCOL_ERRORS": "4"}
+    async with running_service(env) as service, live_client(service.live_port) as ws:
+        with trio.fail_after(10):
+            await send(ws, "garbage{")
+            assert await receive(ws) == {
+                "type": "error",
+                "code": "bad_request",
+                "message": "invalid JSON",
+                "topic": None,
+            }
+            await send(ws, {"type": ["subscribe"]})
+            assert (await receive(ws))["message"] == "'type' must be a string"
+            await ws.send_message(b"\x00\x01")
+            assert (await receive(ws))["message"] == (
+                "binary frames are not supported: send JSON text frames"
+            )
+            await send(ws, {"type": "subscribe", "topic": "event:nope"})
+            code, before = await close_code(ws)
+        assert before == [
+            {
+                "type": "error",
+                "code": "bad_request",
+                "message": "subscribe: 'topic' must be event:<uuid>",
+                "topic": "event:nope",
+            }
+        ]
+        assert code == 1008
+        assert service.metrics.live_messages.labels("in", "invalid")._value.get() == 4
+        assert service.metrics.live_messages.labels("out", "error")._value.get() == 4
+
+
+async def test_oversized_frames_close_with_1009(
+    live_env: dict[str, str], directus: DirectusStandIn
+) -> None:
+    directus.user(TOKEN)
+    env = {**live_env, "LIVE_WS_MAX_MESSAGE_BYTES": "256"}
+    async with running_service(env) as service:
+        async with live_client(service.live_port) as ws:
+            await send(ws, "x" * 257)  # one byte over
+            code, _ = await close_code(ws)
+            assert code == 1009
+        async with live_client(service.live_port) as ws:
+            await send(ws, "é" * 200)  # 200 characters but 400 bytes
+            code, _ = await close_code(ws)
+            assert code == 1009
+        async with live_client(service.live_port) as ws:  # at the limit: just an error frame
+            await send(ws, "x" * 256)
+            assert (await receive(ws))["message"] == "invalid JSON"
+
+
+async def test_unanswered_pings_close_the_connection(
+    live_env: dict[str, str], directus: DirectusStandIn
+) -> None:
+    """A peer that stops answering pings is closed after one interval."""
+    directus.user(TOKEN)
+    env = {**live_env, "LIVE_WS_PING_INTERVAL_MS": "200"}
+    async with running_service(env) as service:
+        assert service.live is not None
+        # The frozen client cannot finish its own close handshake either.
+        with pytest.raises(DisconnectionTimeout):
+            async with live_client(service.live_port) as ws:
+                # A client that answers pings (trio-websocket does) stays connected.
+                await trio.sleep(0.7)
+                assert ws.closed is None
+                assert live_connections(service) == 1
+                # Freeze the client's reader: no more pongs, and it reads nothing.
+                ws._reader_running = False
+                await wait_until(lambda: live_connections(service) == 0, timeout=2)
+
+
+async def test_batched_frame_writes_arrive_as_ordered_messages(
+    live_env: dict[str, str], directus: DirectusStandIn
+) -> None:
+    """Frames written together (one socket write) arrive as separate, ordered text messages."""
+    directus.user(TOKEN)
+    async with running_service(live_env) as service, live_client(service.live_port) as ws:
+        assert service.live is not None
+        await wait_until(lambda: live_connections(service) == 1)
+        (connection,) = service.live._connections
+        await connection._ws.send_texts([f'{{"n":{i}}}' for i in range(100)])
+        # raw reads: these test frames are not protocol frames (`receive` checks the schema)
+        with trio.fail_after(5):
+            got = [orjson.loads(await ws.get_message())["n"] for _ in range(100)]
+        assert got == list(range(100))
