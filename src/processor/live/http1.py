@@ -29,6 +29,11 @@ _WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
 Headers = tuple[tuple[bytes, bytes], ...]
 
 
+# What h11 refuses with a status of its own: a head over the limit, and a transfer coding other
+# than one `chunked` (RFC 9112 6.1: 501 for a coding the server does not implement).
+PARSER_REFUSALS = {431: "request head too large", 501: "unsupported transfer coding"}
+
+
 class Refusal(Exception):
     """The request is refused: `status`, `message` (the plain-text body) and `headers` are the
     answer. Raised for requests that cannot be served as sent, returned by admission checks."""
@@ -94,7 +99,7 @@ class HttpConnection:
                 event = self._parser.next_event()
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
-                message = "request head too large" if status == 431 else "malformed HTTP request"
+                message = PARSER_REFUSALS.get(status, "malformed HTTP request")
                 raise Refusal(status, message) from None
             if event is h11.NEED_DATA:
                 try:

@@ -43,7 +43,7 @@ from tests.support.service import running_service, wait_until
 from tests.support.upgrade_fuzz import UPGRADES
 
 # 101 for the rare valid upgrade; 200/204/422 from the history endpoint on the same port
-ACCEPTABLE = {101, 200, 204, 400, 401, 403, 404, 405, 422, 426, 429, 431, 503}
+ACCEPTABLE = {101, 200, 204, 400, 401, 403, 404, 405, 422, 426, 429, 431, 501, 503}
 
 
 def exchange_blocking(port: int, data: bytes) -> bytes:

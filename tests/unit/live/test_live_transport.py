@@ -149,12 +149,17 @@ async def test_a_request_is_read_whole() -> None:
         (b"GET /live HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
         (b"GET /live HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
         (upgrade_request(extra=b"".join(b"X-H%d: v\r\n" % i for i in range(2000))), 431),
+        # RFC 9112 6.1: a transfer coding the server does not implement is 501
+        (b"GET /live HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: websocket\r\n\r\n", 501),
     ],
 )
 async def test_malformed_requests_get_a_status_and_a_reason(data: bytes, status: int) -> None:
     got, answer = await read(data)
     assert got is None
     assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:80]
+    reason = answer.split(b"\r\n\r\n", 1)[1]
+    said = {431: b"request head too large", 501: b"unsupported transfer coding"}
+    assert reason == said[status] if status in said else reason, reason
     assert b"\r\nconnection: close\r\n" in answer.lower()
 
 
