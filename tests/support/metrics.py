@@ -6,6 +6,8 @@ attributes kept only for them; `registry.get_sample_value` is prometheus-client'
 
 from __future__ import annotations
 
+from typing import Any
+
 from processor.app import Service
 
 
@@ -30,3 +32,14 @@ def live_connections(service: Service) -> float:
 
 def live_subscriptions(service: Service) -> float:
     return sample(service, "processor_live_subscriptions")
+
+
+def value(metric: Any) -> float:
+    """The one value of a counter or gauge (unlabelled, or one labelled child) through its public
+    `collect()`: a counter's `_total` sample, a gauge's sample; a histogram gives its `_sum`."""
+    [family] = metric.collect()
+    samples = [
+        s for s in family.samples if s.name.endswith(("_total", "_sum")) or s.name == family.name
+    ]
+    [one] = samples
+    return float(one.value)

@@ -14,6 +14,7 @@ import redis
 
 from processor.core.consumer_cleanup import _REMOVE_IF_DEAD, remove_dead_consumers
 from tests.support.fixes import fix, publish
+from tests.support.metrics import value
 from tests.support.service import Rig, wait_until
 
 GROUP = "processor"
@@ -96,7 +97,7 @@ async def test_the_processor_removes_a_gone_instances_consumers_and_logs_it(rig:
         own = service.config.consumer_name
 
         def swept() -> bool:
-            return service.metrics.consumers_removed._value.get() == 2
+            return value(service.metrics.consumers_removed) == 2
 
         await wait_until(swept, timeout=20)
         await wait_until(lambda: rig.rows() == 5)

@@ -18,6 +18,7 @@ import trio
 from processor.store import db_errors, retry
 from tests.integration.core.test_dead_letter_outage import FAST_RETRY, wait_for_readyz
 from tests.support.fixes import fix, pending_count, publish, row_count
+from tests.support.metrics import value
 from tests.support.service import running_service, wait_until
 
 
@@ -28,9 +29,9 @@ def test_describe_cause_leaves_out_the_failing_row(database_url: str) -> None:
     texts = set()
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (v int CHECK (v < 0))")
-        for value in (1, 2):
+        for number in (1, 2):
             try:
-                conn.execute("INSERT INTO t VALUES (%s)", (value,))
+                conn.execute("INSERT INTO t VALUES (%s)", (number,))
             except psycopg.errors.CheckViolation as exc:
                 assert "Failing row contains" in db_errors.describe(exc)
                 texts.add(db_errors.describe_cause(exc))
@@ -70,8 +71,8 @@ async def test_a_lasting_refusal_fails_readiness_is_retried_and_loses_nothing(
             error = body["checks"]["postgres_writes"]["error"]
             assert "InsufficientPrivilege [42501]" in error, body
             assert body["checks"]["postgres"]["ok"] is True  # SELECT 1 still works
-            retries = service.metrics.write_retries._value.get()
-            await wait_until(lambda: service.metrics.write_retries._value.get() > retries + 2)
+            retries = value(service.metrics.write_retries)
+            await wait_until(lambda: value(service.metrics.write_retries) > retries + 2)
             assert pending_count(redis_client, stream_key) == len(documents)
             assert row_count(database_url) == 0
             assert redis_client.xlen(f"{stream_key}:dead") == 0
@@ -83,7 +84,7 @@ async def test_a_lasting_refusal_fails_readiness_is_retried_and_loses_nothing(
             await wait_for_readyz(service, 200)
 
     assert redis_client.xlen(f"{stream_key}:dead") == 0
-    assert service.metrics.acks._value.get() == len(documents)
+    assert value(service.metrics.acks) == len(documents)
     logged = [
         orjson.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
     ]

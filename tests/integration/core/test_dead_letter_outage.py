@@ -17,6 +17,7 @@ import trio
 
 from processor.app import Service
 from tests.support.fixes import fix, pending_count, publish, row_count
+from tests.support.metrics import value
 from tests.support.service import running_service, wait_until
 
 FAST_RETRY = {
@@ -75,7 +76,7 @@ async def test_a_refused_dead_letter_copy_keeps_the_entry_pending_until_it_is_wr
     letters = redis_client.xrange(dead_stream)
     assert [fields[b"source_id"].decode() for _, fields in letters] == [bad_id]
     assert letters[0][1][b"payload"] == b"{not json"
-    assert service.metrics.acks._value.get() == len(good) + 1
+    assert value(service.metrics.acks) == len(good) + 1
     assert (
         service.metrics.registry.get_sample_value(
             "processor_pipeline_stalled", {"check": "dead_letter_stream"}

@@ -13,6 +13,7 @@ import redis
 
 import processor.core.writer as writer_module
 from tests.support.fixes import BASE_TIME, fix, pending_count, publish, row_count
+from tests.support.metrics import value
 from tests.support.service import running_service, wait_until
 
 
@@ -51,7 +52,7 @@ async def test_implausible_fixes_are_stored_flagged_counted_and_do_not_advance_s
     assert sum(rows.values()) == 4
     faulty = service.metrics.faulty_positions
     assert {
-        reason: faulty.labels(reason)._value.get()
+        reason: value(faulty.labels(reason))
         for reason in ("implausible_speed", "zero_satellites", "null_island", "future_timestamp")
     } == {"implausible_speed": 1, "zero_satellites": 1, "null_island": 1, "future_timestamp": 1}
     assert state is not None and state.last_position is not None
@@ -90,7 +91,7 @@ async def test_state_is_rehydrated_from_the_database_once_per_batch(
     rows = stored(database_url)
     assert [rows[(f"car{d}", 60)] for d in range(50)] == [d % 2 == 0 for d in range(50)]
     assert lookups == [50], "one rehydration query for the batch, covering every device"
-    assert restarted.metrics.faulty_positions.labels("implausible_speed")._value.get() == 25
+    assert value(restarted.metrics.faulty_positions.labels("implausible_speed")) == 25
 
 
 async def test_evicted_devices_are_rehydrated(
@@ -108,5 +109,5 @@ async def test_evicted_devices_are_rehydrated(
         await wait_until(lambda: row_count(database_url) == len(documents))
         await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
     assert stored(database_url)[("a", 60)] is True
-    assert service.metrics.device_state_evictions._value.get() >= 1
-    assert service.metrics.device_state_size._value.get() == 2
+    assert value(service.metrics.device_state_evictions) >= 1
+    assert value(service.metrics.device_state_size) == 2

@@ -15,6 +15,7 @@ from tests.support.fixes import (
     key_of,
     stored_keys,
 )
+from tests.support.metrics import value
 from tests.support.service import (
     Rig,
     running_service,
@@ -42,9 +43,9 @@ async def test_idle_entries_of_a_dead_consumer_are_reclaimed_and_stored(rig: Rig
         async with running_service({**rig.env, **RECLAIM_ENV}) as service:
             await wait_until(lambda: rig.pending() == 0)
             await wait_until(lambda: rig.rows() == 450)
-            await wait_until(lambda: service.metrics.acks._value.get() == 450)
-            assert service.metrics.reclaimed._value.get() == len(ghost_ids)
-            assert service.metrics.dead_letters.labels("max_deliveries")._value.get() == 0
+            await wait_until(lambda: value(service.metrics.acks) == 450)
+            assert value(service.metrics.reclaimed) == len(ghost_ids)
+            assert value(service.metrics.dead_letters.labels("max_deliveries")) == 0
     assert stored_keys(rig.database_url) == {key_of(d) for d in documents}
     assert rig.redis.xlen(f"{rig.stream_key}:dead") == 0
 
@@ -63,8 +64,8 @@ async def test_entries_delivered_too_often_are_dead_lettered_not_stored(rig: Rig
             await wait_until(lambda: rig.pending() == 0)
             await wait_until(lambda: rig.rows() == 7)
             worn_out = service.metrics.dead_letters.labels("max_deliveries")
-            await wait_until(lambda: worn_out._value.get() == 3)
-            assert service.metrics.reclaimed._value.get() == 10
+            await wait_until(lambda: value(worn_out) == 3)
+            assert value(service.metrics.reclaimed) == 10
 
     dead = rig.redis.xrange(f"{rig.stream_key}:dead")
     assert [fields[b"source_id"].decode() for _, fields in dead] == worn
@@ -90,8 +91,8 @@ async def test_entries_trimmed_while_pending_are_counted_and_cleared(rig: Rig) -
         async with running_service({**rig.env, **RECLAIM_ENV}) as service:
             await wait_until(lambda: rig.pending() == 0)
             await wait_until(lambda: rig.rows() == 15)
-            assert service.metrics.reclaim_trimmed._value.get() == 5
-            assert service.metrics.reclaimed._value.get() == 15
+            assert value(service.metrics.reclaim_trimmed) == 5
+            assert value(service.metrics.reclaimed) == 15
     assert stored_keys(rig.database_url) == {key_of(d) for d in documents[5:]}
     assert rig.redis.xlen(f"{rig.stream_key}:dead") == 0
 
@@ -111,8 +112,8 @@ async def test_own_entries_trimmed_while_pending_are_dead_lettered_as_trimmed(ri
         async with running_service(rig.env) as service:
             await wait_until(lambda: rig.pending() == 0)
             await wait_until(lambda: rig.rows() == 15)
-            assert service.metrics.dead_letters.labels("trimmed")._value.get() == 5
-            assert service.metrics.decode_errors.labels("missing_payload")._value.get() == 0
+            assert value(service.metrics.dead_letters.labels("trimmed")) == 5
+            assert value(service.metrics.decode_errors.labels("missing_payload")) == 0
     dead = rig.redis.xrange(f"{rig.stream_key}:dead")
     assert [fields[b"source_id"].decode() for _, fields in dead] == ids[:5]
     assert {fields[b"reason"] for _, fields in dead} == {b"entry trimmed"}
@@ -128,7 +129,7 @@ async def test_own_fresh_entries_are_not_reclaimed(rig: Rig) -> None:
                 await trio.sleep(0.1)
             await wait_until(lambda: rig.pending() == 0)
             await trio.sleep(0.5)  # two more reclaim intervals
-            assert service.metrics.reclaimed._value.get() == 0
+            assert value(service.metrics.reclaimed) == 0
     assert rig.rows() == 2000
 
 
@@ -161,5 +162,5 @@ async def test_own_entries_waiting_through_an_outage_are_not_reclaimed_or_dead_l
             await wait_until(lambda: rig.pending() == 0, timeout=30)
             await wait_until(lambda: rig.rows() == len(documents))
     assert rig.redis.xlen(f"{rig.stream_key}:dead") == 0
-    assert service.metrics.dead_letters.labels("max_deliveries")._value.get() == 0
-    assert service.metrics.position_writes.labels("duplicate")._value.get() == 0
+    assert value(service.metrics.dead_letters.labels("max_deliveries")) == 0
+    assert value(service.metrics.position_writes.labels("duplicate")) == 0

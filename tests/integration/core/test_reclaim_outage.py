@@ -24,6 +24,7 @@ from tests.support.fixes import (
     key_of,
     stored_keys,
 )
+from tests.support.metrics import value
 from tests.support.proxy import tcp_proxy
 from tests.support.service import (
     Rig,
@@ -78,7 +79,7 @@ async def test_entries_held_through_an_outage_are_stored_after_a_restart(
             await wait_until(lambda: rig.rows() == len(documents))
     assert stored_keys(rig.database_url) == {key_of(d) for d in documents}
     assert rig.redis.xlen(f"{rig.stream_key}:dead") == 0
-    assert service.metrics.dead_letters.labels("max_deliveries")._value.get() == 0
+    assert value(service.metrics.dead_letters.labels("max_deliveries")) == 0
 
 
 async def test_instances_do_not_claim_each_others_waiting_entries_during_an_outage(
@@ -111,8 +112,8 @@ async def test_instances_do_not_claim_each_others_waiting_entries_during_an_outa
                 await wait_until(lambda: rig.rows() == len(documents))
     assert rig.redis.xlen(f"{rig.stream_key}:dead") == 0
     for service in (alpha, bravo):
-        assert service.metrics.reclaimed._value.get() == 0
-        assert service.metrics.dead_letters.labels("max_deliveries")._value.get() == 0
+        assert value(service.metrics.reclaimed) == 0
+        assert value(service.metrics.dead_letters.labels("max_deliveries")) == 0
     assert stored_keys(rig.database_url) == {key_of(d) for d in documents}
 
 
@@ -133,5 +134,5 @@ async def test_an_entry_that_keeps_killing_its_reader_is_dead_lettered_on_restar
     assert [fields[b"source_id"].decode() for _, fields in letters] == [poison]
     assert letters[0][1][b"reason"] == b"max_deliveries"
     assert letters[0][1][b"error"] == b"delivered 4 times (MAX_DELIVERIES=3)"
-    assert service.metrics.dead_letters.labels("max_deliveries")._value.get() == 1
+    assert value(service.metrics.dead_letters.labels("max_deliveries")) == 1
     assert stored_keys(rig.database_url) == {key_of(d) for i, d in enumerate(documents) if i != 2}

@@ -18,6 +18,7 @@ from processor.core.records import Delivery
 from processor.observability.metrics import Metrics
 from processor.store import redis as redis_store
 from tests.support.fixes import fix, pending_count, publish, row_count
+from tests.support.metrics import value
 from tests.support.proxy import tcp_proxy
 from tests.support.service import wait_until
 from tests.support.writer import direct_writer, read_delivery
@@ -56,14 +57,14 @@ async def test_an_ack_refused_after_the_commit_is_retried_without_writing_again(
                     await wait_until(lambda: row_count(database_url) == FIXES)
                     await trio.sleep(0.3)  # several ack attempts: all refused, nothing lost
                     assert pending_count(redis_client, stream_key) == FIXES
-                    assert metrics.write_retries._value.get() >= 2
+                    assert value(metrics.write_retries) >= 2
                     await proxy.restore()
                     await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
             writer_redis.close()
     await database.aclose()
 
     assert row_count(database_url) == FIXES
-    assert metrics.acks._value.get() == FIXES
+    assert value(metrics.acks) == FIXES
     writes = metrics.registry.get_sample_value
     assert writes("processor_position_writes_total", {"status": "inserted"}) == FIXES
     assert writes("processor_position_writes_total", {"status": "duplicate"}) in (None, 0)

@@ -30,6 +30,7 @@ from processor.store import redis as redis_store
 from processor.store.positions import prepare_connection
 from processor.store.postgres import Database
 from tests.support.fixes import BASE_TIME, fix, pending_count, publish, row_count
+from tests.support.metrics import value
 from tests.support.service import wait_until
 from tests.support.writer import direct_writer, read_delivery
 
@@ -229,7 +230,7 @@ async def test_copied_batches_merge_in_stream_order_while_the_next_is_copied(
     assert row_count(database_url) == keys
     assert writes(rig.metrics, "inserted") == keys
     assert writes(rig.metrics, "merged") == (BATCHES - 1) * REPEATED
-    assert rig.metrics.write_retries._value.get() == 0
+    assert value(rig.metrics.write_retries) == 0
     stored = stored_io(database_url)
     for b in range(1, BATCHES):
         for j in range(REPEATED):
@@ -266,8 +267,8 @@ async def test_a_copied_batch_whose_connection_is_lost_is_written_again_once(
 
     keys = 3 * (BATCH - REPEATED) + REPEATED
     assert row_count(database_url) == keys
-    assert rig.metrics.acks._value.get() == len(sent)
-    assert rig.metrics.write_retries._value.get() == 1  # batch 2, on a new connection
+    assert value(rig.metrics.acks) == len(sent)
+    assert value(rig.metrics.write_retries) == 1  # batch 2, on a new connection
     assert writes(rig.metrics, "inserted") == keys
     assert writes(rig.metrics, "merged") == 2 * REPEATED
     assert writes(rig.metrics, "duplicate") == 0

@@ -22,6 +22,7 @@ from processor.commands.timing import format_changes, rebuild
 from processor.domain.evaluation import Change
 from tests.support import racing
 from tests.support.fixes import fix
+from tests.support.metrics import value
 from tests.support.racing import (
     CHECKPOINT_PENALTY_S,
     WAYPOINT_PENALTY_S,
@@ -140,8 +141,8 @@ async def test_stage_from_shuffled_duplicated_faulty_and_late_fixes(rig: Rig) ->
         await racing.all_judged(rig)
         before = stored(rig.database_url, course.stage_id)
         check_results(before, course, late_passed=True)
-        assert service.metrics.domain_late_reevaluations._value.get() >= 1
-        assert service.metrics.domain_passes.labels("waypoint")._value.get() >= 4
+        assert value(service.metrics.domain_late_reevaluations) >= 1
+        assert value(service.metrics.domain_passes.labels("waypoint")) >= 4
 
         # redelivery changes nothing, not even updated_at
         rig.publish(documents[:200] + gap)

@@ -12,6 +12,7 @@ from processor.domain import evaluator
 from processor.store.migrations import apply_migrations, default_directory, load_migrations
 from tests.support import racing
 from tests.support.fixes import fix
+from tests.support.metrics import value
 from tests.support.racing import stored, to_latlon
 from tests.support.schema import migrate_and_forbid
 from tests.support.service import (
@@ -68,7 +69,7 @@ async def test_a_moved_control_re_evaluates_its_stage(rig: Rig) -> None:
         # counted once the rebuild's transaction is in and its changes announced: the rows
         # above can be seen a moment before the counter moves
         rebuilds = service.metrics.domain_rebuilds
-        await wait_until(lambda: rebuilds._value.get() >= 2)  # at start, then for the move
+        await wait_until(lambda: value(rebuilds) >= 2)  # at start, then for the move
 
 
 async def test_a_dead_lettered_fix_is_skipped_without_waiting_out_the_timeout(rig: Rig) -> None:
@@ -83,8 +84,8 @@ async def test_a_dead_lettered_fix_is_skipped_without_waiting_out_the_timeout(ri
         rig.publish(documents)
         await racing.all_judged(rig)
         skipped = service.metrics.domain_skipped_fixes
-        assert skipped.labels("dead_lettered")._value.get() == 130
-        assert skipped.labels("timeout")._value.get() == 0
+        assert value(skipped.labels("dead_lettered")) == 130
+        assert value(skipped.labels("timeout")) == 0
     rows = stored(rig.database_url, course.stage_id)
     assert course.entries["cutter"] not in rows["results"]
     assert rows["results"][course.entries["steady"]][0] == "finished"
@@ -114,7 +115,7 @@ async def test_an_incomplete_stage_waits_until_it_is_fixed_and_errors_never_end_
         with psycopg.connect(rig.database_url) as conn:
             conn.execute("ALTER TABLE controls RENAME TO controls_moved")
         schema_errors = service.metrics.domain_stage_errors.labels("schema")
-        await wait_until(lambda: schema_errors._value.get() >= 1, timeout=120)
+        await wait_until(lambda: value(schema_errors) >= 1, timeout=120)
         problems = service.domain_health.problems()
         assert [(p.subject, p.detail) for p in problems if p.reason == "schema"] == [
             ("table controls", "missing (nothing is timed)")
@@ -140,7 +141,7 @@ async def test_domain_lag_counts_entries_not_yet_delivered_to_the_domain_group(r
     metrics = Metrics()
     engine = make_domain_engine(load_config(rig.env), rig.redis, metrics)
     await engine.sample_lag()
-    assert metrics.domain_lag._value.get() == 4
+    assert value(metrics.domain_lag) == 4
 
 
 async def test_an_engine_failure_is_restarted_by_the_supervisor_and_skips_nothing(
@@ -163,13 +164,13 @@ async def test_an_engine_failure_is_restarted_by_the_supervisor_and_skips_nothin
     async with running_service(racing.domain_env(rig.env)) as service:
         rig.publish(racing.track(course.devices["steady"], racing.constant(20), 160))
         await racing.all_judged(rig)
-        restarts = service.metrics.service_restarts.labels("domain-engine")._value.get()
+        restarts = value(service.metrics.service_restarts.labels("domain-engine"))
         assert failures and restarts == 1
-        assert service.metrics.domain_errors._value.get() == 1
+        assert value(service.metrics.domain_errors) == 1
         results = stored(rig.database_url, course.stage_id)["results"]
         assert results[course.entries["steady"]][0] == "finished"
         assert service.ready.is_set() and not service.draining.is_set()
-        assert service.metrics.domain_dead_letters._value.get() == 0
+        assert value(service.metrics.domain_dead_letters) == 0
 
 
 async def test_a_batch_that_keeps_failing_is_dead_lettered_for_the_domain_only(
@@ -196,14 +197,14 @@ async def test_a_batch_that_keeps_failing_is_dead_lettered_for_the_domain_only(
         ids = rig.publish(racing.track(poison, racing.constant(25), 3))
         await racing.all_judged(rig)
         assert rig.rows() == 163  # ingestion: every fix stored
-        assert service.metrics.dead_letters.labels("max_deliveries")._value.get() == 0
+        assert value(service.metrics.dead_letters.labels("max_deliveries")) == 0
         dead = rig.redis.xrange(f"{rig.stream_key}:dead")
         assert sorted(d[b"source_id"].decode() for _, d in dead) == sorted(ids)
         for _, letter in dead:
             assert letter[b"reason"] == b"domain_failed"
             assert b"KeyError: 'injected bug for the cutter'" in letter[b"error"]
             assert b"payload" in letter
-        assert service.metrics.domain_dead_letters._value.get() == 3
-        assert service.metrics.service_restarts.labels("domain-engine")._value.get() >= 2
+        assert value(service.metrics.domain_dead_letters) == 3
+        assert value(service.metrics.service_restarts.labels("domain-engine")) >= 2
         results = stored(rig.database_url, course.stage_id)["results"]
         assert results[course.entries["steady"]][0] == "finished"

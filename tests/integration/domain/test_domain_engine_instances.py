@@ -16,6 +16,7 @@ from tests.integration.domain.test_domain_engine import (
     tracks,
 )
 from tests.support import racing
+from tests.support.metrics import value
 from tests.support.racing import stored
 from tests.support.service import (
     Rig,
@@ -45,7 +46,7 @@ async def test_two_instances_and_a_killed_one_restarted(rig: Rig) -> None:
                 await trio.sleep(0.01)
             assert a.domain is not None
             evaluated = a.metrics.domain_fixes
-            await wait_until(lambda: evaluated._value.get() >= 80, timeout=90)
+            await wait_until(lambda: value(evaluated) >= 80, timeout=90)
             nursery.cancel_scope.cancel()
         # ... and restarted with the same name: it finishes its own pending entries first
         async with running_service(env_a):
@@ -53,7 +54,7 @@ async def test_two_instances_and_a_killed_one_restarted(rig: Rig) -> None:
                 rig.publish(chunk)
                 await trio.sleep(0.01)
             await racing.all_judged(rig)
-            assert b.metrics.domain_fixes._value.get() > 0
+            assert value(b.metrics.domain_fixes) > 0
 
     rows = stored(rig.database_url, course.stage_id)
     check_results(rows, course, late_passed=True)

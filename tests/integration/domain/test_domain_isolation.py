@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 
 from processor.app import Service
 from tests.support import racing
+from tests.support.metrics import value
 from tests.support.racing import BRACKETS, stored
 from tests.support.service import Rig, running_service, wait_until
 
@@ -96,7 +97,7 @@ async def test_a_zone_no_column_can_hold_invalidates_its_own_stage_only(rig: Rig
         await wait_until(lambda: (stopped, "no_signal") in open_alerts(rig.database_url, y))
         # said once, counted, and on /readyz with what to change
         definition = service.metrics.domain_stage_errors.labels("definition")
-        assert definition._value.get() == 1
+        assert value(definition) == 1
         code, body = await trio.to_thread.run_sync(readyz, service)
         assert code == 200 and body["status"] == "degraded" and "domain" in body["degraded"]
         [problem] = body["domain_problems"]
@@ -112,7 +113,7 @@ async def test_a_zone_no_column_can_hold_invalidates_its_own_stage_only(rig: Rig
         await wait_until(lambda: steady in stored(rig.database_url, x)["results"], timeout=60)
         await wait_until(lambda: not service.domain_health.problems())
         assert (await trio.to_thread.run_sync(readyz, service))[1]["status"] == "ready"
-        assert definition._value.get() == 1
+        assert value(definition) == 1
 
 
 async def test_a_stage_whose_rows_the_database_refuses_is_isolated_and_heals(rig: Rig) -> None:
@@ -129,7 +130,7 @@ async def test_a_stage_whose_rows_the_database_refuses_is_isolated_and_heals(rig
         steady = course.entries["steady"]
         await wait_until(lambda: steady in stored(rig.database_url, y)["results"], timeout=60)
         data = service.metrics.domain_stage_errors.labels("data")
-        await wait_until(lambda: data._value.get() >= 1)
+        await wait_until(lambda: value(data) >= 1)
         [problem] = service.domain_health.problems()
         assert problem.subject == f"stage {x}" and problem.reason == "data"
         assert "[23514]" in problem.detail and "not_x" in problem.detail
@@ -141,7 +142,7 @@ async def test_a_stage_whose_rows_the_database_refuses_is_isolated_and_heals(rig
             conn.execute("ALTER TABLE stage_results DROP CONSTRAINT not_x")
         await wait_until(lambda: steady in stored(rig.database_url, x)["results"], timeout=60)
         await wait_until(lambda: not service.domain_health.problems())
-        assert data._value.get() == 1  # said once, however often it was retried
+        assert value(data) == 1  # said once, however often it was retried
 
 
 async def test_alerts_without_their_partial_index_turn_alerts_off_only(rig: Rig) -> None:

@@ -13,6 +13,7 @@ import trio
 
 from processor.domain import evaluator
 from tests.support import racing
+from tests.support.metrics import value
 from tests.support.racing import stored
 from tests.support.service import Rig, running_service, wait_until
 
@@ -43,8 +44,8 @@ async def test_a_dead_instances_entries_are_claimed_and_worn_out_ones_dead_lette
     async with running_service(env) as service:
         await racing.judging(service)
         await wait_until(lambda: domain_pending(rig) == 0, timeout=60)
-        assert service.metrics.domain_reclaimed._value.get() == len(steady) + len(worn)
-        assert service.metrics.domain_dead_letters._value.get() == len(worn)
+        assert value(service.metrics.domain_reclaimed) == len(steady) + len(worn)
+        assert value(service.metrics.domain_dead_letters) == len(worn)
     dead = rig.redis.xrange(f"{rig.stream_key}:dead")
     assert sorted(f[b"source_id"].decode() for _, f in dead) == sorted(worn)
     assert {f[b"reason"] for _, f in dead} == {b"domain_failed"}
@@ -78,9 +79,9 @@ async def test_entries_a_slow_batch_holds_are_renewed_not_claimed(
             await racing.judging(b)
             await trio.sleep(3.0)  # ten idle times: a claim would have happened by now
             assert domain_pending(rig, "b") == 0
-            assert b.metrics.domain_reclaimed._value.get() == 0
+            assert value(b.metrics.domain_reclaimed) == 0
             release.set()
             await racing.all_judged(rig)
-        assert a.metrics.domain_dead_letters._value.get() == 0
+        assert value(a.metrics.domain_dead_letters) == 0
     results = stored(rig.database_url, course.stage_id)["results"]
     assert results[course.entries["steady"]][0] == "finished"

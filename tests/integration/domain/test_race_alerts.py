@@ -21,6 +21,7 @@ from tests.support.live import (
     LiveRig,
     watching,
 )
+from tests.support.metrics import value
 from tests.support.racing import to_latlon
 from tests.support.service import running_service, wait_until
 
@@ -136,8 +137,8 @@ async def test_a_silent_device_raises_no_signal_until_it_reports(live_rig: LiveR
             cleared = alerts_of(frames, "no_signal")[1]
             assert cleared["id"] == raised["id"] and cleared["cleared_at"] is not None
             metrics = service.metrics
-            assert metrics.alerts_raised.labels("no_signal")._value.get() == 1
-            await wait_until(lambda: metrics.alerts_open.labels("no_signal")._value.get() == 0)
+            assert value(metrics.alerts_raised.labels("no_signal")) == 1
+            await wait_until(lambda: value(metrics.alerts_open.labels("no_signal")) == 0)
     rows = alert_rows(live_rig.database_url, "no_signal")
     assert [r[0] for r in rows] == [course.entries["quiet"]]  # chatty: never
 

@@ -27,6 +27,7 @@ from tests.support.live import (
     LiveRig,
     watching,
 )
+from tests.support.metrics import value
 from tests.support.racing import BRACKETS
 from tests.support.service import running_service
 
@@ -74,7 +75,7 @@ async def test_zone_violations_on_the_daemon(live_rig: LiveRig) -> None:
                     == 4
                 )
             )
-        assert service.metrics.speed_violations._value.get() >= 3
+        assert value(service.metrics.speed_violations) >= 3
     e = course.entries
     with psycopg.connect(live_rig.database_url) as conn:
         rows = {

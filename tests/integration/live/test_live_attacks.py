@@ -27,7 +27,7 @@ from tests.support.live import (
     rejection_status,
     send,
 )
-from tests.support.metrics import live_connections, live_quiet, live_subscriptions, sample
+from tests.support.metrics import live_connections, live_quiet, live_subscriptions, sample, value
 from tests.support.raw import (
     BINARY,
     TEXT,
@@ -272,7 +272,7 @@ async def test_connections_per_user_are_capped_with_429(live_rig: LiveRig) -> No
             await wait_until(lambda: live_connections(service) == 2)
             async with live_client(port) as again:  # a closed connection frees its slot
                 assert again.closed is None
-        assert service.metrics.live_auth.labels("too_many_connections")._value.get() == 2
+        assert value(service.metrics.live_auth.labels("too_many_connections")) == 2
         await wait_until(lambda: live_quiet(service))
         await live_rig.assert_ingesting()
 

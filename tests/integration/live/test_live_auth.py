@@ -6,7 +6,7 @@ import trio
 
 from tests.support.directus import DirectusStandIn
 from tests.support.live import ORIGIN, live_client, rejection_status, subscribe
-from tests.support.metrics import live_subscriptions
+from tests.support.metrics import live_subscriptions, value
 from tests.support.service import running_service
 
 
@@ -37,10 +37,10 @@ async def test_upgrade_outcomes(live_env: dict[str, str], directus: DirectusStan
             async with live_client(port, token="good") as ws:
                 assert ws.closed is None
         metrics = service.metrics
-        assert metrics.live_auth.labels("ok")._value.get() == 1
-        assert metrics.live_auth.labels("unauthorized")._value.get() == 4
-        assert metrics.live_auth.labels("unavailable")._value.get() == 4
-        assert metrics.live_auth.labels("missing")._value.get() == 1
+        assert value(metrics.live_auth.labels("ok")) == 1
+        assert value(metrics.live_auth.labels("unauthorized")) == 4
+        assert value(metrics.live_auth.labels("unavailable")) == 4
+        assert value(metrics.live_auth.labels("missing")) == 1
     # The credential went to Directus as it came (that credentials never reach the logs is
     # checked on a real daemon's log file in test_live_shutdown.py).
     assert {s.credential for s in directus.seen if s.token == "good"} == {"bearer"}
@@ -71,7 +71,7 @@ async def test_cookie_sessions_need_an_allowed_origin(
             # a Bearer token needs no Origin (browsers cannot set Authorization on upgrades)
             async with live_client(port, token="cookie-session"):
                 pass
-        assert service.metrics.live_auth.labels("origin_refused")._value.get() == 2
+        assert value(service.metrics.live_auth.labels("origin_refused")) == 2
 
 
 async def test_empty_origin_list_allows_no_cookie_session(

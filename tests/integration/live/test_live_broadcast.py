@@ -19,7 +19,7 @@ from tests.support.live import (
     send,
     subscribe,
 )
-from tests.support.metrics import live_connections, live_subscriptions
+from tests.support.metrics import live_connections, live_subscriptions, value
 from tests.support.service import running_service, wait_until
 
 
@@ -202,7 +202,7 @@ async def test_device_event_map_refreshes(live_rig: LiveRig) -> None:
     env = {**live_rig.env, "LIVE_DEVICE_EVENT_REFRESH_MS": "100"}
     async with running_service(env) as service, live_client(service.live_port) as ws:
         await subscribe(ws, event_a)
-        assert service.metrics.live_device_event_map_size._value.get() == 1
+        assert value(service.metrics.live_device_event_map_size) == 1
         with psycopg.connect(live_rig.database_url) as conn:  # link a second device to event A
             conn.execute("INSERT INTO devices (id, imei) VALUES (gen_random_uuid(), 'a2')")
             conn.execute(
@@ -210,7 +210,7 @@ async def test_device_event_map_refreshes(live_rig: LiveRig) -> None:
                 "FROM entries e, devices d WHERE e.event_id = %s AND d.imei = 'a2'",
                 (event_a,),
             )
-        await wait_until(lambda: service.metrics.live_device_event_map_size._value.get() == 2)
+        await wait_until(lambda: value(service.metrics.live_device_event_map_size) == 2)
         live_rig.publish([fix("a2", 1)])
         assert (await receive(ws))["position"] == wire("a2", 1)
 

@@ -26,6 +26,7 @@ from tests.support.history import (
     straight,
 )
 from tests.support.live import ORIGIN, TOKEN, LiveRig
+from tests.support.metrics import value
 from tests.support.racing import create_racing_tables
 from tests.support.service import running_service
 
@@ -151,8 +152,8 @@ async def test_authorization_is_the_live_websocket_s(live_rig: LiveRig) -> None:
         asked = [s for s in live_rig.directus.seen if s.path == f"/items/events/{other_event}"]
         assert [s.token for s in asked] == [TOKEN]
         metrics = service.metrics.live_history_requests
-        assert metrics.labels("ok")._value.get() == 2
-        assert metrics.labels("forbidden")._value.get() == 3
+        assert value(metrics.labels("ok")) == 2
+        assert value(metrics.labels("forbidden")) == 3
 
 
 HOSTILE = [
@@ -191,9 +192,7 @@ async def test_hostile_parameters_get_a_400_and_cost_nothing(live_rig: LiveRig) 
             assert message in body(response)["message"], (query, response.text)
         # refused before anyone was asked: no Directus call (the read comes after two)
         assert live_rig.directus.seen == []
-        assert service.metrics.live_history_requests.labels("bad_request")._value.get() == len(
-            HOSTILE
-        )
+        assert value(service.metrics.live_history_requests.labels("bad_request")) == len(HOSTILE)
         await live_rig.assert_ingesting()
 
 
@@ -371,7 +370,7 @@ async def test_a_failing_read_is_a_500_and_nothing_else(
         assert failed.status_code == 500 and body(failed)["error"] == "internal"
         fine = await get(service.live_port, window(event_id))  # no simplification needed
         assert fine.status_code == 200
-        assert service.metrics.live_history_requests.labels("internal")._value.get() == 1
+        assert value(service.metrics.live_history_requests.labels("internal")) == 1
         await live_rig.assert_ingesting()
     logged = capfd.readouterr().err
     assert "history request failed" in logged and "KeyError" in logged

@@ -10,7 +10,7 @@ from trio_websocket import DisconnectionTimeout
 
 from tests.support.directus import DirectusStandIn
 from tests.support.live import TOKEN, close_code, live_client, receive, send
-from tests.support.metrics import live_connections
+from tests.support.metrics import live_connections, value
 from tests.support.service import running_service, wait_until
 
 
@@ -45,8 +45,8 @@ async def test_every_malformed_frame_gets_an_error_then_1008(
             }
         ]
         assert code == 1008
-        assert service.metrics.live_messages.labels("in", "invalid")._value.get() == 4
-        assert service.metrics.live_messages.labels("out", "error")._value.get() == 4
+        assert value(service.metrics.live_messages.labels("in", "invalid")) == 4
+        assert value(service.metrics.live_messages.labels("out", "error")) == 4
 
 
 async def test_oversized_frames_close_with_1009(

@@ -34,7 +34,7 @@ from tests.support.live import (
     receive,
     subscribe,
 )
-from tests.support.metrics import live_connections, live_subscriptions
+from tests.support.metrics import live_connections, live_subscriptions, value
 from tests.support.service import running_service, wait_until
 
 PERIOD_S = 0.2
@@ -45,7 +45,7 @@ def reauth_env(live_rig: LiveRig) -> dict[str, str]:
 
 
 def count(metric: Any, label: str) -> float:
-    return float(metric.labels(label)._value.get())
+    return float(value(metric.labels(label)))
 
 
 def live(service: Service) -> Any:

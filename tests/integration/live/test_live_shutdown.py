@@ -22,6 +22,7 @@ from tests.support.live import (
     rejection_status,
     subscribe,
 )
+from tests.support.metrics import value
 from tests.support.service import running_service, wait_until
 
 
@@ -111,9 +112,7 @@ async def test_each_instance_serves_every_position_to_its_clients(live_rig: Live
     # Read once both have drained: a writer counts a batch's outcomes after the commit (and
     # the ack), so right after the last row became visible the counter could still lack it
     # (this read 299 once, with 300 rows stored and no fix processed twice).
-    written = sum(s.metrics.position_writes.labels("inserted")._value.get() for s in (alpha, beta))
+    written = sum(value(s.metrics.position_writes.labels("inserted")) for s in (alpha, beta))
     assert written == count
-    duplicates = sum(
-        s.metrics.position_writes.labels("duplicate")._value.get() for s in (alpha, beta)
-    )
+    duplicates = sum(value(s.metrics.position_writes.labels("duplicate")) for s in (alpha, beta))
     assert duplicates == 0  # no fix was processed by both instances

@@ -11,6 +11,7 @@ from processor.observability.lag import GroupMissing, LagSample, run_lag_sampler
 from processor.observability.metrics import Metrics
 from processor.observability.schedule import FixedRate
 from tests.support.fixes import fix, publish
+from tests.support.metrics import value
 from tests.support.service import wait_until
 
 GROUP = "processor"
@@ -109,11 +110,11 @@ async def test_sampler_sets_the_gauges(redis_client: redis.Redis, stream_key: st
                     task_status=task_status,
                 )
             )
-            assert metrics.consumer_lag._value.get() == 4
-            assert metrics.consumer_lag_seconds._value.get() >= 0
-            assert metrics.pending_entries._value.get() == 3
+            assert value(metrics.consumer_lag) == 4
+            assert value(metrics.consumer_lag_seconds) >= 0
+            assert value(metrics.pending_entries) == 3
             publish(redis_client, stream_key, [fix(second=100 + i) for i in range(5)])
-            await wait_until(lambda: metrics.consumer_lag._value.get() == 9, timeout=5)
+            await wait_until(lambda: value(metrics.consumer_lag) == 9, timeout=5)
             nursery.cancel_scope.cancel()
 
 

@@ -30,6 +30,7 @@ from tests.integration.store.test_migrations import (
     run_migrate_pair,
 )
 from tests.support.fixes import fix, pending_count, publish, row_count
+from tests.support.metrics import value
 from tests.support.schema import positions_columns
 from tests.support.service import running_service, wait_until
 
@@ -144,9 +145,9 @@ async def test_the_pipeline_stores_into_the_hypertable_and_a_compressed_chunk(
             await wait_until(lambda: pending_count(redis_client, stream_key) == 0)
             await wait_until(lambda: row_count(timescaledb_url) == len(first) + 1)
     writes = service.metrics.position_writes
-    assert writes.labels("inserted")._value.get() == len(first) + 1
-    assert writes.labels("merged")._value.get() == 1
-    assert writes.labels("duplicate")._value.get() == 1
+    assert value(writes.labels("inserted")) == len(first) + 1
+    assert value(writes.labels("merged")) == 1
+    assert value(writes.labels("duplicate")) == 1
     assert redis_client.xlen(f"{stream_key}:dead") == 0
     with connect(timescaledb_url) as conn:
         merged = conn.execute(

@@ -11,6 +11,7 @@ import redis
 import trio
 
 from tests.support.fixes import fix, key_of, pending_count, publish, row_count, stored_keys
+from tests.support.metrics import value
 from tests.support.schema import migrate_and_forbid
 from tests.support.service import running_service, wait_until
 
@@ -27,14 +28,14 @@ async def test_database_refusal_is_dead_lettered_and_the_rest_of_the_batch_store
     with trio.fail_after(30):
         async with running_service(env) as service:
             m = service.metrics
-            await wait_until(lambda: m.acks._value.get() == 601)
+            await wait_until(lambda: value(m.acks) == 601)
             assert pending_count(redis_client, stream_key) == 0
-            assert m.write_batch_size._sum.get() == 601  # all in one first attempt ...
-            assert m.dead_letters.labels("db_rejected")._value.get() == 1
-            assert m.position_writes.labels("failed")._value.get() == 1
-            assert m.position_writes.labels("inserted")._value.get() == 600
-            assert m.acks._value.get() == 601
-            assert m.write_retries._value.get() == 0  # a data refusal is never retried
+            assert value(m.write_batch_size) == 601  # all in one first attempt ...
+            assert value(m.dead_letters.labels("db_rejected")) == 1
+            assert value(m.position_writes.labels("failed")) == 1
+            assert value(m.position_writes.labels("inserted")) == 600
+            assert value(m.acks) == 601
+            assert value(m.write_retries) == 0  # a data refusal is never retried
 
     assert row_count(database_url) == 600
     assert stored_keys(database_url) == {key_of(d) for d in good}

@@ -12,6 +12,7 @@ import redis
 
 from tests.support.expected import expected_state
 from tests.support.fixes import fix, pending_count, publish, row_count
+from tests.support.metrics import value
 from tests.support.service import running_service, wait_until
 
 
@@ -59,7 +60,7 @@ async def test_ten_thousand_messy_fixes_are_stored_exactly_once(
     async with running_service(env) as service:
         publish(redis_client, stream_key, documents)
         await wait_until(lambda: pending_count(redis_client, stream_key) == 0, timeout=60)
-        await wait_until(lambda: service.metrics.acks._value.get() == 10_000, timeout=10)
+        await wait_until(lambda: value(service.metrics.acks) == 10_000, timeout=10)
 
     assert row_count(database_url) == len(expected.attributes) == 8_000
     with psycopg.connect(database_url) as conn:
@@ -71,12 +72,12 @@ async def test_ten_thousand_messy_fixes_are_stored_exactly_once(
         }
     assert stored == dict(expected.attributes.items())
     writes = service.metrics.position_writes
-    assert writes.labels("inserted")._value.get() == expected.inserted == 8_000
-    assert writes.labels("merged")._value.get() == expected.merged
-    assert writes.labels("duplicate")._value.get() == expected.duplicate
+    assert value(writes.labels("inserted")) == expected.inserted == 8_000
+    assert value(writes.labels("merged")) == expected.merged
+    assert value(writes.labels("duplicate")) == expected.duplicate
     assert (expected.merged, expected.duplicate) == (1000, 1000)  # the data really is messy
-    assert service.metrics.acks._value.get() == 10_000
-    assert service.metrics.consumer_records._value.get() == 10_000
+    assert value(service.metrics.acks) == 10_000
+    assert value(service.metrics.consumer_records) == 10_000
     group = next(g for g in redis_client.xinfo_groups(stream_key) if g["name"] == b"processor")
     assert group["pending"] == 0
     assert isinstance(next(iter(stored))[1], datetime)

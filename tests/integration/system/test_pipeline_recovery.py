@@ -17,6 +17,7 @@ from tests.support.fixes import (
     row_count,
     stored_keys,
 )
+from tests.support.metrics import value
 from tests.support.service import (
     Rig,
     running_service,
@@ -53,7 +54,7 @@ async def test_cancelled_mid_batch_then_restarted_completes_without_loss(rig: Ri
     assert stored_keys(rig.database_url) == {key_of(d) for d in documents}
     # The restarted instance re-read its own pending entries: whatever the first one had
     # committed but not acked comes back as a duplicate, never as a second row.
-    assert writes.labels("inserted")._value.get() == len(documents) - rows_at_crash
+    assert value(writes.labels("inserted")) == len(documents) - rows_at_crash
     rig.assert_acked_have_rows(published)
 
 
@@ -131,7 +132,7 @@ async def test_terminated_database_connections_retry_without_early_acks(
             await trio.sleep(0.02)
             await trio.to_thread.run_sync(rig.assert_acked_have_rows, published)
         await wait_until(lambda: rig.pending() == 0, timeout=60)
-        assert service.metrics.write_retries._value.get() > 0
+        assert value(service.metrics.write_retries) > 0
         assert service.ready.is_set() and not service.draining.is_set()
     assert terminated > 0
     assert stored_keys(rig.database_url) == {key_of(d) for d in documents}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 
 from tests.support.fixes import fix, pending_count, publish, row_count
+from tests.support.metrics import value
 from tests.support.service import running_service, wait_until
 
 
@@ -18,4 +19,4 @@ async def test_fixes_are_stored_and_acked(
     # Counted once the service has drained: the writer counts a batch's acks after XACK has
     # returned, so a test that sees "nothing pending" in Redis can read the counter before the
     # writer has counted the last batch (this read 800 once). The drain is the sync point.
-    assert service.metrics.acks._value.get() == 1000
+    assert value(service.metrics.acks) == 1000

@@ -28,6 +28,7 @@ from tests.support.live import (
     LiveRig,
     live_client,
 )
+from tests.support.metrics import value
 from tests.support.scrape import get
 from tests.support.service import running_service, wait_until
 
@@ -51,7 +52,7 @@ async def test_start_up_failure_propagates() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(fast(metrics).run, "svc", broken)
     assert caught.group_contains(Boom)
-    assert metrics.service_restarts.labels("svc")._value.get() == 0
+    assert value(metrics.service_restarts.labels("svc")) == 0
 
 
 async def test_run_time_failures_restart_with_backoff_until_stopped() -> None:
@@ -76,8 +77,8 @@ async def test_run_time_failures_restart_with_backoff_until_stopped() -> None:
         with trio.fail_after(30):
             await recovered.wait()
         await wait_until(lambda: supervisor.down() == [])
-        assert metrics.service_restarts.labels("svc")._value.get() == 4
-        assert metrics.service_up.labels("svc")._value.get() == 1
+        assert value(metrics.service_restarts.labels("svc")) == 4
+        assert value(metrics.service_up.labels("svc")) == 1
         nursery.cancel_scope.cancel()  # Cancelled passes through supervision
 
 
@@ -225,8 +226,7 @@ async def processor(env: dict[str, str]) -> AsyncIterator[Service]:
 
 
 def restarts(service: Service, name: str) -> float:
-    value: float = service.metrics.service_restarts.labels(name)._value.get()
-    return value
+    return value(service.metrics.service_restarts.labels(name))
 
 
 @pytest.mark.parametrize("name", [*BREAKERS, "live-server"])
