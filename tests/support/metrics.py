@@ -43,3 +43,8 @@ def value(metric: Any) -> float:
     ]
     [one] = samples
     return float(one.value)
+
+
+def live_broadcasts(service: Service) -> float:
+    """Positions the live broadcaster judged fit and handed out."""
+    return sample(service, "processor_live_positions_broadcast_total")

@@ -81,8 +81,6 @@ class Broadcaster:
         self.stopped = trio.Event()
         self.last: dict[str, Position] = {}  # device -> last broadcast fix
         self.floor: dict[str, datetime] = {}  # device -> ts of its last broadcast fix not ahead
-        self.entries_seen = 0
-        self.broadcast = 0
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self._stopper.requested:
@@ -115,8 +113,8 @@ class Broadcaster:
     def fan_out(self, entries: StreamEntries) -> None:
         """Judge and hand out one read's positions (pure CPU, no awaits)."""
         now = datetime.now(UTC)
+        self._metrics.live_entries_read.inc(len(entries))
         for raw_id, fields in entries:
-            self.entries_seen += 1
             if not fields:
                 continue
             try:
@@ -140,7 +138,7 @@ class Broadcaster:
         self.last[position.device_id] = position
         if position.ts <= now + AHEAD_SKEW:
             self.floor[position.device_id] = position.ts
-        self.broadcast += 1
+        self._metrics.live_positions_broadcast.inc()
         position_json: str | None = None
         for event_id in events:
             subscribers = self._registry.subscribers(topic_of(event_id))

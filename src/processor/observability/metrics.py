@@ -233,6 +233,17 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.live_entries_read = Counter(
+            p + "live_entries_read",
+            "Stream entries the live broadcaster read (every entry, fit to broadcast or not).",
+            registry=r,
+        )
+        self.live_positions_broadcast = Counter(
+            p + "live_positions_broadcast",
+            "Positions judged fit and handed to their events' subscribers (late, repeated, "
+            "faulty fixes and devices of no event are not).",
+            registry=r,
+        )
         self.live_slow_consumer_closes = Counter(
             p + "live_slow_consumer_closes",
             "Live clients closed with 4008 (slow consumer).",

@@ -19,7 +19,7 @@ from tests.support.live import (
     send,
     subscribe,
 )
-from tests.support.metrics import live_connections, live_subscriptions, value
+from tests.support.metrics import live_broadcasts, live_connections, live_subscriptions, value
 from tests.support.service import running_service, wait_until
 
 
@@ -90,7 +90,7 @@ async def test_snapshot_then_live_positions_of_that_event_only(live_rig: LiveRig
             await send(ws, {"type": "unsubscribe", "topic": topic})
             assert await receive(ws) == {"type": "unsubscribed", "topic": topic}
             live_rig.publish([fix("a1", 60)])
-            await wait_until(lambda: live(service).broadcaster.broadcast == 8)
+            await wait_until(lambda: live_broadcasts(service) == 8)
             await no_message(ws)
             assert live_subscriptions(service) == 0
             # a second event on the same connection: its own snapshot and topic
@@ -151,7 +151,7 @@ async def test_position_committed_during_the_snapshot_is_sent_once_in_the_snapsh
         await send(ws, {"type": "subscribe", "topic": f"event:{event_a}"})
         await wait_until(lambda: live_subscriptions(service) == 1)  # registered, snapshot waits
         live_rig.publish([fix("a1", 20)])
-        await wait_until(lambda: live(service).broadcaster.broadcast == 2)
+        await wait_until(lambda: live_broadcasts(service) == 2)
         await wait_until(lambda: live_rig.rows() == 2)
         await _release(blocker)
         reply = await receive(ws)
@@ -175,7 +175,7 @@ async def test_position_broadcast_during_the_snapshot_is_delivered_after_it(
         await send(ws, {"type": "subscribe", "topic": f"event:{event_a}"})
         await wait_until(lambda: live_subscriptions(service) == 1)
         live_rig.publish([fix("a1", 20)])
-        await wait_until(lambda: live(service).broadcaster.broadcast == 2)
+        await wait_until(lambda: live_broadcasts(service) == 2)
         await _release(snapshot_blocked)
         reply = await receive(ws)
         assert reply["snapshot"] == [wire("a1", 10)]

@@ -18,6 +18,7 @@ from processor.config import ConfigError, load_config
 from tests.support.daemon import Daemon
 from tests.support.directus import DirectusStandIn
 from tests.support.fixes import fix, publish, row_count
+from tests.support.metrics import sample
 from tests.support.service import running_service, spawn_processor, wait_until
 
 
@@ -102,4 +103,4 @@ async def test_a_crashed_predecessors_live_group_is_reset_to_now(
         await wait_until(lambda: row_count(database_url) == 20)
         info = group_info(redis_client, stream_key, group)
         assert info["last-delivered-id"] == redis_client.xinfo_stream(stream_key)["last-entry"][0]
-        assert service.live.broadcaster.entries_seen == 0
+        assert sample(service, "processor_live_entries_read_total") == 0
