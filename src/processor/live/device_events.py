@@ -101,7 +101,6 @@ class DeviceEventMap:
         self._on_refresh = on_refresh
         self._map: dict[str, tuple[str, ...]] = {}
         self._io: dict[str, dict[str, IoElement]] = {}
-        self.refreshes = 0
 
     def events_of(self, device_id: str) -> tuple[str, ...]:
         return self._map.get(device_id, ())
@@ -127,7 +126,6 @@ class DeviceEventMap:
             return False
         self._map = fresh
         self._io = io
-        self.refreshes += 1
         self._metrics.live_device_event_map_size.set(len(fresh))
         self._on_refresh(fresh)
         log.debug("device -> events map refreshed", devices=len(fresh))

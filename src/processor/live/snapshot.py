@@ -114,7 +114,6 @@ class Snapshots:
         self._window_s = window_s
         self._events: dict[str, _EventReads] = {}
         self._nursery: trio.Nursery | None = None
-        self.reads = 0  # queries actually run (tests and benchmarks compare with subscribes)
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Reads run as tasks of the live server's nursery: a subscriber that goes away while
@@ -170,7 +169,6 @@ class Snapshots:
 
     async def _read(self, event_id: str) -> Snapshot | SnapshotError:
         started = time.perf_counter()
-        self.reads += 1
         try:
             return await self._database.run(lambda conn: _read(conn, event_id, self._io_of))
         except TRANSIENT_ERRORS as exc:

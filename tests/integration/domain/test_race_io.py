@@ -84,10 +84,8 @@ async def test_position_frames_carry_io_for_mapped_models_only(live_rig: LiveRig
             conn.execute("UPDATE io_mappings SET name = 'ign' WHERE io_id = 239")
         assert service.live is not None
         live = service.live
-        done = live.device_events.refreshes
         with trio.fail_after(30):
-            await live.device_events.refresh()
-        await wait_until(lambda: live.device_events.refreshes > done)
+            assert await live.device_events.refresh()
         mapping = live.device_events.io_of(course.devices["mapped"])
         assert mapping is not None and mapping["239"].name == "ign"
 
