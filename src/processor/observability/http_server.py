@@ -143,7 +143,7 @@ class _Server:
                 continue
             try:
                 await self._take_slot()
-            except BaseException:
+            except trio.Cancelled:  # shutting down while waiting for a slot: not served
                 await trio.aclose_forcefully(stream)
                 raise
             connections.start_soon(self._connection, stream)
