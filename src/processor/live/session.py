@@ -53,6 +53,10 @@ class Member(Protocol):
         """Close the connection with `code` (returns at once)."""
 
 
+# A generator of its own: the global `random` state stays the caller's.
+_JITTER = random.Random()  # noqa: S311 - jitter, not a secret
+
+
 class Session:
     def __init__(
         self,
@@ -62,7 +66,7 @@ class Session:
         metrics: Metrics,
         period_s: float,
         limiter: trio.CapacityLimiter,
-        jitter: Callable[[], float] = random.random,
+        jitter: Callable[[], float] = _JITTER.random,
     ) -> None:
         self.credentials = credentials
         self.members: set[Member] = set()
