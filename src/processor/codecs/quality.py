@@ -18,7 +18,7 @@ import attrs
 
 from processor.codecs.position import Position
 
-EARTH_RADIUS_M = 6_371_008.8
+EARTH_RADIUS_M = 6_371_008.8  # IUGG mean radius, as the racing domain's geometry
 # Two fixes closer in time than this give no meaningful speed (GPS jitter / same-second records).
 MIN_SPEED_INTERVAL_S = 1.0
 
@@ -27,15 +27,6 @@ MIN_SPEED_INTERVAL_S = 1.0
 class QualityRules:
     future_tolerance: timedelta
     max_speed_kmh: float
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance; exact on a sphere at any distance (reference for the one below)."""
-    phi1, phi2 = math.radians(lat1), math.radians(lat2)
-    dphi = phi2 - phi1
-    dlambda = math.radians(lon2 - lon1)
-    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlambda / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
 
 
 def equirectangular_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.codecs.position import Position
-from processor.codecs.quality import QualityRules, equirectangular_m, faulty_reason, haversine_m
+from processor.codecs.quality import QualityRules, equirectangular_m, faulty_reason
 from processor.core.device_state import DeviceStates
+from processor.domain.rules.geometry import haversine_m
 from tests.support.fixes import BASE_TIME
 
 RULES = QualityRules(future_tolerance=timedelta(seconds=300), max_speed_kmh=400.0)

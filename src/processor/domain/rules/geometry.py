@@ -61,7 +61,8 @@ def midpoint(lat1: float, lon1: float, lat2: float, lon2: float) -> tuple[float,
 
 
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres (reference for tests; the core uses `LocalFrame`)."""
+    """Great-circle distance in metres, exact on a sphere at any distance: a zone's distance
+    along the fixes (a stage's own geometry works in its `LocalFrame`)."""
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp = p2 - p1
     dl = math.radians(lon2 - lon1)
