@@ -34,10 +34,13 @@ FAST = ServerSettings(
 
 
 @asynccontextmanager
-async def serving(app: App, server_settings: ServerSettings = FAST) -> AsyncIterator[int]:
-    """The server on a free port for the block; then shut down, which must not take long."""
+async def running(
+    app: App, server_settings: ServerSettings = FAST, *, within_s: float = 30
+) -> AsyncIterator[tuple[int, trio.Event]]:
+    """The server on a free port and the event that shuts it down (set at the latest when the
+    block ends); the whole, shutdown included, within `within_s`."""
     shutdown = trio.Event()
-    with trio.fail_after(30):
+    with trio.fail_after(within_s):
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
                 lambda task_status: serve(
@@ -49,8 +52,15 @@ async def serving(app: App, server_settings: ServerSettings = FAST) -> AsyncIter
                     task_status=task_status,
                 )
             )
-            yield int(binds[0].rsplit(":", 1)[1])
+            yield int(binds[0].rsplit(":", 1)[1]), shutdown
             shutdown.set()
+
+
+@asynccontextmanager
+async def serving(app: App, server_settings: ServerSettings = FAST) -> AsyncIterator[int]:
+    """The server on a free port for the block; then shut down, which must not take long."""
+    async with running(app, server_settings) as (port, _shutdown):
+        yield port
 
 
 def endpoints() -> tuple[App, trio.Event]:
@@ -346,37 +356,24 @@ async def test_shutdown_closes_idle_connections_and_finishes_requests_in_flight(
             await release.wait()
         await endpoints()[0](scope, receive, send)
 
-    shutdown = trio.Event()
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                lambda task_status: serve(
-                    app,
-                    host="127.0.0.1",
-                    port=0,
-                    settings=FAST,
-                    shutdown_trigger=shutdown.wait,
-                    task_status=task_status,
-                )
-            )
-            port = int(binds[0].rsplit(":", 1)[1])
-            idle = Client(await trio.open_tcp_stream("127.0.0.1", port))
-            await idle.request("GET", "/healthz")
-            busy = await trio.open_tcp_stream("127.0.0.1", port)
-            await busy.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-            await entered.wait()
-            shutdown.set()
-            assert await closed_by_server(idle.stream) == b""  # at once
-            with pytest.raises(OSError, match="connect"):  # new clients are refused meanwhile
-                await trio.open_tcp_stream("127.0.0.1", port)
-            release.set()
-            reply = await closed_by_server(busy)
-            assert reply.startswith(b"HTTP/1.1 404 "), reply  # answered, then closed
-            assert b"connection: close" in reply.lower()
-            began = time.monotonic()
-        assert time.monotonic() - began < FAST.graceful_timeout_s
-        with pytest.raises(OSError, match="connect"):  # no longer listening
+    async with running(app, within_s=10) as (port, shutdown):
+        idle = Client(await trio.open_tcp_stream("127.0.0.1", port))
+        await idle.request("GET", "/healthz")
+        busy = await trio.open_tcp_stream("127.0.0.1", port)
+        await busy.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await entered.wait()
+        shutdown.set()
+        assert await closed_by_server(idle.stream) == b""  # at once
+        with pytest.raises(OSError, match="connect"):  # new clients are refused meanwhile
             await trio.open_tcp_stream("127.0.0.1", port)
+        release.set()
+        reply = await closed_by_server(busy)
+        assert reply.startswith(b"HTTP/1.1 404 "), reply  # answered, then closed
+        assert b"connection: close" in reply.lower()
+        began = time.monotonic()
+    assert time.monotonic() - began < FAST.graceful_timeout_s
+    with pytest.raises(OSError, match="connect"):  # no longer listening
+        await trio.open_tcp_stream("127.0.0.1", port)
 
 
 async def test_shutdown_cuts_a_request_that_outlasts_the_graceful_timeout() -> None:
