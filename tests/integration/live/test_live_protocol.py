@@ -3,14 +3,14 @@ tests/unit/live/test_protocol.py)."""
 
 from __future__ import annotations
 
-import orjson
-import pytest
 import trio
-from trio_websocket import DisconnectionTimeout
+from wsproto.events import CloseConnection, Ping
 
+from processor.live.connection import PING_TIMEOUT
 from tests.support.directus import DirectusStandIn
 from tests.support.live import TOKEN, close_code, live_client, receive, send
 from tests.support.metrics import live_connections, value
+from tests.support.raw import RawWebSocket
 from tests.support.service import running_service, wait_until
 
 
@@ -75,30 +75,27 @@ async def test_unanswered_pings_close_the_connection(
     directus.user(TOKEN)
     env = {**live_env, "LIVE_WS_PING_INTERVAL_MS": "200"}
     async with running_service(env) as service:
-        assert service.live is not None
-        # The frozen client cannot finish its own close handshake either.
-        with pytest.raises(DisconnectionTimeout):
-            async with live_client(service.live_port) as ws:
-                # A client that answers pings (trio-websocket does) stays connected.
-                await trio.sleep(0.7)
-                assert ws.closed is None
-                assert live_connections(service) == 1
-                # Freeze the client's reader: no more pongs, and it reads nothing.
-                ws._reader_running = False
-                await wait_until(lambda: live_connections(service) == 0, timeout=2)
-
-
-async def test_batched_frame_writes_arrive_as_ordered_messages(
-    live_env: dict[str, str], directus: DirectusStandIn
-) -> None:
-    """Frames written together (one socket write) arrive as separate, ordered text messages."""
-    directus.user(TOKEN)
-    async with running_service(live_env) as service, live_client(service.live_port) as ws:
-        assert service.live is not None
-        await wait_until(lambda: live_connections(service) == 1)
-        (connection,) = service.live._connections
-        await connection._ws.send_texts([f'{{"n":{i}}}' for i in range(100)])
-        # raw reads: these test frames are not protocol frames (`receive` checks the schema)
-        with trio.fail_after(5):
-            got = [orjson.loads(await ws.get_message())["n"] for _ in range(100)]
-        assert got == list(range(100))
+        # A client that answers pings (trio-websocket does) stays connected.
+        async with live_client(service.live_port) as ws:
+            await trio.sleep(0.7)
+            assert ws.closed is None
+            assert live_connections(service) == 1
+        await wait_until(lambda: live_connections(service) == 0)
+        # A client that reads nothing (so answers no ping): closed with 1011 within about
+        # one interval. What it finds when it reads at last: pings, then the close.
+        client = await RawWebSocket.open(service.live_port, TOKEN)
+        try:
+            opened = trio.current_time()
+            await trio.sleep(1.0)
+            events = []
+            with trio.fail_after(5):
+                while not events or not isinstance(events[-1], CloseConnection):
+                    events.append(await client.next_event())
+            close = events[-1]
+            assert isinstance(close, CloseConnection)
+            assert close.code == PING_TIMEOUT, close
+            assert all(isinstance(event, Ping) for event in events[:-1]), events
+            await wait_until(lambda: live_connections(service) == 0)
+            assert trio.current_time() - opened < 5
+        finally:
+            await client.aclose()
